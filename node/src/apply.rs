@@ -1,0 +1,381 @@
+//! etcd request semantics over MVCC: Range, Put, DeleteRange, Txn.
+//!
+//! Writes execute on apply, on every replica, at the revision the sequencer
+//! stamped; they are deterministic functions of (MVCC state, request, revision).
+//! A write request first runs against an in-memory overlay so that a failing op
+//! (e.g. `ignore_value` on a missing key) leaves no trace, as in etcd.
+
+use std::collections::BTreeMap;
+
+use strata_proto::errors;
+use strata_proto::etcd::{
+    PbCompare, PbDeleteRequest, PbDeleteResponse, PbPutRequest, PbPutResponse, PbRangeRequest,
+    PbRangeResponse, PbResponseHeader, PbResponseOp, PbTargetUnion, PbTxnOpRequest,
+    PbTxnOpResponse, PbTxnRequest, PbTxnResponse,
+};
+use strata_proto::strata::{FeedEvent, FeedKv, MvccValue};
+use tonic::Status;
+
+use crate::mvcc::{KeyRange, Mvcc, Version};
+
+pub fn header(rev: i64) -> Option<PbResponseHeader> {
+    Some(PbResponseHeader {
+        revision: rev,
+        ..Default::default()
+    })
+}
+
+fn internal(e: anyhow::Error) -> Status {
+    Status::internal(format!("strata: storage error: {e:#}"))
+}
+
+/// A consistent view for reads: MVCC at `rev`, plus (inside a write) the
+/// writes the current request made so far.
+pub struct View<'a> {
+    pub mvcc: &'a Mvcc,
+    /// The revision "now" for this view.
+    pub rev: i64,
+    pub compacted: i64,
+    pub overlay: Option<&'a BTreeMap<Vec<u8>, Version>>,
+}
+
+impl View<'_> {
+    fn range_at(&self, kr: &KeyRange, rev: i64) -> Result<Vec<Version>, Status> {
+        let mut kvs = self.mvcc.range_at(kr, rev).map_err(internal)?;
+        if rev == self.rev {
+            if let Some(ov) = self.overlay.filter(|o| !o.is_empty()) {
+                let mut merged: BTreeMap<Vec<u8>, Version> =
+                    kvs.into_iter().map(|v| (v.key.clone(), v)).collect();
+                for (k, v) in ov.iter().filter(|(k, _)| kr.contains(k)) {
+                    if v.value.tombstone {
+                        merged.remove(k);
+                    } else {
+                        merged.insert(k.clone(), v.clone());
+                    }
+                }
+                kvs = merged.into_values().collect();
+            }
+        }
+        Ok(kvs)
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Version>, Status> {
+        if let Some(v) = self.overlay.and_then(|o| o.get(key)) {
+            return Ok((!v.value.tombstone).then(|| v.clone()));
+        }
+        self.mvcc.get_at(key, self.rev).map_err(internal)
+    }
+
+    pub fn range(&self, r: &PbRangeRequest) -> Result<PbRangeResponse, Status> {
+        if r.key.is_empty() {
+            return Err(errors::empty_key());
+        }
+        let rev = if r.revision > 0 {
+            if r.revision > self.rev {
+                return Err(errors::future_rev());
+            }
+            if r.revision < self.compacted {
+                return Err(errors::compacted());
+            }
+            r.revision
+        } else {
+            if self.rev < self.compacted {
+                return Err(errors::compacted());
+            }
+            self.rev
+        };
+        let kr = KeyRange::from_etcd(&r.key, &r.range_end);
+        let mut kvs = self.range_at(&kr, rev)?;
+        let count = kvs.len() as i64;
+        kvs.retain(|v| {
+            (r.min_mod_revision == 0 || v.mod_revision >= r.min_mod_revision)
+                && (r.max_mod_revision == 0 || v.mod_revision <= r.max_mod_revision)
+                && (r.min_create_revision == 0 || v.value.create_revision >= r.min_create_revision)
+                && (r.max_create_revision == 0 || v.value.create_revision <= r.max_create_revision)
+        });
+        sort_versions(&mut kvs, r.sort_order, r.sort_target);
+        let mut more = false;
+        if r.limit > 0 && kvs.len() > r.limit as usize {
+            kvs.truncate(r.limit as usize);
+            more = true;
+        }
+        let kvs = if r.count_only {
+            Vec::new()
+        } else {
+            kvs.iter()
+                .map(|v| {
+                    let mut kv = v.to_kv();
+                    if r.keys_only {
+                        kv.value.clear();
+                    }
+                    kv
+                })
+                .collect()
+        };
+        Ok(PbRangeResponse {
+            header: header(self.rev),
+            kvs,
+            more,
+            count,
+        })
+    }
+}
+
+/// etcd's sort: order NONE(0)/ASCEND(1)/DESCEND(2); target KEY(0)/VERSION(1)/
+/// CREATE(2)/MOD(3)/VALUE(4). NONE with a non-key target means ascending.
+fn sort_versions(kvs: &mut [Version], order: i32, target: i32) {
+    let order = if order == 0 && target != 0 { 1 } else { order };
+    if order == 0 || (order == 1 && target == 0) {
+        return; // already in key order
+    }
+    match target {
+        1 => kvs.sort_by_key(|v| v.value.version),
+        2 => kvs.sort_by_key(|v| v.value.create_revision),
+        3 => kvs.sort_by_key(|v| v.mod_revision),
+        4 => kvs.sort_by(|a, b| a.value.value.cmp(&b.value.value)),
+        _ => {}
+    }
+    if order == 2 {
+        kvs.reverse();
+    }
+}
+
+fn feed_kv(v: &Version) -> FeedKv {
+    FeedKv {
+        key: v.key.clone(),
+        create_revision: v.value.create_revision,
+        mod_revision: v.mod_revision,
+        version: v.value.version,
+        value: v.value.value.clone(),
+        lease: v.value.lease,
+    }
+}
+
+/// Executes one write request at revision `rev` against state as of `rev - 1`.
+pub struct WriteExec<'a> {
+    pub mvcc: &'a Mvcc,
+    pub rev: i64,
+    pub compacted: i64,
+    /// Key → its new version at `rev` (tombstone for deletes).
+    pub overlay: BTreeMap<Vec<u8>, Version>,
+    pub events: Vec<FeedEvent>,
+}
+
+impl<'a> WriteExec<'a> {
+    pub fn new(mvcc: &'a Mvcc, rev: i64, compacted: i64) -> Self {
+        Self {
+            mvcc,
+            rev,
+            compacted,
+            overlay: BTreeMap::new(),
+            events: Vec::new(),
+        }
+    }
+
+    fn view(&self) -> View<'_> {
+        View {
+            mvcc: self.mvcc,
+            rev: self.rev - 1,
+            compacted: self.compacted,
+            overlay: Some(&self.overlay),
+        }
+    }
+
+    pub fn put(&mut self, r: &PbPutRequest) -> Result<PbPutResponse, Status> {
+        if r.key.is_empty() {
+            return Err(errors::empty_key());
+        }
+        let prev = self.view().get(&r.key)?;
+        if (r.ignore_value || r.ignore_lease) && prev.is_none() {
+            return Err(errors::key_not_found());
+        }
+        let p = prev.as_ref();
+        let value = MvccValue {
+            value: if r.ignore_value {
+                p.map(|v| v.value.value.clone()).unwrap_or_default()
+            } else {
+                r.value.clone()
+            },
+            create_revision: p.map(|v| v.value.create_revision).unwrap_or(self.rev),
+            version: p.map(|v| v.value.version + 1).unwrap_or(1),
+            lease: if r.ignore_lease {
+                p.map(|v| v.value.lease).unwrap_or(0)
+            } else {
+                r.lease
+            },
+            tombstone: false,
+        };
+        let new = Version {
+            key: r.key.clone(),
+            mod_revision: self.rev,
+            value,
+        };
+        self.events.push(FeedEvent {
+            delete: false,
+            kv: Some(feed_kv(&new)),
+            prev_kv: prev.as_ref().map(feed_kv),
+        });
+        self.overlay.insert(r.key.clone(), new);
+        Ok(PbPutResponse {
+            header: header(self.rev),
+            prev_kv: if r.prev_kv {
+                prev.map(|v| v.to_kv())
+            } else {
+                None
+            },
+        })
+    }
+
+    pub fn delete(&mut self, r: &PbDeleteRequest) -> Result<PbDeleteResponse, Status> {
+        if r.key.is_empty() {
+            return Err(errors::empty_key());
+        }
+        let kr = KeyRange::from_etcd(&r.key, &r.range_end);
+        let victims = self.view().range_at(&kr, self.rev - 1)?;
+        self.delete_versions(&victims);
+        Ok(PbDeleteResponse {
+            header: header(self.rev),
+            deleted: victims.len() as i64,
+            prev_kvs: if r.prev_kv {
+                victims.iter().map(|v| v.to_kv()).collect()
+            } else {
+                Vec::new()
+            },
+        })
+    }
+
+    fn delete_versions(&mut self, victims: &[Version]) {
+        for v in victims {
+            let tomb = Version {
+                key: v.key.clone(),
+                mod_revision: self.rev,
+                value: MvccValue {
+                    tombstone: true,
+                    ..Default::default()
+                },
+            };
+            self.events.push(FeedEvent {
+                delete: true,
+                kv: Some(FeedKv {
+                    key: v.key.clone(),
+                    mod_revision: self.rev,
+                    ..Default::default()
+                }),
+                prev_kv: Some(feed_kv(v)),
+            });
+            self.overlay.insert(v.key.clone(), tomb);
+        }
+    }
+
+    /// Deletes every key in `kr` attached to `lease`.
+    pub fn revoke_lease(&mut self, kr: &KeyRange, lease: i64) -> Result<usize, Status> {
+        let mut victims = self.view().range_at(kr, self.rev - 1)?;
+        victims.retain(|v| v.value.lease == lease);
+        self.delete_versions(&victims);
+        Ok(victims.len())
+    }
+
+    fn compare(&self, c: &PbCompare) -> Result<bool, Status> {
+        let kvs = if c.range_end.is_empty() {
+            self.view().get(&c.key)?.into_iter().collect::<Vec<_>>()
+        } else {
+            let kr = KeyRange::from_etcd(&c.key, &c.range_end);
+            self.view().range_at(&kr, self.rev - 1)?
+        };
+        if kvs.is_empty() {
+            // A missing key compares as all-zero fields; a value compare fails.
+            if matches!(c.target_union, Some(PbTargetUnion::Value(_))) || c.target == 3 {
+                return Ok(false);
+            }
+            return Ok(compare_one(c, None));
+        }
+        Ok(kvs.iter().all(|v| compare_one(c, Some(v))))
+    }
+
+    pub fn txn(&mut self, r: &PbTxnRequest) -> Result<PbTxnResponse, Status> {
+        let mut ok = true;
+        for c in &r.compare {
+            if !self.compare(c)? {
+                ok = false;
+                break;
+            }
+        }
+        let ops = if ok { &r.success } else { &r.failure };
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            let resp = match &op.request {
+                Some(PbTxnOpRequest::RequestRange(rr)) => {
+                    PbTxnOpResponse::ResponseRange(self.view().range(rr).map(|mut x| {
+                        x.header = header(self.rev);
+                        x
+                    })?)
+                }
+                Some(PbTxnOpRequest::RequestPut(p)) => PbTxnOpResponse::ResponsePut(self.put(p)?),
+                Some(PbTxnOpRequest::RequestDeleteRange(d)) => {
+                    PbTxnOpResponse::ResponseDeleteRange(self.delete(d)?)
+                }
+                Some(PbTxnOpRequest::RequestTxn(t)) => PbTxnOpResponse::ResponseTxn(self.txn(t)?),
+                None => return Err(Status::invalid_argument("etcdserver: empty request op")),
+            };
+            responses.push(PbResponseOp {
+                response: Some(resp),
+            });
+        }
+        Ok(PbTxnResponse {
+            header: header(self.rev),
+            succeeded: ok,
+            responses,
+        })
+    }
+}
+
+fn compare_one(c: &PbCompare, v: Option<&Version>) -> bool {
+    use std::cmp::Ordering;
+    let ord = match (&c.target_union, c.target) {
+        (Some(PbTargetUnion::Value(want)), _) => {
+            v.map(|v| v.value.value.as_slice()).unwrap_or(&[]).cmp(want.as_slice())
+        }
+        (Some(PbTargetUnion::Version(n)), _) => v.map_or(0, |v| v.value.version).cmp(n),
+        (Some(PbTargetUnion::CreateRevision(n)), _) => {
+            v.map_or(0, |v| v.value.create_revision).cmp(n)
+        }
+        (Some(PbTargetUnion::ModRevision(n)), _) => v.map_or(0, |v| v.mod_revision).cmp(n),
+        (Some(PbTargetUnion::Lease(n)), _) => v.map_or(0, |v| v.value.lease).cmp(n),
+        // No target value given: compare against the zero value of the target.
+        (None, 3) => v
+            .map(|v| v.value.value.as_slice())
+            .unwrap_or(&[])
+            .cmp(&[][..]),
+        (None, 0) => v.map_or(0, |v| v.value.version).cmp(&0),
+        (None, 1) => v.map_or(0, |v| v.value.create_revision).cmp(&0),
+        (None, 2) => v.map_or(0, |v| v.mod_revision).cmp(&0),
+        (None, _) => v.map_or(0, |v| v.value.lease).cmp(&0),
+    };
+    match c.result {
+        0 => ord == Ordering::Equal,
+        1 => ord == Ordering::Greater,
+        2 => ord == Ordering::Less,
+        3 => ord != Ordering::Equal,
+        _ => false,
+    }
+}
+
+/// Read-only txn at revision `view.rev` (no revision consumed, as in etcd).
+pub fn read_txn(view: &View<'_>, r: &PbTxnRequest) -> Result<PbTxnResponse, Status> {
+    let mut ex = WriteExec::new(view.mvcc, view.rev + 1, view.compacted);
+    let mut resp = ex.txn(r)?;
+    debug_assert!(ex.overlay.is_empty());
+    fix_headers(&mut resp, view.rev);
+    Ok(resp)
+}
+
+fn fix_headers(resp: &mut PbTxnResponse, rev: i64) {
+    resp.header = header(rev);
+    for op in &mut resp.responses {
+        match &mut op.response {
+            Some(PbTxnOpResponse::ResponseRange(r)) => r.header = header(rev),
+            Some(PbTxnOpResponse::ResponseTxn(t)) => fix_headers(t, rev),
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,22 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Command-line configuration of a storage node (`strata-node`, `strata node`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct NodeConfig {
+    /// Directory for this node's RocksDB (raft log, MVCC data, metadata).
+    #[arg(long, default_value = "./strata-node-data")]
+    pub data_dir: PathBuf,
+    /// Address to serve the internal gRPC API (raft transport, routed KV, feeds) on.
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    pub listen: SocketAddr,
+    /// Placement service address (host:port).
+    #[arg(long, default_value = "127.0.0.1:7100")]
+    pub placement: String,
+    /// Address to serve Prometheus /metrics, /health and /ready on (optional).
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Raft tick interval in milliseconds (election timeout is 10 ticks).
+    #[arg(long, default_value_t = 100)]
+    pub raft_tick_ms: u64,
+}

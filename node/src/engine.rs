@@ -1,0 +1,358 @@
+//! The node's one RocksDB and the raft log storage of every replica in it.
+//!
+//! Column families:
+//! - `raft`: per replica `range_id ‖ kind ‖ index` → log entries, hard state,
+//!   conf state and the applied index (see [`raft_key`]).
+//! - `data`: MVCC versions (see `mvcc.rs`).
+//! - `meta`: node identity, range descriptors, per-range compaction revision.
+//!
+//! Invariant: a replica's applied index is written in the same batch as the MVCC
+//! changes it covers, so after a crash data and applied index agree and raft
+//! re-applies exactly the entries after it.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, StorageError};
+use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
+
+pub const CF_RAFT: &str = "raft";
+pub const CF_DATA: &str = "data";
+pub const CF_META: &str = "meta";
+
+const KIND_ENTRY: u8 = 1;
+const KIND_HARD_STATE: u8 = 2;
+const KIND_CONF_STATE: u8 = 3;
+const KIND_APPLIED: u8 = 4;
+
+/// Opens (or creates) a RocksDB with the three column families.
+pub fn open_db(dir: &Path) -> anyhow::Result<Arc<DB>> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", dir.display()))?;
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    opts.set_max_background_jobs(2);
+    let cfs = [CF_RAFT, CF_DATA, CF_META]
+        .iter()
+        .map(|n| ColumnFamilyDescriptor::new(*n, Options::default()))
+        .collect::<Vec<_>>();
+    let db = DB::open_cf_descriptors(&opts, dir, cfs)
+        .map_err(|e| anyhow::anyhow!("cannot open RocksDB in {}: {e}", dir.display()))?;
+    Ok(Arc::new(db))
+}
+
+pub fn raft_key(range_id: u64, kind: u8, index: u64) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[..8].copy_from_slice(&range_id.to_be_bytes());
+    k[8] = kind;
+    k[9..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// Writes a batch, with an fsync of the WAL when `sync`.
+pub fn write(db: &DB, batch: WriteBatch, sync: bool) -> anyhow::Result<()> {
+    let mut wo = WriteOptions::default();
+    wo.set_sync(sync);
+    db.write_opt(batch, &wo)
+        .map_err(|e| anyhow::anyhow!("RocksDB write failed: {e}"))
+}
+
+fn storage_err(e: impl std::fmt::Display) -> raft::Error {
+    raft::Error::Store(StorageError::Other(e.to_string().into()))
+}
+
+#[derive(Default, Clone)]
+struct Cache {
+    hard_state: HardState,
+    conf_state: ConfState,
+    last_index: u64,
+    last_term: u64,
+}
+
+/// raft-rs `Storage` over the `raft` column family for one replica. The raft log
+/// is never truncated in this version, so `first_index` is always 1.
+#[derive(Clone)]
+pub struct RaftStorage {
+    db: Arc<DB>,
+    range_id: u64,
+    cache: Arc<Mutex<Cache>>,
+}
+
+impl RaftStorage {
+    /// Loads a replica's raft state, or creates it with `voters` when absent.
+    pub fn open(db: Arc<DB>, range_id: u64, voters: &[u64]) -> anyhow::Result<Self> {
+        let cf = db.cf_handle(CF_RAFT).expect("raft cf");
+        let mut cache = Cache::default();
+        match db.get_cf(&cf, raft_key(range_id, KIND_CONF_STATE, 0))? {
+            Some(b) => cache.conf_state = ConfState::parse_from_bytes(&b)?,
+            None => {
+                cache.conf_state.set_voters(voters.to_vec());
+                let mut wb = WriteBatch::default();
+                wb.put_cf(
+                    &cf,
+                    raft_key(range_id, KIND_CONF_STATE, 0),
+                    cache.conf_state.write_to_bytes()?,
+                );
+                write(&db, wb, true)?;
+            }
+        }
+        if let Some(b) = db.get_cf(&cf, raft_key(range_id, KIND_HARD_STATE, 0))? {
+            cache.hard_state = HardState::parse_from_bytes(&b)?;
+        }
+        // The last entry: seek backwards from the end of this replica's entries.
+        {
+            let mut it = db.raw_iterator_cf(&cf);
+            it.seek_for_prev(raft_key(range_id, KIND_ENTRY, u64::MAX));
+            if it.valid() {
+                if let (Some(k), Some(v)) = (it.key(), it.value()) {
+                    if k.len() == 17 && k[..8] == range_id.to_be_bytes() && k[8] == KIND_ENTRY {
+                        let e = Entry::parse_from_bytes(v)?;
+                        cache.last_index = e.index;
+                        cache.last_term = e.term;
+                    }
+                }
+            }
+        }
+        // The persisted commit index should never exceed the persisted log; if
+        // it does (torn state), trust the log: raft re-learns commits from peers.
+        if cache.hard_state.commit > cache.last_index {
+            tracing::warn!(
+                range_id,
+                commit = cache.hard_state.commit,
+                last = cache.last_index,
+                "commit index beyond the log; clamping"
+            );
+            cache.hard_state.commit = cache.last_index;
+        }
+
+        Ok(Self {
+            db,
+            range_id,
+            cache: Arc::new(Mutex::new(cache)),
+        })
+    }
+
+    pub fn applied_index(&self) -> anyhow::Result<u64> {
+        let cf = self.db.cf_handle(CF_RAFT).expect("raft cf");
+        Ok(
+            match self.db.get_cf(&cf, raft_key(self.range_id, KIND_APPLIED, 0))? {
+                Some(b) if b.len() == 8 => u64::from_be_bytes(b[..8].try_into().unwrap()),
+                Some(_) => anyhow::bail!("range {}: corrupt applied index", self.range_id),
+                None => 0,
+            },
+        )
+    }
+
+    /// Adds appended entries and a new hard state to `wb`; call
+    /// [`RaftStorage::on_persisted`] after the batch is durable.
+    pub fn stage_append(
+        &self,
+        wb: &mut WriteBatch,
+        entries: &[Entry],
+        hs: Option<&HardState>,
+    ) -> anyhow::Result<()> {
+        let cf = self.db.cf_handle(CF_RAFT).expect("raft cf");
+        if !entries.is_empty() {
+            // Entries after the new tail from an older term are overwritten; drop any
+            // beyond the new last index.
+            let last = self.cache.lock().last_index;
+            let new_last = entries.last().map(|e| e.index).unwrap_or(0);
+            if new_last < last {
+                wb.delete_range_cf(
+                    &cf,
+                    raft_key(self.range_id, KIND_ENTRY, new_last + 1),
+                    raft_key(self.range_id, KIND_ENTRY, last + 1),
+                );
+            }
+        }
+        for e in entries {
+            wb.put_cf(
+                &cf,
+                raft_key(self.range_id, KIND_ENTRY, e.index),
+                e.write_to_bytes()?,
+            );
+        }
+        if let Some(hs) = hs {
+            wb.put_cf(
+                &cf,
+                raft_key(self.range_id, KIND_HARD_STATE, 0),
+                hs.write_to_bytes()?,
+            );
+        }
+        Ok(())
+    }
+
+    pub fn on_persisted(&self, entries: &[Entry], hs: Option<&HardState>) {
+        let mut c = self.cache.lock();
+        if let Some(e) = entries.last() {
+            c.last_index = e.index;
+            c.last_term = e.term;
+        }
+        if let Some(hs) = hs {
+            c.hard_state = hs.clone();
+        }
+    }
+
+    /// Records a commit index learned from a `LightReady` (persisted with the
+    /// next hard state write).
+    pub fn set_commit(&self, wb: &mut WriteBatch, commit: u64) -> anyhow::Result<()> {
+        let mut c = self.cache.lock();
+        if commit <= c.hard_state.commit {
+            return Ok(());
+        }
+        c.hard_state.commit = commit;
+        let cf = self.db.cf_handle(CF_RAFT).expect("raft cf");
+        wb.put_cf(
+            &cf,
+            raft_key(self.range_id, KIND_HARD_STATE, 0),
+            c.hard_state.write_to_bytes()?,
+        );
+        Ok(())
+    }
+
+    pub fn stage_applied(&self, wb: &mut WriteBatch, applied: u64) {
+        let cf = self.db.cf_handle(CF_RAFT).expect("raft cf");
+        wb.put_cf(
+            &cf,
+            raft_key(self.range_id, KIND_APPLIED, 0),
+            applied.to_be_bytes(),
+        );
+    }
+
+    pub fn conf_state(&self) -> ConfState {
+        self.cache.lock().conf_state.clone()
+    }
+}
+
+impl raft::Storage for RaftStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let c = self.cache.lock();
+        Ok(RaftState::new(c.hard_state.clone(), c.conf_state.clone()))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _ctx: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let max = max_size.into().unwrap_or(u64::MAX);
+        let cf = self.db.cf_handle(CF_RAFT).expect("raft cf");
+        let mut it = self.db.raw_iterator_cf(&cf);
+        it.seek(raft_key(self.range_id, KIND_ENTRY, low));
+        let mut out = Vec::new();
+        let mut size = 0u64;
+        let mut want = low;
+        while want < high && it.valid() {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            if k != raft_key(self.range_id, KIND_ENTRY, want) {
+                break;
+            }
+            let e = Entry::parse_from_bytes(v).map_err(storage_err)?;
+            size += v.len() as u64;
+            if !out.is_empty() && size > max {
+                break;
+            }
+            out.push(e);
+            want += 1;
+            it.next();
+        }
+        if out.is_empty() && low < high {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx == 0 {
+            return Ok(0);
+        }
+        {
+            let c = self.cache.lock();
+            if idx == c.last_index {
+                return Ok(c.last_term);
+            }
+            if idx > c.last_index {
+                return Err(raft::Error::Store(StorageError::Unavailable));
+            }
+        }
+        let cf = self.db.cf_handle(CF_RAFT).expect("raft cf");
+        match self
+            .db
+            .get_cf(&cf, raft_key(self.range_id, KIND_ENTRY, idx))
+            .map_err(storage_err)?
+        {
+            Some(v) => Ok(Entry::parse_from_bytes(&v).map_err(storage_err)?.term),
+            None => Err(raft::Error::Store(StorageError::Unavailable)),
+        }
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.cache.lock().last_index)
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // The log is never truncated, so a follower can always catch up from it.
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::Storage;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        let mut e = Entry::default();
+        e.index = index;
+        e.term = term;
+        e.data = vec![index as u8].into();
+        e
+    }
+
+    #[test]
+    fn append_persist_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path()).unwrap();
+        let s = RaftStorage::open(db.clone(), 7, &[1, 2, 3]).unwrap();
+        assert_eq!(s.last_index().unwrap(), 0);
+        let ents: Vec<_> = (1..=5).map(|i| entry(i, 1)).collect();
+        let mut hs = HardState::default();
+        hs.term = 1;
+        hs.commit = 3;
+        let mut wb = WriteBatch::default();
+        s.stage_append(&mut wb, &ents, Some(&hs)).unwrap();
+        write(&db, wb, true).unwrap();
+        s.on_persisted(&ents, Some(&hs));
+        // Overwrite the tail from index 4 with a shorter one of a newer term.
+        let mut wb = WriteBatch::default();
+        s.stage_append(&mut wb, &[entry(4, 2)], None).unwrap();
+        write(&db, wb, true).unwrap();
+        s.on_persisted(&[entry(4, 2)], None);
+        drop(s);
+        let s = RaftStorage::open(db, 7, &[]).unwrap();
+        assert_eq!(s.last_index().unwrap(), 4);
+        assert_eq!(s.term(4).unwrap(), 2);
+        assert_eq!(s.term(3).unwrap(), 1);
+        let st = s.initial_state().unwrap();
+        assert_eq!(st.hard_state.commit, 3);
+        assert_eq!(st.conf_state.voters, vec![1, 2, 3]);
+        let got = s.entries(1, 5, None, GetEntriesContext::empty(false)).unwrap();
+        assert_eq!(got.len(), 4);
+        let got = s.entries(1, 5, 1, GetEntriesContext::empty(false)).unwrap();
+        assert_eq!(got.len(), 1);
+    }
+}

@@ -1,0 +1,178 @@
+//! strata-node: hosts range replicas. See ARCHITECTURE.md for the map.
+//!
+//! - `engine`: the one RocksDB (column families) and raft log storage;
+//! - `mvcc`: versioned keys in the `data` column family;
+//! - `apply`: etcd request semantics over MVCC;
+//! - `store`: the raft thread (batched Ready loop, one fsync per round);
+//! - `sequencer`: per-range revision stamping (log order == revision order);
+//! - `transport`: raft messages to other nodes, batched per destination;
+//! - `service`: the node's gRPC API.
+
+pub mod apply;
+mod config;
+pub mod engine;
+pub mod mvcc;
+pub mod sequencer;
+pub mod service;
+pub mod store;
+pub mod transport;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+pub use config::*;
+use dashmap::DashMap;
+use strata_proto::oracle::{placement_client, Oracle};
+use strata_proto::strata::node_server::NodeServer;
+use strata_proto::strata::{HeartbeatRequest, RangeReport, RegisterNodeRequest};
+use tokio::sync::mpsc;
+
+use crate::engine::CF_META;
+use crate::store::{Ranges, Store, StoreMsg};
+
+const NODE_ID_KEY: &[u8] = b"node_id";
+const HEARTBEAT_EVERY: Duration = Duration::from_millis(300);
+
+/// A running node.
+pub struct NodeHandle {
+    pub node_id: u64,
+    pub addr: SocketAddr,
+}
+
+/// Starts a node: opens its RocksDB, registers with placement, starts the raft
+/// thread and serves gRPC. Returns once the gRPC listener is bound.
+pub async fn run(cfg: NodeConfig) -> anyhow::Result<NodeHandle> {
+    let db = engine::open_db(&cfg.data_dir)?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    let mut placement = placement_client(&cfg.placement).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+
+    // Identity: persisted on first registration, reused after restarts.
+    let meta = db.cf_handle(CF_META).expect("meta cf");
+    let known_id = match db.get_cf(&meta, NODE_ID_KEY)? {
+        Some(b) if b.len() == 8 => u64::from_be_bytes(b[..].try_into().unwrap()),
+        _ => 0,
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let node_id = loop {
+        let req = RegisterNodeRequest {
+            node_id: known_id,
+            addr: addr.to_string(),
+        };
+        match placement.register_node(req).await {
+            Ok(r) => break r.into_inner().node_id,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::info!("waiting for placement at {}: {}", cfg.placement, e.message());
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Err(e) => anyhow::bail!("cannot register with placement at {}: {}", cfg.placement, e.message()),
+        }
+    };
+    if known_id == 0 {
+        db.put_cf(&meta, NODE_ID_KEY, node_id.to_be_bytes())?;
+    }
+
+    tracing::info!(node_id, %addr, "node registered");
+
+    let addrs = Arc::new(DashMap::new());
+    let transport = transport::Transport::new(node_id, addrs.clone());
+    let ranges: Ranges = Arc::new(DashMap::new());
+    let (store_tx, store_rx) = mpsc::channel(store::INBOX_CAP);
+    let mut store = Store::new(
+        node_id,
+        db.clone(),
+        ranges.clone(),
+        transport,
+        Duration::from_millis(cfg.raft_tick_ms),
+    );
+    store.load()?;
+    std::thread::Builder::new()
+        .name("raft".into())
+        .spawn(move || store.run(store_rx))?;
+
+    // Ticks enter the inbox like any other message.
+    let tick_tx = store_tx.clone();
+    let tick_every = Duration::from_millis(cfg.raft_tick_ms.max(1));
+    tokio::spawn(async move {
+        let mut iv = tokio::time::interval(tick_every);
+        loop {
+            iv.tick().await;
+            if tick_tx.is_closed() {
+                return;
+            }
+            let _ = tick_tx.try_send(StoreMsg::Tick);
+        }
+    });
+
+    let oracle = Oracle::new(placement.clone());
+    let svc = service::NodeService {
+        node_id,
+        ranges: ranges.clone(),
+        store: store_tx.clone(),
+        oracle,
+        mvcc: mvcc::Mvcc::new(db.clone()),
+        sequencers: Arc::new(DashMap::new()),
+    };
+    let server = tonic::transport::Server::builder()
+        .add_service(
+            NodeServer::new(svc)
+                .max_decoding_message_size(64 * 1024 * 1024)
+                .max_encoding_message_size(64 * 1024 * 1024),
+        )
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+    tokio::spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!("node gRPC server stopped: {e}");
+        }
+    });
+
+    tokio::spawn(heartbeat(node_id, placement, ranges, addrs, store_tx));
+    Ok(NodeHandle { node_id, addr })
+}
+
+/// Reports the ranges this node leads; learns node addresses and the ranges it
+/// must host.
+async fn heartbeat(
+    node_id: u64,
+    mut placement: strata_proto::strata::placement_client::PlacementClient<tonic::transport::Channel>,
+    ranges: Ranges,
+    addrs: Arc<DashMap<u64, String>>,
+    store: mpsc::Sender<StoreMsg>,
+) {
+    let mut iv = tokio::time::interval(HEARTBEAT_EVERY);
+    loop {
+        iv.tick().await;
+        let leader_ranges = ranges
+            .iter()
+            .filter(|r| r.is_leader())
+            .map(|r| RangeReport {
+                desc: Some(r.desc.read().clone()),
+                leader_node: node_id,
+                term: r.term.load(std::sync::atomic::Ordering::Acquire),
+            })
+            .collect();
+        let mut req = tonic::Request::new(HeartbeatRequest {
+            node_id,
+            leader_ranges,
+        });
+        req.set_timeout(Duration::from_secs(2));
+        match placement.heartbeat(req).await {
+            Ok(resp) => {
+                let resp = resp.into_inner();
+                for n in resp.nodes {
+                    addrs.insert(n.id, n.addr);
+                }
+                for d in resp.ranges {
+                    if !ranges.contains_key(&d.id) && store.send(StoreMsg::Create(d)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => tracing::debug!("heartbeat failed: {}", e.message()),
+        }
+    }
+}

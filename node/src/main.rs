@@ -1,0 +1,18 @@
+//! `strata-node`: a Strata storage node as its own process (also `strata node`).
+use clap::Parser;
+
+#[path = "../../src/component.rs"]
+#[allow(dead_code)]
+mod component;
+
+#[derive(Parser)]
+#[command(name = "strata-node", version, about = component::NODE_ABOUT, long_about = component::NODE_LONG_ABOUT)]
+struct Cli {
+    #[command(flatten)]
+    config: strata_node::NodeConfig,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    component::serve("strata-node", strata_node::run(cli.config))
+}

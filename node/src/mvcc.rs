@@ -1,0 +1,321 @@
+//! MVCC storage in the `data` column family.
+//!
+//! A version of a user key is stored at `enc(key) ‖ !revision` (big endian), where
+//! `enc` is an order-preserving, self-delimiting escape of the key (every `0x00`
+//! becomes `0x00 0xFF`, and `0x00 0x01` terminates). Keys therefore sort by user
+//! key first, and versions of one key from newest to oldest, so "the version at or
+//! below revision R" is one seek. Deletions are tombstone versions.
+
+use std::sync::Arc;
+
+use prost::Message;
+use rocksdb::{WriteBatch, DB};
+use strata_proto::etcd::PbKeyValue;
+use strata_proto::strata::MvccValue;
+pub use strata_proto::etcdutil::KeyRange;
+
+use crate::engine::CF_DATA;
+
+const ESC: u8 = 0x00;
+const ESC_ZERO: u8 = 0xFF;
+const ESC_END: u8 = 0x01;
+
+/// Order-preserving escape of a user key.
+pub fn enc_key(key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + 10);
+    for &b in key {
+        out.push(b);
+        if b == ESC {
+            out.push(ESC_ZERO);
+        }
+    }
+    out.push(ESC);
+    out.push(ESC_END);
+    out
+}
+
+/// Splits a data key into (user key, revision); `None` if malformed.
+pub fn dec_key(k: &[u8]) -> Option<(Vec<u8>, i64)> {
+    let mut user = Vec::with_capacity(k.len());
+    let mut i = 0;
+    while i < k.len() {
+        let b = k[i];
+        if b == ESC {
+            match k.get(i + 1)? {
+                &ESC_ZERO => user.push(0),
+                &ESC_END => {
+                    let rest = k.get(i + 2..)?;
+                    if rest.len() != 8 {
+                        return None;
+                    }
+                    let inv = u64::from_be_bytes(rest.try_into().ok()?);
+                    return Some((user, (u64::MAX - inv) as i64));
+                }
+                _ => return None,
+            }
+            i += 2;
+        } else {
+            user.push(b);
+            i += 1;
+        }
+    }
+    None
+}
+
+pub fn version_key(key: &[u8], rev: i64) -> Vec<u8> {
+    let mut k = enc_key(key);
+    k.extend_from_slice(&(u64::MAX - rev as u64).to_be_bytes());
+    k
+}
+
+/// One stored version.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Version {
+    pub key: Vec<u8>,
+    pub mod_revision: i64,
+    pub value: MvccValue,
+}
+
+impl Version {
+    pub fn to_kv(&self) -> PbKeyValue {
+        PbKeyValue {
+            key: self.key.clone(),
+            create_revision: self.value.create_revision,
+            mod_revision: self.mod_revision,
+            version: self.value.version,
+            value: self.value.value.clone(),
+            lease: self.value.lease,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Mvcc {
+    db: Arc<DB>,
+}
+
+impl Mvcc {
+    pub fn new(db: Arc<DB>) -> Self {
+        Self { db }
+    }
+
+    /// Calls `f` for every stored version in `kr` (newest first within a key),
+    /// stopping when `f` returns false.
+    fn scan(
+        &self,
+        kr: &KeyRange,
+        mut f: impl FnMut(Vec<u8>, i64, &[u8]) -> anyhow::Result<bool>,
+    ) -> anyhow::Result<()> {
+        if kr.is_empty() {
+            return Ok(());
+        }
+        let cf = self.db.cf_handle(CF_DATA).expect("data cf");
+        let mut it = self.db.raw_iterator_cf(&cf);
+        it.seek(enc_key(&kr.start));
+        let end = kr.end.as_ref().map(|e| enc_key(e));
+        while it.valid() {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            if let Some(e) = &end {
+                if k >= e.as_slice() {
+                    break;
+                }
+            }
+            let (user, rev) =
+                dec_key(k).ok_or_else(|| anyhow::anyhow!("corrupt MVCC key {k:?}"))?;
+            if !f(user, rev, v)? {
+                break;
+            }
+            it.next();
+        }
+        it.status()?;
+        Ok(())
+    }
+
+    /// Live keys of `kr` as of revision `rev` (latest version ≤ rev, not deleted),
+    /// in key order.
+    pub fn range_at(&self, kr: &KeyRange, rev: i64) -> anyhow::Result<Vec<Version>> {
+        let mut out = Vec::new();
+        let mut last: Option<Vec<u8>> = None;
+        self.scan(kr, |user, r, v| {
+            if r > rev || last.as_deref() == Some(user.as_slice()) {
+                return Ok(true);
+            }
+            let value = MvccValue::decode(v)?;
+            last = Some(user.clone());
+            if !value.tombstone {
+                out.push(Version {
+                    key: user,
+                    mod_revision: r,
+                    value,
+                });
+            }
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// The live version of `key` at revision `rev`.
+    pub fn get_at(&self, key: &[u8], rev: i64) -> anyhow::Result<Option<Version>> {
+        let cf = self.db.cf_handle(CF_DATA).expect("data cf");
+        let mut it = self.db.raw_iterator_cf(&cf);
+        it.seek(version_key(key, rev));
+        if let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if let Some((user, r)) = dec_key(k) {
+                if user == key {
+                    let value = MvccValue::decode(v)?;
+                    return Ok((!value.tombstone).then(|| Version {
+                        key: user,
+                        mod_revision: r,
+                        value,
+                    }));
+                }
+            }
+        }
+        it.status()?;
+        Ok(None)
+    }
+
+    /// Every version in `kr` with revision in `[from, to]`, ordered by revision
+    /// then key, each with the key's previous version (if live). For watch catch-up.
+    pub fn history(
+        &self,
+        kr: &KeyRange,
+        from: i64,
+        to: i64,
+        max_versions: usize,
+    ) -> anyhow::Result<Vec<(Version, Option<Version>)>> {
+        let mut out = Vec::new();
+        // Versions of one key arrive newest first: keep the previous one pending
+        // so each version can be paired with the one just older than it.
+        let mut pending: Option<Version> = None;
+        let mut truncated = false;
+        self.scan(kr, |user, r, v| {
+            let cur = Version {
+                key: user,
+                mod_revision: r,
+                value: MvccValue::decode(v)?,
+            };
+            if let Some(p) = pending.take() {
+                let prev = (p.key == cur.key && !cur.value.tombstone).then(|| cur.clone());
+                out.push((p, prev));
+            }
+            if r >= from && r <= to {
+                pending = Some(cur);
+            }
+            if out.len() > max_versions {
+                truncated = true;
+                return Ok(false);
+            }
+            Ok(true)
+        })?;
+        if let Some(p) = pending.take() {
+            out.push((p, None));
+        }
+        anyhow::ensure!(!truncated, "watch history too large to replay");
+        out.sort_by(|a, b| {
+            (a.0.mod_revision, &a.0.key).cmp(&(b.0.mod_revision, &b.0.key))
+        });
+        Ok(out)
+    }
+
+    pub fn stage_version(&self, wb: &mut WriteBatch, key: &[u8], rev: i64, value: &MvccValue) {
+        let cf = self.db.cf_handle(CF_DATA).expect("data cf");
+        wb.put_cf(&cf, version_key(key, rev), value.encode_to_vec());
+    }
+
+    /// Removes history below `rev` in `kr`: each key keeps every version above
+    /// `rev` and its latest version at or below it, unless that one is a tombstone.
+    pub fn stage_compact(&self, wb: &mut WriteBatch, kr: &KeyRange, rev: i64) -> anyhow::Result<()> {
+        let cf = self.db.cf_handle(CF_DATA).expect("data cf");
+        let mut kept_at_or_below: Option<Vec<u8>> = None;
+        self.scan(kr, |user, r, v| {
+            if r > rev {
+                return Ok(true);
+            }
+            if kept_at_or_below.as_deref() == Some(user.as_slice()) {
+                wb.delete_cf(&cf, version_key(&user, r));
+            } else {
+                let value = MvccValue::decode(v)?;
+                if value.tombstone {
+                    wb.delete_cf(&cf, version_key(&user, r));
+                }
+                kept_at_or_below = Some(user);
+            }
+            Ok(true)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_encoding_orders_and_roundtrips() {
+        let keys: Vec<&[u8]> = vec![b"", b"\0", b"\0\0", b"a", b"a\0", b"a\0b", b"ab", b"b"];
+        let enc: Vec<_> = keys.iter().map(|k| version_key(k, 5)).collect();
+        let mut sorted = enc.clone();
+        sorted.sort();
+        assert_eq!(enc, sorted, "encoding must preserve key order");
+        for k in &keys {
+            assert_eq!(dec_key(&version_key(k, 42)), Some((k.to_vec(), 42)));
+        }
+        // Newer versions of a key sort first.
+        assert!(version_key(b"a", 9) < version_key(b"a", 3));
+        assert_eq!(dec_key(b"a\0"), None);
+        assert_eq!(dec_key(b"a\0\x07xxxxxxxx"), None);
+    }
+
+    fn put(m: &Mvcc, db: &DB, key: &[u8], rev: i64, val: &[u8], tomb: bool) {
+        let mut wb = WriteBatch::default();
+        m.stage_version(
+            &mut wb,
+            key,
+            rev,
+            &MvccValue {
+                value: val.to_vec(),
+                create_revision: rev,
+                version: 1,
+                lease: 0,
+                tombstone: tomb,
+            },
+        );
+        db.write(wb).unwrap();
+    }
+
+    #[test]
+    fn reads_at_revisions_and_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::engine::open_db(dir.path()).unwrap();
+        let m = Mvcc::new(db.clone());
+        put(&m, &db, b"a", 2, b"a2", false);
+        put(&m, &db, b"a", 5, b"a5", false);
+        put(&m, &db, b"b", 3, b"b3", false);
+        put(&m, &db, b"b", 6, b"", true);
+        let all = KeyRange::from_etcd(b"\0", b"\0");
+        let at = |r| -> Vec<(Vec<u8>, i64)> {
+            m.range_at(&all, r)
+                .unwrap()
+                .into_iter()
+                .map(|v| (v.key, v.mod_revision))
+                .collect()
+        };
+        assert_eq!(at(1), vec![]);
+        assert_eq!(at(4), vec![(b"a".to_vec(), 2), (b"b".to_vec(), 3)]);
+        assert_eq!(at(7), vec![(b"a".to_vec(), 5)]);
+        assert_eq!(m.get_at(b"b", 3).unwrap().unwrap().value.value, b"b3");
+        assert!(m.get_at(b"b", 6).unwrap().is_none());
+        let h = m.history(&all, 3, 6, 100).unwrap();
+        let revs: Vec<_> = h.iter().map(|(v, p)| (v.mod_revision, p.is_some())).collect();
+        assert_eq!(revs, vec![(3, false), (5, true), (6, true)]);
+
+        let mut wb = WriteBatch::default();
+        m.stage_compact(&mut wb, &all, 6).unwrap();
+        db.write(wb).unwrap();
+        assert_eq!(at(6), vec![(b"a".to_vec(), 5)]);
+        assert!(m.get_at(b"a", 2).unwrap().is_none(), "a@2 compacted away");
+        assert!(m.history(&all, 0, 10, 100).unwrap().len() == 1);
+    }
+}

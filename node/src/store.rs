@@ -1,0 +1,686 @@
+//! The store: every range replica of this node, driven by one raft thread.
+//!
+//! Each loop iteration drains the inbox (raft messages, proposals, read
+//! barriers, ticks), then runs one Ready round over all replicas that have one:
+//! 1. send `messages()` at once (they do not depend on our persistence);
+//! 2. stage every replica's log appends and hard state into ONE write batch and
+//!    write it with ONE fsync (group commit across ranges);
+//! 3. send `persisted_messages()` (votes, append acks) only after that fsync;
+//! 4. apply committed entries, `advance`, handle the `LightReady`.
+//!
+//! Nothing steps or proposes between `ready()` and `advance()` of a replica,
+//! because the whole round runs without touching the inbox.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prost::Message as _;
+use protobuf::Message as _;
+use raft::eraftpb::{Entry, EntryType, Message as RaftMessage};
+use raft::{RawNode, StateRole};
+use rocksdb::{WriteBatch, DB};
+use strata_proto::errors;
+use strata_proto::etcd::{
+    PbCompactionRequest, PbCompactionResponse, PbDeleteRequest, PbLeaseRevokeRequest,
+    PbPutRequest, PbTxnRequest,
+};
+use strata_proto::strata::{
+    Epoch, FeedMessage, KvKind, RaftEnvelope, RangeCommand, RangeDescriptor,
+};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tonic::Status;
+
+use crate::apply::{header, WriteExec};
+use crate::engine::{self, RaftStorage, CF_META};
+use crate::mvcc::{KeyRange, Mvcc};
+use crate::transport::Transport;
+
+/// Capacity of the store inbox; a full inbox sheds load with `ServerBusy`.
+pub const INBOX_CAP: usize = 16_384;
+/// Messages handled per loop iteration before a Ready round.
+const DRAIN_MAX: usize = 4096;
+/// Pending proposals per replica before new ones are refused.
+const PROPOSALS_MAX: usize = 8192;
+/// Events buffered per range feed channel.
+const FEED_CAP: usize = 4096;
+/// A read barrier that did not complete in this time fails (client retries).
+const READ_DEADLINE: Duration = Duration::from_secs(5);
+
+pub type Reply = oneshot::Sender<Result<Vec<u8>, Status>>;
+
+pub enum StoreMsg {
+    Raft(RaftEnvelope),
+    Propose {
+        range_id: u64,
+        cmd: RangeCommand,
+        reply: Reply,
+    },
+    /// Completes once this replica is leader, has applied everything up to a
+    /// quorum-confirmed read index, and no write stamped `<= read_rev` is
+    /// still unapplied: then no write `<= read_rev` can ever apply here later.
+    ReadBarrier {
+        range_id: u64,
+        read_rev: i64,
+        reply: oneshot::Sender<Result<(), Status>>,
+    },
+    Create(RangeDescriptor),
+    Tick,
+}
+
+/// What async code may look at without asking the raft thread.
+pub struct RangeShared {
+    pub desc: parking_lot::RwLock<RangeDescriptor>,
+    pub peer_id: u64,
+    pub leader_peer: AtomicU64,
+    pub term: AtomicU64,
+    pub applied_index: AtomicU64,
+    /// Highest revision applied here (the replica's "current revision").
+    pub applied_rev: AtomicI64,
+    pub compacted: AtomicI64,
+    pub feed: broadcast::Sender<Arc<FeedMessage>>,
+}
+
+impl RangeShared {
+    pub fn is_leader(&self) -> bool {
+        let l = self.leader_peer.load(Ordering::Acquire);
+        l != 0 && l == self.peer_id
+    }
+    pub fn leader_node(&self) -> u64 {
+        let l = self.leader_peer.load(Ordering::Acquire);
+        self.desc
+            .read()
+            .peers
+            .iter()
+            .find(|p| p.id == l)
+            .map_or(0, |p| p.node_id)
+    }
+    pub fn epoch(&self) -> Epoch {
+        self.desc.read().epoch.unwrap_or_default()
+    }
+}
+
+pub type Ranges = Arc<dashmap::DashMap<u64, Arc<RangeShared>>>;
+
+struct ReadWaiter {
+    read_rev: i64,
+    ctx: u64,
+    index: Option<u64>,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<(), Status>>,
+}
+
+struct Proposal {
+    index: u64,
+    term: u64,
+    rev: i64,
+    reply: Reply,
+}
+
+struct Replica {
+    raw: RawNode<RaftStorage>,
+    shared: Arc<RangeShared>,
+    proposals: VecDeque<Proposal>,
+    /// Revisions stamped and proposed by this leader but not yet applied.
+    pending_revs: BTreeSet<i64>,
+    reads: Vec<ReadWaiter>,
+}
+
+pub struct Store {
+    node_id: u64,
+    db: Arc<DB>,
+    mvcc: Mvcc,
+    ranges: Ranges,
+    replicas: HashMap<u64, Replica>,
+    transport: Transport,
+    logger: slog::Logger,
+    tick_every: Duration,
+    next_ctx: u64,
+}
+
+fn raft_config(peer_id: u64, applied: u64) -> raft::Config {
+    raft::Config {
+        id: peer_id,
+        election_tick: 10,
+        heartbeat_tick: 2,
+        applied,
+        pre_vote: true,
+        check_quorum: true,
+        max_size_per_msg: 1024 * 1024,
+        max_inflight_msgs: 256,
+        max_uncommitted_size: 64 * 1024 * 1024,
+        ..Default::default()
+    }
+}
+
+fn meta_key_desc(range_id: u64) -> Vec<u8> {
+    let mut k = b"range/".to_vec();
+    k.extend_from_slice(&range_id.to_be_bytes());
+    k
+}
+
+fn meta_key_maxrev(range_id: u64) -> Vec<u8> {
+    let mut k = b"maxrev/".to_vec();
+    k.extend_from_slice(&range_id.to_be_bytes());
+    k
+}
+
+fn meta_key_compacted(range_id: u64) -> Vec<u8> {
+    let mut k = b"compacted/".to_vec();
+    k.extend_from_slice(&range_id.to_be_bytes());
+    k
+}
+
+impl Store {
+    pub fn new(
+        node_id: u64,
+        db: Arc<DB>,
+        ranges: Ranges,
+        transport: Transport,
+        tick_every: Duration,
+    ) -> Self {
+        Self {
+            node_id,
+            mvcc: Mvcc::new(db.clone()),
+            db,
+            ranges,
+            replicas: HashMap::new(),
+            transport,
+            logger: slog::Logger::root(slog::Discard, slog::o!()),
+            tick_every,
+            next_ctx: 1,
+        }
+    }
+
+    /// Loads every replica persisted in `meta`.
+    pub fn load(&mut self) -> anyhow::Result<()> {
+        let cf = self.db.cf_handle(CF_META).expect("meta cf");
+        let mut descs = Vec::new();
+        let mut it = self.db.raw_iterator_cf(&cf);
+        it.seek(b"range/");
+        while it.valid() {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            if !k.starts_with(b"range/") {
+                break;
+            }
+            descs.push(RangeDescriptor::decode(v)?);
+            it.next();
+        }
+        drop(it);
+        for d in descs {
+            self.create(d)?;
+        }
+        Ok(())
+    }
+
+    fn create(&mut self, desc: RangeDescriptor) -> anyhow::Result<()> {
+        if self.replicas.contains_key(&desc.id) {
+            return Ok(());
+        }
+        let Some(me) = desc.peers.iter().find(|p| p.node_id == self.node_id) else {
+            anyhow::bail!("range {} has no peer on node {}", desc.id, self.node_id);
+        };
+        let peer_id = me.id;
+        let voters: Vec<u64> = desc.peers.iter().map(|p| p.id).collect();
+        let storage = RaftStorage::open(self.db.clone(), desc.id, &voters)?;
+        let applied = storage.applied_index()?;
+        let cf = self.db.cf_handle(CF_META).expect("meta cf");
+        self.db.put_cf(&cf, meta_key_desc(desc.id), desc.encode_to_vec())?;
+        let compacted = match self.db.get_cf(&cf, meta_key_compacted(desc.id))? {
+            Some(b) if b.len() == 8 => i64::from_be_bytes(b[..].try_into().unwrap()),
+            _ => 0,
+        };
+        // The highest revision applied before a restart: the newest MVCC version
+        // in the range is the last write applied (log order == revision order).
+        let applied_rev = self.max_revision(&desc)?;
+        let raw = RawNode::new(&raft_config(peer_id, applied), storage, &self.logger)?;
+        let (feed, _) = broadcast::channel(FEED_CAP);
+        let shared = Arc::new(RangeShared {
+            peer_id,
+            desc: parking_lot::RwLock::new(desc.clone()),
+            leader_peer: AtomicU64::new(0),
+            term: AtomicU64::new(0),
+            applied_index: AtomicU64::new(applied),
+            applied_rev: AtomicI64::new(applied_rev),
+            compacted: AtomicI64::new(compacted),
+            feed,
+        });
+        self.ranges.insert(desc.id, shared.clone());
+        self.replicas.insert(
+            desc.id,
+            Replica {
+                raw,
+                shared,
+                proposals: VecDeque::new(),
+                pending_revs: BTreeSet::new(),
+                reads: Vec::new(),
+            },
+        );
+        tracing::info!(range = desc.id, peer = peer_id, applied, "replica opened");
+        Ok(())
+    }
+
+    /// The highest revision applied before a restart (see `exec`).
+    fn max_revision(&self, desc: &RangeDescriptor) -> anyhow::Result<i64> {
+        let cf = self.db.cf_handle(CF_META).expect("meta cf");
+        Ok(match self.db.get_cf(&cf, meta_key_maxrev(desc.id))? {
+            Some(b) if b.len() == 8 => i64::from_be_bytes(b[..].try_into().unwrap()),
+            _ => 0,
+        })
+    }
+
+    /// Runs the raft loop until the inbox closes.
+    pub fn run(mut self, mut inbox: mpsc::Receiver<StoreMsg>) {
+        let mut last_tick = Instant::now();
+        loop {
+            let Some(first) = inbox.blocking_recv() else {
+                return;
+            };
+            let mut new_reads: Vec<u64> = Vec::new();
+            self.handle(first, &mut new_reads);
+            for _ in 0..DRAIN_MAX {
+                match inbox.try_recv() {
+                    Ok(m) => self.handle(m, &mut new_reads),
+                    Err(_) => break,
+                }
+            }
+            // One ReadIndex request per range serves every barrier of this round.
+            new_reads.sort_unstable();
+            new_reads.dedup();
+            for range_id in new_reads {
+                self.issue_read_index(range_id);
+            }
+            if last_tick.elapsed() >= self.tick_every {
+                last_tick = Instant::now();
+                self.tick();
+            }
+            if let Err(e) = self.ready_round() {
+                // A failed write to our own disk: we can no longer promise
+                // durability, so stop rather than acknowledge anything.
+                tracing::error!("fatal storage error in raft loop: {e:#}");
+                std::process::exit(70);
+            }
+        }
+    }
+
+    fn handle(&mut self, m: StoreMsg, new_reads: &mut Vec<u64>) {
+        match m {
+            StoreMsg::Tick => {}
+            StoreMsg::Create(desc) => {
+                if let Err(e) = self.create(desc) {
+                    tracing::warn!("cannot create replica: {e:#}");
+                }
+            }
+            StoreMsg::Raft(env) => {
+                let Some(r) = self.replicas.get_mut(&env.range_id) else {
+                    return; // unknown range: placement will tell us if it is ours
+                };
+                if env.to_peer != r.shared.peer_id {
+                    return;
+                }
+                match RaftMessage::parse_from_bytes(&env.message) {
+                    Ok(msg) => {
+                        if let Err(e) = r.raw.step(msg) {
+                            tracing::debug!(range = env.range_id, "step: {e}");
+                        }
+                    }
+                    Err(e) => tracing::warn!("bad raft message from node: {e}"),
+                }
+            }
+            StoreMsg::Propose {
+                range_id,
+                cmd,
+                reply,
+            } => {
+                let Some(r) = self.replicas.get_mut(&range_id) else {
+                    let _ = reply.send(Err(Status::not_found("strata: range not found")));
+                    return;
+                };
+                if r.raw.raft.state != StateRole::Leader {
+                    let _ = reply.send(Err(crate::service::not_leader()));
+                    return;
+                }
+                if r.proposals.len() >= PROPOSALS_MAX {
+                    let _ = reply.send(Err(errors::too_many_requests()));
+                    return;
+                }
+                let rev = cmd.revision;
+                if let Err(e) = r.raw.propose(vec![], cmd.encode_to_vec()) {
+                    tracing::debug!(range = range_id, "propose dropped: {e}");
+                    let _ = reply.send(Err(errors::leader_changed()));
+                    return;
+                }
+                let index = r.raw.raft.raft_log.last_index();
+                let term = r.raw.raft.term;
+                if rev > 0 {
+                    r.pending_revs.insert(rev);
+                }
+                r.proposals.push_back(Proposal {
+                    index,
+                    term,
+                    rev,
+                    reply,
+                });
+            }
+            StoreMsg::ReadBarrier {
+                range_id,
+                read_rev,
+                reply,
+            } => {
+                let Some(r) = self.replicas.get_mut(&range_id) else {
+                    let _ = reply.send(Err(Status::not_found("strata: range not found")));
+                    return;
+                };
+                if r.raw.raft.state != StateRole::Leader {
+                    let _ = reply.send(Err(crate::service::not_leader()));
+                    return;
+                }
+                r.reads.push(ReadWaiter {
+                    read_rev,
+                    ctx: 0,
+                    index: None,
+                    deadline: Instant::now() + READ_DEADLINE,
+                    reply,
+                });
+                new_reads.push(range_id);
+            }
+        }
+    }
+
+    fn issue_read_index(&mut self, range_id: u64) {
+        let ctx = self.next_ctx;
+        self.next_ctx += 1;
+        let Some(r) = self.replicas.get_mut(&range_id) else {
+            return;
+        };
+        let mut any = false;
+        for w in r.reads.iter_mut().filter(|w| w.index.is_none()) {
+            w.ctx = ctx;
+            any = true;
+        }
+        if any {
+            r.raw.read_index(ctx.to_be_bytes().to_vec());
+        }
+    }
+
+    fn tick(&mut self) {
+        let now = Instant::now();
+        let mut retry = Vec::new();
+        for (id, r) in self.replicas.iter_mut() {
+            r.raw.tick();
+            // ReadIndex requests are dropped by a leader that has not yet
+            // committed in its term; re-issue them, and fail expired ones.
+            let mut i = 0;
+            while i < r.reads.len() {
+                if r.reads[i].deadline <= now {
+                    let w = r.reads.swap_remove(i);
+                    let _ = w.reply.send(Err(errors::timeout()));
+                } else {
+                    i += 1;
+                }
+            }
+            if r.reads.iter().any(|w| w.index.is_none()) {
+                retry.push(*id);
+            }
+        }
+        for id in retry {
+            self.issue_read_index(id);
+        }
+    }
+
+    fn send(&self, shared: &RangeShared, msgs: Vec<RaftMessage>) {
+        if msgs.is_empty() {
+            return;
+        }
+        let desc = shared.desc.read();
+        for m in msgs {
+            let Some(to) = desc.peers.iter().find(|p| p.id == m.to) else {
+                continue;
+            };
+            let Ok(bytes) = m.write_to_bytes() else {
+                continue;
+            };
+            self.transport.send(
+                to.node_id,
+                RaftEnvelope {
+                    range_id: desc.id,
+                    epoch: desc.epoch,
+                    from_peer: m.from,
+                    to_peer: m.to,
+                    message: bytes,
+                },
+            );
+        }
+    }
+
+    fn ready_round(&mut self) -> anyhow::Result<()> {
+        let ids: Vec<u64> = self
+            .replicas
+            .iter()
+            .filter(|(_, r)| r.raw.has_ready())
+            .map(|(id, _)| *id)
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        // Phase 1: send, and stage all appends into one batch.
+        let mut wb = WriteBatch::default();
+        let mut readies = Vec::with_capacity(ids.len());
+        for id in ids {
+            let r = self.replicas.get_mut(&id).expect("replica");
+            let mut rd = r.raw.ready();
+            let msgs = rd.take_messages();
+            let shared = r.shared.clone();
+            if let Some(ss) = rd.ss() {
+                shared.leader_peer.store(ss.leader_id, Ordering::Release);
+                if ss.raft_state != StateRole::Leader {
+                    fail_leader_state(r);
+                }
+            }
+            if let Some(hs) = rd.hs() {
+                shared.term.store(hs.term, Ordering::Release);
+            }
+            anyhow::ensure!(
+                rd.snapshot().data.is_empty() && rd.snapshot().get_metadata().index == 0,
+                "snapshots are not supported in this version"
+            );
+            r.raw
+                .store()
+                .stage_append(&mut wb, rd.entries(), rd.hs())?;
+            self.send(&shared, msgs);
+            readies.push((id, rd));
+        }
+        if !wb.is_empty() {
+            engine::write(&self.db, wb, true)?;
+        }
+        // Phase 2: after the fsync.
+        for (id, mut rd) in readies {
+            let (shared, persisted) = {
+                let r = self.replicas.get_mut(&id).expect("replica");
+                r.raw.store().on_persisted(rd.entries(), rd.hs());
+                for rs in rd.take_read_states() {
+                    if rs.request_ctx.len() == 8 {
+                        let ctx = u64::from_be_bytes(rs.request_ctx[..].try_into().unwrap());
+                        for w in r.reads.iter_mut().filter(|w| w.ctx == ctx) {
+                            w.index = Some(rs.index);
+                        }
+                    }
+                }
+                (r.shared.clone(), rd.take_persisted_messages())
+            };
+            self.send(&shared, persisted);
+            let committed = rd.take_committed_entries();
+            self.apply(id, committed)?;
+            let r = self.replicas.get_mut(&id).expect("replica");
+            let mut light = r.raw.advance(rd);
+            let commit = light.commit_index();
+            let msgs = light.take_messages();
+            let committed = light.take_committed_entries();
+            self.send(&shared, msgs);
+            // A commit index from the LightReady is persisted with the apply
+            // state of the entries it covers (see `apply`), never ahead of them.
+            let _ = commit;
+            self.apply(id, committed)?;
+            let r = self.replicas.get_mut(&id).expect("replica");
+            r.raw.advance_apply();
+            complete_reads(r);
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, range_id: u64, entries: Vec<Entry>) -> anyhow::Result<()> {
+        for e in entries {
+            let r = self.replicas.get_mut(&range_id).expect("replica");
+            let mut wb = WriteBatch::default();
+            // The commit index covering this entry is persisted with it, so the
+            // applied index never exceeds the persisted commit index.
+            r.raw.store().set_commit(&mut wb, e.index)?;
+            r.raw.store().stage_applied(&mut wb, e.index);
+            let mut result: Result<Vec<u8>, Status> = Ok(Vec::new());
+            let mut feed_msg = None;
+            if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
+                match RangeCommand::decode(&e.data[..]) {
+                    Ok(cmd) => {
+                        let (res, msg) = self.exec(range_id, &cmd, &mut wb)?;
+                        result = res;
+                        feed_msg = msg;
+                    }
+                    Err(err) => {
+                        tracing::error!(range = range_id, index = e.index, "undecodable command: {err}");
+                        result = Err(Status::internal("strata: undecodable command"));
+                    }
+                }
+            }
+            engine::write(&self.db, wb, false)?;
+            let r = self.replicas.get_mut(&range_id).expect("replica");
+            r.shared.applied_index.store(e.index, Ordering::Release);
+            if let Some(m) = feed_msg {
+                let _ = r.shared.feed.send(Arc::new(m));
+            }
+            // Answer the proposal this entry belongs to, fail dropped ones.
+            while let Some(p) = r.proposals.front() {
+                if p.index > e.index {
+                    break;
+                }
+                let p = r.proposals.pop_front().expect("front");
+                r.pending_revs.remove(&p.rev);
+                if p.index == e.index && p.term == e.term {
+                    let _ = p.reply.send(std::mem::replace(&mut result, Ok(Vec::new())));
+                } else {
+                    let _ = p.reply.send(Err(errors::leader_changed()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Executes one command into `wb`; returns the client response and the
+    /// feed message to publish once `wb` is written.
+    #[allow(clippy::type_complexity)]
+    fn exec(
+        &mut self,
+        range_id: u64,
+        cmd: &RangeCommand,
+        wb: &mut WriteBatch,
+    ) -> anyhow::Result<(Result<Vec<u8>, Status>, Option<FeedMessage>)> {
+        let r = self.replicas.get(&range_id).expect("replica");
+        let shared = r.shared.clone();
+        let compacted = shared.compacted.load(Ordering::Acquire);
+        let rev = cmd.revision;
+        let kind = KvKind::try_from(cmd.kind).unwrap_or(KvKind::KvRange);
+        if kind == KvKind::KvCompact {
+            let req = PbCompactionRequest::decode(&cmd.request[..])?;
+            let desc = shared.desc.read().clone();
+            if req.revision > compacted {
+                let kr = desc_range(&desc);
+                self.mvcc.stage_compact(wb, &kr, req.revision)?;
+                let cf = self.db.cf_handle(CF_META).expect("meta cf");
+                wb.put_cf(&cf, meta_key_compacted(range_id), req.revision.to_be_bytes());
+                shared.compacted.store(req.revision, Ordering::Release);
+            }
+            let resp = PbCompactionResponse {
+                header: header(shared.applied_rev.load(Ordering::Acquire)),
+            };
+            return Ok((Ok(resp.encode_to_vec()), None));
+        }
+        anyhow::ensure!(rev > 0, "write command without a revision");
+        let mut ex = WriteExec::new(&self.mvcc, rev, compacted);
+        let res: Result<Vec<u8>, Status> = match kind {
+            KvKind::KvPut => ex.put(&PbPutRequest::decode(&cmd.request[..])?).map(|r| r.encode_to_vec()),
+            KvKind::KvDeleteRange => ex
+                .delete(&PbDeleteRequest::decode(&cmd.request[..])?)
+                .map(|r| r.encode_to_vec()),
+            KvKind::KvTxn => ex.txn(&PbTxnRequest::decode(&cmd.request[..])?).map(|r| r.encode_to_vec()),
+            KvKind::KvLeaseRevoke => {
+                let req = PbLeaseRevokeRequest::decode(&cmd.request[..])?;
+                let kr = desc_range(&shared.desc.read());
+                ex.revoke_lease(&kr, req.id).map(|n| (n as u64).to_be_bytes().to_vec())
+            }
+            _ => Err(Status::internal("strata: unexpected command kind")),
+        };
+        let mut feed = None;
+        if res.is_ok() && !ex.overlay.is_empty() {
+            for v in ex.overlay.values() {
+                self.mvcc.stage_version(wb, &v.key, rev, &v.value);
+            }
+            feed = Some(FeedMessage {
+                revision: rev,
+                events: std::mem::take(&mut ex.events),
+                ..Default::default()
+            });
+        }
+        // The replica's current revision advances with every stamped write
+        // (even one that changed nothing), and survives restarts.
+        let prev = shared.applied_rev.load(Ordering::Acquire);
+        if rev > prev {
+            let cf = self.db.cf_handle(CF_META).expect("meta cf");
+            wb.put_cf(&cf, meta_key_maxrev(range_id), rev.to_be_bytes());
+            shared.applied_rev.store(rev, Ordering::Release);
+        } else {
+            // Invariant: within a range, apply order is revision order.
+            tracing::error!(range = range_id, rev, prev, "revision applied out of order");
+        }
+        Ok((res, feed))
+    }
+}
+
+pub fn desc_range(desc: &RangeDescriptor) -> KeyRange {
+    KeyRange {
+        start: desc.start_key.clone(),
+        end: (!desc.end_key.is_empty()).then(|| desc.end_key.clone()),
+    }
+}
+
+/// On losing leadership: pending proposals may or may not commit later (under
+/// the new leader); their clients get "leader changed" and must check. Reads
+/// waiting here can no longer be confirmed.
+fn fail_leader_state(r: &mut Replica) {
+    for w in r.reads.drain(..) {
+        let _ = w.reply.send(Err(errors::leader_changed()));
+    }
+    r.pending_revs.clear();
+    for p in r.proposals.drain(..) {
+        let _ = p.reply.send(Err(errors::leader_changed()));
+    }
+}
+
+fn complete_reads(r: &mut Replica) {
+    if r.reads.is_empty() {
+        return;
+    }
+    let applied = r.raw.raft.raft_log.applied;
+    let lowest_pending = r.pending_revs.first().copied().unwrap_or(i64::MAX);
+    let mut i = 0;
+    while i < r.reads.len() {
+        let w = &r.reads[i];
+        if w.index.is_some_and(|idx| idx <= applied) && lowest_pending > w.read_rev {
+            let w = r.reads.swap_remove(i);
+            let _ = w.reply.send(Ok(()));
+        } else {
+            i += 1;
+        }
+    }
+}

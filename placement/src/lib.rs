@@ -1,0 +1,47 @@
+//! strata-placement: cluster metadata (node registry, range directory), the
+//! revision oracle, the compaction record and leases, persisted through
+//! placement's own raft group. See ARCHITECTURE.md.
+
+mod config;
+pub mod replica;
+pub mod service;
+pub mod state;
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+pub use config::*;
+use strata_proto::strata::placement_server::PlacementServer;
+
+/// A running placement service.
+pub struct PlacementHandle {
+    pub addr: SocketAddr,
+}
+
+/// Starts placement and returns once it serves gRPC.
+pub async fn run(cfg: PlacementConfig) -> anyhow::Result<PlacementHandle> {
+    anyhow::ensure!(cfg.replicas >= 1, "--replicas must be at least 1");
+    let db = strata_node::engine::open_db(&cfg.data_dir)?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    let rep = replica::Replicated::open(db)?;
+    // Wait until the log is replayed and this replica leads, so the oracle
+    // starts from the persisted high-water mark.
+    rep.propose(state::Command::OracleWindow { high_water: 0 })
+        .await
+        .map_err(|e| anyhow::anyhow!("placement raft group did not start: {}", e.message()))?;
+    let svc = service::PlacementService::new(rep, cfg.replicas);
+    tokio::spawn(svc.clone().expire_leases());
+    let server = tonic::transport::Server::builder()
+        .add_service(PlacementServer::new(service::Svc(svc)))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+    tokio::spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!("placement gRPC server stopped: {e}");
+        }
+    });
+    tracing::info!(%addr, "placement serving");
+    Ok(PlacementHandle { addr })
+}

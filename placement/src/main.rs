@@ -1,0 +1,18 @@
+//! `strata-placement`: the Strata placement service as its own process (also `strata placement`).
+use clap::Parser;
+
+#[path = "../../src/component.rs"]
+#[allow(dead_code)]
+mod component;
+
+#[derive(Parser)]
+#[command(name = "strata-placement", version, about = component::PLACEMENT_ABOUT, long_about = component::PLACEMENT_LONG_ABOUT)]
+struct Cli {
+    #[command(flatten)]
+    config: strata_placement::PlacementConfig,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    component::serve("strata-placement", strata_placement::run(cli.config))
+}

@@ -1,0 +1,333 @@
+//! Placement's gRPC service: node registry, range directory, revision oracle,
+//! compaction record and leases.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use prost::Message as _;
+use strata_proto::errors;
+use strata_proto::etcd::PbLeaseRevokeRequest;
+use strata_proto::strata::node_client::NodeClient;
+use strata_proto::strata::placement_server::Placement;
+use strata_proto::strata::*;
+use tonic::{Request, Response, Status};
+
+use crate::replica::Replicated;
+use crate::state::{Command, Outcome, ORACLE_WINDOW};
+
+/// Smallest lease TTL granted, in seconds (as etcd's minimum with its defaults).
+pub const MIN_LEASE_TTL_SECS: i64 = 2;
+/// etcd's largest lease TTL.
+pub const MAX_LEASE_TTL_SECS: i64 = 9_000_000_000;
+
+pub struct Oracle {
+    next: i64,
+}
+
+#[derive(Clone, Copy)]
+pub struct LeaderHint {
+    pub node: u64,
+    pub term: u64,
+}
+
+pub struct PlacementService {
+    pub rep: Replicated,
+    pub replicas: usize,
+    pub oracle: tokio::sync::Mutex<Oracle>,
+    pub leaders: Mutex<HashMap<u64, LeaderHint>>,
+    pub last_seen: Mutex<HashMap<u64, Instant>>,
+    /// Lease id → deadline (leader-local, reset on restart as in etcd).
+    pub lease_deadlines: Mutex<HashMap<i64, Instant>>,
+}
+
+impl PlacementService {
+    pub fn new(rep: Replicated, replicas: usize) -> Arc<Self> {
+        // A restarted oracle starts above the last persisted window.
+        let hw = rep.state().oracle_high_water;
+        let now = Instant::now();
+        let leases = rep
+            .state()
+            .leases
+            .iter()
+            .map(|(&id, &ttl)| (id, now + Duration::from_secs(ttl as u64)))
+            .collect();
+        Arc::new(Self {
+            oracle: tokio::sync::Mutex::new(Oracle { next: hw.max(1) }),
+            rep,
+            replicas,
+            leaders: Mutex::new(HashMap::new()),
+            last_seen: Mutex::new(HashMap::new()),
+            lease_deadlines: Mutex::new(leases),
+        })
+    }
+
+    pub async fn alloc(&self, count: u64) -> Result<i64, Status> {
+        let mut o = self.oracle.lock().await;
+        let count = count as i64;
+        let hw = self.rep.state().oracle_high_water;
+        if o.next + count > hw {
+            // Persist the new window before handing out anything in it.
+            let high_water = (o.next + count).max(hw) + ORACLE_WINDOW;
+            self.rep.propose(Command::OracleWindow { high_water }).await?;
+        }
+        let start = o.next;
+        o.next += count;
+        Ok(start)
+    }
+
+    fn leader_of(&self, range_id: u64) -> u64 {
+        self.leaders.lock().get(&range_id).map_or(0, |h| h.node)
+    }
+
+    /// Deletes the lease's keys in every range, then forgets the lease.
+    pub async fn revoke(&self, id: i64) -> Result<(), Status> {
+        if !self.rep.state().leases.contains_key(&id) {
+            return Err(errors::lease_not_found());
+        }
+        let (ranges, nodes) = {
+            let st = self.rep.state();
+            (
+                st.ranges.values().map(|r| r.descriptor()).collect::<Vec<_>>(),
+                st.nodes.clone(),
+            )
+        };
+        let body = PbLeaseRevokeRequest { id }.encode_to_vec();
+        for desc in ranges {
+            let mut candidates: Vec<u64> = desc.peers.iter().map(|p| p.node_id).collect();
+            let hint = self.leader_of(desc.id);
+            candidates.sort_by_key(|n| *n != hint);
+            let mut done = false;
+            'attempts: for _ in 0..20 {
+                for n in &candidates {
+                    let Some(addr) = nodes.get(n) else { continue };
+                    let Ok(ep) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
+                        continue;
+                    };
+                    let Ok(ch) = ep.connect_timeout(Duration::from_millis(500)).connect().await else {
+                        continue;
+                    };
+                    let mut req = Request::new(KvRequest {
+                        range_id: desc.id,
+                        epoch: desc.epoch,
+                        kind: KvKind::KvLeaseRevoke as i32,
+                        request: body.clone(),
+                        read_revision: 0,
+                    });
+                    req.set_timeout(Duration::from_secs(5));
+                    if let Ok(resp) = NodeClient::new(ch).kv(req).await {
+                        if resp.into_inner().error.is_none() {
+                            done = true;
+                            break 'attempts;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            if !done {
+                return Err(errors::no_leader());
+            }
+        }
+        self.rep.propose(Command::LeaseRevoke { id }).await?;
+        self.lease_deadlines.lock().remove(&id);
+        Ok(())
+    }
+
+    fn lease_info(&self, id: i64) -> LeaseInfo {
+        let granted = self.rep.state().leases.get(&id).copied();
+        let deadline = self.lease_deadlines.lock().get(&id).copied();
+        match (granted, deadline) {
+            (Some(g), Some(d)) => LeaseInfo {
+                id,
+                ttl: d.saturating_duration_since(Instant::now()).as_secs_f64().round() as i64,
+                granted_ttl: g,
+                found: true,
+            },
+            _ => LeaseInfo {
+                id,
+                ttl: -1,
+                granted_ttl: 0,
+                found: false,
+            },
+        }
+    }
+
+    /// Revokes expired leases; runs forever.
+    pub async fn expire_leases(self: Arc<Self>) {
+        let mut iv = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            iv.tick().await;
+            let now = Instant::now();
+            let expired: Vec<i64> = self
+                .lease_deadlines
+                .lock()
+                .iter()
+                .filter(|(_, d)| **d <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in expired {
+                if let Err(e) = self.revoke(id).await {
+                    tracing::warn!(lease = id, "lease expiry failed, retrying: {}", e.message());
+                }
+            }
+        }
+    }
+
+    /// Creates the first range once enough nodes registered.
+    pub async fn maybe_bootstrap(&self) {
+        let need = {
+            let st = self.rep.state();
+            st.ranges.is_empty() && st.nodes.len() >= self.replicas
+        };
+        if need {
+            match self.rep.propose(Command::Bootstrap { replicas: self.replicas }).await {
+                Ok(_) => tracing::info!("bootstrapped the first range with {} replicas", self.replicas),
+                Err(e) => tracing::warn!("bootstrap failed: {}", e.message()),
+            }
+        }
+    }
+}
+
+pub struct Svc(pub Arc<PlacementService>);
+
+#[tonic::async_trait]
+impl Placement for Svc {
+    async fn register_node(&self, req: Request<RegisterNodeRequest>) -> Result<Response<RegisterNodeResponse>, Status> {
+        let r = req.into_inner();
+        if r.addr.is_empty() {
+            return Err(Status::invalid_argument("strata: node address is required"));
+        }
+        let out = self.0.rep.propose(Command::RegisterNode { id: r.node_id, addr: r.addr.clone() }).await?;
+        let Outcome::NodeId(id) = out else {
+            return Err(Status::internal("unexpected outcome"));
+        };
+        tracing::info!(node = id, addr = %r.addr, "node registered");
+        self.0.last_seen.lock().insert(id, Instant::now());
+        self.0.maybe_bootstrap().await;
+        Ok(Response::new(RegisterNodeResponse { node_id: id }))
+    }
+
+    async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
+        let r = req.into_inner();
+        self.0.last_seen.lock().insert(r.node_id, Instant::now());
+        {
+            let mut leaders = self.0.leaders.lock();
+            for rep in r.leader_ranges {
+                let Some(d) = rep.desc else { continue };
+                let e = leaders.entry(d.id).or_insert(LeaderHint { node: 0, term: 0 });
+                if rep.term >= e.term {
+                    *e = LeaderHint { node: rep.leader_node, term: rep.term };
+                }
+            }
+        }
+        self.0.maybe_bootstrap().await;
+        let st = self.0.rep.state();
+        let ranges = st
+            .ranges
+            .values()
+            .filter(|rg| rg.peers.iter().any(|p| p.1 == r.node_id))
+            .map(|rg| rg.descriptor())
+            .collect();
+        drop(st);
+        Ok(Response::new(HeartbeatResponse { ranges, nodes: self.nodes() }))
+    }
+
+    async fn get_ranges(&self, _: Request<GetRangesRequest>) -> Result<Response<GetRangesResponse>, Status> {
+        let st = self.0.rep.state();
+        let ranges = st
+            .ranges
+            .values()
+            .map(|r| RangeInfo { desc: Some(r.descriptor()), leader_node: self.0.leader_of(r.id) })
+            .collect();
+        let compact_revision = st.compacted;
+        drop(st);
+        Ok(Response::new(GetRangesResponse { ranges, nodes: self.nodes(), compact_revision }))
+    }
+
+    async fn alloc(&self, req: Request<AllocRequest>) -> Result<Response<AllocResponse>, Status> {
+        let start = self.0.alloc(req.into_inner().count).await?;
+        Ok(Response::new(AllocResponse { start }))
+    }
+
+    async fn compact(&self, req: Request<CompactRequest>) -> Result<Response<CompactResponse>, Status> {
+        let rev = req.into_inner().revision;
+        match self.0.rep.propose(Command::Compact { revision: rev }).await? {
+            Outcome::Ok => Ok(Response::new(CompactResponse { compact_revision: rev })),
+            _ => Err(errors::compacted()),
+        }
+    }
+
+    async fn lease_grant(&self, req: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
+        let r = req.into_inner();
+        if r.ttl > MAX_LEASE_TTL_SECS {
+            return Err(Status::out_of_range("etcdserver: too large lease TTL"));
+        }
+        let ttl = r.ttl.max(MIN_LEASE_TTL_SECS);
+        let id = if r.id != 0 {
+            r.id
+        } else {
+            loop {
+                let id = (rand::random::<u64>() >> 1) as i64;
+                if id != 0 && !self.0.rep.state().leases.contains_key(&id) {
+                    break id;
+                }
+            }
+        };
+        match self.0.rep.propose(Command::LeaseGrant { id, ttl }).await? {
+            Outcome::Ok => {
+                self.0
+                    .lease_deadlines
+                    .lock()
+                    .insert(id, Instant::now() + Duration::from_secs(ttl as u64));
+                Ok(Response::new(LeaseGrantResponse { id, ttl }))
+            }
+            _ => Err(errors::lease_exists()),
+        }
+    }
+
+    async fn lease_revoke(&self, req: Request<LeaseIdRequest>) -> Result<Response<LeaseInfo>, Status> {
+        let id = req.into_inner().id;
+        self.0.revoke(id).await?;
+        Ok(Response::new(LeaseInfo { id, ttl: -1, granted_ttl: 0, found: true }))
+    }
+
+    async fn lease_keep_alive(&self, req: Request<LeaseIdRequest>) -> Result<Response<LeaseInfo>, Status> {
+        let id = req.into_inner().id;
+        let granted = self.0.rep.state().leases.get(&id).copied();
+        let Some(ttl) = granted else {
+            return Err(errors::lease_not_found());
+        };
+        self.0
+            .lease_deadlines
+            .lock()
+            .insert(id, Instant::now() + Duration::from_secs(ttl as u64));
+        Ok(Response::new(LeaseInfo { id, ttl, granted_ttl: ttl, found: true }))
+    }
+
+    async fn lease_time_to_live(&self, req: Request<LeaseIdRequest>) -> Result<Response<LeaseInfo>, Status> {
+        Ok(Response::new(self.0.lease_info(req.into_inner().id)))
+    }
+
+    async fn lease_list(&self, _: Request<LeaseListRequest>) -> Result<Response<LeaseListResponse>, Status> {
+        let ids = self.0.rep.state().leases.keys().copied().collect();
+        Ok(Response::new(LeaseListResponse { ids }))
+    }
+}
+
+impl Svc {
+    fn nodes(&self) -> Vec<NodeInfo> {
+        let seen = self.0.last_seen.lock();
+        self.0
+            .rep
+            .state()
+            .nodes
+            .iter()
+            .map(|(&id, addr)| NodeInfo {
+                id,
+                addr: addr.clone(),
+                up: seen.get(&id).is_some_and(|t| t.elapsed() < Duration::from_secs(5)),
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,184 @@
+//! Placement's replicated state machine: a pure fold over committed commands.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use strata_proto::strata::{Epoch, Peer, RangeDescriptor};
+
+/// Revisions are handed out from windows of this size; only window ends are
+/// persisted, so a restart skips at most one window (gaps are allowed).
+pub const ORACLE_WINDOW: i64 = 10_000;
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum Command {
+    RegisterNode { id: u64, addr: String },
+    Bootstrap { replicas: usize },
+    OracleWindow { high_water: i64 },
+    Compact { revision: i64 },
+    LeaseGrant { id: i64, ttl: i64 },
+    LeaseRevoke { id: i64 },
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct StoredRange {
+    pub id: u64,
+    pub start: Vec<u8>,
+    pub end: Vec<u8>,
+    pub conf_ver: u64,
+    pub version: u64,
+    /// (peer id, node id)
+    pub peers: Vec<(u64, u64)>,
+}
+
+impl StoredRange {
+    pub fn descriptor(&self) -> RangeDescriptor {
+        RangeDescriptor {
+            id: self.id,
+            start_key: self.start.clone(),
+            end_key: self.end.clone(),
+            epoch: Some(Epoch {
+                conf_ver: self.conf_ver,
+                version: self.version,
+            }),
+            peers: self
+                .peers
+                .iter()
+                .map(|&(id, node_id)| Peer { id, node_id })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Default, Debug, Clone)]
+pub struct State {
+    pub nodes: BTreeMap<u64, String>,
+    pub ranges: BTreeMap<u64, StoredRange>,
+    pub next_peer_id: u64,
+    /// Every revision below this may have been handed out.
+    pub oracle_high_water: i64,
+    pub compacted: i64,
+    /// Lease id → granted TTL in seconds.
+    pub leases: BTreeMap<i64, i64>,
+}
+
+/// What applying a command answers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Ok,
+    NodeId(u64),
+    Compacted { already: i64 },
+    LeaseExists,
+    LeaseNotFound,
+    NotEnoughNodes,
+}
+
+impl State {
+    pub fn apply(&mut self, cmd: &Command) -> Outcome {
+        match cmd {
+            Command::RegisterNode { id, addr } => {
+                let id = if *id == 0 {
+                    self.nodes.keys().next_back().copied().unwrap_or(0) + 1
+                } else {
+                    *id
+                };
+                self.nodes.insert(id, addr.clone());
+                Outcome::NodeId(id)
+            }
+            Command::Bootstrap { replicas } => {
+                if !self.ranges.is_empty() {
+                    return Outcome::Ok;
+                }
+                if self.nodes.len() < *replicas || *replicas == 0 {
+                    return Outcome::NotEnoughNodes;
+                }
+                let peers = self
+                    .nodes
+                    .keys()
+                    .take(*replicas)
+                    .map(|&n| {
+                        self.next_peer_id += 1;
+                        (self.next_peer_id, n)
+                    })
+                    .collect();
+                self.ranges.insert(
+                    1,
+                    StoredRange {
+                        id: 1,
+                        start: Vec::new(),
+                        end: Vec::new(),
+                        conf_ver: 1,
+                        version: 1,
+                        peers,
+                    },
+                );
+                Outcome::Ok
+            }
+            Command::OracleWindow { high_water } => {
+                // Invariant: the high-water mark never goes back.
+                self.oracle_high_water = self.oracle_high_water.max(*high_water);
+                Outcome::Ok
+            }
+            Command::Compact { revision } => {
+                if *revision <= self.compacted {
+                    return Outcome::Compacted {
+                        already: self.compacted,
+                    };
+                }
+                self.compacted = *revision;
+                Outcome::Ok
+            }
+            Command::LeaseGrant { id, ttl } => {
+                if self.leases.contains_key(id) {
+                    return Outcome::LeaseExists;
+                }
+                self.leases.insert(*id, *ttl);
+                Outcome::Ok
+            }
+            Command::LeaseRevoke { id } => match self.leases.remove(id) {
+                Some(_) => Outcome::Ok,
+                None => Outcome::LeaseNotFound,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bootstrap_needs_enough_nodes_and_happens_once() {
+        let mut s = State::default();
+        assert_eq!(s.apply(&Command::RegisterNode { id: 0, addr: "a".into() }), Outcome::NodeId(1));
+        assert_eq!(s.apply(&Command::RegisterNode { id: 0, addr: "b".into() }), Outcome::NodeId(2));
+        assert_eq!(s.apply(&Command::Bootstrap { replicas: 3 }), Outcome::NotEnoughNodes);
+        assert_eq!(s.apply(&Command::RegisterNode { id: 2, addr: "b2".into() }), Outcome::NodeId(2));
+        assert_eq!(s.apply(&Command::RegisterNode { id: 0, addr: "c".into() }), Outcome::NodeId(3));
+        assert_eq!(s.apply(&Command::Bootstrap { replicas: 3 }), Outcome::Ok);
+        let r = &s.ranges[&1];
+        assert_eq!(r.peers, vec![(1, 1), (2, 2), (3, 3)]);
+        assert_eq!(s.nodes[&2], "b2");
+        s.apply(&Command::Bootstrap { replicas: 3 });
+        assert_eq!(s.ranges.len(), 1);
+    }
+
+    #[test]
+    fn compaction_and_oracle_only_move_forward() {
+        let mut s = State::default();
+        s.apply(&Command::OracleWindow { high_water: 100 });
+        s.apply(&Command::OracleWindow { high_water: 50 });
+        assert_eq!(s.oracle_high_water, 100);
+        assert_eq!(s.apply(&Command::Compact { revision: 10 }), Outcome::Ok);
+        assert_eq!(s.apply(&Command::Compact { revision: 10 }), Outcome::Compacted { already: 10 });
+        assert_eq!(s.apply(&Command::Compact { revision: 5 }), Outcome::Compacted { already: 10 });
+    }
+
+    #[test]
+    fn leases() {
+        let mut s = State::default();
+        assert_eq!(s.apply(&Command::LeaseGrant { id: 7, ttl: 5 }), Outcome::Ok);
+        assert_eq!(s.apply(&Command::LeaseGrant { id: 7, ttl: 5 }), Outcome::LeaseExists);
+        assert_eq!(s.apply(&Command::LeaseRevoke { id: 7 }), Outcome::Ok);
+        assert_eq!(s.apply(&Command::LeaseRevoke { id: 7 }), Outcome::LeaseNotFound);
+    }
+}

@@ -1,0 +1,51 @@
+//! etcd's exact gRPC errors (clients match on code and message).
+use tonic::{Code, Status};
+
+fn s(code: Code, msg: &str) -> Status {
+    Status::new(code, msg)
+}
+pub fn compacted() -> Status {
+    s(Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted")
+}
+pub fn future_rev() -> Status {
+    s(Code::OutOfRange, "etcdserver: mvcc: required revision is a future revision")
+}
+pub fn key_not_found() -> Status {
+    s(Code::InvalidArgument, "etcdserver: key not found")
+}
+pub fn empty_key() -> Status {
+    s(Code::InvalidArgument, "etcdserver: key is not provided")
+}
+pub fn too_many_ops() -> Status {
+    s(Code::InvalidArgument, "etcdserver: too many operations in txn request")
+}
+pub fn duplicate_key() -> Status {
+    s(Code::InvalidArgument, "etcdserver: duplicate key given in txn request")
+}
+pub fn request_too_large() -> Status {
+    s(Code::InvalidArgument, "etcdserver: request is too large")
+}
+pub fn lease_not_found() -> Status {
+    s(Code::NotFound, "etcdserver: requested lease not found")
+}
+pub fn lease_exists() -> Status {
+    s(Code::FailedPrecondition, "etcdserver: lease already exists")
+}
+pub fn too_many_requests() -> Status {
+    s(Code::ResourceExhausted, "etcdserver: too many requests")
+}
+pub fn no_leader() -> Status {
+    s(Code::Unavailable, "etcdserver: no leader")
+}
+pub fn timeout() -> Status {
+    s(Code::Unavailable, "etcdserver: request timed out")
+}
+pub fn leader_changed() -> Status {
+    s(Code::Unavailable, "etcdserver: leader changed")
+}
+pub fn cross_range(what: &str) -> Status {
+    s(
+        Code::InvalidArgument,
+        &format!("strata: {what} spans several ranges; atomic cross-range writes are not supported yet"),
+    )
+}

@@ -1,0 +1,17 @@
+//! Wire types: Strata's internal gRPC services and storage records (generated
+//! from `proto/strata.proto`), plus re-exports of etcd's v3 API types from the
+//! `etcd-client` crate (`build-server` feature).
+
+#[allow(clippy::all, clippy::pedantic)]
+pub mod strata {
+    tonic::include_proto!("strata");
+}
+
+/// etcd v3 API messages and server traits.
+pub use etcd_client::proto as etcd;
+
+pub use prost::Message;
+
+pub mod errors;
+pub mod etcdutil;
+pub mod oracle;

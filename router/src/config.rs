@@ -1,0 +1,56 @@
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Command-line configuration of a router (`strata-router`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct RouterConfig {
+    /// Address clients (etcdctl, etcd client libraries) connect to.
+    #[arg(long, default_value = "127.0.0.1:2379")]
+    pub listen_client: SocketAddr,
+    /// Placement service address (host:port).
+    #[arg(long, default_value = "127.0.0.1:7100")]
+    pub placement: String,
+    /// Address to serve Prometheus /metrics, /health and /ready on (optional).
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Interval of progress notifications to watches that asked for them.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub watch_progress_notify_interval: Duration,
+    /// Deadline for one client request, retries included.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+}
+
+/// Parses `500ms`, `10s`, `10m` or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, mult_ms) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1000)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60_000)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3_600_000)
+    } else {
+        (s, 1000)
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: use e.g. 500ms, 10s, 10m"))?;
+    Ok(Duration::from_millis(n * mult_ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert!(parse_duration("x1").is_err());
+    }
+}

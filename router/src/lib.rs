@@ -1,0 +1,76 @@
+//! strata-router: a stateless etcd v3 gRPC front end over Strata's ranges.
+//! See ARCHITECTURE.md.
+
+mod config;
+pub mod kv;
+pub mod misc;
+pub mod routing;
+pub mod watch;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+pub use config::*;
+use strata_proto::etcd::{PbClusterServer, PbKvServer, PbLeaseServer, PbMaintenanceServer, PbWatchServer};
+use strata_proto::oracle::{placement_client, Oracle};
+
+/// A running router.
+pub struct RouterHandle {
+    pub client_addr: SocketAddr,
+}
+
+/// Starts a router and returns once it serves clients.
+pub async fn run(cfg: RouterConfig) -> anyhow::Result<RouterHandle> {
+    let listener = tokio::net::TcpListener::bind(cfg.listen_client)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen_client))?;
+    let addr = listener.local_addr()?;
+    let placement = placement_client(&cfg.placement).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+    let router = routing::Router::new(placement.clone(), cfg.request_timeout);
+    let _ = router.refresh().await;
+    tokio::spawn(router.clone().refresh_loop());
+    let oracle = Oracle::new(placement);
+    // A member id derived from the address, stable across restarts.
+    let member_id = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        addr.hash(&mut h);
+        h.finish() | 1
+    };
+    let cluster_id = 0x5354_5241_5441_0001; // "STRATA" 1
+    let common = misc::Common {
+        router: router.clone(),
+        oracle: oracle.clone(),
+        member_id,
+        cluster_id,
+        client_url: format!("http://{addr}"),
+    };
+    let kv = kv::Kv {
+        router: router.clone(),
+        oracle: oracle.clone(),
+        member_id,
+        cluster_id,
+    };
+    let watch = watch::Watch {
+        router,
+        oracle,
+        member_id,
+        cluster_id,
+        progress_every: cfg.watch_progress_notify_interval.max(Duration::from_millis(100)),
+    };
+    let server = tonic::transport::Server::builder()
+        .add_service(PbKvServer::new(kv).max_decoding_message_size(kv::GRPC_MAX_RECV_BYTES))
+        .add_service(PbWatchServer::new(watch))
+        .add_service(PbLeaseServer::new(misc::Lease(common.clone())))
+        .add_service(PbClusterServer::new(misc::Cluster(common.clone())))
+        .add_service(PbMaintenanceServer::new(misc::Maintenance(common)))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+    tokio::spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!("router gRPC server stopped: {e}");
+        }
+    });
+    tracing::info!(%addr, "router serving etcd clients");
+    Ok(RouterHandle { client_addr: addr })
+}

@@ -1,0 +1,18 @@
+//! `strata-router`: a Strata router (etcd v3 endpoint) as its own process (also `strata router`).
+use clap::Parser;
+
+#[path = "../../src/component.rs"]
+#[allow(dead_code)]
+mod component;
+
+#[derive(Parser)]
+#[command(name = "strata-router", version, about = component::ROUTER_ABOUT, long_about = component::ROUTER_LONG_ABOUT)]
+struct Cli {
+    #[command(flatten)]
+    config: strata_router::RouterConfig,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    component::serve("strata-router", strata_router::run(cli.config))
+}

@@ -1,0 +1,236 @@
+//! etcd's Lease, Maintenance and Cluster services.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use strata_proto::errors;
+use strata_proto::etcd::*;
+use strata_proto::oracle::Oracle;
+use strata_proto::strata::{LeaseGrantRequest, LeaseIdRequest, LeaseListRequest};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::routing::Router;
+
+/// The etcd version reported by `Status`: clients (Kubernetes among them)
+/// enable features by it; Strata implements the 3.5 API used by them.
+pub const ETCD_VERSION: &str = "3.5.17";
+
+#[derive(Clone)]
+pub struct Common {
+    pub router: Arc<Router>,
+    pub oracle: Oracle,
+    pub member_id: u64,
+    pub cluster_id: u64,
+    pub client_url: String,
+}
+
+impl Common {
+    async fn header(&self) -> Option<PbResponseHeader> {
+        let revision = self.oracle.current().await.unwrap_or(0);
+        Some(PbResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.member_id,
+            revision,
+            raft_term: 1,
+        })
+    }
+}
+
+pub struct Lease(pub Common);
+
+type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<PbLeaseKeepAliveResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl PbLeaseService for Lease {
+    async fn lease_grant(&self, req: Request<PbLeaseGrantRequest>) -> Result<Response<PbLeaseGrantResponse>, Status> {
+        let r = req.into_inner();
+        let g = self
+            .0
+            .router
+            .placement
+            .clone()
+            .lease_grant(LeaseGrantRequest { id: r.id, ttl: r.ttl })
+            .await?
+            .into_inner();
+        Ok(Response::new(PbLeaseGrantResponse {
+            header: self.0.header().await,
+            id: g.id,
+            ttl: g.ttl,
+            error: String::new(),
+        }))
+    }
+
+    async fn lease_revoke(&self, req: Request<PbLeaseRevokeRequest>) -> Result<Response<PbLeaseRevokeResponse>, Status> {
+        let id = req.into_inner().id;
+        self.0.router.placement.clone().lease_revoke(LeaseIdRequest { id }).await?;
+        Ok(Response::new(PbLeaseRevokeResponse {
+            header: self.0.header().await,
+        }))
+    }
+
+    type LeaseKeepAliveStream = KeepAliveStream;
+
+    async fn lease_keep_alive(
+        &self,
+        req: Request<Streaming<PbLeaseKeepAliveRequest>>,
+    ) -> Result<Response<KeepAliveStream>, Status> {
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        let c = self.0.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(r)) = inbound.next().await {
+                let ttl = match c.router.placement.clone().lease_keep_alive(LeaseIdRequest { id: r.id }).await {
+                    Ok(info) => info.into_inner().ttl,
+                    // etcd answers a keep-alive of an unknown lease with TTL 0.
+                    Err(e) if e.code() == tonic::Code::NotFound => 0,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                let resp = PbLeaseKeepAliveResponse {
+                    header: c.header().await,
+                    id: r.id,
+                    ttl,
+                };
+                if tx.send(Ok(resp)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        req: Request<PbLeaseTimeToLiveRequest>,
+    ) -> Result<Response<PbLeaseTimeToLiveResponse>, Status> {
+        let r = req.into_inner();
+        let info = self
+            .0
+            .router
+            .placement
+            .clone()
+            .lease_time_to_live(LeaseIdRequest { id: r.id })
+            .await?
+            .into_inner();
+        Ok(Response::new(PbLeaseTimeToLiveResponse {
+            header: self.0.header().await,
+            id: r.id,
+            ttl: if info.found { info.ttl } else { -1 },
+            granted_ttl: info.granted_ttl,
+            keys: Vec::new(),
+        }))
+    }
+
+    async fn lease_leases(&self, _: Request<PbLeaseLeasesRequest>) -> Result<Response<PbLeaseLeasesResponse>, Status> {
+        let ids = self
+            .0
+            .router
+            .placement
+            .clone()
+            .lease_list(LeaseListRequest {})
+            .await?
+            .into_inner()
+            .ids;
+        Ok(Response::new(PbLeaseLeasesResponse {
+            header: self.0.header().await,
+            leases: ids.into_iter().map(|id| PbLeaseStatus { id }).collect(),
+        }))
+    }
+}
+
+pub struct Cluster(pub Common);
+
+impl Cluster {
+    fn member(&self) -> PbMember {
+        PbMember {
+            id: self.0.member_id,
+            name: "strata-router".into(),
+            peer_ur_ls: Vec::new(),
+            client_ur_ls: vec![self.0.client_url.clone()],
+            is_learner: false,
+        }
+    }
+}
+
+fn unimplemented(what: &str) -> Status {
+    Status::unimplemented(format!("strata: {what} is not supported; routers and nodes are managed by placement"))
+}
+
+#[tonic::async_trait]
+impl PbClusterService for Cluster {
+    async fn member_add(&self, _: Request<PbMemberAddRequest>) -> Result<Response<PbMemberAddResponse>, Status> {
+        Err(unimplemented("MemberAdd"))
+    }
+    async fn member_remove(&self, _: Request<PbMemberRemoveRequest>) -> Result<Response<PbMemberRemoveResponse>, Status> {
+        Err(unimplemented("MemberRemove"))
+    }
+    async fn member_update(&self, _: Request<PbMemberUpdateRequest>) -> Result<Response<PbMemberUpdateResponse>, Status> {
+        Err(unimplemented("MemberUpdate"))
+    }
+    async fn member_list(&self, _: Request<PbMemberListRequest>) -> Result<Response<PbMemberListResponse>, Status> {
+        Ok(Response::new(PbMemberListResponse {
+            header: self.0.header().await,
+            members: vec![self.member()],
+        }))
+    }
+    async fn member_promote(&self, _: Request<PbMemberPromoteRequest>) -> Result<Response<PbMemberPromoteResponse>, Status> {
+        Err(unimplemented("MemberPromote"))
+    }
+}
+
+pub struct Maintenance(pub Common);
+
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<PbSnapshotResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl PbMaintenanceService for Maintenance {
+    async fn alarm(&self, _: Request<PbAlarmRequest>) -> Result<Response<PbAlarmResponse>, Status> {
+        Ok(Response::new(PbAlarmResponse {
+            header: self.0.header().await,
+            alarms: Vec::new(),
+        }))
+    }
+    async fn status(&self, _: Request<PbStatusRequest>) -> Result<Response<PbStatusResponse>, Status> {
+        let header = self.0.header().await;
+        Ok(Response::new(PbStatusResponse {
+            header,
+            version: ETCD_VERSION.into(),
+            leader: self.0.member_id,
+            raft_term: 1,
+            raft_index: header.map_or(0, |h| h.revision as u64),
+            raft_applied_index: header.map_or(0, |h| h.revision as u64),
+            ..Default::default()
+        }))
+    }
+    async fn defragment(&self, _: Request<PbDefragmentRequest>) -> Result<Response<PbDefragmentResponse>, Status> {
+        Ok(Response::new(PbDefragmentResponse {
+            header: self.0.header().await,
+        }))
+    }
+    async fn hash(&self, _: Request<PbHashRequest>) -> Result<Response<PbHashResponse>, Status> {
+        Err(unimplemented("Hash"))
+    }
+    async fn hash_kv(&self, _: Request<PbHashKvRequest>) -> Result<Response<PbHashKvResponse>, Status> {
+        Err(unimplemented("HashKV"))
+    }
+    type SnapshotStream = SnapshotStream;
+    async fn snapshot(&self, _: Request<PbSnapshotRequest>) -> Result<Response<SnapshotStream>, Status> {
+        Err(unimplemented("Snapshot"))
+    }
+    async fn move_leader(&self, _: Request<PbMoveLeaderRequest>) -> Result<Response<PbMoveLeaderResponse>, Status> {
+        Err(unimplemented("MoveLeader"))
+    }
+    async fn downgrade(&self, _: Request<PbDowngradeRequest>) -> Result<Response<PbDowngradeResponse>, Status> {
+        Err(unimplemented("Downgrade"))
+    }
+}
+
+#[allow(dead_code)]
+fn _unused() -> Status {
+    errors::no_leader()
+}

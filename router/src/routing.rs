@@ -1,0 +1,285 @@
+//! Range cache and request routing: find the range for a key, send to its
+//! leader, follow `NotLeader` hints, refresh on `EpochNotMatch` /
+//! `RangeNotFound`, back off on `ServerBusy` — all inside the request deadline.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use parking_lot::RwLock;
+use strata_proto::errors;
+use strata_proto::etcdutil::KeyRange;
+use strata_proto::strata::node_client::NodeClient;
+use strata_proto::strata::placement_client::PlacementClient;
+use strata_proto::strata::{
+    GetRangesRequest, KvKind, KvRequest, RangeDescriptor, RouteError, RouteErrorKind,
+};
+use tokio::time::Instant;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+#[derive(Clone, Debug)]
+pub struct CachedRange {
+    pub desc: RangeDescriptor,
+    pub leader_node: u64,
+}
+
+impl CachedRange {
+    pub fn key_range(&self) -> KeyRange {
+        KeyRange {
+            start: self.desc.start_key.clone(),
+            end: (!self.desc.end_key.is_empty()).then(|| self.desc.end_key.clone()),
+        }
+    }
+}
+
+pub struct Router {
+    pub placement: PlacementClient<Channel>,
+    ranges: RwLock<Vec<CachedRange>>,
+    nodes: RwLock<HashMap<u64, String>>,
+    clients: DashMap<u64, NodeClient<Channel>>,
+    pub compacted: std::sync::atomic::AtomicI64,
+    pub request_timeout: Duration,
+}
+
+/// Is this request safe to send twice? Reads are; a write is only when it
+/// certainly never reached the node (connection not established).
+#[derive(Clone, Copy, PartialEq)]
+pub enum Retry {
+    Read,
+    Write,
+}
+
+fn connect_failure(s: &Status) -> bool {
+    let m = s.message().to_ascii_lowercase();
+    s.code() == Code::Unavailable
+        && !m.starts_with("etcdserver")
+        && (m.contains("connect") || m.contains("connection refused") || m.contains("dns"))
+}
+
+impl Router {
+    pub fn new(placement: PlacementClient<Channel>, request_timeout: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            placement,
+            ranges: RwLock::new(Vec::new()),
+            nodes: RwLock::new(HashMap::new()),
+            clients: DashMap::new(),
+            compacted: Default::default(),
+            request_timeout,
+        })
+    }
+
+    pub async fn refresh(&self) -> Result<(), Status> {
+        let mut req = tonic::Request::new(GetRangesRequest {});
+        req.set_timeout(Duration::from_secs(2));
+        let resp = self.placement.clone().get_ranges(req).await?.into_inner();
+        let mut ranges: Vec<CachedRange> = resp
+            .ranges
+            .into_iter()
+            .filter_map(|r| {
+                r.desc.map(|desc| CachedRange {
+                    desc,
+                    leader_node: r.leader_node,
+                })
+            })
+            .collect();
+        ranges.sort_by(|a, b| a.desc.start_key.cmp(&b.desc.start_key));
+        {
+            // Keep a leader we learned from a node if placement has none yet.
+            let old = self.ranges.read();
+            for r in ranges.iter_mut().filter(|r| r.leader_node == 0) {
+                if let Some(o) = old.iter().find(|o| o.desc.id == r.desc.id) {
+                    r.leader_node = o.leader_node;
+                }
+            }
+        }
+        *self.ranges.write() = ranges;
+        let mut nodes = self.nodes.write();
+        for n in resp.nodes {
+            if nodes.get(&n.id) != Some(&n.addr) {
+                self.clients.remove(&n.id);
+            }
+            nodes.insert(n.id, n.addr);
+        }
+        self.compacted
+            .fetch_max(resp.compact_revision, std::sync::atomic::Ordering::AcqRel);
+        Ok(())
+    }
+
+    pub async fn refresh_loop(self: Arc<Self>) {
+        let mut iv = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            iv.tick().await;
+            if let Err(e) = self.refresh().await {
+                tracing::debug!("range cache refresh failed: {}", e.message());
+            }
+        }
+    }
+
+    /// Ranges overlapping `kr`, in key order.
+    pub fn ranges_for(&self, kr: &KeyRange) -> Vec<CachedRange> {
+        self.ranges
+            .read()
+            .iter()
+            .filter(|r| {
+                let rk = r.key_range();
+                let starts_before_end = kr.end.as_ref().is_none_or(|e| &r.desc.start_key < e);
+                let ends_after_start = rk.end.as_ref().is_none_or(|e| e > &kr.start);
+                starts_before_end && ends_after_start
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// The single range covering `kr`, or the cross-range error for `what`.
+    pub async fn single_range(&self, kr: &KeyRange, what: &str) -> Result<CachedRange, Status> {
+        let deadline = Instant::now() + self.request_timeout;
+        loop {
+            let rs = self.ranges_for(kr);
+            match rs.len() {
+                1 => return Ok(rs.into_iter().next().expect("one")),
+                0 if Instant::now() < deadline => {
+                    // Cache empty (just started) or a split in progress.
+                    let _ = self.refresh().await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                0 => return Err(errors::no_leader()),
+                _ => return Err(errors::cross_range(what)),
+            }
+        }
+    }
+
+    fn set_leader(&self, range_id: u64, node: u64) {
+        if let Some(r) = self.ranges.write().iter_mut().find(|r| r.desc.id == range_id) {
+            r.leader_node = node;
+        }
+    }
+
+    fn cached(&self, range_id: u64) -> Option<CachedRange> {
+        self.ranges.read().iter().find(|r| r.desc.id == range_id).cloned()
+    }
+
+    pub fn client(&self, node: u64) -> Option<NodeClient<Channel>> {
+        if let Some(c) = self.clients.get(&node) {
+            return Some(c.clone());
+        }
+        let addr = self.nodes.read().get(&node)?.clone();
+        let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .ok()?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true);
+        let c = NodeClient::new(ep.connect_lazy())
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_encoding_message_size(64 * 1024 * 1024);
+        self.clients.insert(node, c.clone());
+        Some(c)
+    }
+
+    /// The node to try for a range: its leader hint, else peers in turn.
+    pub fn target(&self, r: &CachedRange, attempt: usize) -> u64 {
+        if r.leader_node != 0 && attempt % 4 != 3 {
+            return r.leader_node;
+        }
+        let peers = &r.desc.peers;
+        if peers.is_empty() {
+            return 0;
+        }
+        peers[attempt % peers.len()].node_id
+    }
+
+    /// Handles a routing error: updates the cache. Returns the backoff.
+    pub async fn on_route_error(&self, range_id: u64, e: &RouteError) -> Duration {
+        match RouteErrorKind::try_from(e.kind).unwrap_or(RouteErrorKind::RouteNone) {
+            RouteErrorKind::NotLeader => {
+                self.set_leader(range_id, e.leader_node);
+                if e.leader_node == 0 {
+                    Duration::from_millis(50) // election in progress
+                } else {
+                    Duration::ZERO
+                }
+            }
+            RouteErrorKind::EpochNotMatch | RouteErrorKind::RangeNotFound => {
+                let _ = self.refresh().await;
+                Duration::from_millis(20)
+            }
+            _ => Duration::from_millis(50),
+        }
+    }
+
+    /// Sends one request to a range, retrying routing errors until the deadline.
+    pub async fn call(
+        &self,
+        range: &CachedRange,
+        kind: KvKind,
+        request: Vec<u8>,
+        read_revision: i64,
+        retry: Retry,
+    ) -> Result<Vec<u8>, Status> {
+        let deadline = Instant::now() + self.request_timeout;
+        let mut range = range.clone();
+        let mut last_err = errors::no_leader();
+        for attempt in 0..10_000usize {
+            if Instant::now() >= deadline {
+                break;
+            }
+            let node = self.target(&range, attempt);
+            let Some(mut client) = self.client(node) else {
+                let _ = self.refresh().await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                range = self.cached(range.desc.id).unwrap_or(range);
+                continue;
+            };
+            let mut req = tonic::Request::new(KvRequest {
+                range_id: range.desc.id,
+                epoch: range.desc.epoch,
+                kind: kind as i32,
+                request: request.clone(),
+                read_revision,
+            });
+            req.set_timeout(deadline.saturating_duration_since(Instant::now()));
+            match client.kv(req).await {
+                Ok(resp) => {
+                    let resp = resp.into_inner();
+                    match resp.error {
+                        None => {
+                            if range.leader_node != node {
+                                self.set_leader(range.desc.id, node);
+                            }
+                            return Ok(resp.response);
+                        }
+                        Some(e) => {
+                            let backoff = self.on_route_error(range.desc.id, &e).await;
+                            tokio::time::sleep(backoff).await;
+                            range = self.cached(range.desc.id).unwrap_or(range);
+                            if e.kind == RouteErrorKind::NotLeader as i32 {
+                                range.leader_node = e.leader_node;
+                            }
+                        }
+                    }
+                }
+                Err(s) => {
+                    let retryable = match retry {
+                        Retry::Read => s.code() == Code::Unavailable || connect_failure(&s),
+                        Retry::Write => connect_failure(&s),
+                    };
+                    if !retryable {
+                        return Err(s);
+                    }
+                    last_err = s;
+                    // That node is unreachable: forget it as leader, try others.
+                    if range.leader_node == node {
+                        range.leader_node = 0;
+                        self.set_leader(range.desc.id, 0);
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        if last_err.message().starts_with("etcdserver") {
+            Err(last_err)
+        } else {
+            Err(errors::timeout())
+        }
+    }
+}

@@ -1,0 +1,391 @@
+//! etcd's Watch service: one bidirectional stream carries many watches. Each
+//! watch reads a range feed from the leader of the range it covers; a feed
+//! that ends for a routing reason (leader moved, lagged) is reopened from the
+//! last delivered revision + 1, so nothing is lost, duplicated or reordered.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use parking_lot::Mutex;
+use strata_proto::etcd::{
+    PbEvent, PbKeyValue, PbResponseHeader, PbWatchRequest, PbWatchRequestUnion, PbWatchResponse,
+    PbWatchService,
+};
+use strata_proto::etcdutil::KeyRange;
+use strata_proto::oracle::Oracle;
+use strata_proto::strata::{FeedKv, FeedMessage, FeedRequest};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::routing::Router;
+
+/// Responses buffered per client stream before watchers wait.
+const STREAM_BUF: usize = 1024;
+const FILTER_NOPUT: i32 = 0;
+const FILTER_NODELETE: i32 = 1;
+
+pub struct Watch {
+    pub router: Arc<Router>,
+    pub oracle: Oracle,
+    pub member_id: u64,
+    pub cluster_id: u64,
+    pub progress_every: Duration,
+}
+
+#[derive(Clone, Copy)]
+struct Hdr {
+    member_id: u64,
+    cluster_id: u64,
+}
+
+impl Hdr {
+    fn h(&self, revision: i64) -> Option<PbResponseHeader> {
+        Some(PbResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.member_id,
+            revision,
+            raft_term: 1,
+        })
+    }
+}
+
+struct WatcherState {
+    /// Every event at or below this revision has been sent (or never will be).
+    progress: AtomicI64,
+    synced: AtomicBool,
+}
+
+struct Watcher {
+    state: Arc<WatcherState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<PbWatchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl PbWatchService for Watch {
+    type WatchStream = WatchStream;
+
+    async fn watch(&self, req: Request<Streaming<PbWatchRequest>>) -> Result<Response<WatchStream>, Status> {
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel::<Result<PbWatchResponse, Status>>(STREAM_BUF);
+        let router = self.router.clone();
+        let oracle = self.oracle.clone();
+        let hdr = Hdr {
+            member_id: self.member_id,
+            cluster_id: self.cluster_id,
+        };
+        let progress_every = self.progress_every;
+        tokio::spawn(async move {
+            let watchers: Arc<Mutex<HashMap<i64, Watcher>>> = Arc::new(Mutex::new(HashMap::new()));
+            let mut next_id: i64 = 0;
+            while let Some(msg) = inbound.next().await {
+                let Ok(msg) = msg else { break };
+                match msg.request_union {
+                    Some(PbWatchRequestUnion::CreateRequest(c)) => {
+                        let current = match oracle.current().await {
+                            Ok(c) => c,
+                            Err(e) => {
+                                let _ = tx.send(Err(e)).await;
+                                break;
+                            }
+                        };
+                        let id = if c.watch_id > 0 { c.watch_id } else {
+                            while watchers.lock().contains_key(&next_id) {
+                                next_id += 1;
+                            }
+                            next_id
+                        };
+                        if watchers.lock().contains_key(&id) {
+                            // etcd: a duplicate watch id is refused.
+                            let _ = tx
+                                .send(Ok(PbWatchResponse {
+                                    header: hdr.h(current),
+                                    watch_id: id,
+                                    created: true,
+                                    canceled: true,
+                                    cancel_reason: "etcdserver: duplicate watch ID".into(),
+                                    ..Default::default()
+                                }))
+                                .await;
+                            continue;
+                        }
+                        if c.key.is_empty() {
+                            let _ = tx
+                                .send(Ok(PbWatchResponse {
+                                    header: hdr.h(current),
+                                    watch_id: -1,
+                                    created: true,
+                                    canceled: true,
+                                    cancel_reason: "etcdserver: key is not provided".into(),
+                                    ..Default::default()
+                                }))
+                                .await;
+                            continue;
+                        }
+                        let start = if c.start_revision > 0 { c.start_revision } else { current + 1 };
+                        let state = Arc::new(WatcherState {
+                            progress: AtomicI64::new(start - 1),
+                            synced: AtomicBool::new(start > current),
+                        });
+                        if tx
+                            .send(Ok(PbWatchResponse {
+                                header: hdr.h(current),
+                                watch_id: id,
+                                created: true,
+                                ..Default::default()
+                            }))
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                        let w = WatchTask {
+                            id,
+                            kr: KeyRange::from_etcd(&c.key, &c.range_end),
+                            start,
+                            prev_kv: c.prev_kv,
+                            noput: c.filters.contains(&FILTER_NOPUT),
+                            nodelete: c.filters.contains(&FILTER_NODELETE),
+                            progress_notify: c.progress_notify,
+                            progress_every,
+                            caught_up_at: current,
+                            state: state.clone(),
+                            router: router.clone(),
+                            tx: tx.clone(),
+                            hdr,
+                            watchers: watchers.clone(),
+                        };
+                        let task = tokio::spawn(w.run());
+                        watchers.lock().insert(id, Watcher { state, task });
+                        next_id = next_id.max(id + 1);
+                    }
+                    Some(PbWatchRequestUnion::CancelRequest(c)) => {
+                        let removed = watchers.lock().remove(&c.watch_id);
+                        if let Some(w) = removed {
+                            w.task.abort();
+                            let rev = w.state.progress.load(Ordering::Acquire);
+                            let _ = tx
+                                .send(Ok(PbWatchResponse {
+                                    header: hdr.h(rev),
+                                    watch_id: c.watch_id,
+                                    canceled: true,
+                                    ..Default::default()
+                                }))
+                                .await;
+                        }
+                    }
+                    Some(PbWatchRequestUnion::ProgressRequest(_)) => {
+                        // Answered once every watch on the stream is synced, with
+                        // the lowest revision they all reached.
+                        let rev = {
+                            let ws = watchers.lock();
+                            if ws.values().all(|w| w.state.synced.load(Ordering::Acquire)) {
+                                Some(ws.values().map(|w| w.state.progress.load(Ordering::Acquire)).min())
+                            } else {
+                                None
+                            }
+                        };
+                        let rev = match rev {
+                            Some(Some(r)) => Some(r),
+                            Some(None) => oracle.current().await.ok(),
+                            None => None,
+                        };
+                        if let Some(rev) = rev {
+                            let _ = tx
+                                .send(Ok(PbWatchResponse {
+                                    header: hdr.h(rev),
+                                    watch_id: -1,
+                                    ..Default::default()
+                                }))
+                                .await;
+                        }
+                    }
+                    None => {}
+                }
+            }
+            for (_, w) in watchers.lock().drain() {
+                w.task.abort();
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+struct WatchTask {
+    id: i64,
+    kr: KeyRange,
+    start: i64,
+    prev_kv: bool,
+    noput: bool,
+    nodelete: bool,
+    progress_notify: bool,
+    progress_every: Duration,
+    /// The current revision when the watch was created: once progress reaches
+    /// it the watch is synced (history replayed).
+    caught_up_at: i64,
+    state: Arc<WatcherState>,
+    router: Arc<Router>,
+    tx: mpsc::Sender<Result<PbWatchResponse, Status>>,
+    hdr: Hdr,
+    watchers: Arc<Mutex<HashMap<i64, Watcher>>>,
+}
+
+fn to_kv(f: FeedKv) -> PbKeyValue {
+    PbKeyValue {
+        key: f.key,
+        create_revision: f.create_revision,
+        mod_revision: f.mod_revision,
+        version: f.version,
+        value: f.value,
+        lease: f.lease,
+    }
+}
+
+impl WatchTask {
+    fn advance(&self, rev: i64) {
+        self.state.progress.fetch_max(rev, Ordering::AcqRel);
+        if rev >= self.caught_up_at {
+            self.state.synced.store(true, Ordering::Release);
+        }
+    }
+
+    async fn send(&self, r: PbWatchResponse) -> bool {
+        self.tx.send(Ok(r)).await.is_ok()
+    }
+
+    /// Delivers one feed message; returns false when the watch is over.
+    async fn deliver(&self, m: FeedMessage) -> bool {
+        if m.compact_revision > 0 {
+            self.watchers.lock().remove(&self.id);
+            let _ = self
+                .send(PbWatchResponse {
+                    header: self.hdr.h(self.state.progress.load(Ordering::Acquire)),
+                    watch_id: self.id,
+                    canceled: true,
+                    compact_revision: m.compact_revision,
+                    cancel_reason: "etcdserver: mvcc: required revision has been compacted".into(),
+                    ..Default::default()
+                })
+                .await;
+            return false;
+        }
+        if m.checkpoint > 0 {
+            self.advance(m.checkpoint);
+            return true;
+        }
+        if m.revision <= self.state.progress.load(Ordering::Acquire) {
+            return true; // already delivered before a feed restart
+        }
+        let events: Vec<PbEvent> = m
+            .events
+            .into_iter()
+            .filter(|e| !(e.delete && self.nodelete || !e.delete && self.noput))
+            .map(|e| PbEvent {
+                r#type: if e.delete { 1 } else { 0 },
+                kv: e.kv.map(to_kv),
+                prev_kv: if self.prev_kv { e.prev_kv.map(to_kv) } else { None },
+            })
+            .collect();
+        let rev = m.revision;
+        if !events.is_empty()
+            && !self
+                .send(PbWatchResponse {
+                    header: self.hdr.h(rev),
+                    watch_id: self.id,
+                    events,
+                    ..Default::default()
+                })
+                .await
+        {
+            return false;
+        }
+        self.advance(rev);
+        true
+    }
+
+    async fn run(self) {
+        let mut notify = tokio::time::interval(self.progress_every);
+        notify.tick().await;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let from = self.state.progress.load(Ordering::Acquire) + 1;
+            let range = match self.router.single_range(&self.kr, "a watch").await {
+                Ok(r) => r,
+                Err(e) => {
+                    self.watchers.lock().remove(&self.id);
+                    let _ = self
+                        .send(PbWatchResponse {
+                            header: self.hdr.h(from - 1),
+                            watch_id: self.id,
+                            canceled: true,
+                            cancel_reason: e.message().to_string(),
+                            ..Default::default()
+                        })
+                        .await;
+                    return;
+                }
+            };
+            let node = self.router.target(&range, 0);
+            let feed = match self.router.client(node) {
+                Some(mut c) => {
+                    c.feed(FeedRequest {
+                        range_id: range.desc.id,
+                        epoch: range.desc.epoch,
+                        key: self.kr.start.clone(),
+                        range_end: self.kr.end.clone().unwrap_or_else(|| vec![0]),
+                        start_revision: from.max(self.start),
+                    })
+                    .await
+                }
+                None => Err(Status::unavailable("no client")),
+            };
+            let mut stream = match feed {
+                Ok(s) => s.into_inner(),
+                Err(_) => {
+                    let _ = self.router.refresh().await;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            loop {
+                tokio::select! {
+                    m = stream.next() => match m {
+                        Some(Ok(m)) => {
+                            if let Some(e) = m.error {
+                                let _ = self.router.on_route_error(range.desc.id, &e).await;
+                                break;
+                            }
+                            backoff = Duration::from_millis(20);
+                            if !self.deliver(m).await {
+                                return;
+                            }
+                        }
+                        _ => break,
+                    },
+                    _ = notify.tick(), if self.progress_notify => {
+                        if self.state.synced.load(Ordering::Acquire) {
+                            let rev = self.state.progress.load(Ordering::Acquire);
+                            if !self.send(PbWatchResponse {
+                                header: self.hdr.h(rev),
+                                watch_id: self.id,
+                                ..Default::default()
+                            }).await {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+            // The feed ended: re-resolve and resume after the last delivered revision.
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+}
