@@ -95,7 +95,8 @@ impl View<'_> {
         });
         sort_versions(&mut kvs, r.sort_order, r.sort_target);
         let mut more = false;
-        if r.limit > 0 && kvs.len() > r.limit as usize {
+        // With count_only etcd fetches no kvs, so `limit` cuts nothing.
+        if r.limit > 0 && !r.count_only && kvs.len() > r.limit as usize {
             kvs.truncate(r.limit as usize);
             more = true;
         }

@@ -49,3 +49,9 @@ pub fn cross_range(what: &str) -> Status {
         &format!("strata: {what} spans several ranges; atomic cross-range writes are not supported yet"),
     )
 }
+pub fn value_provided() -> Status {
+    s(Code::InvalidArgument, "etcdserver: value is provided")
+}
+pub fn lease_provided() -> Status {
+    s(Code::InvalidArgument, "etcdserver: lease is provided")
+}

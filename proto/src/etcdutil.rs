@@ -101,9 +101,7 @@ fn collect_writes(
     for op in ops {
         match &op.request {
             Some(PbTxnOpRequest::RequestPut(p)) => {
-                if p.key.is_empty() {
-                    return Err(errors::empty_key());
-                }
+                check_put(&p.key, &p.value, p.lease, p.ignore_value, p.ignore_lease)?;
                 puts.push(p.key.clone());
             }
             Some(PbTxnOpRequest::RequestDeleteRange(d)) => {
@@ -164,3 +162,23 @@ pub fn txn_keys(r: &PbTxnRequest, out: &mut Vec<KeyRange>) {
     }
 }
 
+
+/// etcd's static checks of a Put.
+pub fn check_put(
+    key: &[u8],
+    value: &[u8],
+    lease: i64,
+    ignore_value: bool,
+    ignore_lease: bool,
+) -> Result<(), Status> {
+    if key.is_empty() {
+        return Err(errors::empty_key());
+    }
+    if ignore_value && !value.is_empty() {
+        return Err(errors::value_provided());
+    }
+    if ignore_lease && lease != 0 {
+        return Err(errors::lease_provided());
+    }
+    Ok(())
+}

@@ -9,7 +9,7 @@ use strata_proto::etcd::{
     PbPutRequest, PbPutResponse, PbRangeRequest, PbRangeResponse, PbResponseHeader,
     PbTxnOpRequest, PbTxnRequest, PbTxnResponse,
 };
-use strata_proto::etcdutil::{check_txn, txn_keys, txn_writes, KeyRange};
+use strata_proto::etcdutil::{check_put, check_txn, txn_keys, txn_writes, KeyRange};
 use strata_proto::oracle::Oracle;
 use strata_proto::strata::{KvKind, LeaseIdRequest};
 use tonic::{Request, Response, Status};
@@ -138,9 +138,7 @@ impl PbKvService for Kv {
     async fn put(&self, req: Request<PbPutRequest>) -> Result<Response<PbPutResponse>, Status> {
         let r = req.into_inner();
         check_size(&r)?;
-        if r.key.is_empty() {
-            return Err(errors::empty_key());
-        }
+        check_put(&r.key, &r.value, r.lease, r.ignore_value, r.ignore_lease)?;
         self.lease_exists(r.lease).await?;
         let range = self
             .router

@@ -46,12 +46,12 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<RouterHandle> {
         cluster_id,
         client_url: format!("http://{addr}"),
     };
-    let kv = kv::Kv {
+    let kv = std::sync::Arc::new(kv::Kv {
         router: router.clone(),
         oracle: oracle.clone(),
         member_id,
         cluster_id,
-    };
+    });
     let watch = watch::Watch {
         router,
         oracle,
@@ -60,9 +60,9 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<RouterHandle> {
         progress_every: cfg.watch_progress_notify_interval.max(Duration::from_millis(100)),
     };
     let server = tonic::transport::Server::builder()
-        .add_service(PbKvServer::new(kv).max_decoding_message_size(kv::GRPC_MAX_RECV_BYTES))
+        .add_service(PbKvServer::from_arc(kv.clone()).max_decoding_message_size(kv::GRPC_MAX_RECV_BYTES))
         .add_service(PbWatchServer::new(watch))
-        .add_service(PbLeaseServer::new(misc::Lease(common.clone())))
+        .add_service(PbLeaseServer::new(misc::Lease(common.clone(), kv)))
         .add_service(PbClusterServer::new(misc::Cluster(common.clone())))
         .add_service(PbMaintenanceServer::new(misc::Maintenance(common)))
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));

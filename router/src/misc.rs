@@ -39,7 +39,7 @@ impl Common {
     }
 }
 
-pub struct Lease(pub Common);
+pub struct Lease(pub Common, pub Arc<crate::kv::Kv>);
 
 type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<PbLeaseKeepAliveResponse, Status>> + Send>>;
 
@@ -117,12 +117,26 @@ impl PbLeaseService for Lease {
             .lease_time_to_live(LeaseIdRequest { id: r.id })
             .await?
             .into_inner();
+        // Attached keys: a scan of every key (leases keep no key index yet).
+        let keys = if r.keys && info.found {
+            let all = self
+                .1
+                .do_range(PbRangeRequest {
+                    key: vec![0],
+                    range_end: vec![0],
+                    ..Default::default()
+                })
+                .await?;
+            all.kvs.into_iter().filter(|kv| kv.lease == r.id).map(|kv| kv.key).collect()
+        } else {
+            Vec::new()
+        };
         Ok(Response::new(PbLeaseTimeToLiveResponse {
             header: self.0.header().await,
             id: r.id,
             ttl: if info.found { info.ttl } else { -1 },
             granted_ttl: info.granted_ttl,
-            keys: Vec::new(),
+            keys,
         }))
     }
 

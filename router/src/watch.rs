@@ -27,6 +27,8 @@ use crate::routing::Router;
 /// Responses buffered per client stream before watchers wait.
 const STREAM_BUF: usize = 1024;
 const FILTER_NOPUT: i32 = 0;
+/// A progress request waits at most this many 20 ms rounds for lagging watches.
+const PROGRESS_WAIT_ROUNDS: usize = 250;
 const FILTER_NODELETE: i32 = 1;
 
 pub struct Watch {
@@ -106,10 +108,10 @@ impl PbWatchService for Watch {
                             let _ = tx
                                 .send(Ok(PbWatchResponse {
                                     header: hdr.h(current),
-                                    watch_id: id,
+                                    watch_id: -1,
                                     created: true,
                                     canceled: true,
-                                    cancel_reason: "etcdserver: duplicate watch ID".into(),
+                                    cancel_reason: "mvcc: duplicate watch ID provided on the WatchStream".into(),
                                     ..Default::default()
                                 }))
                                 .await;
@@ -181,30 +183,29 @@ impl PbWatchService for Watch {
                         }
                     }
                     Some(PbWatchRequestUnion::ProgressRequest(_)) => {
-                        // Answered once every watch on the stream is synced, with
-                        // the lowest revision they all reached.
-                        let rev = {
-                            let ws = watchers.lock();
-                            if ws.values().all(|w| w.state.synced.load(Ordering::Acquire)) {
-                                Some(ws.values().map(|w| w.state.progress.load(Ordering::Acquire)).min())
-                            } else {
-                                None
+                        // Answered once every watch on the stream has reached the
+                        // current revision, with that revision: every event at or
+                        // below it was sent before this response.
+                        let states: Vec<Arc<WatcherState>> =
+                            watchers.lock().values().map(|w| w.state.clone()).collect();
+                        let (oracle, tx) = (oracle.clone(), tx.clone());
+                        tokio::spawn(async move {
+                            let Ok(current) = oracle.current().await else { return };
+                            let min = || states.iter().map(|s| s.progress.load(Ordering::Acquire)).min().unwrap_or(current);
+                            for _ in 0..PROGRESS_WAIT_ROUNDS {
+                                if min() >= current {
+                                    break;
+                                }
+                                tokio::time::sleep(Duration::from_millis(20)).await;
                             }
-                        };
-                        let rev = match rev {
-                            Some(Some(r)) => Some(r),
-                            Some(None) => oracle.current().await.ok(),
-                            None => None,
-                        };
-                        if let Some(rev) = rev {
                             let _ = tx
                                 .send(Ok(PbWatchResponse {
-                                    header: hdr.h(rev),
+                                    header: hdr.h(min().min(current)),
                                     watch_id: -1,
                                     ..Default::default()
                                 }))
                                 .await;
-                        }
+                        });
                     }
                     None => {}
                 }
