@@ -209,38 +209,10 @@ impl Cluster {
         let log_dir = tmp.path().to_path_buf();
         let span = STRATA_PORT_SPAN + 1;
         let first = reserve_ports(span);
-        let (client_port, base_port) = (first, first + 1);
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata"));
-        cmd.arg("dev")
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .args(["--listen-client", &format!("127.0.0.1:{client_port}")])
-            .args(["--base-port", &base_port.to_string()])
-            .args(["--nodes", "3"])
-            .args([
-                "--watch-progress-notify-interval",
-                &format!("{PROGRESS_NOTIFY_INTERVAL_SECS}s"),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log_file(&log_dir, "stderr.log"));
         let marker = new_marker();
-        cmd.env(MARKER_VAR, &marker);
-        let mut child = spawn_in_own_group(cmd);
-        // Forward stdout lines (also to stdout.log) until EOF; the first line that
-        // contains `ready` means clients can use the cluster.
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel::<String>();
-        let mut out_log = File::create(log_dir.join("stdout.log")).expect("create stdout.log");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = writeln!(out_log, "{line}");
-                let _ = tx.send(line);
-            }
-        });
+        let (child, rx) = launch_strata(&data_dir, &log_dir, first, &marker);
         let cluster = Cluster {
-            endpoint: format!("127.0.0.1:{client_port}"),
+            endpoint: format!("127.0.0.1:{first}"),
             target: Target::Strata,
             data_dir,
             log_dir,
@@ -249,6 +221,13 @@ impl Cluster {
             ports: (first, span),
             marker,
         };
+        cluster.wait_ready(rx);
+        cluster.announce();
+        cluster
+    }
+
+    /// Waits for the `ready` line of `strata dev` (bounded).
+    fn wait_ready(&self, rx: mpsc::Receiver<String>) {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -256,11 +235,11 @@ impl Cluster {
                 Ok(line) if line.contains("ready") => break,
                 Ok(_) => {}
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if let Some(status) = cluster.exited() {
-                        cluster.fail_start(&format!("strata dev exited early ({status})"));
+                    if let Some(status) = self.exited() {
+                        self.fail_start(&format!("strata dev exited early ({status})"));
                     }
                     if Instant::now() > deadline {
-                        cluster.fail_start(&format!(
+                        self.fail_start(&format!(
                             "strata dev printed no `ready` line within {READY_TIMEOUT:?}"
                         ));
                     }
@@ -268,18 +247,44 @@ impl Cluster {
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     // stdout closed: the process is gone or going.
                     std::thread::sleep(Duration::from_millis(200));
-                    let status = cluster
+                    let status = self
                         .exited()
                         .map(|s| s.to_string())
                         .unwrap_or_else(|| "stdout closed".into());
-                    cluster.fail_start(&format!(
+                    self.fail_start(&format!(
                         "strata dev closed stdout before `ready` ({status})"
                     ));
                 }
             }
         }
-        cluster.announce();
-        cluster
+    }
+
+    /// The placement service of a `strata dev` cluster.
+    pub fn placement_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.ports.0 + 1)
+    }
+
+    /// `kill -9` of every process of this server at once: no graceful shutdown.
+    pub fn kill9(&self) {
+        let mut g = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(mut child) = g.take() {
+            // SAFETY: signals to the process group we created for the child.
+            unsafe {
+                libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL);
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        kill_marked(&self.marker);
+    }
+
+    /// Starts `strata dev` again on the same data directory and ports (after
+    /// `kill9`), and waits until it serves.
+    pub fn restart(&self) {
+        assert_eq!(self.target, Target::Strata, "restart is for strata dev");
+        let (child, rx) = launch_strata(&self.data_dir, &self.log_dir, self.ports.0, &self.marker);
+        *self.child.lock().unwrap_or_else(|e| e.into_inner()) = Some(child);
+        self.wait_ready(rx);
     }
 
     fn announce(&self) {
@@ -428,6 +433,50 @@ impl Drop for Cluster {
 
 // ---------------------------------------------------------------------------
 // Helpers for tests.
+
+/// Spawns `strata dev` with its client port at `first` and internal ports after it;
+/// returns the child and a channel of its stdout lines.
+fn launch_strata(
+    data_dir: &Path,
+    log_dir: &Path,
+    first: u16,
+    marker: &str,
+) -> (Child, mpsc::Receiver<String>) {
+    let (client_port, base_port) = (first, first + 1);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata"));
+    cmd.arg("dev")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--listen-client", &format!("127.0.0.1:{client_port}")])
+        .args(["--base-port", &base_port.to_string()])
+        .args(["--nodes", "3"])
+        .args([
+            "--watch-progress-notify-interval",
+            &format!("{PROGRESS_NOTIFY_INTERVAL_SECS}s"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log_file(log_dir, "stderr.log"));
+    cmd.env(MARKER_VAR, marker);
+    let mut child = spawn_in_own_group(cmd);
+    // Forward stdout lines (also to stdout.log) until EOF; the first line that
+    // contains `ready` means clients can use the cluster.
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel::<String>();
+    let mut out_log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_dir.join("stdout.log"))
+        .expect("open stdout.log");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = writeln!(out_log, "{line}");
+            let _ = tx.send(line);
+        }
+    });
+    (child, rx)
+}
 
 /// A key prefix unique to this test process and `name`.
 pub fn prefix(name: &str) -> String {
@@ -602,7 +651,11 @@ fn etcdctl_bin() -> String {
 }
 
 fn log_file(dir: &Path, name: &str) -> File {
-    File::create(dir.join(name)).expect("create log file")
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(name))
+        .expect("open log file")
 }
 
 fn read_tail(path: &Path, max: usize) -> String {
