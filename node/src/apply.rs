@@ -333,9 +333,10 @@ impl<'a> WriteExec<'a> {
 fn compare_one(c: &PbCompare, v: Option<&Version>) -> bool {
     use std::cmp::Ordering;
     let ord = match (&c.target_union, c.target) {
-        (Some(PbTargetUnion::Value(want)), _) => {
-            v.map(|v| v.value.value.as_slice()).unwrap_or(&[]).cmp(want.as_slice())
-        }
+        (Some(PbTargetUnion::Value(want)), _) => v
+            .map(|v| v.value.value.as_slice())
+            .unwrap_or(&[])
+            .cmp(want.as_slice()),
         (Some(PbTargetUnion::Version(n)), _) => v.map_or(0, |v| v.value.version).cmp(n),
         (Some(PbTargetUnion::CreateRevision(n)), _) => {
             v.map_or(0, |v| v.value.create_revision).cmp(n)

@@ -19,4 +19,10 @@ pub struct NodeConfig {
     /// Raft tick interval in milliseconds (election timeout is 10 ticks).
     #[arg(long, default_value_t = 100)]
     pub raft_tick_ms: u64,
+    /// Split a range once its data (all MVCC versions) passes this many bytes.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    pub range_split_bytes: u64,
+    /// Split a range once it holds more than this many live keys.
+    #[arg(long, default_value_t = 500_000)]
+    pub range_split_keys: u64,
 }

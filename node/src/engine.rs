@@ -139,7 +139,10 @@ impl RaftStorage {
     pub fn applied_index(&self) -> anyhow::Result<u64> {
         let cf = self.db.cf_handle(CF_RAFT).expect("raft cf");
         Ok(
-            match self.db.get_cf(&cf, raft_key(self.range_id, KIND_APPLIED, 0))? {
+            match self
+                .db
+                .get_cf(&cf, raft_key(self.range_id, KIND_APPLIED, 0))?
+            {
                 Some(b) if b.len() == 8 => u64::from_be_bytes(b[..8].try_into().unwrap()),
                 Some(_) => anyhow::bail!("range {}: corrupt applied index", self.range_id),
                 None => 0,
@@ -350,7 +353,9 @@ mod tests {
         let st = s.initial_state().unwrap();
         assert_eq!(st.hard_state.commit, 3);
         assert_eq!(st.conf_state.voters, vec![1, 2, 3]);
-        let got = s.entries(1, 5, None, GetEntriesContext::empty(false)).unwrap();
+        let got = s
+            .entries(1, 5, None, GetEntriesContext::empty(false))
+            .unwrap();
         assert_eq!(got.len(), 4);
         let got = s.entries(1, 5, 1, GetEntriesContext::empty(false)).unwrap();
         assert_eq!(got.len(), 1);

@@ -14,6 +14,7 @@ pub mod engine;
 pub mod mvcc;
 pub mod sequencer;
 pub mod service;
+pub mod split;
 pub mod store;
 pub mod transport;
 
@@ -49,7 +50,8 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<NodeHandle> {
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
-    let mut placement = placement_client(&cfg.placement).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+    let mut placement =
+        placement_client(&cfg.placement).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
 
     // Identity: persisted on first registration, reused after restarts.
     let meta = db.cf_handle(CF_META).expect("meta cf");
@@ -66,10 +68,18 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<NodeHandle> {
         match placement.register_node(req).await {
             Ok(r) => break r.into_inner().node_id,
             Err(e) if tokio::time::Instant::now() < deadline => {
-                tracing::info!("waiting for placement at {}: {}", cfg.placement, e.message());
+                tracing::info!(
+                    "waiting for placement at {}: {}",
+                    cfg.placement,
+                    e.message()
+                );
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
-            Err(e) => anyhow::bail!("cannot register with placement at {}: {}", cfg.placement, e.message()),
+            Err(e) => anyhow::bail!(
+                "cannot register with placement at {}: {}",
+                cfg.placement,
+                e.message()
+            ),
         }
     };
     if known_id == 0 {
@@ -109,14 +119,28 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<NodeHandle> {
     });
 
     let oracle = Oracle::new(placement.clone());
+    let sequencers = Arc::new(DashMap::new());
     let svc = service::NodeService {
         node_id,
         ranges: ranges.clone(),
         store: store_tx.clone(),
-        oracle,
+        oracle: oracle.clone(),
         mvcc: mvcc::Mvcc::new(db.clone()),
-        sequencers: Arc::new(DashMap::new()),
+        sequencers: sequencers.clone(),
     };
+    let (seq_oracle, seq_store) = (oracle, store_tx.clone());
+    let checker = split::SplitChecker {
+        ranges: ranges.clone(),
+        mvcc: mvcc::Mvcc::new(db.clone()),
+        placement: placement.clone(),
+        sequencers,
+        make_sequencer: Arc::new(move |id| {
+            sequencer::Sequencer::start(id, seq_oracle.clone(), seq_store.clone())
+        }),
+        max_keys: cfg.range_split_keys.max(2),
+        max_bytes: cfg.range_split_bytes.max(1024),
+    };
+    tokio::spawn(checker.run());
     let server = tonic::transport::Server::builder()
         .add_service(
             NodeServer::new(svc)
@@ -138,21 +162,43 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<NodeHandle> {
 /// must host.
 async fn heartbeat(
     node_id: u64,
-    mut placement: strata_proto::strata::placement_client::PlacementClient<tonic::transport::Channel>,
+    mut placement: strata_proto::strata::placement_client::PlacementClient<
+        tonic::transport::Channel,
+    >,
     ranges: Ranges,
     addrs: Arc<DashMap<u64, String>>,
     store: mpsc::Sender<StoreMsg>,
 ) {
     let mut iv = tokio::time::interval(HEARTBEAT_EVERY);
+    let mut last_writes: std::collections::HashMap<u64, (u64, std::time::Instant)> =
+        Default::default();
     loop {
         iv.tick().await;
+        let now = std::time::Instant::now();
         let leader_ranges = ranges
             .iter()
-            .filter(|r| r.is_leader())
-            .map(|r| RangeReport {
-                desc: Some(r.desc.read().clone()),
-                leader_node: node_id,
-                term: r.term.load(std::sync::atomic::Ordering::Acquire),
+            .map(|r| {
+                let desc = r.desc.read().clone();
+                let writes = r.writes.load(std::sync::atomic::Ordering::Relaxed);
+                let (w0, t0) = last_writes
+                    .insert(desc.id, (writes, now))
+                    .unwrap_or((writes, now));
+                let secs = now.duration_since(t0).as_secs_f64();
+                let leader = r.is_leader();
+                RangeReport {
+                    desc: Some(desc),
+                    leader_node: if leader { node_id } else { 0 },
+                    term: r.term.load(std::sync::atomic::Ordering::Acquire),
+                    stats: leader.then(|| strata_proto::strata::RangeStats {
+                        approx_keys: r.approx_keys.load(std::sync::atomic::Ordering::Relaxed),
+                        approx_bytes: r.approx_bytes.load(std::sync::atomic::Ordering::Relaxed),
+                        writes_per_sec: if secs > 0.0 {
+                            (writes - w0) as f64 / secs
+                        } else {
+                            0.0
+                        },
+                    }),
+                }
             })
             .collect();
         let mut req = tonic::Request::new(HeartbeatRequest {
@@ -167,7 +213,8 @@ async fn heartbeat(
                     addrs.insert(n.id, n.addr);
                 }
                 for d in resp.ranges {
-                    if !ranges.contains_key(&d.id) && store.send(StoreMsg::Create(d)).await.is_err() {
+                    if !ranges.contains_key(&d.id) && store.send(StoreMsg::Create(d)).await.is_err()
+                    {
                         return;
                     }
                 }

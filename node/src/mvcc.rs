@@ -11,8 +11,8 @@ use std::sync::Arc;
 use prost::Message;
 use rocksdb::{WriteBatch, DB};
 use strata_proto::etcd::PbKeyValue;
-use strata_proto::strata::MvccValue;
 pub use strata_proto::etcdutil::KeyRange;
+use strata_proto::strata::MvccValue;
 
 use crate::engine::CF_DATA;
 
@@ -214,10 +214,51 @@ impl Mvcc {
             out.push((p, None));
         }
         anyhow::ensure!(!truncated, "watch history too large to replay");
-        out.sort_by(|a, b| {
-            (a.0.mod_revision, &a.0.key).cmp(&(b.0.mod_revision, &b.0.key))
-        });
+        out.sort_by(|a, b| (a.0.mod_revision, &a.0.key).cmp(&(b.0.mod_revision, &b.0.key)));
         Ok(out)
+    }
+
+    /// Counts live keys and stored bytes (all versions) of `kr`, stopping once
+    /// either passes its limit. Returns (keys, bytes, split key): the split key
+    /// is the live key at half the limit that was passed, so both halves of a
+    /// split stay under the limits.
+    pub fn split_scan(
+        &self,
+        kr: &KeyRange,
+        max_keys: u64,
+        max_bytes: u64,
+    ) -> anyhow::Result<(u64, u64, Option<Vec<u8>>)> {
+        let (mut keys, mut bytes) = (0u64, 0u64);
+        let mut last: Option<Vec<u8>> = None;
+        let (mut mid_by_keys, mut mid_by_bytes) = (None, None);
+        let mut over = None;
+        self.scan(kr, |user, _rev, v| {
+            bytes += (user.len() + v.len() + 8) as u64;
+            if last.as_deref() != Some(user.as_slice()) {
+                last = Some(user.clone());
+                if !MvccValue::decode(v)?.tombstone {
+                    keys += 1;
+                    if keys == max_keys / 2 + 1 {
+                        mid_by_keys = Some(user.clone());
+                    }
+                    if mid_by_bytes.is_none() && bytes > max_bytes / 2 {
+                        mid_by_bytes = Some(user.clone());
+                    }
+                }
+            }
+            if keys > max_keys {
+                over = mid_by_keys.clone();
+                return Ok(false);
+            }
+            if bytes > max_bytes {
+                over = mid_by_bytes.clone();
+                return Ok(false);
+            }
+            Ok(true)
+        })?;
+        // Never split at the range's first key (the left half would be empty).
+        let over = over.filter(|k| *k != kr.start);
+        Ok((keys, bytes, over))
     }
 
     pub fn stage_version(&self, wb: &mut WriteBatch, key: &[u8], rev: i64, value: &MvccValue) {
@@ -227,7 +268,12 @@ impl Mvcc {
 
     /// Removes history below `rev` in `kr`: each key keeps every version above
     /// `rev` and its latest version at or below it, unless that one is a tombstone.
-    pub fn stage_compact(&self, wb: &mut WriteBatch, kr: &KeyRange, rev: i64) -> anyhow::Result<()> {
+    pub fn stage_compact(
+        &self,
+        wb: &mut WriteBatch,
+        kr: &KeyRange,
+        rev: i64,
+    ) -> anyhow::Result<()> {
         let cf = self.db.cf_handle(CF_DATA).expect("data cf");
         let mut kept_at_or_below: Option<Vec<u8>> = None;
         self.scan(kr, |user, r, v| {
@@ -308,7 +354,10 @@ mod tests {
         assert_eq!(m.get_at(b"b", 3).unwrap().unwrap().value.value, b"b3");
         assert!(m.get_at(b"b", 6).unwrap().is_none());
         let h = m.history(&all, 3, 6, 100).unwrap();
-        let revs: Vec<_> = h.iter().map(|(v, p)| (v.mod_revision, p.is_some())).collect();
+        let revs: Vec<_> = h
+            .iter()
+            .map(|(v, p)| (v.mod_revision, p.is_some()))
+            .collect();
         assert_eq!(revs, vec![(3, false), (5, true), (6, true)]);
 
         let mut wb = WriteBatch::default();

@@ -28,9 +28,17 @@ const BATCH_MAX: usize = 1024;
 
 pub enum SeqItem {
     /// A write that consumes one revision.
-    Write { kind: KvKind, request: Vec<u8>, reply: Reply },
+    Write {
+        kind: KvKind,
+        request: Vec<u8>,
+        reply: Reply,
+    },
     /// A command ordered with writes that consumes no revision (compaction).
-    Unstamped { kind: KvKind, request: Vec<u8>, reply: Reply },
+    Unstamped {
+        kind: KvKind,
+        request: Vec<u8>,
+        reply: Reply,
+    },
     Barrier {
         read_rev: i64,
         reply: oneshot::Sender<Result<(), Status>>,
@@ -50,13 +58,18 @@ impl Sequencer {
     }
 
     pub fn submit(&self, item: SeqItem) -> Result<(), Status> {
-        self.tx.try_send(item).map_err(|_| errors::too_many_requests())
+        self.tx
+            .try_send(item)
+            .map_err(|_| errors::too_many_requests())
     }
 
     /// Waits until no write with revision `<= read_rev` can still apply here.
     pub async fn barrier(&self, read_rev: i64) -> Result<(), Status> {
         let (tx, rx) = oneshot::channel();
-        self.submit(SeqItem::Barrier { read_rev, reply: tx })?;
+        self.submit(SeqItem::Barrier {
+            read_rev,
+            reply: tx,
+        })?;
         rx.await.map_err(|_| errors::leader_changed())?
     }
 }

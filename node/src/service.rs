@@ -38,6 +38,12 @@ pub fn not_leader() -> Status {
     Status::new(Code::Aborted, "strata: not leader")
 }
 
+/// A write whose keys left the range (split) before it applied; it was not
+/// applied, the service turns it into an `EpochNotMatch` route error.
+pub fn epoch_not_match() -> Status {
+    Status::new(Code::Aborted, "strata: epoch not match")
+}
+
 pub struct NodeService {
     pub node_id: u64,
     pub ranges: Ranges,
@@ -79,7 +85,11 @@ impl NodeService {
         epoch: Option<strata_proto::strata::Epoch>,
     ) -> Result<Arc<RangeShared>, RouteError> {
         let Some(r) = self.ranges.get(&range_id).map(|r| r.clone()) else {
-            return Err(route_err(RouteErrorKind::RangeNotFound, 0, "range not found"));
+            return Err(route_err(
+                RouteErrorKind::RangeNotFound,
+                0,
+                "range not found",
+            ));
         };
         if let Some(e) = epoch {
             if e != r.epoch() {
@@ -91,11 +101,21 @@ impl NodeService {
         Ok(r)
     }
 
+    fn epoch_err(r: &RangeShared) -> RouteError {
+        let mut err = route_err(RouteErrorKind::EpochNotMatch, 0, "epoch not match");
+        err.ranges.push(r.desc.read().clone());
+        err
+    }
+
     fn not_leader_err(r: &RangeShared) -> RouteError {
         route_err(RouteErrorKind::NotLeader, r.leader_node(), "not leader")
     }
 
-    async fn write(&self, r: &RangeShared, item: impl FnOnce(crate::store::Reply) -> SeqItem) -> Result<Vec<u8>, Status> {
+    async fn write(
+        &self,
+        r: &RangeShared,
+        item: impl FnOnce(crate::store::Reply) -> SeqItem,
+    ) -> Result<Vec<u8>, Status> {
         let (tx, rx) = oneshot::channel();
         let range_id = r.desc.read().id;
         self.sequencer(range_id).submit(item(tx))?;
@@ -135,6 +155,31 @@ impl NodeService {
     }
 }
 
+/// Are the keys of a routed request inside the range `kr`?
+fn request_within(kind: KvKind, body: &[u8], kr: &KeyRange) -> Result<bool, Status> {
+    let mut keys = Vec::new();
+    match kind {
+        KvKind::KvRange => {
+            let r: PbRangeRequest = decode(body)?;
+            keys.push(KeyRange::from_etcd(&r.key, &r.range_end));
+        }
+        KvKind::KvPut => {
+            let p: strata_proto::etcd::PbPutRequest = decode(body)?;
+            keys.push(KeyRange::from_etcd(&p.key, &[]));
+        }
+        KvKind::KvDeleteRange => {
+            let d: strata_proto::etcd::PbDeleteRequest = decode(body)?;
+            keys.push(KeyRange::from_etcd(&d.key, &d.range_end));
+        }
+        KvKind::KvTxn => {
+            let t: PbTxnRequest = decode(body)?;
+            strata_proto::etcdutil::txn_keys(&t, &mut keys);
+        }
+        _ => {}
+    }
+    Ok(keys.iter().all(|k| kr.covers(k)))
+}
+
 fn decode<M: prost::Message + Default>(b: &[u8]) -> Result<M, Status> {
     M::decode(b).map_err(|e| Status::invalid_argument(format!("strata: bad request encoding: {e}")))
 }
@@ -165,6 +210,9 @@ impl Node for NodeService {
             KvKind::KvTxn => !txn_writes(&decode::<PbTxnRequest>(&req.request)?),
             _ => false,
         };
+        if !request_within(kind, &req.request, &desc_range(&r.desc.read()))? {
+            return Ok(route_resp(Self::epoch_err(&r)));
+        }
         if (!is_read || linearizable) && !r.is_leader() {
             return Ok(route_resp(Self::not_leader_err(&r)));
         }
@@ -172,25 +220,42 @@ impl Node for NodeService {
             let body = req.request.clone();
             if kind == KvKind::KvRange {
                 let rr: PbRangeRequest = decode(&body)?;
-                self.read(&r, req.read_revision, move |v| v.range(&rr).map(|x| x.encode_to_vec()))
-                    .await
+                self.read(&r, req.read_revision, move |v| {
+                    v.range(&rr).map(|x| x.encode_to_vec())
+                })
+                .await
             } else {
                 let t: PbTxnRequest = decode(&body)?;
-                self.read(&r, req.read_revision, move |v| read_txn(v, &t).map(|x| x.encode_to_vec()))
-                    .await
+                self.read(&r, req.read_revision, move |v| {
+                    read_txn(v, &t).map(|x| x.encode_to_vec())
+                })
+                .await
             }
         } else if kind == KvKind::KvCompact {
             let request = req.request;
-            self.write(&r, |reply| SeqItem::Unstamped { kind, request, reply }).await
+            self.write(&r, |reply| SeqItem::Unstamped {
+                kind,
+                request,
+                reply,
+            })
+            .await
         } else {
             let request = req.request;
-            self.write(&r, |reply| SeqItem::Write { kind, request, reply }).await
+            self.write(&r, |reply| SeqItem::Write {
+                kind,
+                request,
+                reply,
+            })
+            .await
         };
         match res {
             Ok(body) => Ok(Response::new(KvResponse {
                 response: body,
                 error: None,
             })),
+            Err(s) if s.code() == Code::Aborted && s.message() == epoch_not_match().message() => {
+                Ok(route_resp(Self::epoch_err(&r)))
+            }
             Err(s) if s.code() == Code::Aborted => Ok(route_resp(Self::not_leader_err(&r))),
             Err(s) => Err(s),
         }
@@ -209,11 +274,15 @@ impl Node for NodeService {
             Ok(r) if r.is_leader() => r,
             Ok(r) => {
                 let _ = tx.try_send(Ok(end(Self::not_leader_err(&r))));
-                return Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))));
+                return Ok(Response::new(Box::pin(
+                    tokio_stream::wrappers::ReceiverStream::new(rx),
+                )));
             }
             Err(e) => {
                 let _ = tx.try_send(Ok(end(e)));
-                return Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))));
+                return Ok(Response::new(Box::pin(
+                    tokio_stream::wrappers::ReceiverStream::new(rx),
+                )));
             }
         };
         let kr = KeyRange::from_etcd(&req.key, &req.range_end);
@@ -230,10 +299,15 @@ impl Node for NodeService {
             seq: self.sequencer(desc.id),
         };
         tokio::spawn(feed.run());
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
-    async fn status(&self, _: Request<NodeStatusRequest>) -> Result<Response<NodeStatusResponse>, Status> {
+    async fn status(
+        &self,
+        _: Request<NodeStatusRequest>,
+    ) -> Result<Response<NodeStatusResponse>, Status> {
         let ranges = self
             .ranges
             .iter()
@@ -308,10 +382,16 @@ impl Feed {
         let start = if self.start > 0 { self.start } else { head + 1 };
         if start <= head {
             let (mvcc, kr) = (self.mvcc.clone(), self.kr.clone());
-            let hist = tokio::task::spawn_blocking(move || mvcc.history(&kr, start, head, HISTORY_MAX)).await;
+            let hist =
+                tokio::task::spawn_blocking(move || mvcc.history(&kr, start, head, HISTORY_MAX))
+                    .await;
             let hist = match hist {
                 Ok(Ok(h)) => h,
-                _ => return self.end(RouteErrorKind::ServerBusy, "history replay failed").await,
+                _ => {
+                    return self
+                        .end(RouteErrorKind::ServerBusy, "history replay failed")
+                        .await
+                }
             };
             let mut cur: Option<FeedMessage> = None;
             for (v, prev) in hist {
@@ -362,6 +442,10 @@ impl Feed {
             tokio::select! {
                 ev = sub.recv() => match ev {
                     Ok(m) => {
+                        if let Some(e) = &m.error {
+                            let _ = self.send(FeedMessage { error: Some(e.clone()), ..Default::default() }).await;
+                            return;
+                        }
                         if m.revision > last {
                             last = m.revision;
                             if let Some(f) = self.filter(&m) {
@@ -391,6 +475,10 @@ impl Feed {
                     loop {
                         match sub.try_recv() {
                             Ok(m) => {
+                                if let Some(e) = &m.error {
+                                    let _ = self.send(FeedMessage { error: Some(e.clone()), ..Default::default() }).await;
+                                    return;
+                                }
                                 if m.revision > last {
                                     last = m.revision;
                                     if let Some(f) = self.filter(&m) {

@@ -23,11 +23,11 @@ use raft::{RawNode, StateRole};
 use rocksdb::{WriteBatch, DB};
 use strata_proto::errors;
 use strata_proto::etcd::{
-    PbCompactionRequest, PbCompactionResponse, PbDeleteRequest, PbLeaseRevokeRequest,
-    PbPutRequest, PbTxnRequest,
+    PbCompactionRequest, PbCompactionResponse, PbDeleteRequest, PbLeaseRevokeRequest, PbPutRequest,
+    PbTxnRequest,
 };
 use strata_proto::strata::{
-    Epoch, FeedMessage, KvKind, RaftEnvelope, RangeCommand, RangeDescriptor,
+    Epoch, FeedMessage, KvKind, RaftEnvelope, RangeCommand, RangeDescriptor, SplitCommand,
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tonic::Status;
@@ -80,6 +80,12 @@ pub struct RangeShared {
     pub applied_rev: AtomicI64,
     pub compacted: AtomicI64,
     pub feed: broadcast::Sender<Arc<FeedMessage>>,
+    /// Writes applied (for the write rate) and splits applied.
+    pub writes: AtomicU64,
+    pub splits: AtomicU64,
+    /// Approximate size, from the last split check.
+    pub approx_keys: AtomicU64,
+    pub approx_bytes: AtomicU64,
 }
 
 impl RangeShared {
@@ -228,7 +234,8 @@ impl Store {
         let storage = RaftStorage::open(self.db.clone(), desc.id, &voters)?;
         let applied = storage.applied_index()?;
         let cf = self.db.cf_handle(CF_META).expect("meta cf");
-        self.db.put_cf(&cf, meta_key_desc(desc.id), desc.encode_to_vec())?;
+        self.db
+            .put_cf(&cf, meta_key_desc(desc.id), desc.encode_to_vec())?;
         let compacted = match self.db.get_cf(&cf, meta_key_compacted(desc.id))? {
             Some(b) if b.len() == 8 => i64::from_be_bytes(b[..].try_into().unwrap()),
             _ => 0,
@@ -247,6 +254,10 @@ impl Store {
             applied_rev: AtomicI64::new(applied_rev),
             compacted: AtomicI64::new(compacted),
             feed,
+            writes: AtomicU64::new(0),
+            splits: AtomicU64::new(0),
+            approx_keys: AtomicU64::new(0),
+            approx_bytes: AtomicU64::new(0),
         });
         self.ranges.insert(desc.id, shared.clone());
         self.replicas.insert(
@@ -487,9 +498,7 @@ impl Store {
                 rd.snapshot().data.is_empty() && rd.snapshot().get_metadata().index == 0,
                 "snapshots are not supported in this version"
             );
-            r.raw
-                .store()
-                .stage_append(&mut wb, rd.entries(), rd.hs())?;
+            r.raw.store().stage_append(&mut wb, rd.entries(), rd.hs())?;
             self.send(&shared, msgs);
             readies.push((id, rd));
         }
@@ -541,15 +550,21 @@ impl Store {
             r.raw.store().stage_applied(&mut wb, e.index);
             let mut result: Result<Vec<u8>, Status> = Ok(Vec::new());
             let mut feed_msg = None;
+            let mut child = None;
             if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
                 match RangeCommand::decode(&e.data[..]) {
                     Ok(cmd) => {
-                        let (res, msg) = self.exec(range_id, &cmd, &mut wb)?;
+                        let (res, msg, c) = self.exec(range_id, &cmd, &mut wb)?;
                         result = res;
                         feed_msg = msg;
+                        child = c;
                     }
                     Err(err) => {
-                        tracing::error!(range = range_id, index = e.index, "undecodable command: {err}");
+                        tracing::error!(
+                            range = range_id,
+                            index = e.index,
+                            "undecodable command: {err}"
+                        );
                         result = Err(Status::internal("strata: undecodable command"));
                     }
                 }
@@ -560,6 +575,7 @@ impl Store {
             if let Some(m) = feed_msg {
                 let _ = r.shared.feed.send(Arc::new(m));
             }
+            let was_leader = r.raw.raft.state == StateRole::Leader;
             // Answer the proposal this entry belongs to, fail dropped ones.
             while let Some(p) = r.proposals.front() {
                 if p.index > e.index {
@@ -571,6 +587,17 @@ impl Store {
                     let _ = p.reply.send(std::mem::replace(&mut result, Ok(Vec::new())));
                 } else {
                     let _ = p.reply.send(Err(errors::leader_changed()));
+                }
+            }
+            if let Some(child) = child {
+                let child_id = child.id;
+                self.create(child)?;
+                // The parent's leader also leads the child at first: it is the
+                // one replica that certainly has the split applied already.
+                if was_leader {
+                    if let Some(c) = self.replicas.get_mut(&child_id) {
+                        let _ = c.raw.campaign();
+                    }
                 }
             }
         }
@@ -585,7 +612,11 @@ impl Store {
         range_id: u64,
         cmd: &RangeCommand,
         wb: &mut WriteBatch,
-    ) -> anyhow::Result<(Result<Vec<u8>, Status>, Option<FeedMessage>)> {
+    ) -> anyhow::Result<(
+        Result<Vec<u8>, Status>,
+        Option<FeedMessage>,
+        Option<RangeDescriptor>,
+    )> {
         let r = self.replicas.get(&range_id).expect("replica");
         let shared = r.shared.clone();
         let compacted = shared.compacted.load(Ordering::Acquire);
@@ -598,30 +629,48 @@ impl Store {
                 let kr = desc_range(&desc);
                 self.mvcc.stage_compact(wb, &kr, req.revision)?;
                 let cf = self.db.cf_handle(CF_META).expect("meta cf");
-                wb.put_cf(&cf, meta_key_compacted(range_id), req.revision.to_be_bytes());
+                wb.put_cf(
+                    &cf,
+                    meta_key_compacted(range_id),
+                    req.revision.to_be_bytes(),
+                );
                 shared.compacted.store(req.revision, Ordering::Release);
             }
             let resp = PbCompactionResponse {
                 header: header(shared.applied_rev.load(Ordering::Acquire)),
             };
-            return Ok((Ok(resp.encode_to_vec()), None));
+            return Ok((Ok(resp.encode_to_vec()), None, None));
+        }
+        if kind == KvKind::KvSplit {
+            return self.exec_split(&shared, &SplitCommand::decode(&cmd.request[..])?, wb);
         }
         anyhow::ensure!(rev > 0, "write command without a revision");
+        // A split may have applied since the request was checked: keys that
+        // left the range are refused (unapplied, so the router may retry).
+        if !keys_within(kind, &cmd.request, &desc_range(&shared.desc.read())) {
+            return Ok((Err(crate::service::epoch_not_match()), None, None));
+        }
         let mut ex = WriteExec::new(&self.mvcc, rev, compacted);
         let res: Result<Vec<u8>, Status> = match kind {
-            KvKind::KvPut => ex.put(&PbPutRequest::decode(&cmd.request[..])?).map(|r| r.encode_to_vec()),
+            KvKind::KvPut => ex
+                .put(&PbPutRequest::decode(&cmd.request[..])?)
+                .map(|r| r.encode_to_vec()),
             KvKind::KvDeleteRange => ex
                 .delete(&PbDeleteRequest::decode(&cmd.request[..])?)
                 .map(|r| r.encode_to_vec()),
-            KvKind::KvTxn => ex.txn(&PbTxnRequest::decode(&cmd.request[..])?).map(|r| r.encode_to_vec()),
+            KvKind::KvTxn => ex
+                .txn(&PbTxnRequest::decode(&cmd.request[..])?)
+                .map(|r| r.encode_to_vec()),
             KvKind::KvLeaseRevoke => {
                 let req = PbLeaseRevokeRequest::decode(&cmd.request[..])?;
                 let kr = desc_range(&shared.desc.read());
-                ex.revoke_lease(&kr, req.id).map(|n| (n as u64).to_be_bytes().to_vec())
+                ex.revoke_lease(&kr, req.id)
+                    .map(|n| (n as u64).to_be_bytes().to_vec())
             }
             _ => Err(Status::internal("strata: unexpected command kind")),
         };
         let mut feed = None;
+        shared.writes.fetch_add(1, Ordering::Relaxed);
         if res.is_ok() && !ex.overlay.is_empty() {
             for v in ex.overlay.values() {
                 self.mvcc.stage_version(wb, &v.key, rev, &v.value);
@@ -643,8 +692,95 @@ impl Store {
             // Invariant: within a range, apply order is revision order.
             tracing::error!(range = range_id, rev, prev, "revision applied out of order");
         }
-        Ok((res, feed))
+        Ok((res, feed, None))
     }
+
+    /// Applies a split: this range keeps `[start, split_key)`, a new range takes
+    /// the rest. MVCC data stays where it is (keys sort by user key, so the new
+    /// range's data is already contiguous); only descriptors change.
+    #[allow(clippy::type_complexity)]
+    fn exec_split(
+        &mut self,
+        shared: &Arc<RangeShared>,
+        sc: &SplitCommand,
+        wb: &mut WriteBatch,
+    ) -> anyhow::Result<(
+        Result<Vec<u8>, Status>,
+        Option<FeedMessage>,
+        Option<RangeDescriptor>,
+    )> {
+        let mut desc = shared.desc.read().clone();
+        let valid = sc.split_key > desc.start_key
+            && (desc.end_key.is_empty() || sc.split_key < desc.end_key)
+            && sc.new_peers.len() == desc.peers.len()
+            && sc
+                .new_peers
+                .iter()
+                .zip(&desc.peers)
+                .all(|(n, o)| n.node_id == o.node_id)
+            && !self.replicas.contains_key(&sc.new_range_id);
+        if !valid {
+            return Ok((
+                Err(Status::failed_precondition(
+                    "strata: split rejected (stale or invalid)",
+                )),
+                None,
+                None,
+            ));
+        }
+        let mut epoch = desc.epoch.unwrap_or_default();
+        epoch.version += 1;
+        let child = RangeDescriptor {
+            id: sc.new_range_id,
+            start_key: sc.split_key.clone(),
+            end_key: desc.end_key.clone(),
+            epoch: Some(epoch),
+            peers: sc.new_peers.clone(),
+        };
+        desc.end_key = sc.split_key.clone();
+        desc.epoch = Some(epoch);
+        let cf = self.db.cf_handle(CF_META).expect("meta cf");
+        wb.put_cf(&cf, meta_key_desc(desc.id), desc.encode_to_vec());
+        wb.put_cf(&cf, meta_key_desc(child.id), child.encode_to_vec());
+        let applied_rev = shared.applied_rev.load(Ordering::Acquire);
+        wb.put_cf(&cf, meta_key_maxrev(child.id), applied_rev.to_be_bytes());
+        let compacted = shared.compacted.load(Ordering::Acquire);
+        wb.put_cf(&cf, meta_key_compacted(child.id), compacted.to_be_bytes());
+        tracing::info!(range = desc.id, new_range = child.id, split_key = ?String::from_utf8_lossy(&sc.split_key), "split");
+        *shared.desc.write() = desc;
+        shared.splits.fetch_add(1, Ordering::Relaxed);
+        // Feeds of this range end; the router re-resolves and resumes.
+        let end = FeedMessage {
+            error: Some(strata_proto::strata::RouteError {
+                kind: strata_proto::strata::RouteErrorKind::EpochNotMatch as i32,
+                message: "range split".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        Ok((Ok(Vec::new()), Some(end), Some(child)))
+    }
+}
+
+/// Are all keys a write command touches inside `kr`?
+fn keys_within(kind: KvKind, request: &[u8], kr: &KeyRange) -> bool {
+    let mut keys = Vec::new();
+    match kind {
+        KvKind::KvPut => match PbPutRequest::decode(request) {
+            Ok(p) => keys.push(KeyRange::from_etcd(&p.key, &[])),
+            Err(_) => return true, // undecodable: let exec report it
+        },
+        KvKind::KvDeleteRange => match PbDeleteRequest::decode(request) {
+            Ok(d) => keys.push(KeyRange::from_etcd(&d.key, &d.range_end)),
+            Err(_) => return true,
+        },
+        KvKind::KvTxn => match PbTxnRequest::decode(request) {
+            Ok(t) => strata_proto::etcdutil::txn_keys(&t, &mut keys),
+            Err(_) => return true,
+        },
+        _ => return true,
+    }
+    keys.iter().all(|k| kr.covers(k))
 }
 
 pub fn desc_range(desc: &RangeDescriptor) -> KeyRange {

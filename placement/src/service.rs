@@ -15,7 +15,7 @@ use strata_proto::strata::*;
 use tonic::{Request, Response, Status};
 
 use crate::replica::Replicated;
-use crate::state::{Command, Outcome, ORACLE_WINDOW};
+use crate::state::{Command, Outcome, StoredRange, ORACLE_WINDOW};
 
 /// Smallest lease TTL granted, in seconds (as etcd's minimum with its defaults).
 pub const MIN_LEASE_TTL_SECS: i64 = 2;
@@ -38,6 +38,8 @@ pub struct PlacementService {
     pub oracle: tokio::sync::Mutex<Oracle>,
     pub leaders: Mutex<HashMap<u64, LeaderHint>>,
     pub last_seen: Mutex<HashMap<u64, Instant>>,
+    /// Latest stats reported by each range's leader.
+    pub stats: Mutex<HashMap<u64, RangeStats>>,
     /// Lease id → deadline (leader-local, reset on restart as in etcd).
     pub lease_deadlines: Mutex<HashMap<i64, Instant>>,
 }
@@ -59,6 +61,7 @@ impl PlacementService {
             replicas,
             leaders: Mutex::new(HashMap::new()),
             last_seen: Mutex::new(HashMap::new()),
+            stats: Mutex::new(HashMap::new()),
             lease_deadlines: Mutex::new(leases),
         })
     }
@@ -70,7 +73,9 @@ impl PlacementService {
         if o.next + count > hw {
             // Persist the new window before handing out anything in it.
             let high_water = (o.next + count).max(hw) + ORACLE_WINDOW;
-            self.rep.propose(Command::OracleWindow { high_water }).await?;
+            self.rep
+                .propose(Command::OracleWindow { high_water })
+                .await?;
         }
         let start = o.next;
         o.next += count;
@@ -89,7 +94,10 @@ impl PlacementService {
         let (ranges, nodes) = {
             let st = self.rep.state();
             (
-                st.ranges.values().map(|r| r.descriptor()).collect::<Vec<_>>(),
+                st.ranges
+                    .values()
+                    .map(|r| r.descriptor())
+                    .collect::<Vec<_>>(),
                 st.nodes.clone(),
             )
         };
@@ -102,10 +110,15 @@ impl PlacementService {
             'attempts: for _ in 0..20 {
                 for n in &candidates {
                     let Some(addr) = nodes.get(n) else { continue };
-                    let Ok(ep) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
+                    let Ok(ep) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                    else {
                         continue;
                     };
-                    let Ok(ch) = ep.connect_timeout(Duration::from_millis(500)).connect().await else {
+                    let Ok(ch) = ep
+                        .connect_timeout(Duration::from_millis(500))
+                        .connect()
+                        .await
+                    else {
                         continue;
                     };
                     let mut req = Request::new(KvRequest {
@@ -140,7 +153,10 @@ impl PlacementService {
         match (granted, deadline) {
             (Some(g), Some(d)) => LeaseInfo {
                 id,
-                ttl: d.saturating_duration_since(Instant::now()).as_secs_f64().round() as i64,
+                ttl: d
+                    .saturating_duration_since(Instant::now())
+                    .as_secs_f64()
+                    .round() as i64,
                 granted_ttl: g,
                 found: true,
             },
@@ -181,8 +197,17 @@ impl PlacementService {
             st.ranges.is_empty() && st.nodes.len() >= self.replicas
         };
         if need {
-            match self.rep.propose(Command::Bootstrap { replicas: self.replicas }).await {
-                Ok(_) => tracing::info!("bootstrapped the first range with {} replicas", self.replicas),
+            match self
+                .rep
+                .propose(Command::Bootstrap {
+                    replicas: self.replicas,
+                })
+                .await
+            {
+                Ok(_) => tracing::info!(
+                    "bootstrapped the first range with {} replicas",
+                    self.replicas
+                ),
                 Err(e) => tracing::warn!("bootstrap failed: {}", e.message()),
             }
         }
@@ -193,12 +218,22 @@ pub struct Svc(pub Arc<PlacementService>);
 
 #[tonic::async_trait]
 impl Placement for Svc {
-    async fn register_node(&self, req: Request<RegisterNodeRequest>) -> Result<Response<RegisterNodeResponse>, Status> {
+    async fn register_node(
+        &self,
+        req: Request<RegisterNodeRequest>,
+    ) -> Result<Response<RegisterNodeResponse>, Status> {
         let r = req.into_inner();
         if r.addr.is_empty() {
             return Err(Status::invalid_argument("strata: node address is required"));
         }
-        let out = self.0.rep.propose(Command::RegisterNode { id: r.node_id, addr: r.addr.clone() }).await?;
+        let out = self
+            .0
+            .rep
+            .propose(Command::RegisterNode {
+                id: r.node_id,
+                addr: r.addr.clone(),
+            })
+            .await?;
         let Outcome::NodeId(id) = out else {
             return Err(Status::internal("unexpected outcome"));
         };
@@ -208,18 +243,50 @@ impl Placement for Svc {
         Ok(Response::new(RegisterNodeResponse { node_id: id }))
     }
 
-    async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
+    async fn heartbeat(
+        &self,
+        req: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
         let r = req.into_inner();
         self.0.last_seen.lock().insert(r.node_id, Instant::now());
+        let mut updates = Vec::new();
         {
+            let st = self.0.rep.state();
             let mut leaders = self.0.leaders.lock();
-            for rep in r.leader_ranges {
-                let Some(d) = rep.desc else { continue };
-                let e = leaders.entry(d.id).or_insert(LeaderHint { node: 0, term: 0 });
-                if rep.term >= e.term {
-                    *e = LeaderHint { node: rep.leader_node, term: rep.term };
+            let mut stats = self.0.stats.lock();
+            for rep in &r.leader_ranges {
+                let Some(d) = &rep.desc else { continue };
+                let reported = StoredRange::from_descriptor(d);
+                if st
+                    .ranges
+                    .get(&d.id)
+                    .is_none_or(|cur| reported.newer_than(cur))
+                {
+                    updates.push(reported);
+                }
+                if rep.leader_node != 0 {
+                    let e = leaders
+                        .entry(d.id)
+                        .or_insert(LeaderHint { node: 0, term: 0 });
+                    if rep.term >= e.term {
+                        *e = LeaderHint {
+                            node: rep.leader_node,
+                            term: rep.term,
+                        };
+                    }
+                    if let Some(s) = rep.stats {
+                        stats.insert(d.id, s);
+                    }
                 }
             }
+        }
+        for range in updates {
+            tracing::info!(
+                range = range.id,
+                version = range.version,
+                "range descriptor updated"
+            );
+            self.0.rep.propose(Command::UpdateRange { range }).await?;
         }
         self.0.maybe_bootstrap().await;
         let st = self.0.rep.state();
@@ -230,19 +297,33 @@ impl Placement for Svc {
             .map(|rg| rg.descriptor())
             .collect();
         drop(st);
-        Ok(Response::new(HeartbeatResponse { ranges, nodes: self.nodes() }))
+        Ok(Response::new(HeartbeatResponse {
+            ranges,
+            nodes: self.nodes(),
+        }))
     }
 
-    async fn get_ranges(&self, _: Request<GetRangesRequest>) -> Result<Response<GetRangesResponse>, Status> {
+    async fn get_ranges(
+        &self,
+        _: Request<GetRangesRequest>,
+    ) -> Result<Response<GetRangesResponse>, Status> {
         let st = self.0.rep.state();
         let ranges = st
             .ranges
             .values()
-            .map(|r| RangeInfo { desc: Some(r.descriptor()), leader_node: self.0.leader_of(r.id) })
+            .map(|r| RangeInfo {
+                desc: Some(r.descriptor()),
+                leader_node: self.0.leader_of(r.id),
+                stats: self.0.stats.lock().get(&r.id).copied(),
+            })
             .collect();
         let compact_revision = st.compacted;
         drop(st);
-        Ok(Response::new(GetRangesResponse { ranges, nodes: self.nodes(), compact_revision }))
+        Ok(Response::new(GetRangesResponse {
+            ranges,
+            nodes: self.nodes(),
+            compact_revision,
+        }))
     }
 
     async fn alloc(&self, req: Request<AllocRequest>) -> Result<Response<AllocResponse>, Status> {
@@ -250,15 +331,49 @@ impl Placement for Svc {
         Ok(Response::new(AllocResponse { start }))
     }
 
-    async fn compact(&self, req: Request<CompactRequest>) -> Result<Response<CompactResponse>, Status> {
+    async fn alloc_ids(
+        &self,
+        req: Request<AllocIdsRequest>,
+    ) -> Result<Response<AllocIdsResponse>, Status> {
+        let r = req.into_inner();
+        let cmd = Command::AllocIds {
+            ranges: r.ranges,
+            peers: r.peers,
+        };
+        match self.0.rep.propose(cmd).await? {
+            Outcome::Ids {
+                first_range_id,
+                first_peer_id,
+            } => Ok(Response::new(AllocIdsResponse {
+                first_range_id,
+                first_peer_id,
+            })),
+            _ => Err(Status::internal("unexpected outcome")),
+        }
+    }
+
+    async fn compact(
+        &self,
+        req: Request<CompactRequest>,
+    ) -> Result<Response<CompactResponse>, Status> {
         let rev = req.into_inner().revision;
-        match self.0.rep.propose(Command::Compact { revision: rev }).await? {
-            Outcome::Ok => Ok(Response::new(CompactResponse { compact_revision: rev })),
+        match self
+            .0
+            .rep
+            .propose(Command::Compact { revision: rev })
+            .await?
+        {
+            Outcome::Ok => Ok(Response::new(CompactResponse {
+                compact_revision: rev,
+            })),
             _ => Err(errors::compacted()),
         }
     }
 
-    async fn lease_grant(&self, req: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
+    async fn lease_grant(
+        &self,
+        req: Request<LeaseGrantRequest>,
+    ) -> Result<Response<LeaseGrantResponse>, Status> {
         let r = req.into_inner();
         if r.ttl > MAX_LEASE_TTL_SECS {
             return Err(Status::out_of_range("etcdserver: too large lease TTL"));
@@ -286,13 +401,24 @@ impl Placement for Svc {
         }
     }
 
-    async fn lease_revoke(&self, req: Request<LeaseIdRequest>) -> Result<Response<LeaseInfo>, Status> {
+    async fn lease_revoke(
+        &self,
+        req: Request<LeaseIdRequest>,
+    ) -> Result<Response<LeaseInfo>, Status> {
         let id = req.into_inner().id;
         self.0.revoke(id).await?;
-        Ok(Response::new(LeaseInfo { id, ttl: -1, granted_ttl: 0, found: true }))
+        Ok(Response::new(LeaseInfo {
+            id,
+            ttl: -1,
+            granted_ttl: 0,
+            found: true,
+        }))
     }
 
-    async fn lease_keep_alive(&self, req: Request<LeaseIdRequest>) -> Result<Response<LeaseInfo>, Status> {
+    async fn lease_keep_alive(
+        &self,
+        req: Request<LeaseIdRequest>,
+    ) -> Result<Response<LeaseInfo>, Status> {
         let id = req.into_inner().id;
         let granted = self.0.rep.state().leases.get(&id).copied();
         let Some(ttl) = granted else {
@@ -302,14 +428,25 @@ impl Placement for Svc {
             .lease_deadlines
             .lock()
             .insert(id, Instant::now() + Duration::from_secs(ttl as u64));
-        Ok(Response::new(LeaseInfo { id, ttl, granted_ttl: ttl, found: true }))
+        Ok(Response::new(LeaseInfo {
+            id,
+            ttl,
+            granted_ttl: ttl,
+            found: true,
+        }))
     }
 
-    async fn lease_time_to_live(&self, req: Request<LeaseIdRequest>) -> Result<Response<LeaseInfo>, Status> {
+    async fn lease_time_to_live(
+        &self,
+        req: Request<LeaseIdRequest>,
+    ) -> Result<Response<LeaseInfo>, Status> {
         Ok(Response::new(self.0.lease_info(req.into_inner().id)))
     }
 
-    async fn lease_list(&self, _: Request<LeaseListRequest>) -> Result<Response<LeaseListResponse>, Status> {
+    async fn lease_list(
+        &self,
+        _: Request<LeaseListRequest>,
+    ) -> Result<Response<LeaseListResponse>, Status> {
         let ids = self.0.rep.state().leases.keys().copied().collect();
         Ok(Response::new(LeaseListResponse { ids }))
     }
@@ -318,15 +455,26 @@ impl Placement for Svc {
 impl Svc {
     fn nodes(&self) -> Vec<NodeInfo> {
         let seen = self.0.last_seen.lock();
-        self.0
-            .rep
-            .state()
-            .nodes
+        let st = self.0.rep.state();
+        let leaders = self.0.leaders.lock();
+        st.nodes
             .iter()
             .map(|(&id, addr)| NodeInfo {
                 id,
                 addr: addr.clone(),
-                up: seen.get(&id).is_some_and(|t| t.elapsed() < Duration::from_secs(5)),
+                up: seen
+                    .get(&id)
+                    .is_some_and(|t| t.elapsed() < Duration::from_secs(5)),
+                range_count: st
+                    .ranges
+                    .values()
+                    .filter(|r| r.peers.iter().any(|p| p.1 == id))
+                    .count() as u64,
+                leader_count: st
+                    .ranges
+                    .keys()
+                    .filter(|r| leaders.get(r).is_some_and(|h| h.node == id))
+                    .count() as u64,
             })
             .collect()
     }

@@ -11,12 +11,34 @@ pub const ORACLE_WINDOW: i64 = 10_000;
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub enum Command {
-    RegisterNode { id: u64, addr: String },
-    Bootstrap { replicas: usize },
-    OracleWindow { high_water: i64 },
-    Compact { revision: i64 },
-    LeaseGrant { id: i64, ttl: i64 },
-    LeaseRevoke { id: i64 },
+    RegisterNode {
+        id: u64,
+        addr: String,
+    },
+    Bootstrap {
+        replicas: usize,
+    },
+    OracleWindow {
+        high_water: i64,
+    },
+    Compact {
+        revision: i64,
+    },
+    LeaseGrant {
+        id: i64,
+        ttl: i64,
+    },
+    LeaseRevoke {
+        id: i64,
+    },
+    AllocIds {
+        ranges: u64,
+        peers: u64,
+    },
+    /// A descriptor reported by a replica; kept only if newer than ours.
+    UpdateRange {
+        range: StoredRange,
+    },
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -54,6 +76,8 @@ pub struct State {
     pub nodes: BTreeMap<u64, String>,
     pub ranges: BTreeMap<u64, StoredRange>,
     pub next_peer_id: u64,
+    /// The last range id handed out.
+    pub last_range_id: u64,
     /// Every revision below this may have been handed out.
     pub oracle_high_water: i64,
     pub compacted: i64,
@@ -66,10 +90,39 @@ pub struct State {
 pub enum Outcome {
     Ok,
     NodeId(u64),
-    Compacted { already: i64 },
+    Compacted {
+        already: i64,
+    },
     LeaseExists,
     LeaseNotFound,
     NotEnoughNodes,
+    Ids {
+        first_range_id: u64,
+        first_peer_id: u64,
+    },
+    Stale,
+}
+
+impl StoredRange {
+    pub fn from_descriptor(d: &RangeDescriptor) -> Self {
+        let e = d.epoch.unwrap_or_default();
+        StoredRange {
+            id: d.id,
+            start: d.start_key.clone(),
+            end: d.end_key.clone(),
+            conf_ver: e.conf_ver,
+            version: e.version,
+            peers: d.peers.iter().map(|p| (p.id, p.node_id)).collect(),
+        }
+    }
+
+    /// Is `self`'s epoch newer than `other`'s? Splits bump `version`,
+    /// membership changes bump `conf_ver`; neither ever goes back.
+    pub fn newer_than(&self, other: &StoredRange) -> bool {
+        self.conf_ver >= other.conf_ver
+            && self.version >= other.version
+            && (self.conf_ver, self.version) != (other.conf_ver, other.version)
+    }
 }
 
 impl State {
@@ -100,6 +153,7 @@ impl State {
                         (self.next_peer_id, n)
                     })
                     .collect();
+                self.last_range_id = self.last_range_id.max(1);
                 self.ranges.insert(
                     1,
                     StoredRange {
@@ -138,6 +192,30 @@ impl State {
                 Some(_) => Outcome::Ok,
                 None => Outcome::LeaseNotFound,
             },
+            Command::AllocIds { ranges, peers } => {
+                let out = Outcome::Ids {
+                    first_range_id: self.last_range_id + 1,
+                    first_peer_id: self.next_peer_id + 1,
+                };
+                self.last_range_id += ranges;
+                self.next_peer_id += peers;
+                out
+            }
+            Command::UpdateRange { range } => {
+                let newer = match self.ranges.get(&range.id) {
+                    None => true,
+                    Some(old) => range.newer_than(old),
+                };
+                if !newer {
+                    return Outcome::Stale;
+                }
+                self.last_range_id = self.last_range_id.max(range.id);
+                for (p, _) in &range.peers {
+                    self.next_peer_id = self.next_peer_id.max(*p);
+                }
+                self.ranges.insert(range.id, range.clone());
+                Outcome::Ok
+            }
         }
     }
 }
@@ -149,11 +227,38 @@ mod tests {
     #[test]
     fn bootstrap_needs_enough_nodes_and_happens_once() {
         let mut s = State::default();
-        assert_eq!(s.apply(&Command::RegisterNode { id: 0, addr: "a".into() }), Outcome::NodeId(1));
-        assert_eq!(s.apply(&Command::RegisterNode { id: 0, addr: "b".into() }), Outcome::NodeId(2));
-        assert_eq!(s.apply(&Command::Bootstrap { replicas: 3 }), Outcome::NotEnoughNodes);
-        assert_eq!(s.apply(&Command::RegisterNode { id: 2, addr: "b2".into() }), Outcome::NodeId(2));
-        assert_eq!(s.apply(&Command::RegisterNode { id: 0, addr: "c".into() }), Outcome::NodeId(3));
+        assert_eq!(
+            s.apply(&Command::RegisterNode {
+                id: 0,
+                addr: "a".into()
+            }),
+            Outcome::NodeId(1)
+        );
+        assert_eq!(
+            s.apply(&Command::RegisterNode {
+                id: 0,
+                addr: "b".into()
+            }),
+            Outcome::NodeId(2)
+        );
+        assert_eq!(
+            s.apply(&Command::Bootstrap { replicas: 3 }),
+            Outcome::NotEnoughNodes
+        );
+        assert_eq!(
+            s.apply(&Command::RegisterNode {
+                id: 2,
+                addr: "b2".into()
+            }),
+            Outcome::NodeId(2)
+        );
+        assert_eq!(
+            s.apply(&Command::RegisterNode {
+                id: 0,
+                addr: "c".into()
+            }),
+            Outcome::NodeId(3)
+        );
         assert_eq!(s.apply(&Command::Bootstrap { replicas: 3 }), Outcome::Ok);
         let r = &s.ranges[&1];
         assert_eq!(r.peers, vec![(1, 1), (2, 2), (3, 3)]);
@@ -169,16 +274,87 @@ mod tests {
         s.apply(&Command::OracleWindow { high_water: 50 });
         assert_eq!(s.oracle_high_water, 100);
         assert_eq!(s.apply(&Command::Compact { revision: 10 }), Outcome::Ok);
-        assert_eq!(s.apply(&Command::Compact { revision: 10 }), Outcome::Compacted { already: 10 });
-        assert_eq!(s.apply(&Command::Compact { revision: 5 }), Outcome::Compacted { already: 10 });
+        assert_eq!(
+            s.apply(&Command::Compact { revision: 10 }),
+            Outcome::Compacted { already: 10 }
+        );
+        assert_eq!(
+            s.apply(&Command::Compact { revision: 5 }),
+            Outcome::Compacted { already: 10 }
+        );
+    }
+
+    #[test]
+    fn ids_and_range_updates() {
+        let mut s = State::default();
+        for a in ["a", "b", "c"] {
+            s.apply(&Command::RegisterNode {
+                id: 0,
+                addr: a.into(),
+            });
+        }
+        s.apply(&Command::Bootstrap { replicas: 3 });
+        assert_eq!(
+            s.apply(&Command::AllocIds {
+                ranges: 1,
+                peers: 3
+            }),
+            Outcome::Ids {
+                first_range_id: 2,
+                first_peer_id: 4
+            }
+        );
+        let mut left = s.ranges[&1].clone();
+        left.end = b"m".to_vec();
+        left.version = 2;
+        let right = StoredRange {
+            id: 2,
+            start: b"m".to_vec(),
+            end: vec![],
+            conf_ver: 1,
+            version: 2,
+            peers: vec![(4, 1), (5, 2), (6, 3)],
+        };
+        assert_eq!(
+            s.apply(&Command::UpdateRange {
+                range: left.clone()
+            }),
+            Outcome::Ok
+        );
+        assert_eq!(s.apply(&Command::UpdateRange { range: right }), Outcome::Ok);
+        // An older report of range 1 does not undo the split.
+        let mut old = left.clone();
+        old.end = vec![];
+        old.version = 1;
+        assert_eq!(
+            s.apply(&Command::UpdateRange { range: old }),
+            Outcome::Stale
+        );
+        assert_eq!(s.ranges[&1].end, b"m");
+        assert_eq!(
+            s.apply(&Command::AllocIds {
+                ranges: 1,
+                peers: 1
+            }),
+            Outcome::Ids {
+                first_range_id: 3,
+                first_peer_id: 7
+            }
+        );
     }
 
     #[test]
     fn leases() {
         let mut s = State::default();
         assert_eq!(s.apply(&Command::LeaseGrant { id: 7, ttl: 5 }), Outcome::Ok);
-        assert_eq!(s.apply(&Command::LeaseGrant { id: 7, ttl: 5 }), Outcome::LeaseExists);
+        assert_eq!(
+            s.apply(&Command::LeaseGrant { id: 7, ttl: 5 }),
+            Outcome::LeaseExists
+        );
         assert_eq!(s.apply(&Command::LeaseRevoke { id: 7 }), Outcome::Ok);
-        assert_eq!(s.apply(&Command::LeaseRevoke { id: 7 }), Outcome::LeaseNotFound);
+        assert_eq!(
+            s.apply(&Command::LeaseRevoke { id: 7 }),
+            Outcome::LeaseNotFound
+        );
     }
 }

@@ -5,10 +5,16 @@ fn s(code: Code, msg: &str) -> Status {
     Status::new(code, msg)
 }
 pub fn compacted() -> Status {
-    s(Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted")
+    s(
+        Code::OutOfRange,
+        "etcdserver: mvcc: required revision has been compacted",
+    )
 }
 pub fn future_rev() -> Status {
-    s(Code::OutOfRange, "etcdserver: mvcc: required revision is a future revision")
+    s(
+        Code::OutOfRange,
+        "etcdserver: mvcc: required revision is a future revision",
+    )
 }
 pub fn key_not_found() -> Status {
     s(Code::InvalidArgument, "etcdserver: key not found")
@@ -17,10 +23,16 @@ pub fn empty_key() -> Status {
     s(Code::InvalidArgument, "etcdserver: key is not provided")
 }
 pub fn too_many_ops() -> Status {
-    s(Code::InvalidArgument, "etcdserver: too many operations in txn request")
+    s(
+        Code::InvalidArgument,
+        "etcdserver: too many operations in txn request",
+    )
 }
 pub fn duplicate_key() -> Status {
-    s(Code::InvalidArgument, "etcdserver: duplicate key given in txn request")
+    s(
+        Code::InvalidArgument,
+        "etcdserver: duplicate key given in txn request",
+    )
 }
 pub fn request_too_large() -> Status {
     s(Code::InvalidArgument, "etcdserver: request is too large")
@@ -46,7 +58,9 @@ pub fn leader_changed() -> Status {
 pub fn cross_range(what: &str) -> Status {
     s(
         Code::InvalidArgument,
-        &format!("strata: {what} spans several ranges; atomic cross-range writes are not supported yet"),
+        &format!(
+            "strata: {what} spans several ranges; atomic cross-range writes are not supported yet"
+        ),
     )
 }
 pub fn value_provided() -> Status {

@@ -60,6 +60,19 @@ impl KeyRange {
         KeyRange { start: s, end: e }
     }
 
+    /// Does `self` contain every key of `other`?
+    pub fn covers(&self, other: &KeyRange) -> bool {
+        if other.is_empty() {
+            return true;
+        }
+        other.start >= self.start
+            && match (&self.end, &other.end) {
+                (None, _) => true,
+                (Some(_), None) => false,
+                (Some(a), Some(b)) => b <= a,
+            }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.end.as_ref().is_some_and(|e| e <= &self.start)
     }
@@ -135,11 +148,16 @@ fn collect_writes(
 
 /// Does the txn (in any branch, at any depth) write?
 pub fn txn_writes(r: &PbTxnRequest) -> bool {
-    r.success.iter().chain(r.failure.iter()).any(|op| match &op.request {
-        Some(PbTxnOpRequest::RequestPut(_)) | Some(PbTxnOpRequest::RequestDeleteRange(_)) => true,
-        Some(PbTxnOpRequest::RequestTxn(t)) => txn_writes(t),
-        _ => false,
-    })
+    r.success
+        .iter()
+        .chain(r.failure.iter())
+        .any(|op| match &op.request {
+            Some(PbTxnOpRequest::RequestPut(_)) | Some(PbTxnOpRequest::RequestDeleteRange(_)) => {
+                true
+            }
+            Some(PbTxnOpRequest::RequestTxn(t)) => txn_writes(t),
+            _ => false,
+        })
 }
 
 /// Every key interval a txn touches (compares and ops), for routing.
@@ -161,7 +179,6 @@ pub fn txn_keys(r: &PbTxnRequest, out: &mut Vec<KeyRange>) {
         }
     }
 }
-
 
 /// etcd's static checks of a Put.
 pub fn check_put(

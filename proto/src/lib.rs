@@ -15,3 +15,4 @@ pub use prost::Message;
 pub mod errors;
 pub mod etcdutil;
 pub mod oracle;
+pub mod telemetry;

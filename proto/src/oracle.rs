@@ -34,6 +34,7 @@ impl Oracle {
     /// Allocates `count` revisions and returns the first; `count == 0` returns
     /// the next unallocated revision without consuming it.
     pub async fn alloc(&self, count: u64) -> Result<i64, Status> {
+        let _wait = crate::telemetry::ORACLE_WAIT.start_timer();
         let (tx, rx) = oneshot::channel();
         self.tx
             .try_send((count, tx))
@@ -59,10 +60,12 @@ async fn run(
             waiters.push(w);
         }
         let total: u64 = waiters.iter().map(|w| w.0).sum();
+        crate::telemetry::ORACLE_BATCH.observe(waiters.len() as f64);
         let mut req = tonic::Request::new(AllocRequest { count: total });
         req.set_timeout(RPC_TIMEOUT);
         match client.alloc(req).await {
             Ok(resp) => {
+                crate::telemetry::oracle_rpc_done(true);
                 let start = resp.into_inner().start;
                 let mut next = start;
                 let after = start + total as i64;
@@ -76,7 +79,11 @@ async fn run(
                 }
             }
             Err(e) => {
-                let st = Status::unavailable(format!("strata: revision oracle unavailable: {}", e.message()));
+                crate::telemetry::oracle_rpc_done(false);
+                let st = Status::unavailable(format!(
+                    "strata: revision oracle unavailable: {}",
+                    e.message()
+                ));
                 for (_, tx) in waiters {
                     let _ = tx.send(Err(st.clone()));
                 }

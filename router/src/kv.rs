@@ -6,15 +6,15 @@ use prost::Message;
 use strata_proto::errors;
 use strata_proto::etcd::{
     PbCompactionRequest, PbCompactionResponse, PbDeleteRequest, PbDeleteResponse, PbKvService,
-    PbPutRequest, PbPutResponse, PbRangeRequest, PbRangeResponse, PbResponseHeader,
-    PbTxnOpRequest, PbTxnRequest, PbTxnResponse,
+    PbPutRequest, PbPutResponse, PbRangeRequest, PbRangeResponse, PbResponseHeader, PbTxnOpRequest,
+    PbTxnRequest, PbTxnResponse,
 };
 use strata_proto::etcdutil::{check_put, check_txn, txn_keys, txn_writes, KeyRange};
 use strata_proto::oracle::Oracle;
 use strata_proto::strata::{KvKind, LeaseIdRequest};
 use tonic::{Request, Response, Status};
 
-use crate::routing::{Retry, Router};
+use crate::routing::{is_stale, stale_range, CachedRange, Retry, Router};
 
 /// etcd's default `--max-txn-ops`.
 pub const MAX_TXN_OPS: usize = 128;
@@ -94,24 +94,124 @@ impl Kv {
             return Err(errors::empty_key());
         }
         let kr = KeyRange::from_etcd(&r.key, &r.range_end);
-        let range = self.router.single_range(&kr, "a range read").await?;
         let rr = self.read_revision(r.serializable).await?;
         if rr > 0 && r.revision > rr {
             return Err(errors::future_rev());
         }
+        let deadline = tokio::time::Instant::now() + self.router.request_timeout;
+        loop {
+            let ranges = self.router.ranges_for(&kr);
+            let res = match ranges.len() {
+                0 => Err(stale_range()),
+                1 => self.range_one(&ranges[0], &r, rr).await,
+                _ => self.range_many(&ranges, &kr, &r, rr).await,
+            };
+            match res {
+                Err(s) if is_stale(&s) && tokio::time::Instant::now() < deadline => {
+                    let _ = self.router.refresh().await;
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(s) if is_stale(&s) => return Err(errors::timeout()),
+                Err(s) => return Err(s),
+                Ok(mut resp) => {
+                    let rev = resp.header.map_or(rr, |h| h.revision);
+                    resp.header = self.header(rev);
+                    return Ok(resp);
+                }
+            }
+        }
+    }
+
+    async fn range_one(
+        &self,
+        range: &CachedRange,
+        r: &PbRangeRequest,
+        rr: i64,
+    ) -> Result<PbRangeResponse, Status> {
         let body = self
             .router
-            .call(&range, KvKind::KvRange, r.encode_to_vec(), rr, Retry::Read)
+            .call(range, KvKind::KvRange, r.encode_to_vec(), rr, Retry::Read)
             .await?;
-        let mut resp: PbRangeResponse = decode(&body)?;
-        let rev = resp.header.map_or(rr, |h| h.revision);
-        resp.header = self.header(rev);
-        Ok(resp)
+        decode(&body)
+    }
+
+    /// A read over several ranges: every range is read at the same revision
+    /// `rr` (each range first closes it), and the parts are merged here: counts
+    /// add up, sort and limit apply to the whole.
+    async fn range_many(
+        &self,
+        ranges: &[CachedRange],
+        kr: &KeyRange,
+        r: &PbRangeRequest,
+        rr: i64,
+    ) -> Result<PbRangeResponse, Status> {
+        // Serializable reads still need one revision for all parts.
+        let rr = if rr == 0 {
+            self.oracle.current().await?
+        } else {
+            rr
+        };
+        let mut parts = Vec::with_capacity(ranges.len());
+        for range in ranges {
+            let part_kr = kr.clamp(&range.desc.start_key, &range.desc.end_key);
+            let mut q = r.clone();
+            q.key = part_kr.start.clone();
+            q.range_end = part_kr.end.clone().unwrap_or_else(|| vec![0]);
+            q.limit = 0;
+            q.sort_order = 0;
+            q.sort_target = 0;
+            q.count_only = false;
+            let router = self.router.clone();
+            let range = range.clone();
+            parts.push(tokio::spawn(async move {
+                router
+                    .call(&range, KvKind::KvRange, q.encode_to_vec(), rr, Retry::Read)
+                    .await
+            }));
+        }
+        let mut out = PbRangeResponse::default();
+        for p in parts {
+            let body = p.await.map_err(|e| Status::internal(e.to_string()))??;
+            let part: PbRangeResponse = decode(&body)?;
+            out.count += part.count;
+            out.kvs.extend(part.kvs);
+            out.header = out.header.or(part.header);
+        }
+        sort_kvs(&mut out.kvs, r.sort_order, r.sort_target);
+        if r.limit > 0 && !r.count_only && out.kvs.len() > r.limit as usize {
+            out.kvs.truncate(r.limit as usize);
+            out.more = true;
+        }
+        if r.count_only {
+            out.kvs.clear();
+        }
+        Ok(out)
+    }
+}
+
+/// etcd's sort (see node's `apply.rs`): NONE with a non-key target ascends.
+fn sort_kvs(kvs: &mut [strata_proto::etcd::PbKeyValue], order: i32, target: i32) {
+    let order = if order == 0 && target != 0 { 1 } else { order };
+    if order == 0 || (order == 1 && target == 0) {
+        return; // parts arrive in key order
+    }
+    match target {
+        1 => kvs.sort_by_key(|v| v.version),
+        2 => kvs.sort_by_key(|v| v.create_revision),
+        3 => kvs.sort_by_key(|v| v.mod_revision),
+        4 => kvs.sort_by(|a, b| a.value.cmp(&b.value)),
+        _ => {}
+    }
+    if order == 2 {
+        kvs.reverse();
     }
 }
 
 type RangeStream = std::pin::Pin<
-    Box<dyn futures::Stream<Item = Result<strata_proto::etcd::PbRangeStreamResponse, Status>> + Send>,
+    Box<
+        dyn futures::Stream<Item = Result<strata_proto::etcd::PbRangeStreamResponse, Status>>
+            + Send,
+    >,
 >;
 
 #[tonic::async_trait]
@@ -119,7 +219,10 @@ impl PbKvService for Kv {
     type RangeStreamStream = RangeStream;
 
     /// The streaming Range of newer etcd versions: one chunk with the whole result.
-    async fn range_stream(&self, req: Request<PbRangeRequest>) -> Result<Response<RangeStream>, Status> {
+    async fn range_stream(
+        &self,
+        req: Request<PbRangeRequest>,
+    ) -> Result<Response<RangeStream>, Status> {
         let r = req.into_inner();
         check_size(&r)?;
         let resp = self.do_range(r).await?;
@@ -129,7 +232,10 @@ impl PbKvService for Kv {
         Ok(Response::new(Box::pin(futures::stream::iter([Ok(chunk)]))))
     }
 
-    async fn range(&self, req: Request<PbRangeRequest>) -> Result<Response<PbRangeResponse>, Status> {
+    async fn range(
+        &self,
+        req: Request<PbRangeRequest>,
+    ) -> Result<Response<PbRangeResponse>, Status> {
         let r = req.into_inner();
         check_size(&r)?;
         Ok(Response::new(self.do_range(r).await?))
@@ -140,30 +246,42 @@ impl PbKvService for Kv {
         check_size(&r)?;
         check_put(&r.key, &r.value, r.lease, r.ignore_value, r.ignore_lease)?;
         self.lease_exists(r.lease).await?;
-        let range = self
-            .router
-            .single_range(&KeyRange::from_etcd(&r.key, &[]), "a put")
-            .await?;
         let body = self
             .router
-            .call(&range, KvKind::KvPut, r.encode_to_vec(), 0, Retry::Write)
+            .call_single(
+                &KeyRange::from_etcd(&r.key, &[]),
+                "a put",
+                KvKind::KvPut,
+                r.encode_to_vec(),
+                0,
+                Retry::Write,
+            )
             .await?;
         let mut resp: PbPutResponse = decode(&body)?;
         resp.header = self.header(resp.header.map_or(0, |h| h.revision));
         Ok(Response::new(resp))
     }
 
-    async fn delete_range(&self, req: Request<PbDeleteRequest>) -> Result<Response<PbDeleteResponse>, Status> {
+    async fn delete_range(
+        &self,
+        req: Request<PbDeleteRequest>,
+    ) -> Result<Response<PbDeleteResponse>, Status> {
         let r = req.into_inner();
         check_size(&r)?;
         if r.key.is_empty() {
             return Err(errors::empty_key());
         }
         let kr = KeyRange::from_etcd(&r.key, &r.range_end);
-        let range = self.router.single_range(&kr, "a delete").await?;
         let body = self
             .router
-            .call(&range, KvKind::KvDeleteRange, r.encode_to_vec(), 0, Retry::Write)
+            .call_single(
+                &kr,
+                "a delete",
+                KvKind::KvDeleteRange,
+                r.encode_to_vec(),
+                0,
+                Retry::Write,
+            )
             .await?;
         let mut resp: PbDeleteResponse = decode(&body)?;
         resp.header = self.header(resp.header.map_or(0, |h| h.revision));
@@ -177,20 +295,21 @@ impl PbKvService for Kv {
         let mut keys = Vec::new();
         txn_keys(&t, &mut keys);
         let writes = txn_writes(&t);
-        let mut target = None;
-        for kr in &keys {
-            let r = self.router.single_range(kr, "a txn").await?;
-            match &target {
-                None => target = Some(r),
-                Some(t) if t.desc.id == r.desc.id => {}
-                Some(_) => return Err(errors::cross_range("a txn")),
-            }
-        }
-        let range = match target {
-            Some(r) => r,
-            // No compares and no ops: any range answers.
-            None => self.router.single_range(&KeyRange::from_etcd(b"\0", &[]), "a txn").await?,
-        };
+        // The txn's keys as one interval: from the smallest start to the
+        // largest end; it must fall in one range.
+        let span = keys.iter().fold(None::<KeyRange>, |acc, k| {
+            Some(match acc {
+                None => k.clone(),
+                Some(a) => KeyRange {
+                    start: a.start.clone().min(k.start.clone()),
+                    end: match (a.end, &k.end) {
+                        (Some(x), Some(y)) => Some(x.max(y.clone())),
+                        _ => None,
+                    },
+                },
+            })
+        });
+        let span = span.unwrap_or_else(|| KeyRange::from_etcd(b"\0", &[]));
         let (rr, retry) = if writes {
             self.txn_leases(&t).await?;
             (0, Retry::Write)
@@ -199,7 +318,7 @@ impl PbKvService for Kv {
         };
         let body = self
             .router
-            .call(&range, KvKind::KvTxn, t.encode_to_vec(), rr, retry)
+            .call_single(&span, "a txn", KvKind::KvTxn, t.encode_to_vec(), rr, retry)
             .await?;
         let mut resp: PbTxnResponse = decode(&body)?;
         let rev = resp.header.map_or(rr, |h| h.revision);
@@ -207,7 +326,10 @@ impl PbKvService for Kv {
         Ok(Response::new(resp))
     }
 
-    async fn compact(&self, req: Request<PbCompactionRequest>) -> Result<Response<PbCompactionResponse>, Status> {
+    async fn compact(
+        &self,
+        req: Request<PbCompactionRequest>,
+    ) -> Result<Response<PbCompactionResponse>, Status> {
         let r = req.into_inner();
         let current = self.oracle.current().await?;
         if r.revision > current {
@@ -218,7 +340,9 @@ impl PbKvService for Kv {
         self.router
             .placement
             .clone()
-            .compact(strata_proto::strata::CompactRequest { revision: r.revision })
+            .compact(strata_proto::strata::CompactRequest {
+                revision: r.revision,
+            })
             .await?;
         self.router.refresh().await?;
         let all = self.router.ranges_for(&KeyRange::from_etcd(b"\0", b"\0"));

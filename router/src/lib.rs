@@ -3,6 +3,7 @@
 
 mod config;
 pub mod kv;
+pub mod metrics;
 pub mod misc;
 pub mod routing;
 pub mod watch;
@@ -12,7 +13,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 pub use config::*;
-use strata_proto::etcd::{PbClusterServer, PbKvServer, PbLeaseServer, PbMaintenanceServer, PbWatchServer};
+use strata_proto::etcd::{
+    PbClusterServer, PbKvServer, PbLeaseServer, PbMaintenanceServer, PbWatchServer,
+};
 use strata_proto::oracle::{placement_client, Oracle};
 
 /// A running router.
@@ -22,11 +25,13 @@ pub struct RouterHandle {
 
 /// Starts a router and returns once it serves clients.
 pub async fn run(cfg: RouterConfig) -> anyhow::Result<RouterHandle> {
+    let telemetry = metrics::serve(cfg.metrics_addr).await?;
     let listener = tokio::net::TcpListener::bind(cfg.listen_client)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen_client))?;
     let addr = listener.local_addr()?;
-    let placement = placement_client(&cfg.placement).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+    let placement =
+        placement_client(&cfg.placement).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
     let router = routing::Router::new(placement.clone(), cfg.request_timeout);
     let _ = router.refresh().await;
     tokio::spawn(router.clone().refresh_loop());
@@ -57,10 +62,15 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<RouterHandle> {
         oracle,
         member_id,
         cluster_id,
-        progress_every: cfg.watch_progress_notify_interval.max(Duration::from_millis(100)),
+        progress_every: cfg
+            .watch_progress_notify_interval
+            .max(Duration::from_millis(100)),
     };
     let server = tonic::transport::Server::builder()
-        .add_service(PbKvServer::from_arc(kv.clone()).max_decoding_message_size(kv::GRPC_MAX_RECV_BYTES))
+        .layer(metrics::grpc_layer())
+        .add_service(
+            PbKvServer::from_arc(kv.clone()).max_decoding_message_size(kv::GRPC_MAX_RECV_BYTES),
+        )
         .add_service(PbWatchServer::new(watch))
         .add_service(PbLeaseServer::new(misc::Lease(common.clone(), kv)))
         .add_service(PbClusterServer::new(misc::Cluster(common.clone())))
@@ -72,5 +82,6 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<RouterHandle> {
         }
     });
     tracing::info!(%addr, "router serving etcd clients");
+    metrics::ready(&telemetry);
     Ok(RouterHandle { client_addr: addr })
 }

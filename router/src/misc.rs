@@ -45,14 +45,20 @@ type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<PbLeaseKeepAliveResponse
 
 #[tonic::async_trait]
 impl PbLeaseService for Lease {
-    async fn lease_grant(&self, req: Request<PbLeaseGrantRequest>) -> Result<Response<PbLeaseGrantResponse>, Status> {
+    async fn lease_grant(
+        &self,
+        req: Request<PbLeaseGrantRequest>,
+    ) -> Result<Response<PbLeaseGrantResponse>, Status> {
         let r = req.into_inner();
         let g = self
             .0
             .router
             .placement
             .clone()
-            .lease_grant(LeaseGrantRequest { id: r.id, ttl: r.ttl })
+            .lease_grant(LeaseGrantRequest {
+                id: r.id,
+                ttl: r.ttl,
+            })
             .await?
             .into_inner();
         Ok(Response::new(PbLeaseGrantResponse {
@@ -63,9 +69,17 @@ impl PbLeaseService for Lease {
         }))
     }
 
-    async fn lease_revoke(&self, req: Request<PbLeaseRevokeRequest>) -> Result<Response<PbLeaseRevokeResponse>, Status> {
+    async fn lease_revoke(
+        &self,
+        req: Request<PbLeaseRevokeRequest>,
+    ) -> Result<Response<PbLeaseRevokeResponse>, Status> {
         let id = req.into_inner().id;
-        self.0.router.placement.clone().lease_revoke(LeaseIdRequest { id }).await?;
+        self.0
+            .router
+            .placement
+            .clone()
+            .lease_revoke(LeaseIdRequest { id })
+            .await?;
         Ok(Response::new(PbLeaseRevokeResponse {
             header: self.0.header().await,
         }))
@@ -82,7 +96,13 @@ impl PbLeaseService for Lease {
         let c = self.0.clone();
         tokio::spawn(async move {
             while let Some(Ok(r)) = inbound.next().await {
-                let ttl = match c.router.placement.clone().lease_keep_alive(LeaseIdRequest { id: r.id }).await {
+                let ttl = match c
+                    .router
+                    .placement
+                    .clone()
+                    .lease_keep_alive(LeaseIdRequest { id: r.id })
+                    .await
+                {
                     Ok(info) => info.into_inner().ttl,
                     // etcd answers a keep-alive of an unknown lease with TTL 0.
                     Err(e) if e.code() == tonic::Code::NotFound => 0,
@@ -101,7 +121,9 @@ impl PbLeaseService for Lease {
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn lease_time_to_live(
@@ -127,7 +149,11 @@ impl PbLeaseService for Lease {
                     ..Default::default()
                 })
                 .await?;
-            all.kvs.into_iter().filter(|kv| kv.lease == r.id).map(|kv| kv.key).collect()
+            all.kvs
+                .into_iter()
+                .filter(|kv| kv.lease == r.id)
+                .map(|kv| kv.key)
+                .collect()
         } else {
             Vec::new()
         };
@@ -140,7 +166,10 @@ impl PbLeaseService for Lease {
         }))
     }
 
-    async fn lease_leases(&self, _: Request<PbLeaseLeasesRequest>) -> Result<Response<PbLeaseLeasesResponse>, Status> {
+    async fn lease_leases(
+        &self,
+        _: Request<PbLeaseLeasesRequest>,
+    ) -> Result<Response<PbLeaseLeasesResponse>, Status> {
         let ids = self
             .0
             .router
@@ -172,27 +201,44 @@ impl Cluster {
 }
 
 fn unimplemented(what: &str) -> Status {
-    Status::unimplemented(format!("strata: {what} is not supported; routers and nodes are managed by placement"))
+    Status::unimplemented(format!(
+        "strata: {what} is not supported; routers and nodes are managed by placement"
+    ))
 }
 
 #[tonic::async_trait]
 impl PbClusterService for Cluster {
-    async fn member_add(&self, _: Request<PbMemberAddRequest>) -> Result<Response<PbMemberAddResponse>, Status> {
+    async fn member_add(
+        &self,
+        _: Request<PbMemberAddRequest>,
+    ) -> Result<Response<PbMemberAddResponse>, Status> {
         Err(unimplemented("MemberAdd"))
     }
-    async fn member_remove(&self, _: Request<PbMemberRemoveRequest>) -> Result<Response<PbMemberRemoveResponse>, Status> {
+    async fn member_remove(
+        &self,
+        _: Request<PbMemberRemoveRequest>,
+    ) -> Result<Response<PbMemberRemoveResponse>, Status> {
         Err(unimplemented("MemberRemove"))
     }
-    async fn member_update(&self, _: Request<PbMemberUpdateRequest>) -> Result<Response<PbMemberUpdateResponse>, Status> {
+    async fn member_update(
+        &self,
+        _: Request<PbMemberUpdateRequest>,
+    ) -> Result<Response<PbMemberUpdateResponse>, Status> {
         Err(unimplemented("MemberUpdate"))
     }
-    async fn member_list(&self, _: Request<PbMemberListRequest>) -> Result<Response<PbMemberListResponse>, Status> {
+    async fn member_list(
+        &self,
+        _: Request<PbMemberListRequest>,
+    ) -> Result<Response<PbMemberListResponse>, Status> {
         Ok(Response::new(PbMemberListResponse {
             header: self.0.header().await,
             members: vec![self.member()],
         }))
     }
-    async fn member_promote(&self, _: Request<PbMemberPromoteRequest>) -> Result<Response<PbMemberPromoteResponse>, Status> {
+    async fn member_promote(
+        &self,
+        _: Request<PbMemberPromoteRequest>,
+    ) -> Result<Response<PbMemberPromoteResponse>, Status> {
         Err(unimplemented("MemberPromote"))
     }
 }
@@ -209,7 +255,10 @@ impl PbMaintenanceService for Maintenance {
             alarms: Vec::new(),
         }))
     }
-    async fn status(&self, _: Request<PbStatusRequest>) -> Result<Response<PbStatusResponse>, Status> {
+    async fn status(
+        &self,
+        _: Request<PbStatusRequest>,
+    ) -> Result<Response<PbStatusResponse>, Status> {
         let header = self.0.header().await;
         Ok(Response::new(PbStatusResponse {
             header,
@@ -221,7 +270,10 @@ impl PbMaintenanceService for Maintenance {
             ..Default::default()
         }))
     }
-    async fn defragment(&self, _: Request<PbDefragmentRequest>) -> Result<Response<PbDefragmentResponse>, Status> {
+    async fn defragment(
+        &self,
+        _: Request<PbDefragmentRequest>,
+    ) -> Result<Response<PbDefragmentResponse>, Status> {
         Ok(Response::new(PbDefragmentResponse {
             header: self.0.header().await,
         }))
@@ -229,17 +281,29 @@ impl PbMaintenanceService for Maintenance {
     async fn hash(&self, _: Request<PbHashRequest>) -> Result<Response<PbHashResponse>, Status> {
         Err(unimplemented("Hash"))
     }
-    async fn hash_kv(&self, _: Request<PbHashKvRequest>) -> Result<Response<PbHashKvResponse>, Status> {
+    async fn hash_kv(
+        &self,
+        _: Request<PbHashKvRequest>,
+    ) -> Result<Response<PbHashKvResponse>, Status> {
         Err(unimplemented("HashKV"))
     }
     type SnapshotStream = SnapshotStream;
-    async fn snapshot(&self, _: Request<PbSnapshotRequest>) -> Result<Response<SnapshotStream>, Status> {
+    async fn snapshot(
+        &self,
+        _: Request<PbSnapshotRequest>,
+    ) -> Result<Response<SnapshotStream>, Status> {
         Err(unimplemented("Snapshot"))
     }
-    async fn move_leader(&self, _: Request<PbMoveLeaderRequest>) -> Result<Response<PbMoveLeaderResponse>, Status> {
+    async fn move_leader(
+        &self,
+        _: Request<PbMoveLeaderRequest>,
+    ) -> Result<Response<PbMoveLeaderResponse>, Status> {
         Err(unimplemented("MoveLeader"))
     }
-    async fn downgrade(&self, _: Request<PbDowngradeRequest>) -> Result<Response<PbDowngradeResponse>, Status> {
+    async fn downgrade(
+        &self,
+        _: Request<PbDowngradeRequest>,
+    ) -> Result<Response<PbDowngradeResponse>, Status> {
         Err(unimplemented("Downgrade"))
     }
 }

@@ -51,6 +51,16 @@ pub enum Retry {
     Write,
 }
 
+/// Returned by [`Router::call`] when the range split or moved: nothing was
+/// applied; re-resolve the keys and send again.
+pub fn stale_range() -> Status {
+    Status::new(Code::Aborted, "strata: stale range descriptor")
+}
+
+pub fn is_stale(s: &Status) -> bool {
+    s.code() == Code::Aborted && s.message() == "strata: stale range descriptor"
+}
+
 fn connect_failure(s: &Status) -> bool {
     let m = s.message().to_ascii_lowercase();
     s.code() == Code::Unavailable
@@ -151,13 +161,22 @@ impl Router {
     }
 
     fn set_leader(&self, range_id: u64, node: u64) {
-        if let Some(r) = self.ranges.write().iter_mut().find(|r| r.desc.id == range_id) {
+        if let Some(r) = self
+            .ranges
+            .write()
+            .iter_mut()
+            .find(|r| r.desc.id == range_id)
+        {
             r.leader_node = node;
         }
     }
 
     fn cached(&self, range_id: u64) -> Option<CachedRange> {
-        self.ranges.read().iter().find(|r| r.desc.id == range_id).cloned()
+        self.ranges
+            .read()
+            .iter()
+            .find(|r| r.desc.id == range_id)
+            .cloned()
     }
 
     pub fn client(&self, node: u64) -> Option<NodeClient<Channel>> {
@@ -207,6 +226,33 @@ impl Router {
         }
     }
 
+    /// Sends a request whose keys `kr` must lie in one range, re-resolving the
+    /// range after splits, until the request deadline.
+    pub async fn call_single(
+        &self,
+        kr: &KeyRange,
+        what: &str,
+        kind: KvKind,
+        request: Vec<u8>,
+        read_revision: i64,
+        retry: Retry,
+    ) -> Result<Vec<u8>, Status> {
+        let deadline = Instant::now() + self.request_timeout;
+        loop {
+            let range = self.single_range(kr, what).await?;
+            match self
+                .call(&range, kind, request.clone(), read_revision, retry)
+                .await
+            {
+                Err(s) if is_stale(&s) && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(s) if is_stale(&s) => return Err(errors::timeout()),
+                other => return other,
+            }
+        }
+    }
+
     /// Sends one request to a range, retrying routing errors until the deadline.
     pub async fn call(
         &self,
@@ -225,6 +271,7 @@ impl Router {
             }
             let node = self.target(&range, attempt);
             let Some(mut client) = self.client(node) else {
+                crate::metrics::retry("node_unknown");
                 let _ = self.refresh().await;
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 range = self.cached(range.desc.id).unwrap_or(range);
@@ -249,7 +296,14 @@ impl Router {
                             return Ok(resp.response);
                         }
                         Some(e) => {
+                            crate::metrics::retry_route_error(e.kind);
                             let backoff = self.on_route_error(range.desc.id, &e).await;
+                            let stale = e.kind == RouteErrorKind::EpochNotMatch as i32
+                                || e.kind == RouteErrorKind::RangeNotFound as i32;
+                            if stale {
+                                // The range changed shape: the caller re-resolves.
+                                return Err(stale_range());
+                            }
                             tokio::time::sleep(backoff).await;
                             range = self.cached(range.desc.id).unwrap_or(range);
                             if e.kind == RouteErrorKind::NotLeader as i32 {
@@ -266,6 +320,7 @@ impl Router {
                     if !retryable {
                         return Err(s);
                     }
+                    crate::metrics::retry("node_unavailable");
                     last_err = s;
                     // That node is unreachable: forget it as leader, try others.
                     if range.leader_node == node {

@@ -73,7 +73,10 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<PbWatchResponse, Status>> + 
 impl PbWatchService for Watch {
     type WatchStream = WatchStream;
 
-    async fn watch(&self, req: Request<Streaming<PbWatchRequest>>) -> Result<Response<WatchStream>, Status> {
+    async fn watch(
+        &self,
+        req: Request<Streaming<PbWatchRequest>>,
+    ) -> Result<Response<WatchStream>, Status> {
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel::<Result<PbWatchResponse, Status>>(STREAM_BUF);
         let router = self.router.clone();
@@ -84,6 +87,7 @@ impl PbWatchService for Watch {
         };
         let progress_every = self.progress_every;
         tokio::spawn(async move {
+            let _open = crate::metrics::watch_stream();
             let watchers: Arc<Mutex<HashMap<i64, Watcher>>> = Arc::new(Mutex::new(HashMap::new()));
             let mut next_id: i64 = 0;
             while let Some(msg) = inbound.next().await {
@@ -97,7 +101,9 @@ impl PbWatchService for Watch {
                                 break;
                             }
                         };
-                        let id = if c.watch_id > 0 { c.watch_id } else {
+                        let id = if c.watch_id > 0 {
+                            c.watch_id
+                        } else {
                             while watchers.lock().contains_key(&next_id) {
                                 next_id += 1;
                             }
@@ -111,7 +117,9 @@ impl PbWatchService for Watch {
                                     watch_id: -1,
                                     created: true,
                                     canceled: true,
-                                    cancel_reason: "mvcc: duplicate watch ID provided on the WatchStream".into(),
+                                    cancel_reason:
+                                        "mvcc: duplicate watch ID provided on the WatchStream"
+                                            .into(),
                                     ..Default::default()
                                 }))
                                 .await;
@@ -130,7 +138,11 @@ impl PbWatchService for Watch {
                                 .await;
                             continue;
                         }
-                        let start = if c.start_revision > 0 { c.start_revision } else { current + 1 };
+                        let start = if c.start_revision > 0 {
+                            c.start_revision
+                        } else {
+                            current + 1
+                        };
                         let state = Arc::new(WatcherState {
                             progress: AtomicI64::new(start - 1),
                             synced: AtomicBool::new(start > current),
@@ -190,8 +202,16 @@ impl PbWatchService for Watch {
                             watchers.lock().values().map(|w| w.state.clone()).collect();
                         let (oracle, tx) = (oracle.clone(), tx.clone());
                         tokio::spawn(async move {
-                            let Ok(current) = oracle.current().await else { return };
-                            let min = || states.iter().map(|s| s.progress.load(Ordering::Acquire)).min().unwrap_or(current);
+                            let Ok(current) = oracle.current().await else {
+                                return;
+                            };
+                            let min = || {
+                                states
+                                    .iter()
+                                    .map(|s| s.progress.load(Ordering::Acquire))
+                                    .min()
+                                    .unwrap_or(current)
+                            };
                             for _ in 0..PROGRESS_WAIT_ROUNDS {
                                 if min() >= current {
                                     break;
@@ -214,7 +234,9 @@ impl PbWatchService for Watch {
                 w.task.abort();
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 }
 
@@ -290,9 +312,14 @@ impl WatchTask {
             .map(|e| PbEvent {
                 r#type: if e.delete { 1 } else { 0 },
                 kv: e.kv.map(to_kv),
-                prev_kv: if self.prev_kv { e.prev_kv.map(to_kv) } else { None },
+                prev_kv: if self.prev_kv {
+                    e.prev_kv.map(to_kv)
+                } else {
+                    None
+                },
             })
             .collect();
+        crate::metrics::WATCH_EVENTS_SENT.inc_by(events.len() as u64);
         let rev = m.revision;
         if !events.is_empty()
             && !self
@@ -311,6 +338,7 @@ impl WatchTask {
     }
 
     async fn run(self) {
+        let _live = crate::metrics::watcher();
         let mut notify = tokio::time::interval(self.progress_every);
         notify.tick().await;
         let mut backoff = Duration::from_millis(20);
@@ -385,6 +413,7 @@ impl WatchTask {
                 }
             }
             // The feed ended: re-resolve and resume after the last delivered revision.
+            crate::metrics::WATCH_FEED_RESTARTS.inc();
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));
         }

@@ -1,0 +1,115 @@
+//! Split checks: a range leader whose range passed the key or byte threshold
+//! asks placement for ids and proposes a split command (applied by every
+//! replica in `store.rs`).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use prost::Message as _;
+use strata_proto::strata::placement_client::PlacementClient;
+use strata_proto::strata::{AllocIdsRequest, KvKind, Peer, SplitCommand};
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+use crate::mvcc::Mvcc;
+use crate::sequencer::{SeqItem, Sequencer};
+use crate::store::{desc_range, Ranges};
+
+const CHECK_EVERY: Duration = Duration::from_millis(500);
+
+pub struct SplitChecker {
+    pub ranges: Ranges,
+    pub mvcc: Mvcc,
+    pub placement: PlacementClient<Channel>,
+    pub sequencers: Arc<DashMap<u64, Sequencer>>,
+    pub make_sequencer: Arc<dyn Fn(u64) -> Sequencer + Send + Sync>,
+    pub max_keys: u64,
+    pub max_bytes: u64,
+}
+
+impl SplitChecker {
+    pub async fn run(self) {
+        let mut iv = tokio::time::interval(CHECK_EVERY);
+        // Writes seen at the last check, per range: unchanged ranges are skipped.
+        let mut seen: std::collections::HashMap<u64, u64> = Default::default();
+        loop {
+            iv.tick().await;
+            let leaders: Vec<_> = self
+                .ranges
+                .iter()
+                .filter(|r| r.is_leader())
+                .map(|r| r.clone())
+                .collect();
+            for r in leaders {
+                let id = r.desc.read().id;
+                let writes = r.writes.load(Ordering::Relaxed);
+                if seen.get(&id) == Some(&writes) {
+                    continue;
+                }
+                seen.insert(id, writes);
+                let kr = desc_range(&r.desc.read());
+                let (mvcc, mk, mb) = (self.mvcc.clone(), self.max_keys, self.max_bytes);
+                let scan = tokio::task::spawn_blocking(move || mvcc.split_scan(&kr, mk, mb)).await;
+                let Ok(Ok((keys, bytes, split_key))) = scan else {
+                    continue;
+                };
+                r.approx_keys.store(keys, Ordering::Relaxed);
+                r.approx_bytes.store(bytes, Ordering::Relaxed);
+                if let Some(k) = split_key {
+                    if let Err(e) = self.split(id, &r, k).await {
+                        tracing::warn!(range = id, "split failed: {e:#}");
+                        seen.remove(&id); // try again next round
+                    }
+                }
+            }
+        }
+    }
+
+    async fn split(
+        &self,
+        id: u64,
+        r: &crate::store::RangeShared,
+        split_key: Vec<u8>,
+    ) -> anyhow::Result<()> {
+        let peers = r.desc.read().peers.clone();
+        let ids = self
+            .placement
+            .clone()
+            .alloc_ids(AllocIdsRequest {
+                ranges: 1,
+                peers: peers.len() as u64,
+            })
+            .await?
+            .into_inner();
+        let new_peers = peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Peer {
+                id: ids.first_peer_id + i as u64,
+                node_id: p.node_id,
+            })
+            .collect();
+        let cmd = SplitCommand {
+            split_key,
+            new_range_id: ids.first_range_id,
+            new_peers,
+        };
+        let seq = self
+            .sequencers
+            .entry(id)
+            .or_insert_with(|| (self.make_sequencer)(id))
+            .clone();
+        let (tx, rx) = oneshot::channel();
+        seq.submit(SeqItem::Unstamped {
+            kind: KvKind::KvSplit,
+            request: cmd.encode_to_vec(),
+            reply: tx,
+        })?;
+        tokio::time::timeout(Duration::from_secs(10), rx)
+            .await??
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        Ok(())
+    }
+}
