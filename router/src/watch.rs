@@ -27,6 +27,8 @@ use crate::routing::Router;
 /// Responses buffered per client stream before watchers wait.
 const STREAM_BUF: usize = 1024;
 const FILTER_NOPUT: i32 = 0;
+/// Feed messages buffered between a watch's range feeds and its merger.
+const FEED_MERGE_BUF: usize = 1024;
 /// A progress request waits at most this many 20 ms rounds for lagging watches.
 const PROGRESS_WAIT_ROUNDS: usize = 250;
 const FILTER_NODELETE: i32 = 1;
@@ -282,122 +284,139 @@ impl WatchTask {
         self.tx.send(Ok(r)).await.is_ok()
     }
 
-    /// Delivers one feed message; returns false when the watch is over.
-    async fn deliver(&self, m: FeedMessage) -> bool {
-        if m.compact_revision > 0 {
-            self.watchers.lock().remove(&self.id);
-            let _ = self
-                .send(PbWatchResponse {
-                    header: self.hdr.h(self.state.progress.load(Ordering::Acquire)),
-                    watch_id: self.id,
-                    canceled: true,
-                    compact_revision: m.compact_revision,
-                    cancel_reason: "etcdserver: mvcc: required revision has been compacted".into(),
-                    ..Default::default()
-                })
-                .await;
-            return false;
-        }
-        if m.checkpoint > 0 {
-            self.advance(m.checkpoint);
-            return true;
-        }
-        if m.revision <= self.state.progress.load(Ordering::Acquire) {
-            return true; // already delivered before a feed restart
-        }
-        let events: Vec<PbEvent> = m
-            .events
+    async fn cancel_compacted(&self, compact_revision: i64) {
+        self.watchers.lock().remove(&self.id);
+        let _ = self
+            .send(PbWatchResponse {
+                header: self.hdr.h(self.state.progress.load(Ordering::Acquire)),
+                watch_id: self.id,
+                canceled: true,
+                compact_revision,
+                cancel_reason: "etcdserver: mvcc: required revision has been compacted".into(),
+                ..Default::default()
+            })
+            .await;
+    }
+
+    /// Events of one revision as the client asked for them (filters, prev_kv).
+    fn convert(&self, events: Vec<strata_proto::strata::FeedEvent>) -> Vec<PbEvent> {
+        events
             .into_iter()
             .filter(|e| !(e.delete && self.nodelete || !e.delete && self.noput))
             .map(|e| PbEvent {
                 r#type: if e.delete { 1 } else { 0 },
                 kv: e.kv.map(to_kv),
-                prev_kv: if self.prev_kv {
-                    e.prev_kv.map(to_kv)
-                } else {
-                    None
-                },
+                prev_kv: if self.prev_kv { e.prev_kv.map(to_kv) } else { None },
             })
-            .collect();
-        crate::metrics::WATCH_EVENTS_SENT.inc_by(events.len() as u64);
-        let rev = m.revision;
-        if !events.is_empty()
-            && !self
-                .send(PbWatchResponse {
-                    header: self.hdr.h(rev),
-                    watch_id: self.id,
-                    events,
-                    ..Default::default()
-                })
-                .await
-        {
-            return false;
-        }
-        self.advance(rev);
-        true
+            .collect()
     }
 
+    /// Opens one feed per range overlapping the watched keys; every message
+    /// goes to `out` tagged with the feed's index; `None` marks a feed's end.
+    fn open_feeds(
+        &self,
+        ranges: &[crate::routing::CachedRange],
+        from: i64,
+        out: &mpsc::Sender<(usize, Option<FeedMessage>)>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        for (i, range) in ranges.iter().enumerate() {
+            let part = self.kr.clamp(&range.desc.start_key, &range.desc.end_key);
+            let (router, range, out) = (self.router.clone(), range.clone(), out.clone());
+            tasks.push(tokio::spawn(async move {
+                let node = router.target(&range, 0);
+                let Some(mut client) = router.client(node) else {
+                    let _ = out.send((i, None)).await;
+                    return;
+                };
+                let req = FeedRequest {
+                    range_id: range.desc.id,
+                    epoch: range.desc.epoch,
+                    key: part.start.clone(),
+                    range_end: part.end.clone().unwrap_or_else(|| vec![0]),
+                    start_revision: from,
+                };
+                match client.feed(req).await {
+                    Ok(stream) => {
+                        let mut stream = stream.into_inner();
+                        while let Some(Ok(m)) = stream.next().await {
+                            if let Some(e) = &m.error {
+                                let _ = router.on_route_error(range.desc.id, e).await;
+                                break;
+                            }
+                            if out.send((i, Some(m))).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(_) => {
+                        let _ = router.refresh().await;
+                    }
+                }
+                let _ = out.send((i, None)).await;
+            }));
+        }
+        tasks
+    }
+
+    /// Merges the range feeds: an event is released once every feed has
+    /// promised (by a checkpoint or a later event) that nothing at or below its
+    /// revision is still to come, so events leave in revision order, a whole
+    /// revision per response. Any feed break restarts all feeds after the last
+    /// released revision: nothing is lost, duplicated or reordered.
     async fn run(self) {
-        let _live = crate::metrics::watcher();
         let mut notify = tokio::time::interval(self.progress_every);
         notify.tick().await;
         let mut backoff = Duration::from_millis(20);
         loop {
-            let from = self.state.progress.load(Ordering::Acquire) + 1;
-            let range = match self.router.single_range(&self.kr, "a watch").await {
-                Ok(r) => r,
-                Err(e) => {
-                    self.watchers.lock().remove(&self.id);
-                    let _ = self
-                        .send(PbWatchResponse {
-                            header: self.hdr.h(from - 1),
-                            watch_id: self.id,
-                            canceled: true,
-                            cancel_reason: e.message().to_string(),
-                            ..Default::default()
-                        })
-                        .await;
-                    return;
-                }
-            };
-            let node = self.router.target(&range, 0);
-            let feed = match self.router.client(node) {
-                Some(mut c) => {
-                    c.feed(FeedRequest {
-                        range_id: range.desc.id,
-                        epoch: range.desc.epoch,
-                        key: self.kr.start.clone(),
-                        range_end: self.kr.end.clone().unwrap_or_else(|| vec![0]),
-                        start_revision: from.max(self.start),
-                    })
-                    .await
-                }
-                None => Err(Status::unavailable("no client")),
-            };
-            let mut stream = match feed {
-                Ok(s) => s.into_inner(),
-                Err(_) => {
-                    let _ = self.router.refresh().await;
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                    continue;
-                }
-            };
-            loop {
+            let from = (self.state.progress.load(Ordering::Acquire) + 1).max(self.start);
+            let ranges = self.router.ranges_for(&self.kr);
+            if ranges.is_empty() {
+                let _ = self.router.refresh().await;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+            let (out, mut inbox) = mpsc::channel(FEED_MERGE_BUF);
+            let tasks = self.open_feeds(&ranges, from, &out);
+            drop(out);
+            let mut promised = vec![from - 1; ranges.len()];
+            let mut pending: std::collections::BTreeMap<i64, Vec<PbEvent>> = Default::default();
+            let over = loop {
                 tokio::select! {
-                    m = stream.next() => match m {
-                        Some(Ok(m)) => {
-                            if let Some(e) = m.error {
-                                let _ = self.router.on_route_error(range.desc.id, &e).await;
-                                break;
-                            }
-                            backoff = Duration::from_millis(20);
-                            if !self.deliver(m).await {
-                                return;
+                    m = inbox.recv() => {
+                        let Some((i, Some(m))) = m else { break false };
+                        backoff = Duration::from_millis(20);
+                        if m.compact_revision > 0 {
+                            self.cancel_compacted(m.compact_revision).await;
+                            break true;
+                        }
+                        if m.checkpoint > 0 {
+                            promised[i] = promised[i].max(m.checkpoint);
+                        } else if m.revision > 0 {
+                            promised[i] = promised[i].max(m.revision);
+                            if m.revision > self.state.progress.load(Ordering::Acquire) {
+                                let evs = self.convert(m.events);
+                                pending.entry(m.revision).or_default().extend(evs);
                             }
                         }
-                        _ => break,
-                    },
+                        let bound = promised.iter().copied().min().unwrap_or(0);
+                        while let Some(entry) = pending.first_entry() {
+                            if *entry.key() > bound {
+                                break;
+                            }
+                            let (rev, events) = entry.remove_entry();
+                            if !events.is_empty() && !self.send(PbWatchResponse {
+                                header: self.hdr.h(rev),
+                                watch_id: self.id,
+                                events,
+                                ..Default::default()
+                            }).await {
+                                break;
+                            }
+                        }
+                        self.advance(bound);
+                    }
                     _ = notify.tick(), if self.progress_notify => {
                         if self.state.synced.load(Ordering::Acquire) {
                             let rev = self.state.progress.load(Ordering::Acquire);
@@ -406,14 +425,22 @@ impl WatchTask {
                                 watch_id: self.id,
                                 ..Default::default()
                             }).await {
-                                return;
+                                break true;
                             }
                         }
                     }
                 }
+                if self.tx.is_closed() {
+                    break true;
+                }
+            };
+            for t in tasks {
+                t.abort();
             }
-            // The feed ended: re-resolve and resume after the last delivered revision.
-            crate::metrics::WATCH_FEED_RESTARTS.inc();
+            if over {
+                return;
+            }
+            // A feed ended (split, leader move, lag): re-resolve and resume.
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));
         }
