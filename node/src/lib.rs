@@ -11,6 +11,7 @@
 pub mod apply;
 mod config;
 pub mod engine;
+pub mod metrics;
 pub mod mvcc;
 pub mod sequencer;
 pub mod service;
@@ -45,6 +46,7 @@ pub struct NodeHandle {
 /// Starts a node: opens its RocksDB, registers with placement, starts the raft
 /// thread and serves gRPC. Returns once the gRPC listener is bound.
 pub async fn run(cfg: NodeConfig) -> anyhow::Result<NodeHandle> {
+    let telemetry = metrics::serve(cfg.metrics_addr).await?;
     let db = engine::open_db(&cfg.data_dir)?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -91,6 +93,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<NodeHandle> {
     let addrs = Arc::new(DashMap::new());
     let transport = transport::Transport::new(node_id, addrs.clone());
     let ranges: Ranges = Arc::new(DashMap::new());
+    metrics::watch_state(db.clone(), ranges.clone());
     let (store_tx, store_rx) = mpsc::channel(store::INBOX_CAP);
     let mut store = Store::new(
         node_id,
@@ -142,6 +145,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<NodeHandle> {
     };
     tokio::spawn(checker.run());
     let server = tonic::transport::Server::builder()
+        .layer(metrics::grpc_layer())
         .add_service(
             NodeServer::new(svc)
                 .max_decoding_message_size(64 * 1024 * 1024)
@@ -155,6 +159,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<NodeHandle> {
     });
 
     tokio::spawn(heartbeat(node_id, placement, ranges, addrs, store_tx));
+    metrics::ready(&telemetry);
     Ok(NodeHandle { node_id, addr })
 }
 

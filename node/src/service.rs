@@ -190,6 +190,7 @@ type FeedStream = Pin<Box<dyn Stream<Item = Result<FeedMessage, Status>> + Send>
 impl Node for NodeService {
     async fn raft(&self, req: Request<RaftBatch>) -> Result<Response<RaftAck>, Status> {
         for env in req.into_inner().msgs {
+            crate::metrics::raft_in(env.message.len());
             // Full inbox: drop, raft retransmits.
             let _ = self.store.try_send(StoreMsg::Raft(env));
         }
@@ -365,6 +366,7 @@ impl Feed {
     }
 
     async fn run(self) {
+        let _open = crate::metrics::feed();
         // Subscribe before reading the applied revision: every event above it
         // is then delivered live, every event at or below it is in history.
         let mut sub = self.r.feed.subscribe();
@@ -462,6 +464,7 @@ impl Feed {
                     // Closed revision: every write <= c that will ever apply here
                     // has applied (barrier), and was published before the barrier
                     // completed, so it is in `sub` now.
+                    let asked = std::time::Instant::now();
                     let c = match self.oracle.current().await {
                         Ok(c) => c,
                         Err(_) => continue,
@@ -472,6 +475,7 @@ impl Feed {
                         }
                         continue;
                     }
+                    crate::metrics::CLOSED_LAG.observe(asked.elapsed().as_secs_f64());
                     loop {
                         match sub.try_recv() {
                             Ok(m) => {

@@ -351,19 +351,23 @@ impl Store {
                     return;
                 };
                 if r.raw.raft.state != StateRole::Leader {
+                    crate::metrics::proposal_rejected("not_leader");
                     let _ = reply.send(Err(crate::service::not_leader()));
                     return;
                 }
                 if r.proposals.len() >= PROPOSALS_MAX {
+                    crate::metrics::proposal_rejected("busy");
                     let _ = reply.send(Err(errors::too_many_requests()));
                     return;
                 }
                 let rev = cmd.revision;
                 if let Err(e) = r.raw.propose(vec![], cmd.encode_to_vec()) {
                     tracing::debug!(range = range_id, "propose dropped: {e}");
+                    crate::metrics::proposal_rejected("dropped");
                     let _ = reply.send(Err(errors::leader_changed()));
                     return;
                 }
+                crate::metrics::PROPOSALS.inc();
                 let index = r.raw.raft.raft_log.last_index();
                 let term = r.raw.raft.term;
                 if rev > 0 {
@@ -420,8 +424,10 @@ impl Store {
     fn tick(&mut self) {
         let now = Instant::now();
         let mut retry = Vec::new();
+        let mut pending = 0;
         for (id, r) in self.replicas.iter_mut() {
             r.raw.tick();
+            pending += r.proposals.len();
             // ReadIndex requests are dropped by a leader that has not yet
             // committed in its term; re-issue them, and fail expired ones.
             let mut i = 0;
@@ -437,6 +443,7 @@ impl Store {
                 retry.push(*id);
             }
         }
+        crate::metrics::PROPOSALS_PENDING.set(pending as i64);
         for id in retry {
             self.issue_read_index(id);
         }
@@ -451,6 +458,7 @@ impl Store {
             let Some(to) = desc.peers.iter().find(|p| p.id == m.to) else {
                 continue;
             };
+            crate::metrics::sending(&m);
             let Ok(bytes) = m.write_to_bytes() else {
                 continue;
             };
@@ -480,12 +488,14 @@ impl Store {
         // Phase 1: send, and stage all appends into one batch.
         let mut wb = WriteBatch::default();
         let mut readies = Vec::with_capacity(ids.len());
+        let mut appended = 0;
         for id in ids {
             let r = self.replicas.get_mut(&id).expect("replica");
             let mut rd = r.raw.ready();
             let msgs = rd.take_messages();
             let shared = r.shared.clone();
             if let Some(ss) = rd.ss() {
+                crate::metrics::leader_seen(&shared, ss.leader_id);
                 shared.leader_peer.store(ss.leader_id, Ordering::Release);
                 if ss.raft_state != StateRole::Leader {
                     fail_leader_state(r);
@@ -499,10 +509,13 @@ impl Store {
                 "snapshots are not supported in this version"
             );
             r.raw.store().stage_append(&mut wb, rd.entries(), rd.hs())?;
+            appended += rd.entries().len();
             self.send(&shared, msgs);
             readies.push((id, rd));
         }
+        crate::metrics::ready_round(appended, readies.len(), wb.size_in_bytes());
         if !wb.is_empty() {
+            let _fsync = crate::metrics::WAL_FSYNC.start_timer();
             engine::write(&self.db, wb, true)?;
         }
         // Phase 2: after the fsync.
@@ -541,6 +554,7 @@ impl Store {
     }
 
     fn apply(&mut self, range_id: u64, entries: Vec<Entry>) -> anyhow::Result<()> {
+        let _apply = crate::metrics::applying(entries.len());
         for e in entries {
             let r = self.replicas.get_mut(&range_id).expect("replica");
             let mut wb = WriteBatch::default();
@@ -749,6 +763,7 @@ impl Store {
         tracing::info!(range = desc.id, new_range = child.id, split_key = ?String::from_utf8_lossy(&sc.split_key), "split");
         *shared.desc.write() = desc;
         shared.splits.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::SPLITS.inc();
         // Feeds of this range end; the router re-resolves and resumes.
         let end = FeedMessage {
             error: Some(strata_proto::strata::RouteError {

@@ -43,7 +43,8 @@ impl Transport {
                 tx
             }
         };
-        let _ = tx.try_send(env);
+        let bytes = env.message.len();
+        crate::metrics::raft_out(bytes, tx.try_send(env).is_ok());
     }
 
     async fn sender(self, node_id: u64, mut rx: mpsc::Receiver<RaftEnvelope>) {
@@ -58,6 +59,7 @@ impl Transport {
             }
             if client.is_none() {
                 let Some(addr) = self.addrs.get(&node_id).map(|a| a.clone()) else {
+                    crate::metrics::RAFT_DROPPED.inc_by(msgs.len() as u64);
                     continue; // address not known yet: drop, raft retries
                 };
                 match tonic::transport::Endpoint::from_shared(format!("http://{addr}")) {

@@ -3,6 +3,7 @@
 //! placement's own raft group. See ARCHITECTURE.md.
 
 mod config;
+pub mod metrics;
 pub mod replica;
 pub mod service;
 pub mod state;
@@ -21,6 +22,7 @@ pub struct PlacementHandle {
 /// Starts placement and returns once it serves gRPC.
 pub async fn run(cfg: PlacementConfig) -> anyhow::Result<PlacementHandle> {
     anyhow::ensure!(cfg.replicas >= 1, "--replicas must be at least 1");
+    let telemetry = metrics::serve(cfg.metrics_addr).await?;
     let db = strata_node::engine::open_db(&cfg.data_dir)?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -33,8 +35,10 @@ pub async fn run(cfg: PlacementConfig) -> anyhow::Result<PlacementHandle> {
         .await
         .map_err(|e| anyhow::anyhow!("placement raft group did not start: {}", e.message()))?;
     let svc = service::PlacementService::new(rep, cfg.replicas);
+    metrics::watch_state(svc.clone());
     tokio::spawn(svc.clone().expire_leases());
     let server = tonic::transport::Server::builder()
+        .layer(metrics::grpc_layer())
         .add_service(PlacementServer::new(service::Svc(svc)))
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
     tokio::spawn(async move {
@@ -43,5 +47,6 @@ pub async fn run(cfg: PlacementConfig) -> anyhow::Result<PlacementHandle> {
         }
     });
     tracing::info!(%addr, "placement serving");
+    metrics::ready(&telemetry);
     Ok(PlacementHandle { addr })
 }

@@ -73,12 +73,14 @@ impl PlacementService {
         if o.next + count > hw {
             // Persist the new window before handing out anything in it.
             let high_water = (o.next + count).max(hw) + ORACLE_WINDOW;
+            crate::metrics::WINDOWS.inc();
             self.rep
                 .propose(Command::OracleWindow { high_water })
                 .await?;
         }
         let start = o.next;
         o.next += count;
+        crate::metrics::alloc(count, o.next);
         Ok(start)
     }
 

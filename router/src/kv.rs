@@ -102,7 +102,7 @@ impl Kv {
         loop {
             let ranges = self.router.ranges_for(&kr);
             let res = match ranges.len() {
-                0 => Err(stale_range()),
+                _ if !self.router.covers(&kr, &ranges) => Err(stale_range()),
                 1 => self.range_one(&ranges[0], &r, rr).await,
                 _ => self.range_many(&ranges, &kr, &r, rr).await,
             };
@@ -345,16 +345,42 @@ impl PbKvService for Kv {
             })
             .await?;
         self.router.refresh().await?;
-        let all = self.router.ranges_for(&KeyRange::from_etcd(b"\0", b"\0"));
-        for range in all {
-            self.router
-                .call(&range, KvKind::KvCompact, r.encode_to_vec(), 0, Retry::Read)
-                .await?;
+        // Every range drops its history (idempotent, so retried whole after
+        // a split re-shapes the ranges).
+        let everything = KeyRange::from_etcd(b"\0", b"\0");
+        let deadline = tokio::time::Instant::now() + self.router.request_timeout;
+        'again: loop {
+            anyhow_deadline(deadline)?;
+            let all = self.router.ranges_for(&everything);
+            if !self.router.covers(&everything, &all) {
+                let _ = self.router.refresh().await;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+            for range in &all {
+                match self
+                    .router
+                    .call(range, KvKind::KvCompact, r.encode_to_vec(), 0, Retry::Read)
+                    .await
+                {
+                    Err(s) if is_stale(&s) => continue 'again,
+                    Err(s) => return Err(s),
+                    Ok(_) => {}
+                }
+            }
+            break;
         }
         Ok(Response::new(PbCompactionResponse {
             header: self.header(current),
         }))
     }
+}
+
+fn anyhow_deadline(deadline: tokio::time::Instant) -> Result<(), Status> {
+    if tokio::time::Instant::now() >= deadline {
+        return Err(errors::timeout());
+    }
+    Ok(())
 }
 
 fn set_headers(resp: &mut PbTxnResponse, h: Option<PbResponseHeader>) {

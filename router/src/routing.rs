@@ -39,6 +39,7 @@ pub struct Router {
     ranges: RwLock<Vec<CachedRange>>,
     nodes: RwLock<HashMap<u64, String>>,
     clients: DashMap<u64, NodeClient<Channel>>,
+    feed_clients: DashMap<u64, NodeClient<Channel>>,
     pub compacted: std::sync::atomic::AtomicI64,
     pub request_timeout: Duration,
 }
@@ -49,6 +50,12 @@ pub struct Router {
 pub enum Retry {
     Read,
     Write,
+}
+
+fn overlaps(a: &KeyRange, b: &KeyRange) -> bool {
+    let a_before_b_end = b.end.as_ref().is_none_or(|e| a.start < *e);
+    let b_before_a_end = a.end.as_ref().is_none_or(|e| b.start < *e);
+    a_before_b_end && b_before_a_end
 }
 
 /// Returned by [`Router::call`] when the range split or moved: nothing was
@@ -75,6 +82,7 @@ impl Router {
             ranges: RwLock::new(Vec::new()),
             nodes: RwLock::new(HashMap::new()),
             clients: DashMap::new(),
+            feed_clients: DashMap::new(),
             compacted: Default::default(),
             request_timeout,
         })
@@ -94,6 +102,20 @@ impl Router {
                 })
             })
             .collect();
+        // Placement may briefly hold a split range's old descriptor beside its
+        // new halves: where descriptors overlap, the newest epoch wins.
+        ranges.sort_by_key(|r| {
+            let e = r.desc.epoch.unwrap_or_default();
+            std::cmp::Reverse((e.version, e.conf_ver))
+        });
+        let mut kept: Vec<CachedRange> = Vec::with_capacity(ranges.len());
+        for r in ranges {
+            let rk = r.key_range();
+            if !kept.iter().any(|k| overlaps(&k.key_range(), &rk)) {
+                kept.push(r);
+            }
+        }
+        let mut ranges = kept;
         ranges.sort_by(|a, b| a.desc.start_key.cmp(&b.desc.start_key));
         {
             // Keep a leader we learned from a node if placement has none yet.
@@ -109,6 +131,7 @@ impl Router {
         for n in resp.nodes {
             if nodes.get(&n.id) != Some(&n.addr) {
                 self.clients.remove(&n.id);
+                self.feed_clients.remove(&n.id);
             }
             nodes.insert(n.id, n.addr);
         }
@@ -125,6 +148,24 @@ impl Router {
                 tracing::debug!("range cache refresh failed: {}", e.message());
             }
         }
+    }
+
+    /// Do the cached ranges cover all of `kr` (no gap from a pending split)?
+    pub fn covers(&self, kr: &KeyRange, ranges: &[CachedRange]) -> bool {
+        let mut at = kr.start.clone();
+        for r in ranges {
+            if r.desc.start_key > at {
+                return false;
+            }
+            if r.desc.end_key.is_empty() {
+                return true;
+            }
+            at = at.max(r.desc.end_key.clone());
+            if kr.end.as_ref().is_some_and(|e| at >= *e) {
+                return true;
+            }
+        }
+        false
     }
 
     /// Ranges overlapping `kr`, in key order.
@@ -147,7 +188,8 @@ impl Router {
         let deadline = Instant::now() + self.request_timeout;
         loop {
             let rs = self.ranges_for(kr);
-            match rs.len() {
+            let n = if self.covers(kr, &rs) { rs.len() } else { 0 };
+            match n {
                 1 => return Ok(rs.into_iter().next().expect("one")),
                 0 if Instant::now() < deadline => {
                     // Cache empty (just started) or a split in progress.
@@ -180,7 +222,22 @@ impl Router {
     }
 
     pub fn client(&self, node: u64) -> Option<NodeClient<Channel>> {
-        if let Some(c) = self.clients.get(&node) {
+        self.client_in(&self.clients, node)
+    }
+
+    /// A client on a separate connection for range feeds: watches cancel feed
+    /// streams often (splits, leader moves), and HTTP/2 limits how many streams
+    /// one connection may reset, so feeds must not share KV's connection.
+    pub fn feed_client(&self, node: u64) -> Option<NodeClient<Channel>> {
+        self.client_in(&self.feed_clients, node)
+    }
+
+    fn client_in(
+        &self,
+        map: &DashMap<u64, NodeClient<Channel>>,
+        node: u64,
+    ) -> Option<NodeClient<Channel>> {
+        if let Some(c) = map.get(&node) {
             return Some(c.clone());
         }
         let addr = self.nodes.read().get(&node)?.clone();
@@ -191,7 +248,7 @@ impl Router {
         let c = NodeClient::new(ep.connect_lazy())
             .max_decoding_message_size(64 * 1024 * 1024)
             .max_encoding_message_size(64 * 1024 * 1024);
-        self.clients.insert(node, c.clone());
+        map.insert(node, c.clone());
         Some(c)
     }
 
@@ -318,6 +375,13 @@ impl Router {
                         Retry::Write => connect_failure(&s),
                     };
                     if !retryable {
+                        // A broken connection is not the client's error: report
+                        // it the way etcd reports a lost request.
+                        if !s.message().starts_with("etcdserver")
+                            && s.code() == Code::ResourceExhausted
+                        {
+                            return Err(errors::timeout());
+                        }
                         return Err(s);
                     }
                     crate::metrics::retry("node_unavailable");

@@ -306,7 +306,11 @@ impl WatchTask {
             .map(|e| PbEvent {
                 r#type: if e.delete { 1 } else { 0 },
                 kv: e.kv.map(to_kv),
-                prev_kv: if self.prev_kv { e.prev_kv.map(to_kv) } else { None },
+                prev_kv: if self.prev_kv {
+                    e.prev_kv.map(to_kv)
+                } else {
+                    None
+                },
             })
             .collect()
     }
@@ -325,7 +329,7 @@ impl WatchTask {
             let (router, range, out) = (self.router.clone(), range.clone(), out.clone());
             tasks.push(tokio::spawn(async move {
                 let node = router.target(&range, 0);
-                let Some(mut client) = router.client(node) else {
+                let Some(mut client) = router.feed_client(node) else {
                     let _ = out.send((i, None)).await;
                     return;
                 };
@@ -365,13 +369,14 @@ impl WatchTask {
     /// revision per response. Any feed break restarts all feeds after the last
     /// released revision: nothing is lost, duplicated or reordered.
     async fn run(self) {
+        let _live = crate::metrics::watcher();
         let mut notify = tokio::time::interval(self.progress_every);
         notify.tick().await;
         let mut backoff = Duration::from_millis(20);
         loop {
             let from = (self.state.progress.load(Ordering::Acquire) + 1).max(self.start);
             let ranges = self.router.ranges_for(&self.kr);
-            if ranges.is_empty() {
+            if ranges.is_empty() || !self.router.covers(&self.kr, &ranges) {
                 let _ = self.router.refresh().await;
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -406,6 +411,7 @@ impl WatchTask {
                                 break;
                             }
                             let (rev, events) = entry.remove_entry();
+                            crate::metrics::WATCH_EVENTS_SENT.inc_by(events.len() as u64);
                             if !events.is_empty() && !self.send(PbWatchResponse {
                                 header: self.hdr.h(rev),
                                 watch_id: self.id,
@@ -441,6 +447,7 @@ impl WatchTask {
                 return;
             }
             // A feed ended (split, leader move, lag): re-resolve and resume.
+            crate::metrics::WATCH_FEED_RESTARTS.inc();
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));
         }

@@ -81,12 +81,20 @@ pub struct Cluster {
     /// starts (children that leave the process group included): how leftovers are
     /// found on stop.
     marker: String,
+    /// Extra `strata dev` flags, kept for `restart`.
+    extra: Vec<String>,
 }
 
 /// Starts a fresh server (see the module doc). Blocking but bounded; callable from
 /// inside a tokio runtime.
 pub fn start() -> Cluster {
     Cluster::start()
+}
+
+/// Starts a fresh `strata dev` cluster with extra `strata dev` flags (for
+/// example `--nodes 5 --range-split-keys 500`). Strata only.
+pub fn start_strata_with(extra: &[&str]) -> Cluster {
+    Cluster::start_strata_args(extra.iter().map(|s| s.to_string()).collect())
 }
 
 /// One server shared by all tests of a test binary (started on first use, stopped at
@@ -180,6 +188,7 @@ impl Cluster {
             tmp: Mutex::new(Some(tmp)),
             ports: (base, 2),
             marker,
+            extra: Vec::new(),
         };
         // Ready once a Get succeeds.
         let deadline = Instant::now() + READY_TIMEOUT;
@@ -204,13 +213,17 @@ impl Cluster {
     }
 
     fn start_strata() -> Cluster {
+        Self::start_strata_args(Vec::new())
+    }
+
+    fn start_strata_args(extra: Vec<String>) -> Cluster {
         let tmp = tempdir();
         let data_dir = tmp.path().join("data");
         let log_dir = tmp.path().to_path_buf();
         let span = STRATA_PORT_SPAN + 1;
         let first = reserve_ports(span);
         let marker = new_marker();
-        let (child, rx) = launch_strata(&data_dir, &log_dir, first, &marker);
+        let (child, rx) = launch_strata(&data_dir, &log_dir, first, &marker, &extra);
         let cluster = Cluster {
             endpoint: format!("127.0.0.1:{first}"),
             target: Target::Strata,
@@ -220,6 +233,7 @@ impl Cluster {
             tmp: Mutex::new(Some(tmp)),
             ports: (first, span),
             marker,
+            extra,
         };
         cluster.wait_ready(rx);
         cluster.announce();
@@ -282,7 +296,13 @@ impl Cluster {
     /// `kill9`), and waits until it serves.
     pub fn restart(&self) {
         assert_eq!(self.target, Target::Strata, "restart is for strata dev");
-        let (child, rx) = launch_strata(&self.data_dir, &self.log_dir, self.ports.0, &self.marker);
+        let (child, rx) = launch_strata(
+            &self.data_dir,
+            &self.log_dir,
+            self.ports.0,
+            &self.marker,
+            &self.extra,
+        );
         *self.child.lock().unwrap_or_else(|e| e.into_inner()) = Some(child);
         self.wait_ready(rx);
     }
@@ -441,6 +461,7 @@ fn launch_strata(
     log_dir: &Path,
     first: u16,
     marker: &str,
+    extra: &[String],
 ) -> (Child, mpsc::Receiver<String>) {
     let (client_port, base_port) = (first, first + 1);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata"));
@@ -454,6 +475,7 @@ fn launch_strata(
             "--watch-progress-notify-interval",
             &format!("{PROGRESS_NOTIFY_INTERVAL_SECS}s"),
         ])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log_file(log_dir, "stderr.log"));

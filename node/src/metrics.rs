@@ -1,0 +1,409 @@
+//! The node's Prometheus metrics (`strata_node_*`); served with the process metrics
+//! and `strata_build_info` by `strata_proto::telemetry` on `--metrics-addr`. The
+//! oracle client's `strata_oracle_client_*` metrics come from `strata_proto`.
+//!
+//! Gauges that describe live state (ranges and leaders hosted, RocksDB sizes) are
+//! computed at scrape time by a hook (see [`serve`]); counters and histograms are
+//! updated where things happen (one line at each call site).
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, LazyLock};
+
+use prometheus::{
+    register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge,
+    register_int_gauge_vec, Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+};
+use strata_proto::telemetry::{byte_buckets, count_buckets, GaugeGuard, LATENCY_BUCKETS};
+
+use crate::engine::{CF_DATA, CF_META, CF_RAFT};
+use crate::store::Ranges;
+
+macro_rules! counter {
+    ($name:ident, $metric:literal, $help:literal) => {
+        pub static $name: LazyLock<IntCounter> =
+            LazyLock::new(|| register_int_counter!($metric, $help).expect("register"));
+    };
+}
+
+macro_rules! gauge {
+    ($name:ident, $metric:literal, $help:literal) => {
+        pub static $name: LazyLock<IntGauge> =
+            LazyLock::new(|| register_int_gauge!($metric, $help).expect("register"));
+    };
+}
+
+macro_rules! histogram {
+    ($name:ident, $metric:literal, $help:literal, $buckets:expr) => {
+        pub static $name: LazyLock<Histogram> =
+            LazyLock::new(|| register_histogram!($metric, $help, $buckets).expect("register"));
+    };
+}
+
+// --- proposals -------------------------------------------------------------------
+
+counter!(
+    PROPOSALS,
+    "strata_node_proposals_total",
+    "Commands proposed to raft by range leaders on this node."
+);
+
+pub static PROPOSALS_REJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "strata_node_proposals_rejected_total",
+        "Proposals refused before raft, by reason (not_leader, busy, dropped).",
+        &["reason"]
+    )
+    .expect("register")
+});
+
+/// Counts a proposal refused for `reason` (`not_leader`, `busy`, `dropped`).
+pub fn proposal_rejected(reason: &'static str) {
+    PROPOSALS_REJECTED.with_label_values(&[reason]).inc();
+}
+
+gauge!(
+    PROPOSALS_PENDING,
+    "strata_node_proposals_pending",
+    "Proposals waiting to be committed and applied, over all leaders on this node."
+);
+
+// --- the Ready loop ----------------------------------------------------------------
+
+histogram!(
+    READY_ENTRIES,
+    "strata_node_raft_ready_entries",
+    "Log entries appended per Ready round (all ranges); the count is the number of rounds.",
+    count_buckets()
+);
+
+histogram!(
+    READY_BYTES,
+    "strata_node_raft_ready_bytes",
+    "Bytes written (log entries and hard states) per Ready round, in one write batch.",
+    byte_buckets()
+);
+
+histogram!(
+    READY_RANGES,
+    "strata_node_raft_ready_ranges",
+    "Replicas with a Ready per round (how many ranges share one fsync).",
+    count_buckets()
+);
+
+histogram!(
+    WAL_FSYNC,
+    "strata_node_wal_fsync_duration_seconds",
+    "Time to write and fsync one Ready round's batch to the RocksDB WAL.",
+    LATENCY_BUCKETS.to_vec()
+);
+
+histogram!(
+    APPLY,
+    "strata_node_apply_duration_seconds",
+    "Time to apply one replica's batch of committed entries to the state machine.",
+    LATENCY_BUCKETS.to_vec()
+);
+
+counter!(
+    APPLIED_ENTRIES,
+    "strata_node_applied_entries_total",
+    "Committed raft entries applied (every replica counts its own)."
+);
+
+// --- raft transport --------------------------------------------------------------
+
+counter!(
+    RAFT_SENT,
+    "strata_node_raft_messages_sent_total",
+    "Raft messages queued for other nodes."
+);
+counter!(
+    RAFT_SENT_BYTES,
+    "strata_node_raft_sent_bytes_total",
+    "Bytes of raft messages queued for other nodes."
+);
+counter!(
+    RAFT_DROPPED,
+    "strata_node_raft_messages_dropped_total",
+    "Raft messages dropped on the way out (queue full or peer address unknown or \
+     unreachable); raft retransmits."
+);
+counter!(
+    RAFT_RECEIVED,
+    "strata_node_raft_messages_received_total",
+    "Raft messages received from other nodes."
+);
+counter!(
+    RAFT_RECEIVED_BYTES,
+    "strata_node_raft_received_bytes_total",
+    "Bytes of raft messages received from other nodes."
+);
+
+// --- leadership, snapshots, splits -----------------------------------------------
+
+counter!(
+    LEADER_CHANGES,
+    "strata_node_leader_changes_total",
+    "Leader changes seen by the replicas on this node (a new, known leader)."
+);
+counter!(
+    SNAPSHOTS_SENT,
+    "strata_node_snapshots_sent_total",
+    "Raft snapshots sent to followers."
+);
+counter!(
+    SNAPSHOTS_APPLIED,
+    "strata_node_snapshots_applied_total",
+    "Raft snapshots applied by replicas on this node."
+);
+counter!(
+    SPLITS,
+    "strata_node_splits_total",
+    "Range splits applied by replicas on this node."
+);
+
+gauge!(
+    RANGES,
+    "strata_node_ranges",
+    "Range replicas hosted on this node."
+);
+gauge!(
+    LEADERS,
+    "strata_node_range_leaders",
+    "Ranges whose leader replica is on this node."
+);
+gauge!(
+    NO_LEADER,
+    "strata_node_ranges_without_leader",
+    "Replicas on this node that know no leader for their range (election running)."
+);
+
+// --- closed revisions, feeds -------------------------------------------------------
+
+histogram!(
+    CLOSED_LAG,
+    "strata_node_closed_revision_lag_seconds",
+    "Age of a range's closed revision when published: time from reading the oracle's \
+     current revision to confirming it closed (range feed checkpoints).",
+    LATENCY_BUCKETS.to_vec()
+);
+
+gauge!(
+    FEEDS,
+    "strata_node_range_feeds",
+    "Open range feeds (watch streams from routers)."
+);
+
+/// Counts an open range feed until dropped.
+pub fn feed() -> GaugeGuard {
+    GaugeGuard::new(&FEEDS)
+}
+
+// --- RocksDB -----------------------------------------------------------------------
+
+pub static ROCKSDB_SST_BYTES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "strata_node_rocksdb_sst_bytes",
+        "Size of all SST files of a RocksDB column family (rocksdb.total-sst-files-size).",
+        &["cf"]
+    )
+    .expect("register")
+});
+
+pub static ROCKSDB_MEMTABLE_BYTES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "strata_node_rocksdb_memtable_bytes",
+        "Size of the memtables of a RocksDB column family (rocksdb.cur-size-all-mem-tables).",
+        &["cf"]
+    )
+    .expect("register")
+});
+
+pub static ROCKSDB_LIVE_DATA_BYTES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "strata_node_rocksdb_live_data_bytes",
+        "Estimated live data of a RocksDB column family (rocksdb.estimate-live-data-size).",
+        &["cf"]
+    )
+    .expect("register")
+});
+
+pub static ROCKSDB_KEYS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "strata_node_rocksdb_estimated_keys",
+        "Estimated keys in a RocksDB column family (rocksdb.estimate-num-keys).",
+        &["cf"]
+    )
+    .expect("register")
+});
+
+/// Records one Ready round: entries appended, replicas in it, bytes in its batch.
+pub fn ready_round(entries: usize, replicas: usize, bytes: usize) {
+    READY_ENTRIES.observe(entries as f64);
+    READY_RANGES.observe(replicas as f64);
+    READY_BYTES.observe(bytes as f64);
+}
+
+/// Times the apply of a batch of `entries` committed entries (nothing when empty).
+pub fn applying(entries: usize) -> Option<prometheus::HistogramTimer> {
+    if entries == 0 {
+        return None;
+    }
+    APPLIED_ENTRIES.inc_by(entries as u64);
+    Some(APPLY.start_timer())
+}
+
+/// Counts a leader change when a replica learns of a new, known leader.
+pub fn leader_seen(shared: &crate::store::RangeShared, leader_peer: u64) {
+    if leader_peer != 0 && leader_peer != shared.leader_peer.load(Ordering::Acquire) {
+        LEADER_CHANGES.inc();
+    }
+}
+
+/// Looks at a raft message about to be sent (counts snapshots).
+pub fn sending(m: &raft::eraftpb::Message) {
+    if m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
+        SNAPSHOTS_SENT.inc();
+    }
+}
+
+/// Counts a raft message queued for another node (`queued`) or dropped.
+pub fn raft_out(bytes: usize, queued: bool) {
+    if queued {
+        RAFT_SENT.inc();
+        RAFT_SENT_BYTES.inc_by(bytes as u64);
+    } else {
+        RAFT_DROPPED.inc();
+    }
+}
+
+/// Counts a raft message received from another node.
+pub fn raft_in(bytes: usize) {
+    RAFT_RECEIVED.inc();
+    RAFT_RECEIVED_BYTES.inc_by(bytes as u64);
+}
+
+/// The node's internal gRPC methods (called by routers, placement and other nodes).
+pub static NODE_METHODS: &[strata_proto::telemetry::GrpcMethod] = &[
+    ("strata.Node", "Raft", false),
+    ("strata.Node", "Kv", false),
+    ("strata.Node", "Feed", true),
+    ("strata.Node", "Status", false),
+];
+
+/// `strata_node_grpc_requests_total{service,method,code}` and
+/// `strata_node_grpc_request_duration_seconds{service,method}`.
+pub fn grpc_layer() -> strata_proto::telemetry::GrpcMetricsLayer {
+    static LAYER: LazyLock<strata_proto::telemetry::GrpcMetricsLayer> = LazyLock::new(|| {
+        strata_proto::telemetry::GrpcMetricsLayer::new(
+            "strata_node",
+            "from routers, placement and other nodes",
+            NODE_METHODS,
+        )
+    });
+    LAYER.clone()
+}
+
+/// Registers every node metric (so all appear from the first scrape).
+pub fn init() {
+    grpc_layer();
+    for c in [
+        &PROPOSALS,
+        &APPLIED_ENTRIES,
+        &RAFT_SENT,
+        &RAFT_SENT_BYTES,
+        &RAFT_DROPPED,
+        &RAFT_RECEIVED,
+        &RAFT_RECEIVED_BYTES,
+        &LEADER_CHANGES,
+        &SNAPSHOTS_SENT,
+        &SNAPSHOTS_APPLIED,
+        &SPLITS,
+    ] {
+        LazyLock::force(c);
+    }
+    for g in [&PROPOSALS_PENDING, &RANGES, &LEADERS, &NO_LEADER, &FEEDS] {
+        LazyLock::force(g);
+    }
+    for h in [
+        &READY_ENTRIES,
+        &READY_BYTES,
+        &READY_RANGES,
+        &WAL_FSYNC,
+        &APPLY,
+        &CLOSED_LAG,
+    ] {
+        LazyLock::force(h);
+    }
+    for r in ["not_leader", "busy", "dropped"] {
+        PROPOSALS_REJECTED.with_label_values(&[r]);
+    }
+    for v in [
+        &ROCKSDB_SST_BYTES,
+        &ROCKSDB_MEMTABLE_BYTES,
+        &ROCKSDB_LIVE_DATA_BYTES,
+        &ROCKSDB_KEYS,
+    ] {
+        LazyLock::force(v);
+    }
+}
+
+/// Refreshes the gauges computed from live state (runs before each scrape).
+fn refresh(db: &rocksdb::DB, ranges: &Ranges) {
+    let (mut hosted, mut leaders, mut leaderless) = (0, 0, 0);
+    for r in ranges.iter() {
+        hosted += 1;
+        match r.leader_peer.load(Ordering::Acquire) {
+            0 => leaderless += 1,
+            l if l == r.peer_id => leaders += 1,
+            _ => {}
+        }
+    }
+    RANGES.set(hosted);
+    LEADERS.set(leaders);
+    NO_LEADER.set(leaderless);
+    for name in [CF_RAFT, CF_DATA, CF_META] {
+        let Some(cf) = db.cf_handle(name) else {
+            continue;
+        };
+        let prop = |p: &str| {
+            db.property_int_value_cf(&cf, p)
+                .ok()
+                .flatten()
+                .map_or(0, |v| v.min(i64::MAX as u64) as i64)
+        };
+        let sets: [(&IntGaugeVec, &str); 4] = [
+            (&ROCKSDB_SST_BYTES, "rocksdb.total-sst-files-size"),
+            (&ROCKSDB_MEMTABLE_BYTES, "rocksdb.cur-size-all-mem-tables"),
+            (&ROCKSDB_LIVE_DATA_BYTES, "rocksdb.estimate-live-data-size"),
+            (&ROCKSDB_KEYS, "rocksdb.estimate-num-keys"),
+        ];
+        for (g, p) in sets {
+            g.with_label_values(&[name]).set(prop(p));
+        }
+    }
+}
+
+/// Registers the metrics and, when `addr` is set, serves `/metrics`, `/health` and
+/// `/ready` on it (`/ready` answers 503 until [`ready`]).
+pub async fn serve(
+    addr: Option<std::net::SocketAddr>,
+) -> anyhow::Result<Option<strata_proto::telemetry::Telemetry>> {
+    init();
+    Ok(match addr {
+        Some(a) => Some(strata_proto::telemetry::serve(a, "node").await?),
+        None => None,
+    })
+}
+
+/// Computes the live-state gauges from `db` and `ranges` at every scrape.
+pub fn watch_state(db: Arc<rocksdb::DB>, ranges: Ranges) {
+    strata_proto::telemetry::on_scrape(move || refresh(&db, &ranges));
+}
+
+/// Makes `/ready` answer 200.
+pub fn ready(t: &Option<strata_proto::telemetry::Telemetry>) {
+    if let Some(t) = t {
+        t.set_ready(true);
+    }
+}

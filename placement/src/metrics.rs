@@ -1,0 +1,263 @@
+//! Placement's Prometheus metrics (`strata_placement_*`); served with the process
+//! metrics and `strata_build_info` by `strata_proto::telemetry` on `--metrics-addr`.
+//!
+//! Gauges describing the cluster (nodes by state, ranges, under-replicated and
+//! leaderless ranges, leases, revisions) are computed from placement's state at
+//! scrape time (see [`watch_state`]); oracle counters are updated as it allocates.
+
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use prometheus::{
+    register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge,
+    register_int_gauge_vec, Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+};
+use strata_proto::telemetry::{GrpcMethod, GrpcMetricsLayer, Telemetry};
+
+use crate::service::PlacementService;
+
+/// A node that has not heartbeated for this long counts as down (as in `nodes()`
+/// of the service, which routers and nodes see).
+pub const NODE_DOWN_AFTER: Duration = Duration::from_secs(5);
+
+pub static NODES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "strata_placement_nodes",
+        "Registered storage nodes by state: up (heartbeat within 5 s) or down.",
+        &["state"]
+    )
+    .expect("register")
+});
+
+pub static RANGES: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!("strata_placement_ranges", "Ranges in the range directory.")
+        .expect("register")
+});
+
+pub static UNDER_REPLICATED: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "strata_placement_ranges_under_replicated",
+        "Ranges with fewer replicas on up nodes than the replication factor."
+    )
+    .expect("register")
+});
+
+pub static UNAVAILABLE: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "strata_placement_ranges_unavailable",
+        "Ranges without a quorum (majority) of their replicas on up nodes."
+    )
+    .expect("register")
+});
+
+pub static LEADERLESS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "strata_placement_ranges_without_leader",
+        "Ranges with no leader reported, or whose reported leader's node is down."
+    )
+    .expect("register")
+});
+
+pub static REPLICATION_FACTOR: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "strata_placement_replication_factor",
+        "Replicas each range should have (--replicas)."
+    )
+    .expect("register")
+});
+
+pub static LEASES: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!("strata_placement_leases", "Granted, unexpired leases.").expect("register")
+});
+
+pub static REVISION: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "strata_placement_oracle_revision",
+        "Highest revision the oracle has handed out (the cluster's current revision)."
+    )
+    .expect("register")
+});
+
+pub static COMPACTED: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "strata_placement_compacted_revision",
+        "Revision of the last compaction (0 if none)."
+    )
+    .expect("register")
+});
+
+pub static ALLOCATIONS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "strata_placement_oracle_allocations_total",
+        "Alloc requests served by the oracle (each one a batch from a node or router)."
+    )
+    .expect("register")
+});
+
+pub static REVISIONS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "strata_placement_oracle_revisions_total",
+        "Revisions handed out by the oracle (one per write transaction)."
+    )
+    .expect("register")
+});
+
+pub static BATCH_SIZE: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "strata_placement_oracle_batch_size",
+        "Revisions asked for per Alloc request (0: a read asking for the current revision).",
+        std::iter::once(0.0)
+            .chain(strata_proto::telemetry::count_buckets())
+            .collect()
+    )
+    .expect("register")
+});
+
+pub static WINDOWS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "strata_placement_oracle_windows_persisted_total",
+        "Oracle high-water windows persisted through placement's raft log."
+    )
+    .expect("register")
+});
+
+/// Scheduler operators (add/remove replica, transfer leader, split) by kind and
+/// outcome; placement has no scheduler yet, so no series exist.
+pub static OPERATORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "strata_placement_operators_total",
+        "Scheduler operators by kind (add_replica, remove_replica, transfer_leader, split) \
+         and outcome (success, failure, timeout).",
+        &["kind", "outcome"]
+    )
+    .expect("register")
+});
+
+/// Counts one oracle allocation of `count` revisions, after which `next` is the
+/// next revision to hand out.
+pub fn alloc(count: i64, next: i64) {
+    ALLOCATIONS.inc();
+    REVISIONS.inc_by(count.max(0) as u64);
+    BATCH_SIZE.observe(count as f64);
+    REVISION.set(next - 1);
+}
+
+/// Placement's gRPC methods (called by nodes and routers).
+pub static PLACEMENT_METHODS: &[GrpcMethod] = &[
+    ("strata.Placement", "RegisterNode", false),
+    ("strata.Placement", "Heartbeat", false),
+    ("strata.Placement", "GetRanges", false),
+    ("strata.Placement", "Alloc", false),
+    ("strata.Placement", "AllocIds", false),
+    ("strata.Placement", "Compact", false),
+    ("strata.Placement", "LeaseGrant", false),
+    ("strata.Placement", "LeaseRevoke", false),
+    ("strata.Placement", "LeaseKeepAlive", false),
+    ("strata.Placement", "LeaseTimeToLive", false),
+    ("strata.Placement", "LeaseList", false),
+];
+
+/// `strata_placement_grpc_requests_total{service,method,code}` and
+/// `strata_placement_grpc_request_duration_seconds{service,method}`.
+pub fn grpc_layer() -> GrpcMetricsLayer {
+    static LAYER: LazyLock<GrpcMetricsLayer> = LazyLock::new(|| {
+        GrpcMetricsLayer::new(
+            "strata_placement",
+            "from nodes and routers",
+            PLACEMENT_METHODS,
+        )
+    });
+    LAYER.clone()
+}
+
+/// Registers every placement metric (so all appear from the first scrape).
+pub fn init() {
+    grpc_layer();
+    for s in ["up", "down"] {
+        NODES.with_label_values(&[s]);
+    }
+    for g in [
+        &RANGES,
+        &UNDER_REPLICATED,
+        &UNAVAILABLE,
+        &LEADERLESS,
+        &REPLICATION_FACTOR,
+        &LEASES,
+        &REVISION,
+        &COMPACTED,
+    ] {
+        LazyLock::force(g);
+    }
+    for c in [&ALLOCATIONS, &REVISIONS, &WINDOWS] {
+        LazyLock::force(c);
+    }
+    LazyLock::force(&BATCH_SIZE);
+    LazyLock::force(&OPERATORS);
+}
+
+/// Refreshes the gauges computed from placement's state (runs before each scrape).
+fn refresh(svc: &PlacementService) {
+    let up: std::collections::HashSet<u64> = svc
+        .last_seen
+        .lock()
+        .iter()
+        .filter(|(_, t)| t.elapsed() < NODE_DOWN_AFTER)
+        .map(|(id, _)| *id)
+        .collect();
+    let leaders: std::collections::HashMap<u64, u64> = svc
+        .leaders
+        .lock()
+        .iter()
+        .map(|(range, h)| (*range, h.node))
+        .collect();
+    let factor = svc.replicas;
+    let st = svc.rep.state();
+    let nodes_up = st.nodes.keys().filter(|n| up.contains(n)).count();
+    NODES.with_label_values(&["up"]).set(nodes_up as i64);
+    NODES
+        .with_label_values(&["down"])
+        .set((st.nodes.len() - nodes_up) as i64);
+    let (mut under, mut unavailable, mut leaderless) = (0, 0, 0);
+    for r in st.ranges.values() {
+        let live = r.peers.iter().filter(|(_, node)| up.contains(node)).count();
+        if live < factor.max(1) {
+            under += 1;
+        }
+        if live <= r.peers.len() / 2 {
+            unavailable += 1;
+        }
+        match leaders.get(&r.id) {
+            Some(&n) if n != 0 && up.contains(&n) => {}
+            _ => leaderless += 1,
+        }
+    }
+    RANGES.set(st.ranges.len() as i64);
+    UNDER_REPLICATED.set(under);
+    UNAVAILABLE.set(unavailable);
+    LEADERLESS.set(leaderless);
+    REPLICATION_FACTOR.set(factor as i64);
+    LEASES.set(st.leases.len() as i64);
+    COMPACTED.set(st.compacted);
+}
+
+/// Registers the metrics and, when `addr` is set, serves `/metrics`, `/health` and
+/// `/ready` on it (`/ready` answers 503 until [`ready`]).
+pub async fn serve(addr: Option<std::net::SocketAddr>) -> anyhow::Result<Option<Telemetry>> {
+    init();
+    Ok(match addr {
+        Some(a) => Some(strata_proto::telemetry::serve(a, "placement").await?),
+        None => None,
+    })
+}
+
+/// Computes the cluster gauges from `svc` at every scrape.
+pub fn watch_state(svc: Arc<PlacementService>) {
+    strata_proto::telemetry::on_scrape(move || refresh(&svc));
+}
+
+/// Makes `/ready` answer 200.
+pub fn ready(t: &Option<Telemetry>) {
+    if let Some(t) = t {
+        t.set_ready(true);
+    }
+}
