@@ -24,6 +24,8 @@ use crate::component::Signals;
 
 /// Grace period between SIGTERM and SIGKILL when stopping a child.
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Alert rules loaded by the Prometheus of `--prometheus` (DATA_DIR/prometheus/alerts.yml).
+const ALERT_RULES: &str = include_str!("../deploy/prometheus/alerts.yml");
 /// Key read to check that the cluster serves clients (what `etcdctl endpoint health` reads).
 const PROBE_KEY: &str = "health";
 
@@ -71,6 +73,11 @@ pub struct DevArgs {
     /// Nodes' raft tick interval in milliseconds (default: the node's own default).
     #[arg(long)]
     pub raft_tick_ms: Option<u64>,
+
+    /// Placement replaces the replicas of a node silent for this long (e.g. 30s,
+    /// 10m; default: placement's, 60s).
+    #[arg(long, value_parser = check_duration)]
+    pub node_down_after: Option<String>,
 
     /// Split a range once its data passes this many bytes (passed to every node;
     /// default: the node's, 64 MiB).
@@ -204,7 +211,14 @@ fn plan(args: &DevArgs, exe: &Path, data_dir: &Path) -> anyhow::Result<Plan> {
             n.min(3).to_string(),
             "--metrics-addr".into(),
             m.to_string(),
-        ],
+        ]
+        .into_iter()
+        .chain(
+            args.node_down_after
+                .iter()
+                .flat_map(|d| ["--node-down-after".to_string(), d.clone()]),
+        )
+        .collect(),
         log: log("placement"),
         ports: vec![
             (placement_addr, "placement".into()),
@@ -305,7 +319,8 @@ fn plan(args: &DevArgs, exe: &Path, data_dir: &Path) -> anyhow::Result<Plan> {
         };
         let mut config = String::from(
             "# Written by `strata dev --prometheus`; rewritten on every start.\n\
-             global:\n  scrape_interval: 5s\n  evaluation_interval: 5s\nscrape_configs:\n",
+             global:\n  scrape_interval: 5s\n  evaluation_interval: 5s\n\
+             rule_files:\n  - alerts.yml\nscrape_configs:\n",
         );
         for role in ["placement", "node", "router"] {
             config.push_str(&format!(
@@ -427,6 +442,9 @@ async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             let config_path = prom_dir.join("prometheus.yml");
             fs::write(&config_path, config)
                 .with_context(|| format!("writing {}", config_path.display()))?;
+            let rules_path = prom_dir.join("alerts.yml");
+            fs::write(&rules_path, ALERT_RULES)
+                .with_context(|| format!("writing {}", rules_path.display()))?;
             let mut spec = spec.clone();
             spec.args[0] = prom.to_string_lossy().into_owned();
             let r = spawn(&spec, &stopping)?;
@@ -451,7 +469,11 @@ async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
          waiting up to {:?} for {} to answer a client request",
         args.nodes,
         if args.nodes == 1 { "" } else { "s" },
-        if json.prometheus.is_some() { " and Prometheus" } else { "" },
+        if json.prometheus.is_some() {
+            " and Prometheus"
+        } else {
+            ""
+        },
         children
             .iter()
             .map(|c| c.pid.to_string())

@@ -27,6 +27,7 @@ const KIND_ENTRY: u8 = 1;
 const KIND_HARD_STATE: u8 = 2;
 const KIND_CONF_STATE: u8 = 3;
 const KIND_APPLIED: u8 = 4;
+const KIND_TRUNCATED: u8 = 5;
 
 /// Opens (or creates) a RocksDB with the three column families.
 pub fn open_db(dir: &Path) -> anyhow::Result<Arc<DB>> {
@@ -71,15 +72,23 @@ struct Cache {
     conf_state: ConfState,
     last_index: u64,
     last_term: u64,
+    /// The log is truncated up to and including this index (a snapshot covers it).
+    truncated_index: u64,
+    truncated_term: u64,
 }
 
-/// raft-rs `Storage` over the `raft` column family for one replica. The raft log
-/// is never truncated in this version, so `first_index` is always 1.
+/// Builds the data of a snapshot of the replica's current applied state.
+pub type SnapshotBuilder = Arc<dyn Fn() -> anyhow::Result<(u64, Vec<u8>)> + Send + Sync>;
+
+/// raft-rs `Storage` over the `raft` column family for one replica. The log is
+/// truncated after a while; older entries are then served as a snapshot of the
+/// range's MVCC data (see [`SnapshotBuilder`]).
 #[derive(Clone)]
 pub struct RaftStorage {
     db: Arc<DB>,
     range_id: u64,
     cache: Arc<Mutex<Cache>>,
+    snapshots: Arc<Mutex<Option<SnapshotBuilder>>>,
 }
 
 impl RaftStorage {
@@ -102,6 +111,13 @@ impl RaftStorage {
         }
         if let Some(b) = db.get_cf(&cf, raft_key(range_id, KIND_HARD_STATE, 0))? {
             cache.hard_state = HardState::parse_from_bytes(&b)?;
+        }
+        if let Some(b) = db.get_cf(&cf, raft_key(range_id, KIND_TRUNCATED, 0))? {
+            anyhow::ensure!(b.len() == 16, "range {range_id}: corrupt truncated state");
+            cache.truncated_index = u64::from_be_bytes(b[..8].try_into().unwrap());
+            cache.truncated_term = u64::from_be_bytes(b[8..].try_into().unwrap());
+            cache.last_index = cache.truncated_index;
+            cache.last_term = cache.truncated_term;
         }
         // The last entry: seek backwards from the end of this replica's entries.
         {
@@ -133,6 +149,7 @@ impl RaftStorage {
             db,
             range_id,
             cache: Arc::new(Mutex::new(cache)),
+            snapshots: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -229,6 +246,89 @@ impl RaftStorage {
     pub fn conf_state(&self) -> ConfState {
         self.cache.lock().conf_state.clone()
     }
+
+    pub fn set_snapshot_builder(&self, b: SnapshotBuilder) {
+        *self.snapshots.lock() = Some(b);
+    }
+
+    pub fn truncated_index(&self) -> u64 {
+        self.cache.lock().truncated_index
+    }
+
+    /// Persists a new conf state (applied conf change) in `wb`.
+    pub fn stage_conf_state(&self, wb: &mut WriteBatch, cs: &ConfState) -> anyhow::Result<()> {
+        let cf = self.db.cf_handle(CF_RAFT).expect("raft cf");
+        wb.put_cf(&cf, raft_key(self.range_id, KIND_CONF_STATE, 0), cs.write_to_bytes()?);
+        self.cache.lock().conf_state = cs.clone();
+        Ok(())
+    }
+
+    /// Drops log entries up to and including `index` (which must be applied).
+    pub fn stage_truncate(&self, wb: &mut WriteBatch, index: u64) -> anyhow::Result<()> {
+        use raft::Storage as _;
+        let (first, last) = {
+            let c = self.cache.lock();
+            (c.truncated_index + 1, c.last_index)
+        };
+        if index < first || index > last {
+            return Ok(());
+        }
+        let term = self.term(index).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let cf = self.db.cf_handle(CF_RAFT).expect("raft cf");
+        wb.delete_range_cf(
+            &cf,
+            raft_key(self.range_id, KIND_ENTRY, 0),
+            raft_key(self.range_id, KIND_ENTRY, index + 1),
+        );
+        let mut v = index.to_be_bytes().to_vec();
+        v.extend_from_slice(&term.to_be_bytes());
+        wb.put_cf(&cf, raft_key(self.range_id, KIND_TRUNCATED, 0), v);
+        let mut c = self.cache.lock();
+        c.truncated_index = index;
+        c.truncated_term = term;
+        Ok(())
+    }
+
+    /// Replaces the log with a received snapshot's position and conf state.
+    pub fn stage_snapshot(&self, wb: &mut WriteBatch, snap: &Snapshot) -> anyhow::Result<()> {
+        let md = snap.get_metadata();
+        let cf = self.db.cf_handle(CF_RAFT).expect("raft cf");
+        wb.delete_range_cf(
+            &cf,
+            raft_key(self.range_id, KIND_ENTRY, 0),
+            raft_key(self.range_id, KIND_ENTRY, u64::MAX),
+        );
+        let mut v = md.index.to_be_bytes().to_vec();
+        v.extend_from_slice(&md.term.to_be_bytes());
+        wb.put_cf(&cf, raft_key(self.range_id, KIND_TRUNCATED, 0), v);
+        wb.put_cf(&cf, raft_key(self.range_id, KIND_CONF_STATE, 0), md.get_conf_state().write_to_bytes()?);
+        let mut c = self.cache.lock();
+        c.truncated_index = md.index;
+        c.truncated_term = md.term;
+        c.last_index = md.index;
+        c.last_term = md.term;
+        c.conf_state = md.get_conf_state().clone();
+        if c.hard_state.commit < md.index {
+            c.hard_state.commit = md.index;
+        }
+        if c.hard_state.term < md.term {
+            c.hard_state.term = md.term;
+        }
+        wb.put_cf(&cf, raft_key(self.range_id, KIND_HARD_STATE, 0), c.hard_state.write_to_bytes()?);
+        drop(c);
+        self.stage_applied(wb, md.index);
+        Ok(())
+    }
+
+    /// Deletes every trace of this replica's raft state (replica removed).
+    pub fn stage_destroy(&self, wb: &mut WriteBatch) {
+        let cf = self.db.cf_handle(CF_RAFT).expect("raft cf");
+        wb.delete_range_cf(
+            &cf,
+            raft_key(self.range_id, 0, 0),
+            raft_key(self.range_id, u8::MAX, u64::MAX),
+        );
+    }
 }
 
 impl raft::Storage for RaftStorage {
@@ -245,6 +345,9 @@ impl raft::Storage for RaftStorage {
         _ctx: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
         let max = max_size.into().unwrap_or(u64::MAX);
+        if low <= self.cache.lock().truncated_index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
         let cf = self.db.cf_handle(CF_RAFT).expect("raft cf");
         let mut it = self.db.raw_iterator_cf(&cf);
         it.seek(raft_key(self.range_id, KIND_ENTRY, low));
@@ -282,6 +385,12 @@ impl raft::Storage for RaftStorage {
             if idx == c.last_index {
                 return Ok(c.last_term);
             }
+            if idx == c.truncated_index {
+                return Ok(c.truncated_term);
+            }
+            if idx < c.truncated_index {
+                return Err(raft::Error::Store(StorageError::Compacted));
+            }
             if idx > c.last_index {
                 return Err(raft::Error::Store(StorageError::Unavailable));
             }
@@ -298,18 +407,31 @@ impl raft::Storage for RaftStorage {
     }
 
     fn first_index(&self) -> raft::Result<u64> {
-        Ok(1)
+        Ok(self.cache.lock().truncated_index + 1)
     }
 
     fn last_index(&self) -> raft::Result<u64> {
         Ok(self.cache.lock().last_index)
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // The log is never truncated, so a follower can always catch up from it.
-        Err(raft::Error::Store(
-            StorageError::SnapshotTemporarilyUnavailable,
-        ))
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let builder = self.snapshots.lock().clone();
+        let Some(build) = builder else {
+            return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
+        };
+        // Built from the applied state; the raft thread applies synchronously,
+        // so the data is exactly the state at `index`.
+        let (index, data) = build().map_err(storage_err)?;
+        if index < request_index {
+            return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
+        }
+        let mut snap = Snapshot::default();
+        snap.data = data.into();
+        let md = snap.mut_metadata();
+        md.index = index;
+        md.term = self.term(index)?;
+        md.set_conf_state(self.cache.lock().conf_state.clone());
+        Ok(snap)
     }
 }
 

@@ -218,7 +218,15 @@ async fn heartbeat(
                     addrs.insert(n.id, n.addr);
                 }
                 for d in resp.ranges {
-                    if !ranges.contains_key(&d.id) && store.send(StoreMsg::Create(d)).await.is_err()
+                    // Placement creates replicas here only for the first range
+                    // and for learners being added; split halves are created
+                    // by the split itself.
+                    let epoch = d.epoch.unwrap_or_default();
+                    let bootstrap = d.id == 1 && epoch.conf_ver == 1 && epoch.version == 1;
+                    let learner_here = d.peers.iter().any(|p| p.node_id == node_id && p.learner);
+                    if (bootstrap || learner_here)
+                        && !ranges.contains_key(&d.id)
+                        && store.send(StoreMsg::Create(d)).await.is_err()
                     {
                         return;
                     }

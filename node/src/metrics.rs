@@ -396,9 +396,15 @@ pub async fn serve(
     })
 }
 
-/// Computes the live-state gauges from `db` and `ranges` at every scrape.
+/// Computes the live-state gauges from `db` and `ranges` at every scrape (for as
+/// long as the node keeps them: only weak references are held).
 pub fn watch_state(db: Arc<rocksdb::DB>, ranges: Ranges) {
-    strata_proto::telemetry::on_scrape(move || refresh(&db, &ranges));
+    let (db, ranges) = (Arc::downgrade(&db), Arc::downgrade(&ranges));
+    strata_proto::telemetry::on_scrape(move || {
+        if let (Some(db), Some(ranges)) = (db.upgrade(), ranges.upgrade()) {
+            refresh(&db, &ranges);
+        }
+    });
 }
 
 /// Makes `/ready` answer 200.

@@ -15,7 +15,7 @@ use strata_proto::etcdutil::{txn_writes, KeyRange};
 use strata_proto::oracle::Oracle;
 use strata_proto::strata::node_server::Node;
 use strata_proto::strata::{
-    FeedEvent, FeedMessage, FeedRequest, KvKind, KvRequest, KvResponse, NodeStatusRequest,
+    AdminKind, AdminRequest, AdminResponse, FeedEvent, FeedMessage, FeedRequest, KvKind, KvRequest, KvResponse, NodeStatusRequest,
     NodeStatusResponse, RaftAck, RaftBatch, RangeStatus, RouteError, RouteErrorKind,
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -189,12 +189,48 @@ type FeedStream = Pin<Box<dyn Stream<Item = Result<FeedMessage, Status>> + Send>
 #[tonic::async_trait]
 impl Node for NodeService {
     async fn raft(&self, req: Request<RaftBatch>) -> Result<Response<RaftAck>, Status> {
-        for env in req.into_inner().msgs {
+        let batch = req.into_inner();
+        let from_node = batch.from_node;
+        for mut env in batch.msgs {
+            env.from_node = from_node;
             crate::metrics::raft_in(env.message.len());
             // Full inbox: drop, raft retransmits.
             let _ = self.store.try_send(StoreMsg::Raft(env));
         }
         Ok(Response::new(RaftAck {}))
+    }
+
+    async fn admin(&self, req: Request<AdminRequest>) -> Result<Response<AdminResponse>, Status> {
+        let req = req.into_inner();
+        let r = match self.replica(req.range_id, req.epoch) {
+            Ok(r) => r,
+            Err(e) => return Ok(Response::new(AdminResponse { error: Some(e) })),
+        };
+        if !r.is_leader() {
+            return Ok(Response::new(AdminResponse {
+                error: Some(Self::not_leader_err(&r)),
+            }));
+        }
+        let kind = AdminKind::try_from(req.kind).unwrap_or(AdminKind::AdminNone);
+        let peer = req.peer.unwrap_or_default();
+        let (tx, rx) = oneshot::channel();
+        self.store
+            .send(StoreMsg::Admin {
+                range_id: req.range_id,
+                kind,
+                peer,
+                reply: tx,
+            })
+            .await
+            .map_err(|_| Status::unavailable("strata: store stopped"))?;
+        match rx.await {
+            Ok(Ok(())) => Ok(Response::new(AdminResponse { error: None })),
+            Ok(Err(s)) if s.code() == Code::Aborted => Ok(Response::new(AdminResponse {
+                error: Some(Self::not_leader_err(&r)),
+            })),
+            Ok(Err(s)) => Err(s),
+            Err(_) => Err(errors::leader_changed()),
+        }
     }
 
     async fn kv(&self, req: Request<KvRequest>) -> Result<Response<KvResponse>, Status> {

@@ -89,6 +89,7 @@ impl SplitChecker {
             .map(|(i, p)| Peer {
                 id: ids.first_peer_id + i as u64,
                 node_id: p.node_id,
+                learner: p.learner,
             })
             .collect();
         let cmd = SplitCommand {

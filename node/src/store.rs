@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use prost::Message as _;
 use protobuf::Message as _;
-use raft::eraftpb::{Entry, EntryType, Message as RaftMessage};
+use raft::eraftpb::{
+    ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, EntryType, Message as RaftMessage,
+};
 use raft::{RawNode, StateRole};
 use rocksdb::{WriteBatch, DB};
 use strata_proto::errors;
@@ -27,7 +29,8 @@ use strata_proto::etcd::{
     PbTxnRequest,
 };
 use strata_proto::strata::{
-    Epoch, FeedMessage, KvKind, RaftEnvelope, RangeCommand, RangeDescriptor, SplitCommand,
+    AdminKind, Epoch, FeedMessage, KvKind, Peer, RaftEnvelope, RangeCommand, RangeDescriptor,
+    SplitCommand,
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tonic::Status;
@@ -67,6 +70,13 @@ pub enum StoreMsg {
     },
     Create(RangeDescriptor),
     Tick,
+    /// A replica change or leader transfer, on the range leader.
+    Admin {
+        range_id: u64,
+        kind: AdminKind,
+        peer: Peer,
+        reply: oneshot::Sender<Result<(), Status>>,
+    },
 }
 
 /// What async code may look at without asking the raft thread.
@@ -143,6 +153,11 @@ pub struct Store {
     logger: slog::Logger,
     tick_every: Duration,
     next_ctx: u64,
+    /// Peer → node, learned from incoming messages (a new learner does not
+    /// know its peers' nodes until its snapshot arrives).
+    peer_nodes: HashMap<u64, u64>,
+    /// Ranges whose replica was removed here → conf_ver at removal.
+    destroyed: HashMap<u64, u64>,
 }
 
 fn raft_config(peer_id: u64, applied: u64) -> raft::Config {
@@ -196,6 +211,8 @@ impl Store {
             logger: slog::Logger::root(slog::Discard, slog::o!()),
             tick_every,
             next_ctx: 1,
+            peer_nodes: HashMap::new(),
+            destroyed: HashMap::new(),
         }
     }
 
@@ -230,7 +247,13 @@ impl Store {
             anyhow::bail!("range {} has no peer on node {}", desc.id, self.node_id);
         };
         let peer_id = me.id;
-        let voters: Vec<u64> = desc.peers.iter().map(|p| p.id).collect();
+        // A replica added as a learner starts empty and waits for a snapshot;
+        // the first range's replicas (and split halves) start with the voters.
+        let voters: Vec<u64> = if me.learner {
+            Vec::new()
+        } else {
+            desc.peers.iter().filter(|p| !p.learner).map(|p| p.id).collect()
+        };
         let storage = RaftStorage::open(self.db.clone(), desc.id, &voters)?;
         let applied = storage.applied_index()?;
         let cf = self.db.cf_handle(CF_META).expect("meta cf");
@@ -259,6 +282,7 @@ impl Store {
             approx_keys: AtomicU64::new(0),
             approx_bytes: AtomicU64::new(0),
         });
+        raw.store().set_snapshot_builder(snapshot_builder(self.db.clone(), shared.clone()));
         self.ranges.insert(desc.id, shared.clone());
         self.replicas.insert(
             desc.id,
@@ -321,11 +345,20 @@ impl Store {
         match m {
             StoreMsg::Tick => {}
             StoreMsg::Create(desc) => {
+                // A replica removed from this node is not recreated from a
+                // directory entry that predates its removal.
+                let conf_ver = desc.epoch.unwrap_or_default().conf_ver;
+                if self.destroyed.get(&desc.id).is_some_and(|v| *v >= conf_ver) {
+                    return;
+                }
                 if let Err(e) = self.create(desc) {
                     tracing::warn!("cannot create replica: {e:#}");
                 }
             }
             StoreMsg::Raft(env) => {
+                if env.from_node != 0 {
+                    self.peer_nodes.insert(env.from_peer, env.from_node);
+                }
                 let Some(r) = self.replicas.get_mut(&env.range_id) else {
                     return; // unknown range: placement will tell us if it is ours
                 };
@@ -340,6 +373,15 @@ impl Store {
                     }
                     Err(e) => tracing::warn!("bad raft message from node: {e}"),
                 }
+            }
+            StoreMsg::Admin {
+                range_id,
+                kind,
+                peer,
+                reply,
+            } => {
+                let res = self.admin(range_id, kind, peer);
+                let _ = reply.send(res);
             }
             StoreMsg::Propose {
                 range_id,
@@ -427,6 +469,7 @@ impl Store {
         let mut pending = 0;
         for (id, r) in self.replicas.iter_mut() {
             r.raw.tick();
+            promote_caught_up_learners(r);
             pending += r.proposals.len();
             // ReadIndex requests are dropped by a leader that has not yet
             // committed in its term; re-issue them, and fail expired ones.
@@ -455,7 +498,13 @@ impl Store {
         }
         let desc = shared.desc.read();
         for m in msgs {
-            let Some(to) = desc.peers.iter().find(|p| p.id == m.to) else {
+            let to_node = desc
+                .peers
+                .iter()
+                .find(|p| p.id == m.to)
+                .map(|p| p.node_id)
+                .or_else(|| self.peer_nodes.get(&m.to).copied());
+            let Some(to_node) = to_node else {
                 continue;
             };
             crate::metrics::sending(&m);
@@ -463,13 +512,14 @@ impl Store {
                 continue;
             };
             self.transport.send(
-                to.node_id,
+                to_node,
                 RaftEnvelope {
                     range_id: desc.id,
                     epoch: desc.epoch,
                     from_peer: m.from,
                     to_peer: m.to,
                     message: bytes,
+                    from_node: self.node_id,
                 },
             );
         }
@@ -488,6 +538,7 @@ impl Store {
         // Phase 1: send, and stage all appends into one batch.
         let mut wb = WriteBatch::default();
         let mut readies = Vec::with_capacity(ids.len());
+        let mut snapshots = Vec::new();
         let mut appended = 0;
         for id in ids {
             let r = self.replicas.get_mut(&id).expect("replica");
@@ -504,19 +555,37 @@ impl Store {
             if let Some(hs) = rd.hs() {
                 shared.term.store(hs.term, Ordering::Release);
             }
-            anyhow::ensure!(
-                rd.snapshot().data.is_empty() && rd.snapshot().get_metadata().index == 0,
-                "snapshots are not supported in this version"
-            );
+            if !rd.snapshot().is_empty() {
+                let st = stage_snapshot_data(&self.db, &mut wb, r.raw.store(), rd.snapshot())?;
+                snapshots.push((id, st));
+            }
             r.raw.store().stage_append(&mut wb, rd.entries(), rd.hs())?;
             appended += rd.entries().len();
+            let snaps: Vec<u64> = msgs
+                .iter()
+                .filter(|m| m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot)
+                .map(|m| m.to)
+                .collect();
             self.send(&shared, msgs);
+            let r = self.replicas.get_mut(&id).expect("replica");
+            for to in snaps {
+                r.raw.report_snapshot(to, raft::SnapshotStatus::Finish);
+            }
             readies.push((id, rd));
         }
         crate::metrics::ready_round(appended, readies.len(), wb.size_in_bytes());
         if !wb.is_empty() {
             let _fsync = crate::metrics::WAL_FSYNC.start_timer();
             engine::write(&self.db, wb, true)?;
+        }
+        for (id, (desc, compacted, applied_rev, index)) in snapshots {
+            let r = self.replicas.get_mut(&id).expect("replica");
+            *r.shared.desc.write() = desc;
+            r.shared.compacted.store(compacted, Ordering::Release);
+            r.shared.applied_rev.store(applied_rev, Ordering::Release);
+            r.shared.applied_index.store(index, Ordering::Release);
+            tracing::info!(range = id, index, "snapshot applied");
+            crate::metrics::SNAPSHOTS_APPLIED.inc();
         }
         // Phase 2: after the fsync.
         for (id, mut rd) in readies {
@@ -536,7 +605,9 @@ impl Store {
             self.send(&shared, persisted);
             let committed = rd.take_committed_entries();
             self.apply(id, committed)?;
-            let r = self.replicas.get_mut(&id).expect("replica");
+            let Some(r) = self.replicas.get_mut(&id) else {
+                continue; // destroyed: this node's replica was removed
+            };
             let mut light = r.raw.advance(rd);
             let commit = light.commit_index();
             let msgs = light.take_messages();
@@ -546,9 +617,19 @@ impl Store {
             // state of the entries it covers (see `apply`), never ahead of them.
             let _ = commit;
             self.apply(id, committed)?;
-            let r = self.replicas.get_mut(&id).expect("replica");
+            let Some(r) = self.replicas.get_mut(&id) else {
+                continue;
+            };
             r.raw.advance_apply();
             complete_reads(r);
+            // Keep the log bounded: entries well behind the applied index go;
+            // a follower that still needs them gets a snapshot instead.
+            let applied = r.raw.raft.raft_log.applied;
+            if applied > r.raw.store().truncated_index() + LOG_KEEP_ENTRIES * 2 {
+                let mut wb = WriteBatch::default();
+                r.raw.store().stage_truncate(&mut wb, applied - LOG_KEEP_ENTRIES)?;
+                engine::write(&self.db, wb, false)?;
+            }
         }
         Ok(())
     }
@@ -565,7 +646,13 @@ impl Store {
             let mut result: Result<Vec<u8>, Status> = Ok(Vec::new());
             let mut feed_msg = None;
             let mut child = None;
-            if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
+            let mut destroy = false;
+            if e.get_entry_type() == EntryType::EntryConfChangeV2 {
+                let removed_self = self.apply_conf_change(range_id, &e, &mut wb)?;
+                if removed_self {
+                    destroy = true;
+                }
+            } else if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
                 match RangeCommand::decode(&e.data[..]) {
                     Ok(cmd) => {
                         let (res, msg, c) = self.exec(range_id, &cmd, &mut wb)?;
@@ -602,6 +689,10 @@ impl Store {
                 } else {
                     let _ = p.reply.send(Err(errors::leader_changed()));
                 }
+            }
+            if destroy {
+                self.destroy(range_id)?;
+                return Ok(());
             }
             if let Some(child) = child {
                 let child_id = child.id;
@@ -796,6 +887,229 @@ fn keys_within(kind: KvKind, request: &[u8], kr: &KeyRange) -> bool {
         _ => return true,
     }
     keys.iter().all(|k| kr.covers(k))
+}
+
+impl Store {
+    fn admin(&mut self, range_id: u64, kind: AdminKind, peer: Peer) -> Result<(), Status> {
+        let Some(r) = self.replicas.get_mut(&range_id) else {
+            return Err(Status::not_found("strata: range not found"));
+        };
+        if r.raw.raft.state != StateRole::Leader {
+            return Err(crate::service::not_leader());
+        }
+        let change = |t: ConfChangeType| {
+            let mut c = ConfChangeSingle::default();
+            c.set_change_type(t);
+            c.node_id = peer.id;
+            let mut cc = ConfChangeV2::default();
+            cc.set_changes(vec![c].into());
+            cc
+        };
+        let cc = match kind {
+            AdminKind::TransferLeader => {
+                r.raw.transfer_leader(peer.id);
+                return Ok(());
+            }
+            AdminKind::AddLearner => {
+                // The new replica must start from a snapshot of the range's
+                // data (a split range's log does not hold all of it): drop the
+                // applied log so the leader sends one.
+                let applied = r.raw.raft.raft_log.applied;
+                let mut wb = WriteBatch::default();
+                r.raw
+                    .store()
+                    .stage_truncate(&mut wb, applied)
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                engine::write(&self.db, wb, true).map_err(|e| Status::internal(e.to_string()))?;
+                change(ConfChangeType::AddLearnerNode)
+            }
+            AdminKind::RemovePeer => change(ConfChangeType::RemoveNode),
+            AdminKind::AdminNone => return Err(Status::invalid_argument("strata: no admin kind")),
+        };
+        r.raw
+            .propose_conf_change(peer.encode_to_vec(), cc)
+            .map_err(|e| Status::unavailable(format!("strata: conf change refused: {e}")))
+    }
+
+    /// Applies a membership change; returns whether this replica was removed.
+    fn apply_conf_change(&mut self, range_id: u64, e: &Entry, wb: &mut WriteBatch) -> anyhow::Result<bool> {
+        let r = self.replicas.get_mut(&range_id).expect("replica");
+        let cc = ConfChangeV2::parse_from_bytes(&e.data)?;
+        let cs = match r.raw.apply_conf_change(&cc) {
+            Ok(cs) => cs,
+            Err(err) => {
+                tracing::warn!(range = range_id, "conf change not applied: {err}");
+                return Ok(false);
+            }
+        };
+        r.raw.store().stage_conf_state(wb, &cs)?;
+        let peer = Peer::decode(&e.context[..]).unwrap_or_default();
+        let mut desc = r.shared.desc.read().clone();
+        let mut removed_self = false;
+        for c in cc.get_changes() {
+            match c.get_change_type() {
+                ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                    let learner = c.get_change_type() == ConfChangeType::AddLearnerNode;
+                    let node_id = desc
+                        .peers
+                        .iter()
+                        .find(|p| p.id == c.node_id)
+                        .map(|p| p.node_id)
+                        .unwrap_or(peer.node_id);
+                    desc.peers.retain(|p| p.id != c.node_id);
+                    desc.peers.push(Peer { id: c.node_id, node_id, learner });
+                }
+                ConfChangeType::RemoveNode => {
+                    desc.peers.retain(|p| p.id != c.node_id);
+                    if c.node_id == r.shared.peer_id {
+                        removed_self = true;
+                    }
+                }
+            }
+        }
+        let mut epoch = desc.epoch.unwrap_or_default();
+        epoch.conf_ver += 1;
+        desc.epoch = Some(epoch);
+        let cf = self.db.cf_handle(CF_META).expect("meta cf");
+        wb.put_cf(&cf, meta_key_desc(range_id), desc.encode_to_vec());
+        tracing::info!(range = range_id, conf_ver = epoch.conf_ver, peers = ?desc.peers, "membership changed");
+        *r.shared.desc.write() = desc;
+        Ok(removed_self)
+    }
+
+    /// Deletes a replica that was removed from its range.
+    fn destroy(&mut self, range_id: u64) -> anyhow::Result<()> {
+        let Some(r) = self.replicas.remove(&range_id) else {
+            return Ok(());
+        };
+        self.ranges.remove(&range_id);
+        let conf_ver = r.shared.epoch().conf_ver;
+        self.destroyed.insert(range_id, conf_ver);
+        fail_leader_state(&mut { r });
+        let desc = self
+            .db
+            .get_cf(&self.db.cf_handle(CF_META).expect("meta cf"), meta_key_desc(range_id))?
+            .and_then(|b| RangeDescriptor::decode(&b[..]).ok());
+        let mut wb = WriteBatch::default();
+        RaftStorage::open(self.db.clone(), range_id, &[])?.stage_destroy(&mut wb);
+        if let Some(d) = desc {
+            delete_data(&self.db, &mut wb, &desc_range(&d))?;
+        }
+        let cf = self.db.cf_handle(CF_META).expect("meta cf");
+        for k in [meta_key_desc(range_id), meta_key_compacted(range_id), meta_key_maxrev(range_id)] {
+            wb.delete_cf(&cf, k);
+        }
+        engine::write(&self.db, wb, true)?;
+        tracing::info!(range = range_id, "replica removed from this node");
+        Ok(())
+    }
+}
+
+/// Raft log entries kept behind the applied index before truncation.
+const LOG_KEEP_ENTRIES: u64 = 5000;
+
+/// On the leader: a learner whose log caught up with the commit index is
+/// promoted to voter (one membership change at a time).
+fn promote_caught_up_learners(r: &mut Replica) {
+    if r.raw.raft.state != StateRole::Leader {
+        return;
+    }
+    let committed = r.raw.raft.raft_log.committed;
+    if r.raw.raft.pending_conf_index > r.raw.raft.raft_log.applied {
+        return; // a membership change is still in flight
+    }
+    let learners: Vec<u64> = r.raw.raft.prs().conf().learners().iter().copied().collect();
+    for id in learners {
+        let caught_up = r.raw.raft.prs().get(id).is_some_and(|p| p.matched >= committed);
+        if !caught_up {
+            continue;
+        }
+        let node_id = r.shared.desc.read().peers.iter().find(|p| p.id == id).map_or(0, |p| p.node_id);
+        let mut c = ConfChangeSingle::default();
+        c.set_change_type(ConfChangeType::AddNode);
+        c.node_id = id;
+        let mut cc = ConfChangeV2::default();
+        cc.set_changes(vec![c].into());
+        let ctx = Peer { id, node_id, learner: false }.encode_to_vec();
+        if r.raw.propose_conf_change(ctx, cc).is_ok() {
+            tracing::info!(peer = id, "promoting caught-up learner");
+        }
+        return;
+    }
+}
+
+/// Deletes every MVCC version of `kr` (this node no longer hosts it).
+fn delete_data(db: &DB, wb: &mut WriteBatch, kr: &KeyRange) -> anyhow::Result<()> {
+    let cf = db.cf_handle(crate::engine::CF_DATA).expect("data cf");
+    let mut it = db.raw_iterator_cf(&cf);
+    it.seek(crate::mvcc::enc_key(&kr.start));
+    let end = kr.end.as_ref().map(|e| crate::mvcc::enc_key(e));
+    while it.valid() {
+        let Some(k) = it.key() else { break };
+        if end.as_ref().is_some_and(|e| k >= e.as_slice()) {
+            break;
+        }
+        wb.delete_cf(&cf, k);
+        it.next();
+    }
+    it.status()?;
+    Ok(())
+}
+
+/// A range's snapshot: every MVCC version in it plus its revision state, taken
+/// on the raft thread at the applied index.
+fn snapshot_builder(db: Arc<DB>, shared: Arc<RangeShared>) -> crate::engine::SnapshotBuilder {
+    Arc::new(move || {
+        let desc = shared.desc.read().clone();
+        let index = shared.applied_index.load(Ordering::Acquire);
+        let kr = desc_range(&desc);
+        let cf = db.cf_handle(crate::engine::CF_DATA).expect("data cf");
+        let mut it = db.raw_iterator_cf(&cf);
+        it.seek(crate::mvcc::enc_key(&kr.start));
+        let end = kr.end.as_ref().map(|e| crate::mvcc::enc_key(e));
+        let mut data = strata_proto::strata::RangeSnapshotData {
+            desc: Some(desc),
+            compacted: shared.compacted.load(Ordering::Acquire),
+            applied_revision: shared.applied_rev.load(Ordering::Acquire),
+            ..Default::default()
+        };
+        while it.valid() {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else { break };
+            if end.as_ref().is_some_and(|e| k >= e.as_slice()) {
+                break;
+            }
+            data.keys.push(k.to_vec());
+            data.values.push(v.to_vec());
+            it.next();
+        }
+        it.status()?;
+        Ok((index, data.encode_to_vec()))
+    })
+}
+
+/// Stages a received snapshot: replaces the range's MVCC data, descriptor,
+/// revision state and raft log position. Returns the state to publish once
+/// the batch is durable.
+fn stage_snapshot_data(
+    db: &DB,
+    wb: &mut WriteBatch,
+    storage: &RaftStorage,
+    snap: &raft::eraftpb::Snapshot,
+) -> anyhow::Result<(RangeDescriptor, i64, i64, u64)> {
+    let data = strata_proto::strata::RangeSnapshotData::decode(&snap.data[..])?;
+    let desc = data.desc.ok_or_else(|| anyhow::anyhow!("snapshot without descriptor"))?;
+    anyhow::ensure!(data.keys.len() == data.values.len(), "corrupt snapshot");
+    delete_data(db, wb, &desc_range(&desc))?;
+    let cf = db.cf_handle(crate::engine::CF_DATA).expect("data cf");
+    for (k, v) in data.keys.iter().zip(&data.values) {
+        wb.put_cf(&cf, k, v);
+    }
+    let meta = db.cf_handle(CF_META).expect("meta cf");
+    wb.put_cf(&meta, meta_key_desc(desc.id), desc.encode_to_vec());
+    wb.put_cf(&meta, meta_key_compacted(desc.id), data.compacted.to_be_bytes());
+    wb.put_cf(&meta, meta_key_maxrev(desc.id), data.applied_revision.to_be_bytes());
+    storage.stage_snapshot(wb, snap)?;
+    Ok((desc, data.compacted, data.applied_revision, snap.get_metadata().index))
 }
 
 pub fn desc_range(desc: &RangeDescriptor) -> KeyRange {

@@ -1,6 +1,20 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = n.parse().map_err(|_| format!("invalid duration {s:?}: use e.g. 500ms, 30s, 10m"))?;
+    let ms = match unit {
+        "ms" => n,
+        "" | "s" => n * 1000,
+        "m" => n * 60_000,
+        "h" => n * 3_600_000,
+        _ => return Err(format!("invalid duration {s:?}: use e.g. 500ms, 30s, 10m")),
+    };
+    Ok(std::time::Duration::from_millis(ms))
+}
+
 /// Command-line configuration of the placement service (`strata-placement`).
 #[derive(clap::Args, Debug, Clone)]
 pub struct PlacementConfig {
@@ -13,6 +27,10 @@ pub struct PlacementConfig {
     /// Replicas per range; the first range is created once this many nodes registered.
     #[arg(long, default_value_t = 3)]
     pub replicas: usize,
+    /// A node without heartbeats this long is considered dead: its replicas are
+    /// re-created on other nodes (e.g. 30s, 10m).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub node_down_after: std::time::Duration,
     /// Address to serve Prometheus /metrics, /health and /ready on (optional).
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,

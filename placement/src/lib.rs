@@ -4,7 +4,9 @@
 
 mod config;
 pub mod metrics;
+pub mod operator;
 pub mod replica;
+pub mod scheduler;
 pub mod service;
 pub mod state;
 
@@ -37,6 +39,7 @@ pub async fn run(cfg: PlacementConfig) -> anyhow::Result<PlacementHandle> {
     let svc = service::PlacementService::new(rep, cfg.replicas);
     metrics::watch_state(svc.clone());
     tokio::spawn(svc.clone().expire_leases());
+    tokio::spawn(operator::run(svc.clone(), cfg.node_down_after, 4));
     let server = tonic::transport::Server::builder()
         .layer(metrics::grpc_layer())
         .add_service(PlacementServer::new(service::Svc(svc)))

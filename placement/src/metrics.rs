@@ -121,17 +121,36 @@ pub static WINDOWS: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("register")
 });
 
-/// Scheduler operators (add/remove replica, transfer leader, split) by kind and
-/// outcome; placement has no scheduler yet, so no series exist.
+/// Scheduler operators (see `operator.rs`) by kind and outcome.
 pub static OPERATORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "strata_placement_operators_total",
-        "Scheduler operators by kind (add_replica, remove_replica, transfer_leader, split) \
-         and outcome (success, failure, timeout).",
+        "Scheduler operators carried out, by kind (add_learner, remove_replica, \
+         transfer_leader) and outcome (success, failure).",
         &["kind", "outcome"]
     )
     .expect("register")
 });
+
+/// Operator kinds as labelled in `strata_placement_operators_total`.
+pub const OPERATOR_KINDS: &[&str] = &["add_learner", "remove_replica", "transfer_leader"];
+
+/// Runs one scheduler operator and counts it by kind and outcome.
+pub async fn operator<T, E>(
+    op: &crate::scheduler::Op,
+    run: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    use crate::scheduler::Op;
+    let kind = match op {
+        Op::AddLearner { .. } => "add_learner",
+        Op::RemovePeer { .. } => "remove_replica",
+        Op::TransferLeader { .. } => "transfer_leader",
+    };
+    let result = run.await;
+    let outcome = if result.is_ok() { "success" } else { "failure" };
+    OPERATORS.with_label_values(&[kind, outcome]).inc();
+    result
+}
 
 /// Counts one oracle allocation of `count` revisions, after which `next` is the
 /// next revision to hand out.
@@ -192,7 +211,11 @@ pub fn init() {
         LazyLock::force(c);
     }
     LazyLock::force(&BATCH_SIZE);
-    LazyLock::force(&OPERATORS);
+    for kind in OPERATOR_KINDS {
+        for outcome in ["success", "failure"] {
+            OPERATORS.with_label_values(&[kind, outcome]);
+        }
+    }
 }
 
 /// Refreshes the gauges computed from placement's state (runs before each scrape).
@@ -250,9 +273,15 @@ pub async fn serve(addr: Option<std::net::SocketAddr>) -> anyhow::Result<Option<
     })
 }
 
-/// Computes the cluster gauges from `svc` at every scrape.
+/// Computes the cluster gauges from `svc` at every scrape (for as long as it lives:
+/// only a weak reference is held).
 pub fn watch_state(svc: Arc<PlacementService>) {
-    strata_proto::telemetry::on_scrape(move || refresh(&svc));
+    let svc = Arc::downgrade(&svc);
+    strata_proto::telemetry::on_scrape(move || {
+        if let Some(svc) = svc.upgrade() {
+            refresh(&svc);
+        }
+    });
 }
 
 /// Makes `/ready` answer 200.

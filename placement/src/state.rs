@@ -50,6 +50,9 @@ pub struct StoredRange {
     pub version: u64,
     /// (peer id, node id)
     pub peers: Vec<(u64, u64)>,
+    /// Peers (ids) that are learners: being added, not yet voting.
+    #[serde(default)]
+    pub learners: Vec<u64>,
 }
 
 impl StoredRange {
@@ -65,7 +68,11 @@ impl StoredRange {
             peers: self
                 .peers
                 .iter()
-                .map(|&(id, node_id)| Peer { id, node_id })
+                .map(|&(id, node_id)| Peer {
+                    id,
+                    node_id,
+                    learner: self.learners.contains(&id),
+                })
                 .collect(),
         }
     }
@@ -113,6 +120,7 @@ impl StoredRange {
             conf_ver: e.conf_ver,
             version: e.version,
             peers: d.peers.iter().map(|p| (p.id, p.node_id)).collect(),
+            learners: d.peers.iter().filter(|p| p.learner).map(|p| p.id).collect(),
         }
     }
 
@@ -163,6 +171,7 @@ impl State {
                         conf_ver: 1,
                         version: 1,
                         peers,
+                        learners: Vec::new(),
                     },
                 );
                 Outcome::Ok
@@ -314,6 +323,7 @@ mod tests {
             conf_ver: 1,
             version: 2,
             peers: vec![(4, 1), (5, 2), (6, 3)],
+            learners: vec![],
         };
         assert_eq!(
             s.apply(&Command::UpdateRange {

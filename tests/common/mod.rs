@@ -470,13 +470,15 @@ fn launch_strata(
         .arg(data_dir)
         .args(["--listen-client", &format!("127.0.0.1:{client_port}")])
         .args(["--base-port", &base_port.to_string()])
-        .args(["--nodes", "3"])
         .args([
             "--watch-progress-notify-interval",
             &format!("{PROGRESS_NOTIFY_INTERVAL_SECS}s"),
         ])
-        .args(extra)
-        .stdin(Stdio::null())
+        .args(extra);
+    if !extra.iter().any(|a| a == "--nodes") {
+        cmd.args(["--nodes", "3"]);
+    }
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log_file(log_dir, "stderr.log"));
     cmd.env(MARKER_VAR, marker);

@@ -1,0 +1,115 @@
+//! Runs the scheduler once a second and carries out its operators by asking
+//! range leaders (`Node.Admin`) to change membership or hand over leadership.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use strata_proto::strata::node_client::NodeClient;
+use strata_proto::strata::{AdminKind, AdminRequest, Peer};
+use tonic::Request;
+
+use crate::scheduler::{schedule, Config, NodeView, Op, RangeView};
+use crate::service::PlacementService;
+use crate::state::{Command, Outcome};
+
+const TICK: Duration = Duration::from_secs(1);
+/// A range with an operator in flight is left alone this long.
+const OP_COOLDOWN: Duration = Duration::from_secs(5);
+/// A node without a heartbeat this long is shown as down (not yet replaced).
+const NODE_UP_WINDOW: Duration = Duration::from_secs(3);
+
+pub async fn run(svc: Arc<PlacementService>, node_down_after: Duration, max_ops: usize) {
+    let mut iv = tokio::time::interval(TICK);
+    let mut recent: HashMap<u64, Instant> = HashMap::new();
+    let started = Instant::now();
+    loop {
+        iv.tick().await;
+        // Give nodes a chance to heartbeat after a placement restart.
+        if started.elapsed() < NODE_UP_WINDOW {
+            continue;
+        }
+        recent.retain(|_, t| t.elapsed() < OP_COOLDOWN);
+        let (nodes, ranges) = snapshot(&svc, node_down_after);
+        let busy: HashSet<u64> = recent.keys().copied().collect();
+        let ops = schedule(&nodes, &ranges, &busy, &Config { replicas: svc.replicas, max_ops });
+        for op in ops {
+            recent.insert(op.range(), Instant::now());
+            tracing::info!(?op, "scheduling");
+            if let Err(e) = crate::metrics::operator(&op, execute(&svc, &op)).await {
+                tracing::warn!(?op, "operator failed: {e:#}");
+            }
+        }
+    }
+}
+
+fn snapshot(svc: &PlacementService, node_down_after: Duration) -> (Vec<NodeView>, Vec<RangeView>) {
+    let st = svc.rep.state();
+    let seen = svc.last_seen.lock();
+    let nodes = st
+        .nodes
+        .keys()
+        .map(|id| {
+            let age = seen.get(id).map(|t| t.elapsed());
+            NodeView {
+                id: *id,
+                up: age.is_some_and(|a| a < NODE_UP_WINDOW),
+                dead: age.is_none_or(|a| a >= node_down_after),
+            }
+        })
+        .collect();
+    let leaders = svc.leaders.lock();
+    let ranges = st
+        .ranges
+        .values()
+        .map(|r| RangeView {
+            range: r.clone(),
+            leader_node: leaders.get(&r.id).map_or(0, |h| h.node),
+        })
+        .collect();
+    (nodes, ranges)
+}
+
+async fn execute(svc: &PlacementService, op: &Op) -> anyhow::Result<()> {
+    let (range_id, kind, peer) = match *op {
+        Op::AddLearner { range, node } => {
+            let Outcome::Ids { first_peer_id, .. } = svc
+                .rep
+                .propose(Command::AllocIds { ranges: 0, peers: 1 })
+                .await?
+            else {
+                anyhow::bail!("no peer id");
+            };
+            (range, AdminKind::AddLearner, Peer { id: first_peer_id, node_id: node, learner: true })
+        }
+        Op::RemovePeer { range, peer, node } => {
+            (range, AdminKind::RemovePeer, Peer { id: peer, node_id: node, learner: false })
+        }
+        Op::TransferLeader { range, peer, node } => {
+            (range, AdminKind::TransferLeader, Peer { id: peer, node_id: node, learner: false })
+        }
+    };
+    let (desc, addr) = {
+        let st = svc.rep.state();
+        let r = st.ranges.get(&range_id).ok_or_else(|| anyhow::anyhow!("range gone"))?;
+        let leader = svc.leaders.lock().get(&range_id).map_or(0, |h| h.node);
+        let addr = st.nodes.get(&leader).cloned().ok_or_else(|| anyhow::anyhow!("leader unknown"))?;
+        (r.descriptor(), addr)
+    };
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_millis(500))
+        .connect()
+        .await?;
+    let mut req = Request::new(AdminRequest {
+        range_id,
+        epoch: desc.epoch,
+        kind: kind as i32,
+        peer: Some(peer),
+    });
+    req.set_timeout(Duration::from_secs(5));
+    let resp = NodeClient::new(ch).admin(req).await?.into_inner();
+    if let Some(e) = resp.error {
+        anyhow::bail!("leader refused: {}", e.message);
+    }
+    Ok(())
+}

@@ -1,0 +1,52 @@
+//! `strata`: the operator CLI of Strata.
+//!
+//! `strata dev` starts a local cluster; `strata node|placement|router` run one component
+//! in this process, exactly like the thin binaries `strata-node`, `strata-placement` and
+//! `strata-router` (that is how `strata dev` starts its children, so it needs only its
+//! own executable).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod component;
+mod ctl;
+mod dev;
+
+const ABOUT: &str = "\
+Strata: a distributed, reliable key-value store that speaks etcd's v3 API.
+The keyspace is split into ranges, each one a Raft group replicated across storage nodes.";
+
+#[derive(Parser)]
+#[command(name = "strata", version, about = ABOUT, propagate_version = true)]
+#[command(after_help = "Quick start: `strata dev`, then \
+`ETCDCTL_API=3 etcdctl --endpoints=127.0.0.1:2379 put foo bar`.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a local cluster (placement, 3 nodes, a router) serving etcd's API on 127.0.0.1:2379.
+    #[command(long_about = dev::DEV_LONG_ABOUT)]
+    Dev(dev::DevArgs),
+    #[command(about = component::NODE_ABOUT, long_about = component::NODE_LONG_ABOUT)]
+    Node(strata_node::NodeConfig),
+    #[command(about = component::PLACEMENT_ABOUT, long_about = component::PLACEMENT_LONG_ABOUT)]
+    Placement(strata_placement::PlacementConfig),
+    #[command(about = component::ROUTER_ABOUT, long_about = component::ROUTER_LONG_ABOUT)]
+    Router(strata_router::RouterConfig),
+    #[command(about = ctl::CTL_ABOUT, long_about = ctl::CTL_LONG_ABOUT)]
+    Ctl(ctl::CtlArgs),
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Dev(args) => dev::main(args),
+        Command::Node(cfg) => component::serve("strata node", strata_node::run(cfg)),
+        Command::Placement(cfg) => component::serve("strata placement", strata_placement::run(cfg)),
+        Command::Router(cfg) => component::serve("strata router", strata_router::run(cfg)),
+        Command::Ctl(args) => ctl::main(args),
+    }
+}
