@@ -340,6 +340,7 @@ fn expected(role: &str) -> &'static [&'static str] {
             "strata_placement_oracle_revisions_total",
             "strata_placement_oracle_batch_size",
             "strata_placement_grpc_requests_total",
+            "strata_placement_operators_total",
         ],
         "node" => &[
             "strata_node_proposals_total",
@@ -580,6 +581,20 @@ async fn every_component_serves_valid_metrics_that_move_under_load() {
         &[],
     ) - events0;
     assert_eq!(events, 5.0, "watch events sent");
+    // The range feed behind the watch publishes closed revisions (checkpoints).
+    wait_for_async(
+        Duration::from_secs(10),
+        "a closed-revision lag sample",
+        || {
+            let n = scrape_nodes("strata_node_closed_revision_lag_seconds_count");
+            if n > 0.0 {
+                Ok(())
+            } else {
+                Err("no checkpoint timed yet".into())
+            }
+        },
+    )
+    .await;
     drop(ws);
     wait_for_async(Duration::from_secs(10), "the watch stream to close", || {
         let r = router.scrape();

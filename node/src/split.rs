@@ -44,6 +44,9 @@ impl SplitChecker {
                 .collect();
             for r in leaders {
                 let id = r.desc.read().id;
+                if r.desc.read().peers.iter().any(|p| p.learner) {
+                    continue; // membership change in progress; split later
+                }
                 let writes = r.writes.load(Ordering::Relaxed);
                 if seen.get(&id) == Some(&writes) {
                     continue;

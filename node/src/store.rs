@@ -823,7 +823,10 @@ impl Store {
                 .iter()
                 .zip(&desc.peers)
                 .all(|(n, o)| n.node_id == o.node_id)
-            && !self.replicas.contains_key(&sc.new_range_id);
+            && !self.replicas.contains_key(&sc.new_range_id)
+            // A learner's raft membership would not carry over to the new
+            // range; splits wait until it is promoted or removed.
+            && !desc.peers.iter().any(|p| p.learner);
         if !valid {
             return Ok((
                 Err(Status::failed_precondition(

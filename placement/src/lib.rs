@@ -39,7 +39,7 @@ pub async fn run(cfg: PlacementConfig) -> anyhow::Result<PlacementHandle> {
     let svc = service::PlacementService::new(rep, cfg.replicas);
     metrics::watch_state(svc.clone());
     tokio::spawn(svc.clone().expire_leases());
-    tokio::spawn(operator::run(svc.clone(), cfg.node_down_after, 4));
+    tokio::spawn(operator::run(svc.clone(), cfg.node_down_after, 8));
     let server = tonic::transport::Server::builder()
         .layer(metrics::grpc_layer())
         .add_service(PlacementServer::new(service::Svc(svc)))

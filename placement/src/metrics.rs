@@ -37,7 +37,7 @@ pub static RANGES: LazyLock<IntGauge> = LazyLock::new(|| {
 pub static UNDER_REPLICATED: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!(
         "strata_placement_ranges_under_replicated",
-        "Ranges with fewer replicas on up nodes than the replication factor."
+        "Ranges with fewer voting replicas on up nodes than the replication factor."
     )
     .expect("register")
 });
@@ -45,7 +45,7 @@ pub static UNDER_REPLICATED: LazyLock<IntGauge> = LazyLock::new(|| {
 pub static UNAVAILABLE: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!(
         "strata_placement_ranges_unavailable",
-        "Ranges without a quorum (majority) of their replicas on up nodes."
+        "Ranges without a quorum (majority) of their voting replicas on up nodes."
     )
     .expect("register")
 });
@@ -242,11 +242,18 @@ fn refresh(svc: &PlacementService) {
         .set((st.nodes.len() - nodes_up) as i64);
     let (mut under, mut unavailable, mut leaderless) = (0, 0, 0);
     for r in st.ranges.values() {
-        let live = r.peers.iter().filter(|(_, node)| up.contains(node)).count();
+        // Voters only: a learner being added does not count yet.
+        let voters: Vec<u64> = r
+            .peers
+            .iter()
+            .filter(|(peer, _)| !r.learners.contains(peer))
+            .map(|(_, node)| *node)
+            .collect();
+        let live = voters.iter().filter(|node| up.contains(node)).count();
         if live < factor.max(1) {
             under += 1;
         }
-        if live <= r.peers.len() / 2 {
+        if live <= voters.len() / 2 {
             unavailable += 1;
         }
         match leaders.get(&r.id) {

@@ -15,7 +15,7 @@ use crate::state::{Command, Outcome};
 
 const TICK: Duration = Duration::from_secs(1);
 /// A range with an operator in flight is left alone this long.
-const OP_COOLDOWN: Duration = Duration::from_secs(5);
+const OP_COOLDOWN: Duration = Duration::from_secs(3);
 /// A node without a heartbeat this long is shown as down (not yet replaced).
 const NODE_UP_WINDOW: Duration = Duration::from_secs(3);
 

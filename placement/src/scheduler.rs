@@ -149,25 +149,29 @@ pub fn schedule(
         }
     }
 
-    // 3: replica balance (only when nothing is being repaired).
-    if ops.is_empty() && dead.iter().all(|d| !ranges.iter().any(|r| r.range.peers.iter().any(|(_, n)| n == d))) {
+    // 3: replica balance (only when nothing is being repaired): several moves
+    // per round, each from the currently fullest to the emptiest node.
+    let repairing = !ops.is_empty()
+        || dead.iter().any(|d| ranges.iter().any(|r| r.range.peers.iter().any(|(_, n)| n == d)));
+    while !repairing && !full(&ops) {
         let most = replicas.iter().max_by_key(|(n, c)| (**c, std::cmp::Reverse(**n)));
         let least = replicas.iter().min_by_key(|(n, c)| (**c, **n));
-        if let (Some((&from, &hi)), Some((&to, &lo))) = (most, least) {
-            if hi > lo + 1 {
-                let candidate = ranges.iter().find(|r| {
-                    !touched.contains(&r.range.id)
-                        && r.leader_node != 0
-                        && r.range.learners.is_empty()
-                        && r.range.peers.iter().any(|(_, n)| *n == from)
-                        && !r.range.peers.iter().any(|(_, n)| *n == to)
-                });
-                if let Some(r) = candidate {
-                    ops.push(Op::AddLearner { range: r.range.id, node: to });
-                    touched.insert(r.range.id);
-                }
-            }
+        let (Some((&from, &hi)), Some((&to, &lo))) = (most, least) else { break };
+        if hi <= lo + 1 {
+            break;
         }
+        let candidate = ranges.iter().find(|r| {
+            !touched.contains(&r.range.id)
+                && r.leader_node != 0
+                && r.range.learners.is_empty()
+                && r.range.peers.iter().any(|(_, n)| *n == from)
+                && !r.range.peers.iter().any(|(_, n)| *n == to)
+        });
+        let Some(r) = candidate else { break };
+        ops.push(Op::AddLearner { range: r.range.id, node: to });
+        touched.insert(r.range.id);
+        *replicas.get_mut(&to).expect("alive") += 1;
+        *replicas.get_mut(&from).expect("alive") -= 1;
     }
 
     // 4: leader balance.
