@@ -127,7 +127,7 @@ async fn kill_leader_node_under_write_load() {
     for w in writers {
         w.await.expect("writer task");
     }
-    let a = acked.lock().unwrap();
+    let a = std::mem::take(&mut *acked.lock().unwrap());
     let resumed = a.times.iter().filter(|t| **t > killed_at).min().copied();
     let resumed = resumed.expect("writes never resumed after the leader's node was killed");
     let gap = resumed - killed_at;
@@ -186,8 +186,11 @@ async fn kill_leader_node_under_write_load() {
     let _ = restarted.wait();
 }
 
+/// Key, value, create revision, mod revision, version.
+type Observed = (Vec<u8>, Vec<u8>, i64, i64, i64);
+
 /// Everything a client can observe about a key.
-fn snapshot(kvs: &[etcd_client::KeyValue]) -> Vec<(Vec<u8>, Vec<u8>, i64, i64, i64)> {
+fn snapshot(kvs: &[etcd_client::KeyValue]) -> Vec<Observed> {
     kvs.iter()
         .map(|kv| {
             (

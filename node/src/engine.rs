@@ -425,8 +425,10 @@ impl raft::Storage for RaftStorage {
         if index < request_index {
             return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
         }
-        let mut snap = Snapshot::default();
-        snap.data = data.into();
+        let mut snap = Snapshot {
+            data: data.into(),
+            ..Default::default()
+        };
         let md = snap.mut_metadata();
         md.index = index;
         md.term = self.term(index)?;

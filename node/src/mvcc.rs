@@ -41,9 +41,9 @@ pub fn dec_key(k: &[u8]) -> Option<(Vec<u8>, i64)> {
     while i < k.len() {
         let b = k[i];
         if b == ESC {
-            match k.get(i + 1)? {
-                &ESC_ZERO => user.push(0),
-                &ESC_END => {
+            match *k.get(i + 1)? {
+                ESC_ZERO => user.push(0),
+                ESC_END => {
                     let rest = k.get(i + 2..)?;
                     if rest.len() != 8 {
                         return None;
@@ -165,7 +165,7 @@ impl Mvcc {
             if let Some((user, r)) = dec_key(k) {
                 if user == key {
                     let value = MvccValue::decode(v)?;
-                    return Ok((!value.tombstone).then(|| Version {
+                    return Ok((!value.tombstone).then_some(Version {
                         key: user,
                         mod_revision: r,
                         value,

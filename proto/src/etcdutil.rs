@@ -123,11 +123,10 @@ fn collect_writes(
                 }
                 dels.push(KeyRange::from_etcd(&d.key, &d.range_end));
             }
-            Some(PbTxnOpRequest::RequestRange(r)) => {
-                if r.key.is_empty() {
-                    return Err(errors::empty_key());
-                }
+            Some(PbTxnOpRequest::RequestRange(r)) if r.key.is_empty() => {
+                return Err(errors::empty_key());
             }
+            Some(PbTxnOpRequest::RequestRange(_)) => {}
             Some(PbTxnOpRequest::RequestTxn(t)) => {
                 check_txn(t, max_ops)?;
                 // A nested txn's writes count against the enclosing branch.
