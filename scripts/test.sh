@@ -12,7 +12,14 @@ if [[ -f "$HOME/.cargo/env" ]]; then
 fi
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/strata-target}
+# A cache left as a symlink to a directory that no longer exists is dropped.
+if [[ -L $CARGO_TARGET_DIR && ! -e $CARGO_TARGET_DIR ]]; then
+    rm -f "$CARGO_TARGET_DIR"
+fi
 mkdir -p "$CARGO_TARGET_DIR"
+# Integration tests start whole clusters (up to 6 processes each); on a small
+# machine they are steadier one at a time.
+export RUST_TEST_THREADS=${RUST_TEST_THREADS:-1}
 
 # Every process started by the tests inherits this variable, even those that put
 # themselves in another process group or session (strata dev's children do), so
