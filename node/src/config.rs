@@ -19,6 +19,10 @@ pub struct NodeConfig {
     /// Raft tick interval in milliseconds (election timeout is 10 ticks).
     #[arg(long, default_value_t = 100)]
     pub raft_tick_ms: u64,
+    /// An idle range stops ticking (no heartbeats, no elections) after this many
+    /// idle ticks, until any message or request wakes it; 0 disables quiescence.
+    #[arg(long, default_value_t = 20)]
+    pub quiesce_after_ticks: u32,
     /// Split a range once its data (all MVCC versions) passes this many bytes.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     pub range_split_bytes: u64,

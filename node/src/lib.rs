@@ -102,6 +102,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<NodeHandle> {
         transport,
         Duration::from_millis(cfg.raft_tick_ms),
     );
+    store.quiesce_after_ticks = cfg.quiesce_after_ticks;
     store.load()?;
     std::thread::Builder::new()
         .name("raft".into())
@@ -214,9 +215,11 @@ async fn heartbeat(
         match placement.heartbeat(req).await {
             Ok(resp) => {
                 let resp = resp.into_inner();
+                let down: Vec<u64> = resp.nodes.iter().filter(|n| !n.up).map(|n| n.id).collect();
                 for n in resp.nodes {
                     addrs.insert(n.id, n.addr);
                 }
+                let _ = store.try_send(StoreMsg::NodesDown(down));
                 for d in resp.ranges {
                     // Placement creates replicas here only for the first range
                     // and for learners being added; split halves are created

@@ -70,6 +70,8 @@ pub enum StoreMsg {
     },
     Create(RangeDescriptor),
     Tick,
+    /// Nodes placement currently reports as down.
+    NodesDown(Vec<u64>),
     /// A replica change or leader transfer, on the range leader.
     Admin {
         range_id: u64,
@@ -141,6 +143,31 @@ struct Replica {
     /// Revisions stamped and proposed by this leader but not yet applied.
     pending_revs: BTreeSet<i64>,
     reads: Vec<ReadWaiter>,
+    /// Not ticking: the range is idle and every replica agreed (see `quiesce`).
+    quiesced: bool,
+    idle_ticks: u32,
+}
+
+impl Replica {
+    fn wake(&mut self) {
+        self.quiesced = false;
+        self.idle_ticks = 0;
+    }
+
+    /// An idle leader: nothing proposed, read or changing, and every replica
+    /// has the whole log applied-and-acknowledged.
+    fn can_quiesce(&self) -> bool {
+        let raft = &self.raw.raft;
+        let last = raft.raft_log.last_index();
+        raft.state == StateRole::Leader
+            && self.proposals.is_empty()
+            && self.reads.is_empty()
+            && raft.lead_transferee.is_none()
+            && raft.pending_conf_index <= raft.raft_log.applied
+            && raft.raft_log.committed == last
+            && raft.raft_log.applied == last
+            && raft.prs().iter().all(|(_, p)| p.matched == last)
+    }
 }
 
 pub struct Store {
@@ -158,6 +185,8 @@ pub struct Store {
     peer_nodes: HashMap<u64, u64>,
     /// Ranges whose replica was removed here → conf_ver at removal.
     destroyed: HashMap<u64, u64>,
+    /// Idle ticks before a leader quiesces its range (0 = never).
+    pub quiesce_after_ticks: u32,
 }
 
 fn raft_config(peer_id: u64, applied: u64) -> raft::Config {
@@ -213,6 +242,7 @@ impl Store {
             next_ctx: 1,
             peer_nodes: HashMap::new(),
             destroyed: HashMap::new(),
+            quiesce_after_ticks: 20,
         }
     }
 
@@ -292,6 +322,8 @@ impl Store {
                 proposals: VecDeque::new(),
                 pending_revs: BTreeSet::new(),
                 reads: Vec::new(),
+                quiesced: false,
+                idle_ticks: 0,
             },
         );
         tracing::info!(range = desc.id, peer = peer_id, applied, "replica opened");
@@ -344,6 +376,17 @@ impl Store {
     fn handle(&mut self, m: StoreMsg, new_reads: &mut Vec<u64>) {
         match m {
             StoreMsg::Tick => {}
+            StoreMsg::NodesDown(down) => {
+                // A quiesced follower would never notice its leader died: wake
+                // it when placement reports the leader's node down.
+                for r in self.replicas.values_mut().filter(|r| r.quiesced) {
+                    let leader = r.raw.raft.leader_id;
+                    let node = r.shared.desc.read().peers.iter().find(|p| p.id == leader).map(|p| p.node_id);
+                    if node.is_none_or(|n| down.contains(&n)) {
+                        r.wake();
+                    }
+                }
+            }
             StoreMsg::Create(desc) => {
                 // A replica removed from this node is not recreated from a
                 // directory entry that predates its removal.
@@ -365,6 +408,20 @@ impl Store {
                 if env.to_peer != r.shared.peer_id {
                     return;
                 }
+                if env.quiesce {
+                    // Follow the leader into quiescence only when in step with it.
+                    let raft = &r.raw.raft;
+                    if raft.state == StateRole::Follower
+                        && raft.leader_id == env.from_peer
+                        && raft.term == env.term
+                        && raft.raft_log.last_index() == env.index
+                        && raft.raft_log.committed == env.index
+                    {
+                        r.quiesced = true;
+                    }
+                    return;
+                }
+                r.wake();
                 match RaftMessage::parse_from_bytes(&env.message) {
                     Ok(msg) => {
                         if let Err(e) = r.raw.step(msg) {
@@ -380,6 +437,9 @@ impl Store {
                 peer,
                 reply,
             } => {
+                if let Some(r) = self.replicas.get_mut(&range_id) {
+                    r.wake();
+                }
                 let res = self.admin(range_id, kind, peer);
                 let _ = reply.send(res);
             }
@@ -392,6 +452,7 @@ impl Store {
                     let _ = reply.send(Err(Status::not_found("strata: range not found")));
                     return;
                 };
+                r.wake();
                 if r.raw.raft.state != StateRole::Leader {
                     crate::metrics::proposal_rejected("not_leader");
                     let _ = reply.send(Err(crate::service::not_leader()));
@@ -431,6 +492,7 @@ impl Store {
                     let _ = reply.send(Err(Status::not_found("strata: range not found")));
                     return;
                 };
+                r.wake();
                 if r.raw.raft.state != StateRole::Leader {
                     let _ = reply.send(Err(crate::service::not_leader()));
                     return;
@@ -444,6 +506,28 @@ impl Store {
                 });
                 new_reads.push(range_id);
             }
+        }
+    }
+
+    /// Tells every other replica of an idle range to stop ticking.
+    fn send_quiesce(&self, range_id: u64) {
+        let Some(r) = self.replicas.get(&range_id) else { return };
+        let desc = r.shared.desc.read();
+        for p in desc.peers.iter().filter(|p| p.id != r.shared.peer_id) {
+            self.transport.send(
+                p.node_id,
+                RaftEnvelope {
+                    range_id,
+                    epoch: desc.epoch,
+                    from_peer: r.shared.peer_id,
+                    to_peer: p.id,
+                    message: Vec::new(),
+                    from_node: self.node_id,
+                    quiesce: true,
+                    term: r.raw.raft.term,
+                    index: r.raw.raft.raft_log.last_index(),
+                },
+            );
         }
     }
 
@@ -467,9 +551,22 @@ impl Store {
         let now = Instant::now();
         let mut retry = Vec::new();
         let mut pending = 0;
+        let mut quiesce = Vec::new();
         for (id, r) in self.replicas.iter_mut() {
+            if r.quiesced {
+                continue; // an idle range costs nothing per tick
+            }
             r.raw.tick();
             promote_caught_up_learners(r);
+            if self.quiesce_after_ticks > 0 && r.can_quiesce() {
+                r.idle_ticks += 1;
+                if r.idle_ticks >= self.quiesce_after_ticks {
+                    r.quiesced = true;
+                    quiesce.push(*id);
+                }
+            } else {
+                r.idle_ticks = 0;
+            }
             pending += r.proposals.len();
             // ReadIndex requests are dropped by a leader that has not yet
             // committed in its term; re-issue them, and fail expired ones.
@@ -489,6 +586,9 @@ impl Store {
         crate::metrics::PROPOSALS_PENDING.set(pending as i64);
         for id in retry {
             self.issue_read_index(id);
+        }
+        for id in quiesce {
+            self.send_quiesce(id);
         }
     }
 
@@ -520,6 +620,7 @@ impl Store {
                     to_peer: m.to,
                     message: bytes,
                     from_node: self.node_id,
+                    ..Default::default()
                 },
             );
         }
