@@ -79,6 +79,11 @@ pub struct DevArgs {
     #[arg(long, value_parser = check_duration)]
     pub node_down_after: Option<String>,
 
+    /// Idle ticks before a range quiesces (passed to every node; 0 disables;
+    /// default: the node's, 20).
+    #[arg(long)]
+    pub quiesce_after_ticks: Option<u32>,
+
     /// Split a range once its data passes this many bytes (passed to every node;
     /// default: the node's, 64 MiB).
     #[arg(long)]
@@ -243,6 +248,9 @@ fn plan(args: &DevArgs, exe: &Path, data_dir: &Path) -> anyhow::Result<Plan> {
         ];
         if let Some(t) = args.raft_tick_ms {
             argv.extend(["--raft-tick-ms".into(), t.to_string()]);
+        }
+        if let Some(q) = args.quiesce_after_ticks {
+            argv.extend(["--quiesce-after-ticks".into(), q.to_string()]);
         }
         if let Some(b) = args.range_split_bytes {
             argv.extend(["--range-split-bytes".into(), b.to_string()]);

@@ -421,9 +421,14 @@ impl Store {
                     }
                     return;
                 }
-                r.wake();
                 match RaftMessage::parse_from_bytes(&env.message) {
                     Ok(msg) => {
+                        // Late acknowledgements do not wake an idle range;
+                        // anything else (appends, votes, heartbeats) does.
+                        use raft::eraftpb::MessageType as T;
+                        if !matches!(msg.get_msg_type(), T::MsgHeartbeatResponse | T::MsgAppendResponse) {
+                            r.wake();
+                        }
                         if let Err(e) = r.raw.step(msg) {
                             tracing::debug!(range = env.range_id, "step: {e}");
                         }
