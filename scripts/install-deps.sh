@@ -6,7 +6,7 @@
 # Idempotent; run as root (or with sudo available). Also checks for a Rust toolchain.
 set -euo pipefail
 
-PACKAGES=(clang libclang-dev protobuf-compiler etcd-client etcd-server prometheus)
+PACKAGES=(clang libclang-dev protobuf-compiler etcd-client etcd-server prometheus fonts-dejavu-core)
 
 log() { echo "install-deps: $*" >&2; }
 

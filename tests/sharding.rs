@@ -418,7 +418,7 @@ async fn five_nodes_balance_repair_and_join() {
         live.push(*id);
         let replicas = l.nodes[id].2;
         let fair = (l.ranges.len() * 3) as f64 / 5.0;
-        healthy(l, &live) && replicas as f64 >= fair - 1.0 && l.nodes[id].3 >= 1
+        healthy(l, &live) && replicas as f64 >= fair - 1.0 && leaders_even(l, &live)
     })
     .await;
     eprintln!("joined: nodes {:?}", joined.nodes);

@@ -27,7 +27,12 @@ pub struct Cli {
 #[derive(Args, Debug, Clone, Serialize)]
 pub struct GlobalArgs {
     /// gRPC endpoints, comma separated (host:port).
-    #[arg(long, global = true, value_delimiter = ',', default_value = "127.0.0.1:2379")]
+    #[arg(
+        long,
+        global = true,
+        value_delimiter = ',',
+        default_value = "127.0.0.1:2379"
+    )]
     pub endpoints: Vec<String>,
     /// Total number of gRPC connections.
     #[arg(long, global = true, default_value_t = 1)]
@@ -330,9 +335,15 @@ mod tests {
     #[test]
     fn durations() {
         assert_eq!("10s".parse::<Secs>().unwrap().0, Duration::from_secs(10));
-        assert_eq!("500ms".parse::<Secs>().unwrap().0, Duration::from_millis(500));
+        assert_eq!(
+            "500ms".parse::<Secs>().unwrap().0,
+            Duration::from_millis(500)
+        );
         assert_eq!("2m".parse::<Secs>().unwrap().0, Duration::from_secs(120));
-        assert_eq!("1.5".parse::<Secs>().unwrap().0, Duration::from_millis(1500));
+        assert_eq!(
+            "1.5".parse::<Secs>().unwrap().0,
+            Duration::from_millis(1500)
+        );
         assert!("x".parse::<Secs>().is_err());
         assert!("-1s".parse::<Secs>().is_err());
     }
@@ -340,8 +351,19 @@ mod tests {
     #[test]
     fn flags_like_etcd() {
         let c = Cli::try_parse_from([
-            "strata-bench", "--endpoints", "a:1,b:2", "--conns", "10", "--clients", "100", "put",
-            "--total", "20000", "--key-size", "16", "--sequential-keys",
+            "strata-bench",
+            "--endpoints",
+            "a:1,b:2",
+            "--conns",
+            "10",
+            "--clients",
+            "100",
+            "put",
+            "--total",
+            "20000",
+            "--key-size",
+            "16",
+            "--sequential-keys",
         ])
         .unwrap();
         assert_eq!(c.global.endpoints, vec!["a:1", "b:2"]);
@@ -352,7 +374,16 @@ mod tests {
         assert!(p.keys.sequential_keys);
         assert_eq!(p.keys.key_space_size, 1);
         // Global flags after the subcommand too.
-        let c = Cli::try_parse_from(["strata-bench", "range", "foo", "--consistency", "s", "--clients", "4"]).unwrap();
+        let c = Cli::try_parse_from([
+            "strata-bench",
+            "range",
+            "foo",
+            "--consistency",
+            "s",
+            "--clients",
+            "4",
+        ])
+        .unwrap();
         assert_eq!(c.global.clients, 4);
         let Cmd::Range(r) = c.cmd else { panic!() };
         assert_eq!(r.key.as_deref(), Some("foo"));

@@ -125,15 +125,27 @@ async fn start(spec: &str, a: &CompareArgs) -> Result<Target> {
     match spec {
         "strata" => {
             let bin = strata_bin(a.strata_bin.as_deref());
-            eprintln!("strata-bench: starting strata dev ({} nodes) from {}", a.nodes, bin.display());
+            eprintln!(
+                "strata-bench: starting strata dev ({} nodes) from {}",
+                a.nodes,
+                bin.display()
+            );
             Target::start_strata(&bin, a.nodes, &[])
         }
         "etcd" => {
-            eprintln!("strata-bench: starting etcd ({} members) from {}", a.members, a.etcd_bin.display());
+            eprintln!(
+                "strata-bench: starting etcd ({} members) from {}",
+                a.members,
+                a.etcd_bin.display()
+            );
             Target::start_etcd(&a.etcd_bin, a.members).await
         }
         eps => {
-            let eps: Vec<String> = eps.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+            let eps: Vec<String> = eps
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
             if eps.is_empty() {
                 bail!("empty target");
             }
@@ -151,10 +163,18 @@ pub fn workload_cli(workload: &[String], endpoints: &[String]) -> Result<Cli> {
             }
         }
     }
-    let mut args = vec!["strata-bench".to_string(), "--endpoints".into(), endpoints.join(","), "--no-progress".into()];
+    let mut args = vec![
+        "strata-bench".to_string(),
+        "--endpoints".into(),
+        endpoints.join(","),
+        "--no-progress".into(),
+    ];
     args.extend(workload.iter().cloned());
     let cli = Cli::try_parse_from(&args).map_err(|e| anyhow::anyhow!("workload: {e}"))?;
-    if matches!(cli.cmd, crate::cli::Cmd::Compare(_) | crate::cli::Cmd::Scale(_)) {
+    if matches!(
+        cli.cmd,
+        crate::cli::Cmd::Compare(_) | crate::cli::Cmd::Scale(_)
+    ) {
         bail!("the workload must be a benchmark subcommand");
     }
     Ok(cli)
@@ -193,7 +213,7 @@ pub fn table(a: &[&RunReport], b: &[&RunReport]) -> Vec<Row> {
 }
 
 fn fmt_val(v: f64) -> String {
-    if v >= 1000.0 {
+    if (v == v.trunc() && v.abs() < 1e15) || v >= 1000.0 {
         format!("{v:.0}")
     } else if v >= 10.0 {
         format!("{v:.1}")
@@ -211,7 +231,10 @@ fn fmt_ratio(r: f64) -> String {
 }
 
 pub fn text_table(rows: &[Row], a_label: &str, b_label: &str) -> String {
-    let mut s = format!("{:<16} {:>24} {:>24} {:>8}\n", "metric", format!("A median ± spread"), format!("B median ± spread"), "A/B");
+    let mut s = format!(
+        "{:<16} {:>24} {:>24} {:>8}\n",
+        "metric", "A median ± spread", "B median ± spread", "A/B"
+    );
     for r in rows {
         let cell = |m: f64, sp: f64| format!("{} ± {:.1}%", fmt_val(m), sp);
         s += &format!(
@@ -226,8 +249,8 @@ pub fn text_table(rows: &[Row], a_label: &str, b_label: &str) -> String {
     s
 }
 
-pub fn markdown_table(rows: &[Row], a_label: &str, b_label: &str) -> String {
-    let mut s = format!("| metric | A: {a_label} (median ± spread) | B: {b_label} (median ± spread) | A/B |\n|---|---:|---:|---:|\n");
+pub fn markdown_table(rows: &[Row], a_label: &str, b_label: &str, caption: &str) -> String {
+    let mut s = format!("{caption}\n\n| metric | A: {a_label} (median ± spread) | B: {b_label} (median ± spread) | A/B |\n|---|---:|---:|---:|\n");
     for r in rows {
         s += &format!(
             "| {} | {} ± {:.1}% | {} ± {:.1}% | {} |\n",
@@ -250,7 +273,10 @@ pub async fn run(g: &GlobalArgs, a: &CompareArgs, argv: Vec<String>) -> Result<E
     workload_cli(&a.workload, &["127.0.0.1:1".to_string()])?;
     let ta = start(&a.a, a).await.context("start target A")?;
     let tb = start(&a.b, a).await.context("start target B")?;
-    let (ca, cb) = (workload_cli(&a.workload, &ta.endpoints)?, workload_cli(&a.workload, &tb.endpoints)?);
+    let (ca, cb) = (
+        workload_cli(&a.workload, &ta.endpoints)?,
+        workload_cli(&a.workload, &tb.endpoints)?,
+    );
     let wl = a.workload.join(" ");
     println!("Compare: {wl}");
     println!("  A: {} at {}", ta.label, ta.endpoints.join(","));
@@ -258,20 +284,32 @@ pub async fn run(g: &GlobalArgs, a: &CompareArgs, argv: Vec<String>) -> Result<E
     println!(
         "  {} rounds, interleaved A B A B; both targets run on this machine throughout{}",
         a.rounds,
-        if a.warmup { "; one warm-up run each first" } else { "" }
+        if a.warmup {
+            "; one warm-up run each first"
+        } else {
+            ""
+        }
     );
     let progress = Progress::hidden();
     if a.warmup {
         for (name, cli) in [("A", &ca), ("B", &cb)] {
-            workloads::run(cli, Vec::new(), &progress).await.with_context(|| format!("warm-up on {name}"))?;
+            workloads::run(cli, Vec::new(), &progress)
+                .await
+                .with_context(|| format!("warm-up on {name}"))?;
         }
     }
     let mut runs: Vec<RoundRun> = Vec::new();
     for round in 1..=a.rounds {
         for (name, cli) in [("A", &ca), ("B", &cb)] {
-            let mut inner_argv = vec!["strata-bench".to_string(), "--endpoints".into(), cli.global.endpoints.join(",")];
+            let mut inner_argv = vec![
+                "strata-bench".to_string(),
+                "--endpoints".into(),
+                cli.global.endpoints.join(","),
+            ];
             inner_argv.extend(a.workload.iter().cloned());
-            let rep = workloads::run(cli, inner_argv, &progress).await.with_context(|| format!("round {round} on {name}"))?;
+            let rep = workloads::run(cli, inner_argv, &progress)
+                .await
+                .with_context(|| format!("round {round} on {name}"))?;
             let s = &rep.results[0];
             println!(
                 "  round {round} {name}: {:.1} req/s, average {:.3} ms, p99 {:.3} ms, {} errors",
@@ -280,17 +318,31 @@ pub async fn run(g: &GlobalArgs, a: &CompareArgs, argv: Vec<String>) -> Result<E
                 s.pctl(99.0) * 1e3,
                 s.errors
             );
-            runs.push(RoundRun { round, target: name, report: rep });
+            runs.push(RoundRun {
+                round,
+                target: name,
+                report: rep,
+            });
         }
     }
-    let ra: Vec<&RunReport> = runs.iter().filter(|r| r.target == "A").map(|r| &r.report).collect();
-    let rb: Vec<&RunReport> = runs.iter().filter(|r| r.target == "B").map(|r| &r.report).collect();
+    let ra: Vec<&RunReport> = runs
+        .iter()
+        .filter(|r| r.target == "A")
+        .map(|r| &r.report)
+        .collect();
+    let rb: Vec<&RunReport> = runs
+        .iter()
+        .filter(|r| r.target == "B")
+        .map(|r| &r.report)
+        .collect();
     let rows = table(&ra, &rb);
     println!("\n{}", text_table(&rows, &ta.label, &tb.label));
     println!("(median over {} rounds of the main result \"{}\"; spread = half the min–max range as % of the median)", a.rounds, ra[0].results[0].name);
     let notes = vec![format!(
         "one machine: both targets and the load generator share its {} CPUs",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
     )];
     let report = CompareReport {
         tool: "strata-bench",
@@ -300,8 +352,16 @@ pub async fn run(g: &GlobalArgs, a: &CompareArgs, argv: Vec<String>) -> Result<E
         workload: a.workload.clone(),
         rounds: a.rounds,
         order: "A B A B",
-        a: TargetInfo { spec: a.a.clone(), label: ta.label.clone(), endpoints: ta.endpoints.clone() },
-        b: TargetInfo { spec: a.b.clone(), label: tb.label.clone(), endpoints: tb.endpoints.clone() },
+        a: TargetInfo {
+            spec: a.a.clone(),
+            label: ta.label.clone(),
+            endpoints: ta.endpoints.clone(),
+        },
+        b: TargetInfo {
+            spec: a.b.clone(),
+            label: tb.label.clone(),
+            endpoints: tb.endpoints.clone(),
+        },
         notes,
         table: rows.clone(),
         runs,
@@ -311,13 +371,33 @@ pub async fn run(g: &GlobalArgs, a: &CompareArgs, argv: Vec<String>) -> Result<E
         serde_json::to_writer_pretty(std::io::BufWriter::new(f), &report)?;
     }
     if let Some(p) = &a.markdown {
-        std::fs::write(p, markdown_table(&rows, &ta.label, &tb.label))?;
+        let caption = format!(
+            "`strata-bench compare` — workload `{wl}`; {} rounds interleaved A B A B; median ± spread \
+             (half the min–max range); both targets and the load generator on one machine with {} CPUs.",
+            a.rounds,
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+        );
+        std::fs::write(p, markdown_table(&rows, &ta.label, &tb.label, &caption))?;
     }
     if let Some(p) = &g.csv {
         let mut w = csv::Writer::from_path(p)?;
-        w.write_record(["metric", "a_median", "a_spread_pct", "b_median", "b_spread_pct", "ratio_a_over_b", "a_values", "b_values"])?;
+        w.write_record([
+            "metric",
+            "a_median",
+            "a_spread_pct",
+            "b_median",
+            "b_spread_pct",
+            "ratio_a_over_b",
+            "a_values",
+            "b_values",
+        ])?;
         for r in &rows {
-            let join = |v: &[f64]| v.iter().map(|x| format!("{x}")).collect::<Vec<_>>().join(" ");
+            let join = |v: &[f64]| {
+                v.iter()
+                    .map(|x| format!("{x}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
             w.write_record([
                 r.metric.clone(),
                 format!("{}", r.a_median),
@@ -336,11 +416,19 @@ pub async fn run(g: &GlobalArgs, a: &CompareArgs, argv: Vec<String>) -> Result<E
             .runs
             .iter()
             .map(|r| {
-                let label = if r.target == "A" { &ta.label } else { &tb.label };
-                plot::Series::from_summary(&format!("{}: {label} r{}", r.target, r.round), &r.report.results[0])
+                let label = if r.target == "A" {
+                    &ta.label
+                } else {
+                    &tb.label
+                };
+                plot::Series::from_summary(
+                    &format!("{}: {label} r{}", r.target, r.round),
+                    &r.report.results[0],
+                )
             })
             .collect();
-        plot::draw(p, &format!("strata-bench compare: {wl}"), &series).with_context(|| format!("plot {}", p.display()))?;
+        plot::draw(p, &format!("strata-bench compare: {wl}"), &series)
+            .with_context(|| format!("plot {}", p.display()))?;
     }
     drop(ta);
     drop(tb);
@@ -362,9 +450,17 @@ mod tests {
 
     #[test]
     fn workload_parsing() {
-        let c = workload_cli(&["put".into(), "--total".into(), "5".into()], &["1.2.3.4:5".into()]).unwrap();
+        let c = workload_cli(
+            &["put".into(), "--total".into(), "5".into()],
+            &["1.2.3.4:5".into()],
+        )
+        .unwrap();
         assert_eq!(c.global.endpoints, vec!["1.2.3.4:5"]);
-        assert!(workload_cli(&["put".into(), "--endpoints".into(), "x:1".into()], &["y:1".into()]).is_err());
+        assert!(workload_cli(
+            &["put".into(), "--endpoints".into(), "x:1".into()],
+            &["y:1".into()]
+        )
+        .is_err());
         assert!(workload_cli(&["put".into(), "--json=x".into()], &["y:1".into()]).is_err());
     }
 }

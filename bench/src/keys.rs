@@ -31,9 +31,16 @@ pub struct KeyGen {
 
 impl KeyGen {
     /// Checks that every key number fits in `key_size` bytes (etcd's tool would panic).
-    pub fn new(prefix: &[u8], key_size: usize, key_space_size: u64, sequential: bool) -> Result<KeyGen, String> {
+    pub fn new(
+        prefix: &[u8],
+        key_size: usize,
+        key_space_size: u64,
+        sequential: bool,
+    ) -> Result<KeyGen, String> {
         if key_space_size == 0 {
-            return Err(format!("expected positive --key-space-size, got ({key_space_size})"));
+            return Err(format!(
+                "expected positive --key-space-size, got ({key_space_size})"
+            ));
         }
         let need = put_varint((key_space_size - 1) as i64).len();
         if key_size < need {
@@ -99,7 +106,8 @@ pub fn indexed_value(idx: u64, size: usize) -> Vec<u8> {
 }
 
 pub fn value_index(v: &[u8]) -> Option<u64> {
-    v.get(..8).map(|b| u64::from_be_bytes(b.try_into().unwrap()))
+    v.get(..8)
+        .map(|b| u64::from_be_bytes(b.try_into().unwrap()))
 }
 
 #[cfg(test)]

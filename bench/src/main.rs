@@ -34,7 +34,11 @@ fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     let cli = Cli::parse();
     let mut b = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = std::env::var("STRATA_BENCH_THREADS").ok().and_then(|v| v.parse::<usize>().ok()).filter(|n| *n > 0) {
+    if let Some(n) = std::env::var("STRATA_BENCH_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+    {
         b.worker_threads(n);
     }
     let rt = match b.enable_all().build() {
@@ -62,7 +66,9 @@ async fn real_main(cli: Cli, argv: Vec<String>) -> Result<ExitCode> {
         cmd => {
             match cmd {
                 Cmd::Range(r) => println!("bench with {} range", consistency_word(r.consistency)),
-                Cmd::TxnMixed(r) => println!("bench with {} range", consistency_word(r.consistency)),
+                Cmd::TxnMixed(r) => {
+                    println!("bench with {} range", consistency_word(r.consistency))
+                }
                 _ => {}
             }
             let progress = Progress::new(cli.global.no_progress);

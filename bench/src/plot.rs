@@ -64,10 +64,19 @@ impl Series {
             .filter_map(|x| {
                 let interval = (s.total_secs - x.second as f64).clamp(0.0, 1.0);
                 // Skip a short last interval: its rate is noise.
-                (interval >= 0.5).then(|| (x.second as f64 + interval / 2.0, x.requests as f64 / interval))
+                (interval >= 0.5).then(|| {
+                    (
+                        x.second as f64 + interval / 2.0,
+                        x.requests as f64 / interval,
+                    )
+                })
             })
             .collect();
-        Series { label: label.to_string(), cdf, tput }
+        Series {
+            label: label.to_string(),
+            cdf,
+            tput,
+        }
     }
 }
 
@@ -89,7 +98,11 @@ pub fn draw(path: &Path, title: &str, series: &[Series]) -> Result<()> {
     ];
 
     // Latency CDF, log-scaled latency axis.
-    let lat: Vec<f64> = series.iter().flat_map(|s| s.cdf.iter().map(|p| p.0)).filter(|v| *v > 0.0).collect();
+    let lat: Vec<f64> = series
+        .iter()
+        .flat_map(|s| s.cdf.iter().map(|p| p.0))
+        .filter(|v| *v > 0.0)
+        .collect();
     let (lo, hi) = if lat.is_empty() {
         (0.01, 1.0)
     } else {
@@ -126,15 +139,25 @@ pub fn draw(path: &Path, title: &str, series: &[Series]) -> Result<()> {
     }
 
     // Throughput over time.
-    let xmax = series.iter().flat_map(|s| s.tput.iter().map(|p| p.0)).fold(1.0, f64::max);
-    let ymax = series.iter().flat_map(|s| s.tput.iter().map(|p| p.1)).fold(1.0, f64::max) * 1.15;
+    let xmax = series
+        .iter()
+        .flat_map(|s| s.tput.iter().map(|p| p.0))
+        .fold(1.0, f64::max);
+    let ymax = series
+        .iter()
+        .flat_map(|s| s.tput.iter().map(|p| p.1))
+        .fold(1.0, f64::max)
+        * 1.15;
     let mut tp = ChartBuilder::on(&right)
         .caption("Throughput over time", ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70)
         .build_cartesian_2d(0.0..xmax.ceil().max(1.0), 0.0..ymax)?;
-    tp.configure_mesh().x_desc("time (s)").y_desc("requests/s").draw()?;
+    tp.configure_mesh()
+        .x_desc("time (s)")
+        .y_desc("requests/s")
+        .draw()?;
     for (i, s) in series.iter().enumerate() {
         let c = palette[i % palette.len()];
         tp.draw_series(LineSeries::new(s.tput.clone(), c.stroke_width(2)))?
@@ -179,12 +202,19 @@ pub fn draw_scale(path: &Path, title: &str, points: &[(f64, f64)]) -> Result<()>
         .x_label_area_size(40)
         .y_label_area_size(70)
         .build_cartesian_2d(0.0..xmax, 0.0..ymax)?;
-    ch.configure_mesh().x_desc("storage nodes").y_desc("requests/s").draw()?;
+    ch.configure_mesh()
+        .x_desc("storage nodes")
+        .y_desc("requests/s")
+        .draw()?;
     let c = RGBColor(31, 119, 180);
     ch.draw_series(LineSeries::new(points.to_vec(), c.stroke_width(2)))?;
     ch.draw_series(points.iter().map(|p| Circle::new(*p, 5, c.filled())))?;
     ch.draw_series(points.iter().map(|p| {
-        Text::new(format!("{:.0}", p.1), (p.0, p.1 + ymax * 0.03), ("sans-serif", 14))
+        Text::new(
+            format!("{:.0}", p.1),
+            (p.0, p.1 + ymax * 0.03),
+            ("sans-serif", 14),
+        )
     }))?;
     root.present()?;
     Ok(())

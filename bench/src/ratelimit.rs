@@ -15,7 +15,10 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// `per_sec` must be positive and finite.
     pub fn new(per_sec: f64) -> RateLimiter {
-        assert!(per_sec > 0.0 && per_sec.is_finite(), "rate must be positive");
+        assert!(
+            per_sec > 0.0 && per_sec.is_finite(),
+            "rate must be positive"
+        );
         RateLimiter {
             interval: Duration::from_secs_f64(1.0 / per_sec),
             next: Mutex::new(None),

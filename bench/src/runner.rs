@@ -31,7 +31,9 @@ pub type Worker = Box<dyn FnMut(u64) -> (usize, OpFuture) + Send>;
 /// Short text of a client error (for the error distribution).
 pub fn err_text(e: &etcd_client::Error) -> String {
     match e {
-        etcd_client::Error::GRpcStatus(s) => format!("rpc error: code = {:?} desc = {}", s.code(), s.message()),
+        etcd_client::Error::GRpcStatus(s) => {
+            format!("rpc error: code = {:?} desc = {}", s.code(), s.message())
+        }
         other => other.to_string(),
     }
 }
@@ -46,7 +48,11 @@ pub fn err_text(e: &etcd_client::Error) -> String {
 /// Such a connection is not re-established if it breaks: the remaining requests of
 /// that connection fail and are counted as errors. Several endpoints are balanced over
 /// with a tonic channel.
-pub async fn connect(endpoints: &[String], conns: usize, dial_timeout: Duration) -> Result<Vec<Client>> {
+pub async fn connect(
+    endpoints: &[String],
+    conns: usize,
+    dial_timeout: Duration,
+) -> Result<Vec<Client>> {
     if conns == 0 {
         return Err(anyhow!("--conns must be at least 1"));
     }
@@ -56,15 +62,22 @@ pub async fn connect(endpoints: &[String], conns: usize, dial_timeout: Duration)
     let mut out = Vec::with_capacity(conns);
     for _ in 0..conns {
         let channel = if endpoints.len() == 1 {
-            tokio::time::timeout(dial_timeout + Duration::from_secs(1), direct_channel(&endpoints[0], dial_timeout))
-                .await
-                .map_err(|_| anyhow!("dial {}: timed out after {dial_timeout:?}", endpoints[0]))?
-                .with_context(|| format!("dial {}", endpoints[0]))?
+            tokio::time::timeout(
+                dial_timeout + Duration::from_secs(1),
+                direct_channel(&endpoints[0], dial_timeout),
+            )
+            .await
+            .map_err(|_| anyhow!("dial {}: timed out after {dial_timeout:?}", endpoints[0]))?
+            .with_context(|| format!("dial {}", endpoints[0]))?
         } else {
             let eps = endpoints
                 .iter()
                 .map(|e| {
-                    let url = if e.contains("://") { e.clone() } else { format!("http://{e}") };
+                    let url = if e.contains("://") {
+                        e.clone()
+                    } else {
+                        format!("http://{e}")
+                    };
                     Ok(tonic::transport::Endpoint::from_shared(url)
                         .with_context(|| format!("bad endpoint {e:?}"))?
                         .connect_timeout(dial_timeout)
@@ -85,21 +98,27 @@ pub async fn connect(endpoints: &[String], conns: usize, dial_timeout: Duration)
 
 /// One plain-text HTTP/2 connection to `endpoint` (`host:port` or `http://host:port`).
 async fn direct_channel(endpoint: &str, dial_timeout: Duration) -> Result<etcd_client::Channel> {
-    let addr = endpoint.strip_prefix("http://").unwrap_or(endpoint).trim_end_matches('/');
+    let addr = endpoint
+        .strip_prefix("http://")
+        .unwrap_or(endpoint)
+        .trim_end_matches('/');
     if endpoint.starts_with("https://") {
         return Err(anyhow!("TLS endpoints are not supported"));
     }
-    let authority: http::uri::Authority = addr.parse().with_context(|| format!("bad endpoint {endpoint:?}"))?;
+    let authority: http::uri::Authority = addr
+        .parse()
+        .with_context(|| format!("bad endpoint {endpoint:?}"))?;
     let stream = tokio::time::timeout(dial_timeout, tokio::net::TcpStream::connect(addr))
         .await
         .map_err(|_| anyhow!("connect timed out"))??;
     stream.set_nodelay(true)?;
-    let (send, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-        .timer(hyper_util::rt::TokioTimer::new())
-        .keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .handshake::<_, tonic::body::Body>(hyper_util::rt::TokioIo::new(stream))
-        .await?;
+    let (send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .handshake::<_, tonic::body::Body>(hyper_util::rt::TokioIo::new(stream))
+            .await?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -115,12 +134,16 @@ async fn direct_channel(endpoint: &str, dial_timeout: Duration) -> Result<etcd_c
             Ok::<_, tower::BoxError>(resp.map(tonic::body::Body::new))
         }
     });
-    Ok(etcd_client::Channel::Custom(tower::util::BoxCloneSyncService::new(svc)))
+    Ok(etcd_client::Channel::Custom(
+        tower::util::BoxCloneSyncService::new(svc),
+    ))
 }
 
 /// `clients` clients over the connections, round-robin.
 pub fn share(conns: &[Client], clients: usize) -> Vec<Client> {
-    (0..clients).map(|i| conns[i % conns.len()].clone()).collect()
+    (0..clients)
+        .map(|i| conns[i % conns.len()].clone())
+        .collect()
 }
 
 /// How much load to offer.
@@ -143,7 +166,13 @@ pub struct Phase {
 }
 
 /// Runs `workers` (one per client) until the load is done.
-pub async fn run_closed_loop(kinds: usize, workers: Vec<Worker>, load: Load, progress: &Progress, label: &str) -> Phase {
+pub async fn run_closed_loop(
+    kinds: usize,
+    workers: Vec<Worker>,
+    load: Load,
+    progress: &Progress,
+    label: &str,
+) -> Phase {
     let next = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
     let limiter = Arc::new(RateLimiter::optional(load.rate));
@@ -178,7 +207,10 @@ pub async fn run_closed_loop(kinds: usize, workers: Vec<Worker>, load: Load, pro
                 match r {
                     Ok(Ok(())) => rec.record(end - st, at),
                     Ok(Err(e)) => rec.record_error(&e, at),
-                    Err(_) => rec.record_error(&format!("request timed out after {:?}", load.request_timeout), at),
+                    Err(_) => rec.record_error(
+                        &format!("request timed out after {:?}", load.request_timeout),
+                        at,
+                    ),
                 }
                 done.fetch_add(1, Ordering::Relaxed);
             }
@@ -193,7 +225,9 @@ pub async fn run_closed_loop(kinds: usize, workers: Vec<Worker>, load: Load, pro
                     a.merge(b);
                 }
             }
-            Err(e) => recorders[0].record_error(&format!("client task failed: {e}"), start.elapsed()),
+            Err(e) => {
+                recorders[0].record_error(&format!("client task failed: {e}"), start.elapsed())
+            }
         }
     }
     let wall = start.elapsed();
@@ -224,17 +258,28 @@ impl Progress {
 
     /// Shows `counter` against `total` (or the elapsed time against `duration`) until
     /// the returned guard is finished or dropped.
-    pub fn track(&self, label: &str, total: u64, duration: Option<Duration>, counter: Arc<AtomicU64>) -> BarGuard {
+    pub fn track(
+        &self,
+        label: &str,
+        total: u64,
+        duration: Option<Duration>,
+        counter: Arc<AtomicU64>,
+    ) -> BarGuard {
         if !self.enabled {
-            return BarGuard { bar: None, stop: Arc::new(AtomicBool::new(true)) };
+            return BarGuard {
+                bar: None,
+                stop: Arc::new(AtomicBool::new(true)),
+            };
         }
         let by_count = total != u64::MAX;
         let bar = if by_count {
             let b = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
             b.set_style(
-                ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({per_sec}, {elapsed}/{eta})")
-                    .unwrap()
-                    .progress_chars("=> "),
+                ProgressStyle::with_template(
+                    "{msg} [{bar:40}] {pos}/{len} ({per_sec}, {elapsed}/{eta})",
+                )
+                .unwrap()
+                .progress_chars("=> "),
             );
             b
         } else {
@@ -263,7 +308,10 @@ impl Progress {
                 }
             });
         }
-        BarGuard { bar: Some(bar), stop }
+        BarGuard {
+            bar: Some(bar),
+            stop,
+        }
     }
 }
 

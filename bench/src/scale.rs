@@ -21,7 +21,19 @@ use crate::targets::{strata_bin, Target};
 use crate::workloads::{self, RunReport};
 
 const DEFAULT_WORKLOAD: &[&str] = &[
-    "put", "--conns", "10", "--clients", "100", "--total", "20000", "--key-space-size", "100000", "--key-size", "16", "--val-size", "256",
+    "put",
+    "--conns",
+    "10",
+    "--clients",
+    "100",
+    "--total",
+    "20000",
+    "--key-space-size",
+    "100000",
+    "--key-size",
+    "16",
+    "--val-size",
+    "256",
 ];
 
 #[derive(Args, Debug, Clone)]
@@ -67,14 +79,22 @@ const PERIOD_US: u64 = 100_000;
 impl Cgroups {
     fn detect() -> Result<Cgroups> {
         let v2 = Path::new("/sys/fs/cgroup");
-        if std::fs::read_to_string(v2.join("cgroup.controllers")).is_ok_and(|c| c.split_whitespace().any(|x| x == "cpu")) {
+        if std::fs::read_to_string(v2.join("cgroup.controllers"))
+            .is_ok_and(|c| c.split_whitespace().any(|x| x == "cpu"))
+        {
             // Children of the root get the cpu controller only when it is enabled there.
             let _ = std::fs::write(v2.join("cgroup.subtree_control"), "+cpu");
-            return Ok(Cgroups { kind: Kind::V2(v2.to_path_buf()), dirs: Vec::new() });
+            return Ok(Cgroups {
+                kind: Kind::V2(v2.to_path_buf()),
+                dirs: Vec::new(),
+            });
         }
         let v1 = Path::new("/sys/fs/cgroup/cpu");
         if v1.join("cpu.cfs_quota_us").is_file() {
-            return Ok(Cgroups { kind: Kind::V1(v1.to_path_buf()), dirs: Vec::new() });
+            return Ok(Cgroups {
+                kind: Kind::V1(v1.to_path_buf()),
+                dirs: Vec::new(),
+            });
         }
         bail!("no cgroup CPU controller found (neither cgroup v2 with `cpu` nor v1 /sys/fs/cgroup/cpu); use --no-cgroup")
     }
@@ -90,20 +110,29 @@ impl Cgroups {
     fn create(&mut self, name: &str, cpus: f64) -> Result<PathBuf> {
         let quota = ((cpus * PERIOD_US as f64).round() as u64).max(1000);
         let (base, files): (&Path, Vec<(&str, String)>) = match &self.kind {
-            Kind::V1(b) => (b, vec![("cpu.cfs_period_us", PERIOD_US.to_string()), ("cpu.cfs_quota_us", quota.to_string())]),
+            Kind::V1(b) => (
+                b,
+                vec![
+                    ("cpu.cfs_period_us", PERIOD_US.to_string()),
+                    ("cpu.cfs_quota_us", quota.to_string()),
+                ],
+            ),
             Kind::V2(b) => (b, vec![("cpu.max", format!("{quota} {PERIOD_US}"))]),
         };
         let dir = base.join(format!("strata-bench-{}-{name}", std::process::id()));
-        std::fs::create_dir(&dir).with_context(|| format!("create cgroup {} (needs root)", dir.display()))?;
+        std::fs::create_dir(&dir)
+            .with_context(|| format!("create cgroup {} (needs root)", dir.display()))?;
         self.dirs.push(dir.clone());
         for (f, v) in files {
-            std::fs::write(dir.join(f), &v).with_context(|| format!("write {v} to {}", dir.join(f).display()))?;
+            std::fs::write(dir.join(f), &v)
+                .with_context(|| format!("write {v} to {}", dir.join(f).display()))?;
         }
         Ok(dir)
     }
 
     fn add(dir: &Path, pid: u32) -> Result<()> {
-        std::fs::write(dir.join("cgroup.procs"), pid.to_string()).with_context(|| format!("move pid {pid} into {}", dir.display()))
+        std::fs::write(dir.join("cgroup.procs"), pid.to_string())
+            .with_context(|| format!("move pid {pid} into {}", dir.display()))
     }
 
     fn remove_all(&mut self) {
@@ -126,8 +155,13 @@ impl Drop for Cgroups {
 
 /// PIDs of the storage nodes from `strata dev`'s `dev.json`.
 fn node_pids(dev_json: &Path) -> Result<Vec<(String, u32)>> {
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dev_json).with_context(|| format!("read {}", dev_json.display()))?)?;
-    let comps = v["components"].as_array().ok_or_else(|| anyhow!("dev.json has no components"))?;
+    let v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dev_json)
+            .with_context(|| format!("read {}", dev_json.display()))?,
+    )?;
+    let comps = v["components"]
+        .as_array()
+        .ok_or_else(|| anyhow!("dev.json has no components"))?;
     Ok(comps
         .iter()
         .filter(|c| c["role"] == "node")
@@ -166,15 +200,30 @@ pub async fn run(g: &GlobalArgs, a: &ScaleArgs, argv: Vec<String>) -> Result<Exi
     if a.nodes.is_empty() || a.nodes.contains(&0) || a.rounds == 0 {
         bail!("--nodes must list positive sizes and --rounds must be at least 1");
     }
-    if !a.no_cgroup && !(a.cpu_per_node > 0.0 && a.cpu_per_node.is_finite()) {
+    let quota_ok = a.cpu_per_node > 0.0 && a.cpu_per_node.is_finite();
+    if !a.no_cgroup && !quota_ok {
         bail!("--cpu-per-node must be positive");
     }
-    let workload: Vec<String> = if a.workload.is_empty() { DEFAULT_WORKLOAD.iter().map(|s| s.to_string()).collect() } else { a.workload.clone() };
+    let workload: Vec<String> = if a.workload.is_empty() {
+        DEFAULT_WORKLOAD.iter().map(|s| s.to_string()).collect()
+    } else {
+        a.workload.clone()
+    };
     workload_cli(&workload, &["127.0.0.1:1".to_string()])?;
-    let mut cg = if a.no_cgroup { None } else { Some(Cgroups::detect()?) };
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let mut cg = if a.no_cgroup {
+        None
+    } else {
+        Some(Cgroups::detect()?)
+    };
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let cpu_limit = match &cg {
-        Some(c) => format!("each storage node capped at {} CPU ({})", a.cpu_per_node, c.describe()),
+        Some(c) => format!(
+            "each storage node capped at {} CPU ({})",
+            a.cpu_per_node,
+            c.describe()
+        ),
         None => "no CPU cap (--no-cgroup): the nodes share the machine freely".to_string(),
     };
     let simulation = format!(
@@ -188,7 +237,8 @@ pub async fn run(g: &GlobalArgs, a: &ScaleArgs, argv: Vec<String>) -> Result<Exi
     let mut points = Vec::new();
     for &n in &a.nodes {
         eprintln!("strata-bench: starting strata dev with {n} nodes");
-        let t = Target::start_strata(&bin, n, &[]).with_context(|| format!("start strata dev --nodes {n}"))?;
+        let t = Target::start_strata(&bin, n, &[])
+            .with_context(|| format!("start strata dev --nodes {n}"))?;
         if let Some(c) = cg.as_mut() {
             let dev_json = t.data_dir().unwrap().join("data").join("dev.json");
             let pids = node_pids(&dev_json)?;
@@ -203,11 +253,22 @@ pub async fn run(g: &GlobalArgs, a: &ScaleArgs, argv: Vec<String>) -> Result<Exi
         let cli = workload_cli(&workload, &t.endpoints)?;
         let mut runs = Vec::new();
         for round in 1..=a.rounds {
-            let mut inner = vec!["strata-bench".to_string(), "--endpoints".into(), t.endpoints.join(",")];
+            let mut inner = vec![
+                "strata-bench".to_string(),
+                "--endpoints".into(),
+                t.endpoints.join(","),
+            ];
             inner.extend(workload.iter().cloned());
-            let rep = workloads::run(&cli, inner, &Progress::hidden()).await.with_context(|| format!("{n} nodes, round {round}"))?;
+            let rep = workloads::run(&cli, inner, &Progress::hidden())
+                .await
+                .with_context(|| format!("{n} nodes, round {round}"))?;
             let s = &rep.results[0];
-            println!("  {n} nodes, round {round}: {:.1} req/s, p99 {:.3} ms, {} errors", s.requests_per_sec, s.pctl(99.0) * 1e3, s.errors);
+            println!(
+                "  {n} nodes, round {round}: {:.1} req/s, p99 {:.3} ms, {} errors",
+                s.requests_per_sec,
+                s.pctl(99.0) * 1e3,
+                s.errors
+            );
             runs.push(rep);
         }
         drop(t);
@@ -223,23 +284,52 @@ pub async fn run(g: &GlobalArgs, a: &ScaleArgs, argv: Vec<String>) -> Result<Exi
             requests_per_sec_median: m,
             requests_per_sec_spread_pct: spread_pct(&rps),
             requests_per_sec_per_node: m / n as f64,
-            p50_ms: median(&runs.iter().map(|r| r.results[0].pctl(50.0) * 1e3).collect::<Vec<_>>()),
-            p99_ms: median(&runs.iter().map(|r| r.results[0].pctl(99.0) * 1e3).collect::<Vec<_>>()),
+            p50_ms: median(
+                &runs
+                    .iter()
+                    .map(|r| r.results[0].pctl(50.0) * 1e3)
+                    .collect::<Vec<_>>(),
+            ),
+            p99_ms: median(
+                &runs
+                    .iter()
+                    .map(|r| r.results[0].pctl(99.0) * 1e3)
+                    .collect::<Vec<_>>(),
+            ),
             errors: runs.iter().map(|r| r.results[0].errors).sum(),
             runs,
         });
     }
     let base = points[0].requests_per_sec_median;
     let mut md = String::from("| nodes | node CPU cap (total) | requests/sec (median ± spread) | vs first | p50 (ms) | p99 (ms) | errors |\n|---:|---:|---:|---:|---:|---:|---:|\n");
-    println!("\n{:>5} {:>18} {:>26} {:>9} {:>9} {:>9} {:>7}", "nodes", "node CPU (total)", "requests/sec ± spread", "vs first", "p50 ms", "p99 ms", "errors");
+    println!(
+        "\n{:>5} {:>18} {:>26} {:>9} {:>9} {:>9} {:>7}",
+        "nodes",
+        "node CPU (total)",
+        "requests/sec ± spread",
+        "vs first",
+        "p50 ms",
+        "p99 ms",
+        "errors"
+    );
     for p in &points {
-        let cap = p.cpu_per_node.map(|c| format!("{c} ({:.1})", c * p.nodes as f64)).unwrap_or_else(|| "uncapped".into());
-        let rel = if base > 0.0 { p.requests_per_sec_median / base } else { f64::NAN };
+        let cap = p
+            .cpu_per_node
+            .map(|c| format!("{c} ({:.1})", c * p.nodes as f64))
+            .unwrap_or_else(|| "uncapped".into());
+        let rel = if base > 0.0 {
+            p.requests_per_sec_median / base
+        } else {
+            f64::NAN
+        };
         println!(
             "{:>5} {:>18} {:>26} {:>8.2}x {:>9.3} {:>9.3} {:>7}",
             p.nodes,
             cap,
-            format!("{:.1} ± {:.1}%", p.requests_per_sec_median, p.requests_per_sec_spread_pct),
+            format!(
+                "{:.1} ± {:.1}%",
+                p.requests_per_sec_median, p.requests_per_sec_spread_pct
+            ),
             rel,
             p.p50_ms,
             p.p99_ms,
@@ -247,7 +337,14 @@ pub async fn run(g: &GlobalArgs, a: &ScaleArgs, argv: Vec<String>) -> Result<Exi
         );
         md += &format!(
             "| {} | {} | {:.1} ± {:.1}% | {:.2}x | {:.3} | {:.3} | {} |\n",
-            p.nodes, cap, p.requests_per_sec_median, p.requests_per_sec_spread_pct, rel, p.p50_ms, p.p99_ms, p.errors
+            p.nodes,
+            cap,
+            p.requests_per_sec_median,
+            p.requests_per_sec_spread_pct,
+            rel,
+            p.p50_ms,
+            p.p99_ms,
+            p.errors
         );
     }
     println!("\n(one-machine simulation; see the note above)");
@@ -270,9 +367,19 @@ pub async fn run(g: &GlobalArgs, a: &ScaleArgs, argv: Vec<String>) -> Result<Exi
         std::fs::write(p, format!("{md}\n_{simulation}_\n"))?;
     }
     if let Some(p) = &g.plot {
-        let pts: Vec<(f64, f64)> = points.iter().map(|p| (p.nodes as f64, p.requests_per_sec_median)).collect();
-        plot::draw_scale(p, &format!("strata-bench scale: {} (one-machine simulation)", workload.join(" ")), &pts)
-            .with_context(|| format!("plot {}", p.display()))?;
+        let pts: Vec<(f64, f64)> = points
+            .iter()
+            .map(|p| (p.nodes as f64, p.requests_per_sec_median))
+            .collect();
+        plot::draw_scale(
+            p,
+            &format!(
+                "strata-bench scale: {} (one-machine simulation)",
+                workload.join(" ")
+            ),
+            &pts,
+        )
+        .with_context(|| format!("plot {}", p.display()))?;
     }
     Ok(ExitCode::SUCCESS)
 }

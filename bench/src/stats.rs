@@ -239,7 +239,9 @@ impl Recorder {
             } else if self.hist.highest_equivalent(raw) >= self.max_ns {
                 self.max_ns
             } else {
-                self.hist.median_equivalent(raw).clamp(self.min_ns, self.max_ns)
+                self.hist
+                    .median_equivalent(raw)
+                    .clamp(self.min_ns, self.max_ns)
             };
             let x = ns as f64 / 1e9;
             counts[bucket_of(&bounds, x)] += v.count_at_value();
@@ -294,8 +296,16 @@ impl Recorder {
             errors: self.error_count(),
             error_distribution: self.errors.clone(),
             total_secs,
-            slowest_secs: if n == 0 { 0.0 } else { self.max_ns as f64 / 1e9 },
-            fastest_secs: if n == 0 { 0.0 } else { self.min_ns as f64 / 1e9 },
+            slowest_secs: if n == 0 {
+                0.0
+            } else {
+                self.max_ns as f64 / 1e9
+            },
+            fastest_secs: if n == 0 {
+                0.0
+            } else {
+                self.min_ns as f64 / 1e9
+            },
             average_secs: self.moments.mean,
             stddev_secs: self.moments.stddev(),
             requests_per_sec: if total_secs > 0.0 {
@@ -402,7 +412,7 @@ impl Summary {
             s += "\nResponse time histogram:\n";
             let max = self.histogram.iter().map(|b| b.count).max().unwrap_or(0);
             for b in &self.histogram {
-                let bar = if max > 0 { b.count * 40 / max } else { 0 };
+                let bar = (b.count * 40).checked_div(max).unwrap_or(0);
                 s += &format!(
                     "  {:.4} [{}]\t|{}\n",
                     b.le_secs,
@@ -474,7 +484,11 @@ mod tests {
         let sd = (lats.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
         assert_eq!(s.requests, 10_000);
         assert!((s.average_secs - mean).abs() < 1e-9 * mean.max(1.0));
-        assert!((s.stddev_secs - sd).abs() / sd < 1e-6, "{} vs {sd}", s.stddev_secs);
+        assert!(
+            (s.stddev_secs - sd).abs() / sd < 1e-6,
+            "{} vs {sd}",
+            s.stddev_secs
+        );
         let min = lats.iter().cloned().fold(f64::MAX, f64::min);
         let max = lats.iter().cloned().fold(0.0, f64::max);
         assert!((s.fastest_secs - min).abs() < 2e-9);

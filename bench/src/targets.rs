@@ -50,7 +50,10 @@ pub fn strata_bin(flag: Option<&Path>) -> PathBuf {
 
 /// `n` consecutive free loopback ports in 10000..32000 (below Linux's ephemeral range).
 pub fn free_ports(n: u16) -> Result<u16> {
-    let mut x = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
+    let mut x = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
         ^ ((std::process::id() as u64) << 32);
     for _ in 0..1000 {
         x ^= x << 13;
@@ -116,7 +119,12 @@ impl Target {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(File::create(tmp.path().join("stderr.log"))?);
-        let mut child = spawn_group(cmd).with_context(|| format!("start {} dev (set --strata-bin or STRATA_BIN)", bin.display()))?;
+        let mut child = spawn_group(cmd).with_context(|| {
+            format!(
+                "start {} dev (set --strata-bin or STRATA_BIN)",
+                bin.display()
+            )
+        })?;
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel::<String>();
         let log_path = tmp.path().join("stdout.log");
@@ -163,13 +171,19 @@ impl Target {
         if members == 0 {
             bail!("--members must be at least 1");
         }
-        let tmp = tempfile::Builder::new().prefix("strata-bench-etcd-").tempdir()?;
+        let tmp = tempfile::Builder::new()
+            .prefix("strata-bench-etcd-")
+            .tempdir()?;
         let base = free_ports(2 * members as u16)?;
         let peer = |i: usize| format!("http://127.0.0.1:{}", base + 2 * i as u16 + 1);
         let client = |i: usize| format!("127.0.0.1:{}", base + 2 * i as u16);
         let initial: Vec<String> = (0..members).map(|i| format!("m{i}={}", peer(i))).collect();
         let mut t = Target {
-            label: format!("etcd {} ({members} member{})", etcd_version(bin), if members == 1 { "" } else { "s" }),
+            label: format!(
+                "etcd {} ({members} member{})",
+                etcd_version(bin),
+                if members == 1 { "" } else { "s" }
+            ),
             endpoints: (0..members).map(client).collect(),
             procs: Vec::new(),
             tmp: None,
@@ -180,10 +194,25 @@ impl Target {
             cmd.args(["--name", &format!("m{i}")])
                 .arg("--data-dir")
                 .arg(tmp.path().join(format!("m{i}")))
-                .args(["--listen-client-urls", &curl, "--advertise-client-urls", &curl])
-                .args(["--listen-peer-urls", &peer(i), "--initial-advertise-peer-urls", &peer(i)])
+                .args([
+                    "--listen-client-urls",
+                    &curl,
+                    "--advertise-client-urls",
+                    &curl,
+                ])
+                .args([
+                    "--listen-peer-urls",
+                    &peer(i),
+                    "--initial-advertise-peer-urls",
+                    &peer(i),
+                ])
                 .args(["--initial-cluster", &initial.join(",")])
-                .args(["--initial-cluster-state", "new", "--initial-cluster-token", "strata-bench"])
+                .args([
+                    "--initial-cluster-state",
+                    "new",
+                    "--initial-cluster-token",
+                    "strata-bench",
+                ])
                 .stdin(Stdio::null())
                 .stdout(File::create(tmp.path().join(format!("m{i}.stdout.log")))?)
                 .stderr(File::create(tmp.path().join(format!("m{i}.stderr.log")))?);
@@ -200,7 +229,11 @@ impl Target {
         let deadline = Instant::now() + READY_TIMEOUT;
         for ep in t.endpoints.clone() {
             loop {
-                if let Some(i) = t.procs.iter_mut().position(|c| c.try_wait().ok().flatten().is_some()) {
+                if let Some(i) = t
+                    .procs
+                    .iter_mut()
+                    .position(|c| c.try_wait().ok().flatten().is_some())
+                {
                     let err = tail(&log0, 4000);
                     t.stop();
                     bail!("etcd member m{i} exited early; m0's log:\n{err}");
@@ -282,9 +315,10 @@ pub fn etcd_version(bin: &Path) -> String {
         .output()
         .ok()
         .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .find_map(|l| l.strip_prefix("etcd Version:").map(|v| v.trim().to_string()))
+            String::from_utf8_lossy(&o.stdout).lines().find_map(|l| {
+                l.strip_prefix("etcd Version:")
+                    .map(|v| v.trim().to_string())
+            })
         })
         .unwrap_or_else(|| "?".into())
 }

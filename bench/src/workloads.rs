@@ -39,8 +39,12 @@ impl RunReport {
         let mut s = String::new();
         for r in &self.results {
             let header = match (self.command.as_str(), r.name.as_str()) {
-                ("txn-mixed", "read") => format!("Total Read Ops: {}\nDetails:", r.requests + r.errors),
-                ("txn-mixed", "write") => format!("Total Write Ops: {}\nDetails:", r.requests + r.errors),
+                ("txn-mixed", "read") => {
+                    format!("Total Read Ops: {}\nDetails:", r.requests + r.errors)
+                }
+                ("txn-mixed", "write") => {
+                    format!("Total Write Ops: {}\nDetails:", r.requests + r.errors)
+                }
                 ("watch", "watch-creation") => "Watch creation summary:".into(),
                 ("watch", "put") | ("watch-latency", "put") => "\nPut summary:".into(),
                 ("watch", "watch-events") => "\nWatch events received summary:".into(),
@@ -62,7 +66,10 @@ impl RunReport {
 }
 
 fn now_unix() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 fn load_of(l: &LoadArgs, g: &GlobalArgs) -> Result<Load> {
@@ -105,8 +112,13 @@ pub async fn run(cli: &Cli, argv: Vec<String>, progress: &Progress) -> Result<Ru
     let results = match &cli.cmd {
         Cmd::Put(a) => {
             let load = load_of(&a.load, g)?;
-            let kg = KeyGen::new(a.keys.prefix.as_bytes(), a.keys.key_size, a.keys.key_space_size, a.keys.sequential_keys)
-                .map_err(|e| anyhow!(e))?;
+            let kg = KeyGen::new(
+                a.keys.prefix.as_bytes(),
+                a.keys.key_size,
+                a.keys.key_space_size,
+                a.keys.sequential_keys,
+            )
+            .map_err(|e| anyhow!(e))?;
             let mut rng0 = seeded();
             let val = rand_bytes(a.keys.val_size, &mut rng0);
             let workers = clients
@@ -117,7 +129,12 @@ pub async fn run(cli: &Cli, argv: Vec<String>, progress: &Progress) -> Result<Ru
                     Box::new(move |i| {
                         let key = kg.key(i, &mut rng);
                         let (mut kv, val) = (kv.clone(), val.clone());
-                        let f: OpFuture = Box::pin(async move { kv.put(key, val, None).await.map(|_| ()).map_err(|e| err_text(&e)) });
+                        let f: OpFuture = Box::pin(async move {
+                            kv.put(key, val, None)
+                                .await
+                                .map(|_| ())
+                                .map_err(|e| err_text(&e))
+                        });
                         (0usize, f)
                     }) as Worker
                 })
@@ -128,8 +145,14 @@ pub async fn run(cli: &Cli, argv: Vec<String>, progress: &Progress) -> Result<Ru
         Cmd::Range(a) => {
             let load = load_of(&a.load, g)?;
             let (key, end): (Vec<u8>, Option<Vec<u8>>) = match (&a.key, &a.end) {
-                (Some(k), e) => (k.as_bytes().to_vec(), e.as_ref().map(|e| e.as_bytes().to_vec())),
-                (None, _) if !a.prefix.is_empty() => (a.prefix.as_bytes().to_vec(), Some(prefix_end(a.prefix.as_bytes()))),
+                (Some(k), e) => (
+                    k.as_bytes().to_vec(),
+                    e.as_ref().map(|e| e.as_bytes().to_vec()),
+                ),
+                (None, _) if !a.prefix.is_empty() => (
+                    a.prefix.as_bytes().to_vec(),
+                    Some(prefix_end(a.prefix.as_bytes())),
+                ),
                 (None, _) => bail!("range needs KEY [END] or --prefix"),
             };
             let mut opts = GetOptions::new();
@@ -151,7 +174,12 @@ pub async fn run(cli: &Cli, argv: Vec<String>, progress: &Progress) -> Result<Ru
                     let (kv, key, opts) = (c.kv_client(), key.clone(), opts.clone());
                     Box::new(move |_i| {
                         let (mut kv, key, opts) = (kv.clone(), key.clone(), opts.clone());
-                        let f: OpFuture = Box::pin(async move { kv.get(key, Some(opts)).await.map(|_| ()).map_err(|e| err_text(&e)) });
+                        let f: OpFuture = Box::pin(async move {
+                            kv.get(key, Some(opts))
+                                .await
+                                .map(|_| ())
+                                .map_err(|e| err_text(&e))
+                        });
                         (0usize, f)
                     }) as Worker
                 })
@@ -161,8 +189,13 @@ pub async fn run(cli: &Cli, argv: Vec<String>, progress: &Progress) -> Result<Ru
         }
         Cmd::TxnPut(a) => {
             let load = load_of(&a.load, g)?;
-            let kg = KeyGen::new(a.keys.prefix.as_bytes(), a.keys.key_size, a.keys.key_space_size, a.keys.sequential_keys)
-                .map_err(|e| anyhow!(e))?;
+            let kg = KeyGen::new(
+                a.keys.prefix.as_bytes(),
+                a.keys.key_size,
+                a.keys.key_space_size,
+                a.keys.sequential_keys,
+            )
+            .map_err(|e| anyhow!(e))?;
             if a.txn_ops == 0 || a.txn_ops > a.keys.key_space_size {
                 bail!(
                     "--txn-ops ({}) must be between 1 and --key-space-size ({}): a txn may not put one key twice",
@@ -181,11 +214,19 @@ pub async fn run(cli: &Cli, argv: Vec<String>, progress: &Progress) -> Result<Ru
                         // As etcd: txn i puts keys (i·ops + j) mod key-space-size.
                         let txn = Txn::new().and_then(
                             (0..ops)
-                                .map(|j| TxnOp::put(kg.key_n(i.wrapping_mul(ops).wrapping_add(j)), val.clone(), None))
+                                .map(|j| {
+                                    TxnOp::put(
+                                        kg.key_n(i.wrapping_mul(ops).wrapping_add(j)),
+                                        val.clone(),
+                                        None,
+                                    )
+                                })
                                 .collect::<Vec<_>>(),
                         );
                         let mut kv = kv.clone();
-                        let f: OpFuture = Box::pin(async move { kv.txn(txn).await.map(|_| ()).map_err(|e| err_text(&e)) });
+                        let f: OpFuture = Box::pin(async move {
+                            kv.txn(txn).await.map(|_| ()).map_err(|e| err_text(&e))
+                        });
                         (0usize, f)
                     }) as Worker
                 })
@@ -198,12 +239,26 @@ pub async fn run(cli: &Cli, argv: Vec<String>, progress: &Progress) -> Result<Ru
             if !(a.rw_ratio >= 0.0 && a.rw_ratio.is_finite()) {
                 bail!("--rw-ratio must be ≥ 0");
             }
-            let kg = KeyGen::new(a.keys.prefix.as_bytes(), a.keys.key_size, a.keys.key_space_size, a.keys.sequential_keys)
-                .map_err(|e| anyhow!(e))?;
-            let (rkey, rend) = if a.keys.prefix.is_empty() { (vec![0u8], vec![0u8]) } else {
-                (a.keys.prefix.as_bytes().to_vec(), prefix_end(a.keys.prefix.as_bytes()))
+            let kg = KeyGen::new(
+                a.keys.prefix.as_bytes(),
+                a.keys.key_size,
+                a.keys.key_space_size,
+                a.keys.sequential_keys,
+            )
+            .map_err(|e| anyhow!(e))?;
+            let (rkey, rend) = if a.keys.prefix.is_empty() {
+                (vec![0u8], vec![0u8])
+            } else {
+                (
+                    a.keys.prefix.as_bytes().to_vec(),
+                    prefix_end(a.keys.prefix.as_bytes()),
+                )
             };
-            let rend = a.end_key.as_ref().map(|e| e.as_bytes().to_vec()).unwrap_or(rend);
+            let rend = a
+                .end_key
+                .as_ref()
+                .map(|e| e.as_bytes().to_vec())
+                .unwrap_or(rend);
             let mut ropts = GetOptions::new().with_range(rend).with_limit(a.limit);
             if a.consistency == Consistency::S {
                 ropts = ropts.with_serializable();
@@ -214,7 +269,13 @@ pub async fn run(cli: &Cli, argv: Vec<String>, progress: &Progress) -> Result<Ru
             let workers = clients
                 .iter()
                 .map(|c| {
-                    let (kv, kg, val, rkey, ropts) = (c.kv_client(), kg.clone(), val.clone(), rkey.clone(), ropts.clone());
+                    let (kv, kg, val, rkey, ropts) = (
+                        c.kv_client(),
+                        kg.clone(),
+                        val.clone(),
+                        rkey.clone(),
+                        ropts.clone(),
+                    );
                     let mut rng = SmallRng::from_rng(&mut rng0);
                     Box::new(move |i: u64| {
                         let (kind, op) = if rng.random::<f64>() < p_read {
@@ -224,8 +285,12 @@ pub async fn run(cli: &Cli, argv: Vec<String>, progress: &Progress) -> Result<Ru
                             (1usize, TxnOp::put(kg.key_n(i), val.clone(), None))
                         };
                         let mut kv = kv.clone();
-                        let f: OpFuture =
-                            Box::pin(async move { kv.txn(Txn::new().and_then([op])).await.map(|_| ()).map_err(|e| err_text(&e)) });
+                        let f: OpFuture = Box::pin(async move {
+                            kv.txn(Txn::new().and_then([op]))
+                                .await
+                                .map(|_| ())
+                                .map_err(|e| err_text(&e))
+                        });
                         (kind, f)
                     }) as Worker
                 })
@@ -233,7 +298,10 @@ pub async fn run(cli: &Cli, argv: Vec<String>, progress: &Progress) -> Result<Ru
             let ph = run_closed_loop(2, workers, load, progress, "txn-mixed").await;
             let (r, w) = (&ph.recorders[0], &ph.recorders[1]);
             let (nr, nw) = (r.count() + r.error_count(), w.count() + w.error_count());
-            vec![r.summary("read", ph.wall, nr), w.summary("write", ph.wall, nw)]
+            vec![
+                r.summary("read", ph.wall, nr),
+                w.summary("write", ph.wall, nw),
+            ]
         }
         Cmd::LeaseKeepalive(a) => {
             let load = load_of(&a.load, g)?;
@@ -255,7 +323,12 @@ pub async fn run(cli: &Cli, argv: Vec<String>, progress: &Progress) -> Result<Ru
                         let mut lc = lc.clone();
                         // One keepalive request and its response on a fresh stream, as
                         // etcd's KeepAliveOnce.
-                        let f: OpFuture = Box::pin(async move { lc.keep_alive(id).await.map(|_| ()).map_err(|e| err_text(&e)) });
+                        let f: OpFuture = Box::pin(async move {
+                            lc.keep_alive(id)
+                                .await
+                                .map(|_| ())
+                                .map_err(|e| err_text(&e))
+                        });
                         (0usize, f)
                     }) as Worker
                 })
@@ -312,7 +385,10 @@ fn workload_json(cli: &Cli) -> serde_json::Value {
     // Resolve the request count bound.
     let mut sub = sub;
     if let Some(load) = sub.get_mut("load").and_then(|l| l.as_object_mut()) {
-        let total = load.get("total").cloned().unwrap_or(serde_json::Value::Null);
+        let total = load
+            .get("total")
+            .cloned()
+            .unwrap_or(serde_json::Value::Null);
         if total.is_null() && load.get("duration").is_none_or(|d| d.is_null()) {
             load.insert("total".into(), 10_000.into());
         }
@@ -346,7 +422,9 @@ async fn create_watches(
             loop {
                 match s.message().await.map_err(|e| err_text(&e))? {
                     Some(resp) if resp.created() => return Ok(()),
-                    Some(resp) if resp.canceled() => return Err(format!("watch canceled: {}", resp.cancel_reason())),
+                    Some(resp) if resp.canceled() => {
+                        return Err(format!("watch canceled: {}", resp.cancel_reason()))
+                    }
                     Some(_) => continue,
                     None => return Err("watch stream closed".to_string()),
                 }
@@ -371,13 +449,26 @@ async fn create_watches(
     (stream, rec)
 }
 
-async fn watch(g: &GlobalArgs, a: &crate::cli::WatchArgs, clients: &[Client], progress: &Progress) -> Result<Vec<Summary>> {
+async fn watch(
+    g: &GlobalArgs,
+    a: &crate::cli::WatchArgs,
+    clients: &[Client],
+    progress: &Progress,
+) -> Result<Vec<Summary>> {
     if a.streams == 0 || a.watch_per_stream == 0 || a.watched_key_total == 0 {
         bail!("--streams, --watch-per-stream and --watched-key-total must be at least 1");
     }
-    let kg = KeyGen::new(a.prefix.as_bytes(), a.key_size, a.key_space_size, a.sequential_keys).map_err(|e| anyhow!(e))?;
+    let kg = KeyGen::new(
+        a.prefix.as_bytes(),
+        a.key_size,
+        a.key_space_size,
+        a.sequential_keys,
+    )
+    .map_err(|e| anyhow!(e))?;
     let mut rng = seeded();
-    let watched: Vec<Vec<u8>> = (0..a.watched_key_total as u64).map(|i| kg.key(i, &mut rng)).collect();
+    let watched: Vec<Vec<u8>> = (0..a.watched_key_total as u64)
+        .map(|i| kg.key(i, &mut rng))
+        .collect();
     let total_watchers = a.streams * a.watch_per_stream;
     let mut num_watchers: HashMap<&[u8], u64> = HashMap::new();
     for j in 0..total_watchers {
@@ -415,12 +506,15 @@ async fn watch(g: &GlobalArgs, a: &crate::cli::WatchArgs, clients: &[Client], pr
     // Phase 2: put the watched keys; every watcher of a key gets an event per put.
     // Watches whose creation failed are counted there and not expected to deliver.
     let events_total: u64 = if creation.error_count() == 0 {
-        (0..a.put_total).map(|i| num_watchers[watched[(i % watched.len() as u64) as usize].as_slice()]).sum()
+        (0..a.put_total)
+            .map(|i| num_watchers[watched[(i % watched.len() as u64) as usize].as_slice()])
+            .sum()
     } else {
         0
     };
     let t1 = Instant::now();
-    let starts: Arc<Vec<AtomicU64>> = Arc::new((0..a.put_total).map(|_| AtomicU64::new(0)).collect());
+    let starts: Arc<Vec<AtomicU64>> =
+        Arc::new((0..a.put_total).map(|_| AtomicU64::new(0)).collect());
     let remaining = Arc::new(AtomicI64::new(events_total as i64));
     let all_in = Arc::new(tokio::sync::Notify::new());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -428,7 +522,12 @@ async fn watch(g: &GlobalArgs, a: &crate::cli::WatchArgs, clients: &[Client], pr
     let mut rx_tasks = Vec::new();
     if events_total > 0 {
         for mut s in streams {
-            let (starts, remaining, all_in, received) = (starts.clone(), remaining.clone(), all_in.clone(), received.clone());
+            let (starts, remaining, all_in, received) = (
+                starts.clone(),
+                remaining.clone(),
+                all_in.clone(),
+                received.clone(),
+            );
             let mut stop_rx = stop_rx.clone();
             rx_tasks.push(tokio::spawn(async move {
                 let mut rec = Recorder::new();
@@ -479,8 +578,12 @@ async fn watch(g: &GlobalArgs, a: &crate::cli::WatchArgs, clients: &[Client], pr
                 let key = watched[(i % watched.len() as u64) as usize].clone();
                 starts[i as usize].store((t1.elapsed().as_nanos() as u64) + 1, Ordering::Release);
                 let mut kv = kv.clone();
-                let f: OpFuture =
-                    Box::pin(async move { kv.put(key, indexed_value(i, val_size), None).await.map(|_| ()).map_err(|e| err_text(&e)) });
+                let f: OpFuture = Box::pin(async move {
+                    kv.put(key, indexed_value(i, val_size), None)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| err_text(&e))
+                });
                 (0usize, f)
             }) as Worker
         })
@@ -509,7 +612,13 @@ async fn watch(g: &GlobalArgs, a: &crate::cli::WatchArgs, clients: &[Client], pr
     bar.finish();
     let missing = events_total.saturating_sub(events.count());
     for _ in 0..missing.min(1_000_000) {
-        events.record_error(&format!("event not received within {:?} of the last put", a.event_timeout.0), events_wall);
+        events.record_error(
+            &format!(
+                "event not received within {:?} of the last put",
+                a.event_timeout.0
+            ),
+            events_wall,
+        );
     }
     let events_sum = events.summary("watch-events", events_wall, events_total);
     Ok(vec![creation_sum, put_sum, events_sum])
@@ -540,7 +649,9 @@ async fn watch_latency(
                 match s.message().await? {
                     Some(r) if r.created() => return Ok::<_, etcd_client::Error>(s),
                     Some(_) => continue,
-                    None => return Err(etcd_client::Error::WatchError("watch stream closed".into())),
+                    None => {
+                        return Err(etcd_client::Error::WatchError("watch stream closed".into()))
+                    }
                 }
             }
         })
@@ -572,14 +683,19 @@ async fn watch_latency(
     let limiter = RateLimiter::optional(a.put_rate);
     let done = Arc::new(AtomicU64::new(0));
     let bar = progress.track("watch-latency", a.total, None, done.clone());
-    let (mut from_ack, mut from_start, mut puts) = (Recorder::new(), Recorder::new(), Recorder::new());
+    let (mut from_ack, mut from_start, mut puts) =
+        (Recorder::new(), Recorder::new(), Recorder::new());
     let t0 = Instant::now();
     for i in 0..a.total {
         if let Some(l) = &limiter {
             l.acquire().await;
         }
         let st = Instant::now();
-        let r = tokio::time::timeout(g.request_timeout.0, kv.put(key.clone(), indexed_value(i, a.val_size), None)).await;
+        let r = tokio::time::timeout(
+            g.request_timeout.0,
+            kv.put(key.clone(), indexed_value(i, a.val_size), None),
+        )
+        .await;
         let ack = Instant::now();
         match r {
             Ok(Ok(_)) => puts.record(ack - st, ack - t0),
@@ -630,13 +746,27 @@ async fn watch_latency(
 pub fn write_csv(path: &std::path::Path, rep: &RunReport) -> Result<()> {
     let mut w = csv::Writer::from_path(path)?;
     w.write_record([
-        "command", "result", "second", "requests", "errors", "interval_secs", "requests_per_sec", "average_ms", "p50_ms",
-        "p90_ms", "p99_ms", "max_ms",
+        "command",
+        "result",
+        "second",
+        "requests",
+        "errors",
+        "interval_secs",
+        "requests_per_sec",
+        "average_ms",
+        "p50_ms",
+        "p90_ms",
+        "p99_ms",
+        "max_ms",
     ])?;
     for r in &rep.results {
         for s in &r.series {
             let interval = (r.total_secs - s.second as f64).clamp(0.0, 1.0);
-            let rps = if interval > 0.0 { s.requests as f64 / interval } else { 0.0 };
+            let rps = if interval > 0.0 {
+                s.requests as f64 / interval
+            } else {
+                0.0
+            };
             w.write_record([
                 rep.command.clone(),
                 r.name.clone(),
@@ -656,4 +786,3 @@ pub fn write_csv(path: &std::path::Path, rep: &RunReport) -> Result<()> {
     w.flush()?;
     Ok(())
 }
-

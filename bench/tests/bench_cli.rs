@@ -30,7 +30,11 @@ fn strata_bin() -> PathBuf {
     }
     // <target>/debug/deps/bench_cli-HASH → <target>/debug/strata
     let exe = std::env::current_exe().expect("current_exe");
-    let p = exe.parent().and_then(|d| d.parent()).map(|d| d.join("strata")).expect("target dir");
+    let p = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join("strata"))
+        .expect("target dir");
     assert!(
         p.is_file(),
         "the strata binary is not at {} — build it first (`cargo build --bin strata`, which \
@@ -46,7 +50,10 @@ fn etcd_bin() -> String {
 
 fn free_ports(n: u16) -> u16 {
     static SEED: AtomicU64 = AtomicU64::new(0);
-    let mut x = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
+    let mut x = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
         ^ ((std::process::id() as u64) << 32)
         ^ SEED.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
     for _ in 0..1000 {
@@ -70,7 +77,8 @@ fn spawn_group(mut cmd: Command) -> Child {
             Ok(())
         });
     }
-    cmd.spawn().unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()))
+    cmd.spawn()
+        .unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()))
 }
 
 struct Server {
@@ -81,25 +89,51 @@ struct Server {
 
 impl Server {
     fn etcd() -> Server {
-        let tmp = tempfile::Builder::new().prefix("strata-bench-it-").tempdir().unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix("strata-bench-it-")
+            .tempdir()
+            .unwrap();
         let base = free_ports(2);
-        let (c, p) = (format!("http://127.0.0.1:{base}"), format!("http://127.0.0.1:{}", base + 1));
+        let (c, p) = (
+            format!("http://127.0.0.1:{base}"),
+            format!("http://127.0.0.1:{}", base + 1),
+        );
         let mut cmd = Command::new(etcd_bin());
         cmd.arg("--data-dir")
             .arg(tmp.path().join("data"))
             .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
-            .args(["--listen-peer-urls", &p, "--initial-advertise-peer-urls", &p])
+            .args([
+                "--listen-peer-urls",
+                &p,
+                "--initial-advertise-peer-urls",
+                &p,
+            ])
             .args(["--initial-cluster", &format!("default={p}")])
             .stdin(Stdio::null())
             .stdout(File::create(tmp.path().join("stdout.log")).unwrap())
             .stderr(File::create(tmp.path().join("stderr.log")).unwrap());
         let child = spawn_group(cmd);
-        let s = Server { endpoint: format!("127.0.0.1:{base}"), child: Some(child), tmp };
+        let s = Server {
+            endpoint: format!("127.0.0.1:{base}"),
+            child: Some(child),
+            tmp,
+        };
         // Ready once a tiny range run succeeds.
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             let o = run_bounded(
-                Command::new(BENCH).args(["--endpoints", &s.endpoint, "--dial-timeout", "2s", "--request-timeout", "2s", "range", "probe", "--total", "1"]),
+                Command::new(BENCH).args([
+                    "--endpoints",
+                    &s.endpoint,
+                    "--dial-timeout",
+                    "2s",
+                    "--request-timeout",
+                    "2s",
+                    "range",
+                    "probe",
+                    "--total",
+                    "1",
+                ]),
                 Duration::from_secs(10),
             );
             if o.status.success() && String::from_utf8_lossy(&o.stdout).contains("Requests/sec") {
@@ -112,7 +146,10 @@ impl Server {
     }
 
     fn strata() -> Server {
-        let tmp = tempfile::Builder::new().prefix("strata-bench-it-").tempdir().unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix("strata-bench-it-")
+            .tempdir()
+            .unwrap();
         let first = free_ports(23);
         let mut cmd = Command::new(strata_bin());
         cmd.arg("dev")
@@ -132,15 +169,25 @@ impl Server {
                 let _ = tx.send(line);
             }
         });
-        let s = Server { endpoint: format!("127.0.0.1:{first}"), child: Some(child), tmp };
+        let s = Server {
+            endpoint: format!("127.0.0.1:{first}"),
+            child: Some(child),
+            tmp,
+        };
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             match rx.recv_timeout(Duration::from_millis(200)) {
                 Ok(l) if l.contains("ready") => break,
                 Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => panic!("strata dev exited before ready: {}", s.log()),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!("strata dev exited before ready: {}", s.log())
+                }
             }
-            assert!(Instant::now() < deadline, "strata dev not ready: {}", s.log());
+            assert!(
+                Instant::now() < deadline,
+                "strata dev not ready: {}",
+                s.log()
+            );
         }
         s
     }
@@ -175,7 +222,9 @@ impl Drop for Server {
 
 /// Runs a command with a bound (killed past it).
 fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = spawn_group(std::mem::replace(cmd, Command::new("true")));
     let (mut so, mut se) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
     let ho = std::thread::spawn(move || {
@@ -204,7 +253,11 @@ fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    Output { status, stdout: ho.join().unwrap(), stderr: he.join().unwrap() }
+    Output {
+        status,
+        stdout: ho.join().unwrap(),
+        stderr: he.join().unwrap(),
+    }
 }
 
 /// Runs `strata-bench --endpoints EP ARGS --json F` and returns the JSON.
@@ -212,12 +265,26 @@ fn bench(dir: &Path, endpoint: &str, args: &[&str]) -> Value {
     static N: AtomicU64 = AtomicU64::new(0);
     let json = dir.join(format!("run-{}.json", N.fetch_add(1, Ordering::Relaxed)));
     let o = run_bounded(
-        Command::new(BENCH).args(["--endpoints", endpoint]).args(args).arg("--json").arg(&json),
+        Command::new(BENCH)
+            .args(["--endpoints", endpoint])
+            .args(args)
+            .arg("--json")
+            .arg(&json),
         RUN_TIMEOUT,
     );
-    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    assert!(o.status.success(), "strata-bench {args:?} failed ({}):\n{out}\n{err}", o.status);
-    assert!(out.contains("Summary:") && out.contains("Requests/sec:"), "no etcd-style summary:\n{out}");
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(
+        o.status.success(),
+        "strata-bench {args:?} failed ({}):\n{out}\n{err}",
+        o.status
+    );
+    assert!(
+        out.contains("Summary:") && out.contains("Requests/sec:"),
+        "no etcd-style summary:\n{out}"
+    );
     serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap()
 }
 
@@ -232,28 +299,75 @@ fn check(v: &Value, command: &str, main_expected: u64) -> Vec<(String, Value)> {
     assert_eq!(v["workload"]["command"], command);
     let results = v["results"].as_array().expect("results");
     assert!(!results.is_empty());
-    assert_eq!(results[0]["expected_requests"].as_u64().unwrap(), main_expected, "{command}: main result's expected count");
+    assert_eq!(
+        results[0]["expected_requests"].as_u64().unwrap(),
+        main_expected,
+        "{command}: main result's expected count"
+    );
     let mut out = Vec::new();
     for r in results {
         let name = r["name"].as_str().unwrap().to_string();
         let ctx = format!("{command}/{name}");
-        assert_eq!(r["errors"].as_u64().unwrap(), 0, "{ctx}: errors {}", r["error_distribution"]);
+        assert_eq!(
+            r["errors"].as_u64().unwrap(),
+            0,
+            "{ctx}: errors {}",
+            r["error_distribution"]
+        );
         let n = r["requests"].as_u64().unwrap();
-        assert_eq!(n, r["expected_requests"].as_u64().unwrap(), "{ctx}: request count");
+        assert_eq!(
+            n,
+            r["expected_requests"].as_u64().unwrap(),
+            "{ctx}: request count"
+        );
         if n == 0 {
             continue;
         }
-        let (fast, slow, avg) = (f(&r["fastest_secs"]), f(&r["slowest_secs"]), f(&r["average_secs"]));
-        assert!(fast > 0.0 && fast <= avg && avg <= slow, "{ctx}: fastest {fast} average {avg} slowest {slow}");
-        assert!(f(&r["requests_per_sec"]) > 0.0 && f(&r["total_secs"]) > 0.0, "{ctx}");
-        let p: Vec<(f64, f64)> = r["percentiles"].as_array().unwrap().iter().map(|x| (f(&x["percentile"]), f(&x["secs"]))).collect();
-        assert_eq!(p.iter().map(|x| x.0).collect::<Vec<_>>(), vec![10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.9], "{ctx}");
-        assert!(p[0].1 >= fast && p[7].1 <= slow, "{ctx}: percentiles outside [fastest, slowest]: {p:?}");
-        assert!(p.windows(2).all(|w| w[0].1 <= w[1].1), "{ctx}: percentiles not ordered: {p:?}");
+        let (fast, slow, avg) = (
+            f(&r["fastest_secs"]),
+            f(&r["slowest_secs"]),
+            f(&r["average_secs"]),
+        );
+        assert!(
+            fast > 0.0 && fast <= avg && avg <= slow,
+            "{ctx}: fastest {fast} average {avg} slowest {slow}"
+        );
+        assert!(
+            f(&r["requests_per_sec"]) > 0.0 && f(&r["total_secs"]) > 0.0,
+            "{ctx}"
+        );
+        let p: Vec<(f64, f64)> = r["percentiles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| (f(&x["percentile"]), f(&x["secs"])))
+            .collect();
+        assert_eq!(
+            p.iter().map(|x| x.0).collect::<Vec<_>>(),
+            vec![10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.9],
+            "{ctx}"
+        );
+        assert!(
+            p[0].1 >= fast && p[7].1 <= slow,
+            "{ctx}: percentiles outside [fastest, slowest]: {p:?}"
+        );
+        assert!(
+            p.windows(2).all(|w| w[0].1 <= w[1].1),
+            "{ctx}: percentiles not ordered: {p:?}"
+        );
         let h = r["histogram"].as_array().unwrap();
         assert_eq!(h.len(), 11, "{ctx}");
-        assert_eq!(h.iter().map(|b| b["count"].as_u64().unwrap()).sum::<u64>(), n, "{ctx}: histogram total");
-        let per_sec: u64 = r["series"].as_array().unwrap().iter().map(|s| s["requests"].as_u64().unwrap()).sum();
+        assert_eq!(
+            h.iter().map(|b| b["count"].as_u64().unwrap()).sum::<u64>(),
+            n,
+            "{ctx}: histogram total"
+        );
+        let per_sec: u64 = r["series"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["requests"].as_u64().unwrap())
+            .sum();
         assert_eq!(per_sec, n, "{ctx}: per-second series total");
         out.push((name, r.clone()));
     }
@@ -263,52 +377,161 @@ fn check(v: &Value, command: &str, main_expected: u64) -> Vec<(String, Value)> {
 fn all_subcommands(endpoint: &str) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let pre = format!("it-{}-{}/", std::process::id(), SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos());
+    let pre = format!(
+        "it-{}-{}/",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
     let common = ["--conns", "2", "--clients", "4"];
-    let with = |rest: &[&str]| -> Vec<String> { common.iter().chain(rest).map(|s| s.to_string()).collect() };
-    let run = |args: Vec<String>| bench(d, endpoint, &args.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    let with = |rest: &[&str]| -> Vec<String> {
+        common.iter().chain(rest).map(|s| s.to_string()).collect()
+    };
+    let run = |args: Vec<String>| {
+        bench(
+            d,
+            endpoint,
+            &args.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        )
+    };
 
-    let v = run(with(&["put", "--total", "200", "--key-space-size", "1000", "--val-size", "16", "--prefix", &pre]));
+    let v = run(with(&[
+        "put",
+        "--total",
+        "200",
+        "--key-space-size",
+        "1000",
+        "--val-size",
+        "16",
+        "--prefix",
+        &pre,
+    ]));
     check(&v, "put", 200);
     assert_eq!(v["workload"]["args"]["load"]["total"], 200);
     assert_eq!(v["workload"]["args"]["keys"]["key_space_size"], 1000);
     assert_eq!(v["workload"]["global"]["clients"], 4);
 
-    let v = run(with(&["put", "--total", "100", "--sequential-keys", "--rate", "200", "--prefix", &pre]));
+    let v = run(with(&[
+        "put",
+        "--total",
+        "100",
+        "--sequential-keys",
+        "--rate",
+        "200",
+        "--prefix",
+        &pre,
+    ]));
     let r = check(&v, "put", 100);
     // 100 requests at 200/s take at least ~0.5 s.
-    assert!(f(&r[0].1["total_secs"]) >= 0.45, "rate not applied: {}", r[0].1["total_secs"]);
+    assert!(
+        f(&r[0].1["total_secs"]) >= 0.45,
+        "rate not applied: {}",
+        r[0].1["total_secs"]
+    );
 
-    let v = run(with(&["range", "--prefix", &pre, "--total", "200", "--consistency", "s"]));
+    let v = run(with(&[
+        "range",
+        "--prefix",
+        &pre,
+        "--total",
+        "200",
+        "--consistency",
+        "s",
+    ]));
     check(&v, "range", 200);
     let v = run(with(&["range", &format!("{pre}x"), "--total", "200"]));
     check(&v, "range", 200);
 
-    let v = run(with(&["txn-put", "--total", "200", "--txn-ops", "4", "--key-space-size", "100", "--prefix", &pre]));
+    let v = run(with(&[
+        "txn-put",
+        "--total",
+        "200",
+        "--txn-ops",
+        "4",
+        "--key-space-size",
+        "100",
+        "--prefix",
+        &pre,
+    ]));
     check(&v, "txn-put", 200);
 
-    let v = run(with(&["txn-mixed", "--total", "200", "--rw-ratio", "1", "--key-space-size", "100", "--prefix", &pre, "--limit", "10"]));
+    let v = run(with(&[
+        "txn-mixed",
+        "--total",
+        "200",
+        "--rw-ratio",
+        "1",
+        "--key-space-size",
+        "100",
+        "--prefix",
+        &pre,
+        "--limit",
+        "10",
+    ]));
     // Reads and writes are separate results; together they are --total.
-    let rs = check(&v, "txn-mixed", v["results"][0]["expected_requests"].as_u64().unwrap());
-    let total: u64 = v["results"].as_array().unwrap().iter().map(|r| r["requests"].as_u64().unwrap()).sum();
+    let rs = check(
+        &v,
+        "txn-mixed",
+        v["results"][0]["expected_requests"].as_u64().unwrap(),
+    );
+    let total: u64 = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["requests"].as_u64().unwrap())
+        .sum();
     assert_eq!(total, 200);
-    assert_eq!(rs.len(), 2, "with rw-ratio 1 and 200 requests both reads and writes happen");
+    assert_eq!(
+        rs.len(),
+        2,
+        "with rw-ratio 1 and 200 requests both reads and writes happen"
+    );
 
     let v = run(with(&["lease-keepalive", "--total", "200"]));
     check(&v, "lease-keepalive", 200);
 
     // 2 streams × 5 watchers on 2 keys; 40 puts → 40 × 5 events.
     let v = run(with(&[
-        "watch", "--streams", "2", "--watch-per-stream", "5", "--watched-key-total", "2", "--key-space-size", "2",
-        "--sequential-keys", "--put-total", "40", "--prefix", &pre,
+        "watch",
+        "--streams",
+        "2",
+        "--watch-per-stream",
+        "5",
+        "--watched-key-total",
+        "2",
+        "--key-space-size",
+        "2",
+        "--sequential-keys",
+        "--put-total",
+        "40",
+        "--prefix",
+        &pre,
     ]));
     let rs = check(&v, "watch", 10);
-    let by = |n: &str| rs.iter().find(|r| r.0 == n).unwrap_or_else(|| panic!("no {n}")).1.clone();
+    let by = |n: &str| {
+        rs.iter()
+            .find(|r| r.0 == n)
+            .unwrap_or_else(|| panic!("no {n}"))
+            .1
+            .clone()
+    };
     assert_eq!(by("put")["requests"], 40);
     assert_eq!(by("watch-events")["requests"], 200);
 
     // 3 watchers (clients), 30 puts → 90 events.
-    let v = run(vec!["--clients".into(), "3".into(), "watch-latency".into(), "--total".into(), "30".into(), "--put-rate".into(), "100".into(), "--prefix".into(), pre.clone()]);
+    let v = run(vec![
+        "--clients".into(),
+        "3".into(),
+        "watch-latency".into(),
+        "--total".into(),
+        "30".into(),
+        "--put-rate".into(),
+        "100".into(),
+        "--prefix".into(),
+        pre.clone(),
+    ]);
     let rs = check(&v, "watch-latency", 90);
     assert_eq!(rs.iter().find(|r| r.0 == "put").unwrap().1["requests"], 30);
 }
@@ -329,10 +552,24 @@ fn every_subcommand_against_strata_dev() {
 fn text_csv_and_plot_outputs() {
     let s = Server::etcd();
     let dir = tempfile::tempdir().unwrap();
-    let (csv, png, json) = (dir.path().join("o.csv"), dir.path().join("o.png"), dir.path().join("o.json"));
+    let (csv, png, json) = (
+        dir.path().join("o.csv"),
+        dir.path().join("o.png"),
+        dir.path().join("o.json"),
+    );
     let o = run_bounded(
         Command::new(BENCH)
-            .args(["--endpoints", &s.endpoint, "--clients", "2", "put", "--total", "300", "--rate", "250"])
+            .args([
+                "--endpoints",
+                &s.endpoint,
+                "--clients",
+                "2",
+                "put",
+                "--total",
+                "300",
+                "--rate",
+                "250",
+            ])
             .arg("--csv")
             .arg(&csv)
             .arg("--plot")
@@ -341,27 +578,60 @@ fn text_csv_and_plot_outputs() {
             .arg(&json),
         RUN_TIMEOUT,
     );
-    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
     // etcd benchmark's layout.
-    for line in ["Summary:", "  Total:\t", "  Slowest:\t", "  Fastest:\t", "  Average:\t", "  Stddev:\t", "  Requests/sec:\t", "Response time histogram:", "Latency distribution:", "  10% in ", "  99.9% in "] {
+    for line in [
+        "Summary:",
+        "  Total:\t",
+        "  Slowest:\t",
+        "  Fastest:\t",
+        "  Average:\t",
+        "  Stddev:\t",
+        "  Requests/sec:\t",
+        "Response time histogram:",
+        "Latency distribution:",
+        "  10% in ",
+        "  99.9% in ",
+    ] {
         assert!(out.contains(line), "missing {line:?} in:\n{out}");
     }
-    assert!(!err.contains('\u{1b}'), "no progress bar when stderr is not a terminal: {err:?}");
+    assert!(
+        !err.contains('\u{1b}'),
+        "no progress bar when stderr is not a terminal: {err:?}"
+    );
     let csv_text = std::fs::read_to_string(&csv).expect("csv written");
     let mut lines = csv_text.lines();
-    assert!(lines.next().unwrap().starts_with("command,result,second,requests,errors"));
-    let rows: Vec<Vec<String>> = lines.map(|l| l.split(',').map(String::from).collect()).collect();
+    assert!(lines
+        .next()
+        .unwrap()
+        .starts_with("command,result,second,requests,errors"));
+    let rows: Vec<Vec<String>> = lines
+        .map(|l| l.split(',').map(String::from).collect())
+        .collect();
     // 300 requests at 250/s: at least two seconds of series.
     assert!(rows.len() >= 2, "{csv_text}");
-    assert_eq!(rows.iter().map(|r| r[3].parse::<u64>().unwrap()).sum::<u64>(), 300);
-    let font = ["/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"].iter().any(|p| Path::new(p).is_file())
+    assert_eq!(
+        rows.iter()
+            .map(|r| r[3].parse::<u64>().unwrap())
+            .sum::<u64>(),
+        300
+    );
+    let font = ["/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"]
+        .iter()
+        .any(|p| Path::new(p).is_file())
         || std::env::var("STRATA_BENCH_FONT").is_ok();
     if font {
         assert!(o.status.success(), "{out}\n{err}");
         let png_bytes = std::fs::read(&png).expect("png written");
         assert!(png_bytes.starts_with(b"\x89PNG\r\n\x1a\n") && png_bytes.len() > 10_000);
     } else {
-        assert!(!o.status.success() && err.contains("fonts-dejavu-core"), "{err}");
+        assert!(
+            !o.status.success() && err.contains("fonts-dejavu-core"),
+            "{err}"
+        );
     }
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     check(&v, "put", 300);
@@ -376,15 +646,42 @@ fn compare_starts_strata_and_etcd() {
             .env("STRATA_BIN", strata_bin())
             .args(["--json"])
             .arg(&json)
-            .args(["compare", "--a", "strata", "--b", "etcd", "--members", "3", "--rounds", "2", "--etcd-bin", &etcd_bin()])
+            .args([
+                "compare",
+                "--a",
+                "strata",
+                "--b",
+                "etcd",
+                "--members",
+                "3",
+                "--rounds",
+                "2",
+                "--etcd-bin",
+                &etcd_bin(),
+            ])
             .arg("--markdown")
             .arg(&md)
-            .args(["--", "--clients", "4", "put", "--total", "100", "--key-space-size", "100"]),
+            .args([
+                "--",
+                "--clients",
+                "4",
+                "put",
+                "--total",
+                "100",
+                "--key-space-size",
+                "100",
+            ]),
         Duration::from_secs(300),
     );
-    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
     assert!(o.status.success(), "{out}\n{err}");
-    assert!(out.contains("A median ± spread") && out.contains("requests/sec") && out.contains("A/B"), "{out}");
+    assert!(
+        out.contains("A median ± spread") && out.contains("requests/sec") && out.contains("A/B"),
+        "{out}"
+    );
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let runs = v["runs"].as_array().unwrap();
     let order: Vec<&str> = runs.iter().map(|r| r["target"].as_str().unwrap()).collect();
@@ -394,9 +691,22 @@ fn compare_starts_strata_and_etcd() {
     }
     assert!(v["a"]["label"].as_str().unwrap().contains("strata dev"));
     assert!(v["b"]["label"].as_str().unwrap().contains("3 members"));
-    let rps = v["table"].as_array().unwrap().iter().find(|r| r["metric"] == "requests/sec").unwrap();
+    let rps = v["table"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["metric"] == "requests/sec")
+        .unwrap();
     assert_eq!(rps["a_values"].as_array().unwrap().len(), 2);
     let ratio = f(&rps["ratio_a_over_b"]);
     assert!((ratio - f(&rps["a_median"]) / f(&rps["b_median"])).abs() < 1e-9);
-    assert!(std::fs::read_to_string(&md).unwrap().starts_with("| metric |"));
+    let md = std::fs::read_to_string(&md).unwrap();
+    assert!(
+        md.starts_with("`strata-bench compare` — workload `--clients 4 put"),
+        "{md}"
+    );
+    assert!(
+        md.contains("\n| metric |") && md.contains("| requests/sec |"),
+        "{md}"
+    );
 }

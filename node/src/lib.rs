@@ -152,7 +152,10 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<NodeHandle> {
                 .max_decoding_message_size(64 * 1024 * 1024)
                 .max_encoding_message_size(64 * 1024 * 1024),
         )
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+        .serve_with_incoming(
+            // Small request/response messages: Nagle + delayed ACKs would add ~40 ms.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+        );
     tokio::spawn(async move {
         if let Err(e) = server.await {
             tracing::error!("node gRPC server stopped: {e}");

@@ -43,7 +43,10 @@ pub async fn run(cfg: PlacementConfig) -> anyhow::Result<PlacementHandle> {
     let server = tonic::transport::Server::builder()
         .layer(metrics::grpc_layer())
         .add_service(PlacementServer::new(service::Svc(svc)))
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+        .serve_with_incoming(
+            // Small request/response messages: Nagle + delayed ACKs would add ~40 ms.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+        );
     tokio::spawn(async move {
         if let Err(e) = server.await {
             tracing::error!("placement gRPC server stopped: {e}");

@@ -174,27 +174,30 @@ pub fn schedule(
         *replicas.get_mut(&from).expect("alive") -= 1;
     }
 
-    // 4: leader balance.
-    if !full(&ops) {
+    // 4: leader balance: several transfers per round, each from the node with
+    // the most leaders to the one with the fewest that holds a voter.
+    while !full(&ops) {
         let most = leaders.iter().max_by_key(|(n, c)| (**c, std::cmp::Reverse(**n)));
         let least = leaders.iter().min_by_key(|(n, c)| (**c, **n));
-        if let (Some((&from, &hi)), Some((&to, &lo))) = (most, least) {
-            if hi > lo + 1 {
-                let candidate = ranges.iter().find_map(|r| {
-                    if touched.contains(&r.range.id) || r.leader_node != from {
-                        return None;
-                    }
-                    r.range
-                        .peers
-                        .iter()
-                        .find(|(p, n)| *n == to && !r.range.learners.contains(p))
-                        .map(|(p, _)| (r.range.id, *p))
-                });
-                if let Some((range, peer)) = candidate {
-                    ops.push(Op::TransferLeader { range, peer, node: to });
-                }
-            }
+        let (Some((&from, &hi)), Some((&to, &lo))) = (most, least) else { break };
+        if hi <= lo + 1 {
+            break;
         }
+        let candidate = ranges.iter().find_map(|r| {
+            if touched.contains(&r.range.id) || r.leader_node != from {
+                return None;
+            }
+            r.range
+                .peers
+                .iter()
+                .find(|(p, n)| *n == to && !r.range.learners.contains(p))
+                .map(|(p, _)| (r.range.id, *p))
+        });
+        let Some((range, peer)) = candidate else { break };
+        ops.push(Op::TransferLeader { range, peer, node: to });
+        touched.insert(range);
+        *leaders.get_mut(&from).expect("alive") -= 1;
+        *leaders.get_mut(&to).expect("alive") += 1;
     }
     ops
 }

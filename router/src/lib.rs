@@ -75,7 +75,10 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<RouterHandle> {
         .add_service(PbLeaseServer::new(misc::Lease(common.clone(), kv)))
         .add_service(PbClusterServer::new(misc::Cluster(common.clone())))
         .add_service(PbMaintenanceServer::new(misc::Maintenance(common)))
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+        .serve_with_incoming(
+            // Small request/response messages: Nagle + delayed ACKs would add ~40 ms.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+        );
     tokio::spawn(async move {
         if let Err(e) = server.await {
             tracing::error!("router gRPC server stopped: {e}");
