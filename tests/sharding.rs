@@ -249,7 +249,12 @@ async fn prefix_read_over_many_ranges_is_a_snapshot() {
 
 /// Puts `n` keys from `writers` tasks, tolerating errors (a put whose result
 /// is unknown may or may not have happened); returns acknowledged puts.
-async fn load_tolerant(client: &Client, prefix: &str, n: usize, writers: usize) -> (BTreeMap<String, i64>, usize) {
+async fn load_tolerant(
+    client: &Client,
+    prefix: &str,
+    n: usize,
+    writers: usize,
+) -> (BTreeMap<String, i64>, usize) {
     let mut tasks = Vec::new();
     for w in 0..writers {
         let mut c = client.clone();
@@ -258,7 +263,12 @@ async fn load_tolerant(client: &Client, prefix: &str, n: usize, writers: usize) 
             let (mut acked, mut errors) = (Vec::new(), 0);
             for i in (w..n).step_by(writers) {
                 let k = format!("{prefix}{i:06}");
-                match tokio::time::timeout(Duration::from_secs(20), c.put(k.clone(), format!("v{i}"), None)).await {
+                match tokio::time::timeout(
+                    Duration::from_secs(20),
+                    c.put(k.clone(), format!("v{i}"), None),
+                )
+                .await
+                {
                     Ok(Ok(r)) => acked.push((k, r.header().unwrap().revision())),
                     _ => errors += 1,
                 }
@@ -286,7 +296,11 @@ async fn layout(c: &common::Cluster) -> Layout {
     let mut p = PlacementClient::connect(format!("http://{}", c.placement_addr()))
         .await
         .expect("placement");
-    let r = p.get_ranges(GetRangesRequest {}).await.expect("ranges").into_inner();
+    let r = p
+        .get_ranges(GetRangesRequest {})
+        .await
+        .expect("ranges")
+        .into_inner();
     Layout {
         ranges: r
             .ranges
@@ -294,7 +308,11 @@ async fn layout(c: &common::Cluster) -> Layout {
             .map(|r| {
                 let d = r.desc.as_ref().unwrap();
                 (
-                    d.peers.iter().filter(|p| !p.learner).map(|p| p.node_id).collect(),
+                    d.peers
+                        .iter()
+                        .filter(|p| !p.learner)
+                        .map(|p| p.node_id)
+                        .collect(),
                     d.peers.iter().filter(|p| p.learner).count(),
                     r.leader_node,
                 )
@@ -309,7 +327,12 @@ async fn layout(c: &common::Cluster) -> Layout {
 }
 
 /// Waits (bounded) until `pred` holds for the cluster layout.
-async fn wait_layout(c: &common::Cluster, what: &str, limit: Duration, pred: impl Fn(&Layout) -> bool) -> Layout {
+async fn wait_layout(
+    c: &common::Cluster,
+    what: &str,
+    limit: Duration,
+    pred: impl Fn(&Layout) -> bool,
+) -> Layout {
     let deadline = Instant::now() + limit;
     loop {
         let l = layout(c).await;
@@ -331,13 +354,20 @@ fn healthy(l: &Layout, live: &[u64]) -> bool {
         let mut v = voters.clone();
         v.sort();
         v.dedup();
-        v.len() == 3 && voters.len() == 3 && *learners == 0 && *leader != 0 && v.iter().all(|n| live.contains(n))
+        v.len() == 3
+            && voters.len() == 3
+            && *learners == 0
+            && *leader != 0
+            && v.iter().all(|n| live.contains(n))
     })
 }
 
 fn leaders_even(l: &Layout, live: &[u64]) -> bool {
     let total: u64 = l.ranges.len() as u64;
-    let counts: Vec<u64> = live.iter().map(|n| l.nodes.get(n).map_or(0, |x| x.3)).collect();
+    let counts: Vec<u64> = live
+        .iter()
+        .map(|n| l.nodes.get(n).map_or(0, |x| x.3))
+        .collect();
     let sum: u64 = counts.iter().sum();
     // "Even" is floor or ceil of the average; allow one more or less.
     let avg = total as f64 / live.len() as f64;
@@ -350,7 +380,14 @@ async fn five_nodes_balance_repair_and_join() {
     if Target::from_env() != Target::Strata {
         return;
     }
-    let c = start_strata_with(&["--nodes", "5", "--range-split-keys", "300", "--node-down-after", "4s"]);
+    let c = start_strata_with(&[
+        "--nodes",
+        "5",
+        "--range-split-keys",
+        "300",
+        "--node-down-after",
+        "4s",
+    ]);
     let client = c.client().await;
     let (acked, errors) = load_tolerant(&client, "bal/", 6000, 16).await;
     eprintln!("loaded {} keys ({errors} errors)", acked.len());
@@ -383,13 +420,26 @@ async fn five_nodes_balance_repair_and_join() {
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
     let (acked2, errors2) = writer.await.expect("writer");
     eprintln!("during the crash: {} acked, {errors2} errors", acked2.len());
-    assert!(acked2.len() > 1000, "writes did not continue: {} acked", acked2.len());
+    assert!(
+        acked2.len() > 1000,
+        "writes did not continue: {} acked",
+        acked2.len()
+    );
     let live: Vec<u64> = (1..=4).collect();
-    let l = wait_layout(&c, "repaired after kill -9", Duration::from_secs(120), |l| healthy(l, &live)).await;
+    let l = wait_layout(
+        &c,
+        "repaired after kill -9",
+        Duration::from_secs(120),
+        |l| healthy(l, &live),
+    )
+    .await;
     eprintln!("repaired: nodes {:?}", l.nodes);
     let mut cl = client.clone();
     for (prefix, acked) in [("bal/", &acked), ("kill/", &acked2)] {
-        let got = cl.get(prefix, Some(GetOptions::new().with_prefix())).await.expect("read back");
+        let got = cl
+            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .await
+            .expect("read back");
         let got: BTreeMap<String, i64> = got
             .kvs()
             .iter()
@@ -401,25 +451,43 @@ async fn five_nodes_balance_repair_and_join() {
     }
 
     // A new node joins and receives a fair share of replicas and leaders.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut node6 = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
         .args(["node", "--data-dir"])
         .arg(c.data_dir.join("node-6"))
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--placement", &c.placement_addr()])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--placement",
+            &c.placement_addr(),
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start node 6");
-    let joined = wait_layout(&c, "new node got its share", Duration::from_secs(150), |l| {
-        let Some((id, _)) = l.nodes.iter().find(|(_, n)| n.0 == format!("127.0.0.1:{port}")) else {
-            return false;
-        };
-        let mut live: Vec<u64> = (1..=4).collect();
-        live.push(*id);
-        let replicas = l.nodes[id].2;
-        let fair = (l.ranges.len() * 3) as f64 / 5.0;
-        healthy(l, &live) && replicas as f64 >= fair - 1.0 && leaders_even(l, &live)
-    })
+    let joined = wait_layout(
+        &c,
+        "new node got its share",
+        Duration::from_secs(150),
+        |l| {
+            let Some((id, _)) = l
+                .nodes
+                .iter()
+                .find(|(_, n)| n.0 == format!("127.0.0.1:{port}"))
+            else {
+                return false;
+            };
+            let mut live: Vec<u64> = (1..=4).collect();
+            live.push(*id);
+            let replicas = l.nodes[id].2;
+            let fair = (l.ranges.len() * 3) as f64 / 5.0;
+            healthy(l, &live) && replicas as f64 >= fair - 1.0 && leaders_even(l, &live)
+        },
+    )
     .await;
     eprintln!("joined: nodes {:?}", joined.nodes);
     let _ = node6.kill();

@@ -258,7 +258,11 @@ impl RaftStorage {
     /// Persists a new conf state (applied conf change) in `wb`.
     pub fn stage_conf_state(&self, wb: &mut WriteBatch, cs: &ConfState) -> anyhow::Result<()> {
         let cf = self.db.cf_handle(CF_RAFT).expect("raft cf");
-        wb.put_cf(&cf, raft_key(self.range_id, KIND_CONF_STATE, 0), cs.write_to_bytes()?);
+        wb.put_cf(
+            &cf,
+            raft_key(self.range_id, KIND_CONF_STATE, 0),
+            cs.write_to_bytes()?,
+        );
         self.cache.lock().conf_state = cs.clone();
         Ok(())
     }
@@ -301,7 +305,11 @@ impl RaftStorage {
         let mut v = md.index.to_be_bytes().to_vec();
         v.extend_from_slice(&md.term.to_be_bytes());
         wb.put_cf(&cf, raft_key(self.range_id, KIND_TRUNCATED, 0), v);
-        wb.put_cf(&cf, raft_key(self.range_id, KIND_CONF_STATE, 0), md.get_conf_state().write_to_bytes()?);
+        wb.put_cf(
+            &cf,
+            raft_key(self.range_id, KIND_CONF_STATE, 0),
+            md.get_conf_state().write_to_bytes()?,
+        );
         let mut c = self.cache.lock();
         c.truncated_index = md.index;
         c.truncated_term = md.term;
@@ -314,7 +322,11 @@ impl RaftStorage {
         if c.hard_state.term < md.term {
             c.hard_state.term = md.term;
         }
-        wb.put_cf(&cf, raft_key(self.range_id, KIND_HARD_STATE, 0), c.hard_state.write_to_bytes()?);
+        wb.put_cf(
+            &cf,
+            raft_key(self.range_id, KIND_HARD_STATE, 0),
+            c.hard_state.write_to_bytes()?,
+        );
         drop(c);
         self.stage_applied(wb, md.index);
         Ok(())
@@ -417,13 +429,17 @@ impl raft::Storage for RaftStorage {
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
         let builder = self.snapshots.lock().clone();
         let Some(build) = builder else {
-            return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
         };
         // Built from the applied state; the raft thread applies synchronously,
         // so the data is exactly the state at `index`.
         let (index, data) = build().map_err(storage_err)?;
         if index < request_index {
-            return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
         }
         let mut snap = Snapshot {
             data: data.into(),

@@ -15,8 +15,9 @@ use strata_proto::etcdutil::{txn_writes, KeyRange};
 use strata_proto::oracle::Oracle;
 use strata_proto::strata::node_server::Node;
 use strata_proto::strata::{
-    AdminKind, AdminRequest, AdminResponse, FeedEvent, FeedMessage, FeedRequest, KvKind, KvRequest, KvResponse, NodeStatusRequest,
-    NodeStatusResponse, RaftAck, RaftBatch, RangeStatus, RouteError, RouteErrorKind,
+    AdminKind, AdminRequest, AdminResponse, FeedEvent, FeedMessage, FeedRequest, KvKind, KvRequest,
+    KvResponse, NodeStatusRequest, NodeStatusResponse, RaftAck, RaftBatch, RangeStatus, RouteError,
+    RouteErrorKind,
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tonic::{Code, Request, Response, Status};

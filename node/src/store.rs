@@ -282,7 +282,11 @@ impl Store {
         let voters: Vec<u64> = if me.learner {
             Vec::new()
         } else {
-            desc.peers.iter().filter(|p| !p.learner).map(|p| p.id).collect()
+            desc.peers
+                .iter()
+                .filter(|p| !p.learner)
+                .map(|p| p.id)
+                .collect()
         };
         let storage = RaftStorage::open(self.db.clone(), desc.id, &voters)?;
         let applied = storage.applied_index()?;
@@ -312,7 +316,8 @@ impl Store {
             approx_keys: AtomicU64::new(0),
             approx_bytes: AtomicU64::new(0),
         });
-        raw.store().set_snapshot_builder(snapshot_builder(self.db.clone(), shared.clone()));
+        raw.store()
+            .set_snapshot_builder(snapshot_builder(self.db.clone(), shared.clone()));
         self.ranges.insert(desc.id, shared.clone());
         self.replicas.insert(
             desc.id,
@@ -381,7 +386,14 @@ impl Store {
                 // it when placement reports the leader's node down.
                 for r in self.replicas.values_mut().filter(|r| r.quiesced) {
                     let leader = r.raw.raft.leader_id;
-                    let node = r.shared.desc.read().peers.iter().find(|p| p.id == leader).map(|p| p.node_id);
+                    let node = r
+                        .shared
+                        .desc
+                        .read()
+                        .peers
+                        .iter()
+                        .find(|p| p.id == leader)
+                        .map(|p| p.node_id);
                     if node.is_none_or(|n| down.contains(&n)) {
                         r.wake();
                     }
@@ -426,7 +438,10 @@ impl Store {
                         // Late acknowledgements do not wake an idle range;
                         // anything else (appends, votes, heartbeats) does.
                         use raft::eraftpb::MessageType as T;
-                        if !matches!(msg.get_msg_type(), T::MsgHeartbeatResponse | T::MsgAppendResponse) {
+                        if !matches!(
+                            msg.get_msg_type(),
+                            T::MsgHeartbeatResponse | T::MsgAppendResponse
+                        ) {
                             r.wake();
                         }
                         if let Err(e) = r.raw.step(msg) {
@@ -516,7 +531,9 @@ impl Store {
 
     /// Tells every other replica of an idle range to stop ticking.
     fn send_quiesce(&self, range_id: u64) {
-        let Some(r) = self.replicas.get(&range_id) else { return };
+        let Some(r) = self.replicas.get(&range_id) else {
+            return;
+        };
         let desc = r.shared.desc.read();
         for p in desc.peers.iter().filter(|p| p.id != r.shared.peer_id) {
             self.transport.send(
@@ -733,7 +750,9 @@ impl Store {
             let applied = r.raw.raft.raft_log.applied;
             if applied > r.raw.store().truncated_index() + LOG_KEEP_ENTRIES * 2 {
                 let mut wb = WriteBatch::default();
-                r.raw.store().stage_truncate(&mut wb, applied - LOG_KEEP_ENTRIES)?;
+                r.raw
+                    .store()
+                    .stage_truncate(&mut wb, applied - LOG_KEEP_ENTRIES)?;
                 engine::write(&self.db, wb, false)?;
             }
         }
@@ -1041,7 +1060,12 @@ impl Store {
     }
 
     /// Applies a membership change; returns whether this replica was removed.
-    fn apply_conf_change(&mut self, range_id: u64, e: &Entry, wb: &mut WriteBatch) -> anyhow::Result<bool> {
+    fn apply_conf_change(
+        &mut self,
+        range_id: u64,
+        e: &Entry,
+        wb: &mut WriteBatch,
+    ) -> anyhow::Result<bool> {
         let r = self.replicas.get_mut(&range_id).expect("replica");
         let cc = ConfChangeV2::parse_from_bytes(&e.data)?;
         let cs = match r.raw.apply_conf_change(&cc) {
@@ -1066,7 +1090,11 @@ impl Store {
                         .map(|p| p.node_id)
                         .unwrap_or(peer.node_id);
                     desc.peers.retain(|p| p.id != c.node_id);
-                    desc.peers.push(Peer { id: c.node_id, node_id, learner });
+                    desc.peers.push(Peer {
+                        id: c.node_id,
+                        node_id,
+                        learner,
+                    });
                 }
                 ConfChangeType::RemoveNode => {
                     desc.peers.retain(|p| p.id != c.node_id);
@@ -1097,7 +1125,10 @@ impl Store {
         fail_leader_state(&mut { r });
         let desc = self
             .db
-            .get_cf(&self.db.cf_handle(CF_META).expect("meta cf"), meta_key_desc(range_id))?
+            .get_cf(
+                &self.db.cf_handle(CF_META).expect("meta cf"),
+                meta_key_desc(range_id),
+            )?
             .and_then(|b| RangeDescriptor::decode(&b[..]).ok());
         let mut wb = WriteBatch::default();
         RaftStorage::open(self.db.clone(), range_id, &[])?.stage_destroy(&mut wb);
@@ -1105,7 +1136,11 @@ impl Store {
             delete_data(&self.db, &mut wb, &desc_range(&d))?;
         }
         let cf = self.db.cf_handle(CF_META).expect("meta cf");
-        for k in [meta_key_desc(range_id), meta_key_compacted(range_id), meta_key_maxrev(range_id)] {
+        for k in [
+            meta_key_desc(range_id),
+            meta_key_compacted(range_id),
+            meta_key_maxrev(range_id),
+        ] {
             wb.delete_cf(&cf, k);
         }
         engine::write(&self.db, wb, true)?;
@@ -1129,17 +1164,34 @@ fn promote_caught_up_learners(r: &mut Replica) {
     }
     let learners: Vec<u64> = r.raw.raft.prs().conf().learners().iter().copied().collect();
     for id in learners {
-        let caught_up = r.raw.raft.prs().get(id).is_some_and(|p| p.matched >= committed);
+        let caught_up = r
+            .raw
+            .raft
+            .prs()
+            .get(id)
+            .is_some_and(|p| p.matched >= committed);
         if !caught_up {
             continue;
         }
-        let node_id = r.shared.desc.read().peers.iter().find(|p| p.id == id).map_or(0, |p| p.node_id);
+        let node_id = r
+            .shared
+            .desc
+            .read()
+            .peers
+            .iter()
+            .find(|p| p.id == id)
+            .map_or(0, |p| p.node_id);
         let mut c = ConfChangeSingle::default();
         c.set_change_type(ConfChangeType::AddNode);
         c.node_id = id;
         let mut cc = ConfChangeV2::default();
         cc.set_changes(vec![c].into());
-        let ctx = Peer { id, node_id, learner: false }.encode_to_vec();
+        let ctx = Peer {
+            id,
+            node_id,
+            learner: false,
+        }
+        .encode_to_vec();
         if r.raw.propose_conf_change(ctx, cc).is_ok() {
             tracing::info!(peer = id, "promoting caught-up learner");
         }
@@ -1183,7 +1235,9 @@ fn snapshot_builder(db: Arc<DB>, shared: Arc<RangeShared>) -> crate::engine::Sna
             ..Default::default()
         };
         while it.valid() {
-            let (Some(k), Some(v)) = (it.key(), it.value()) else { break };
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
             if end.as_ref().is_some_and(|e| k >= e.as_slice()) {
                 break;
             }
@@ -1206,7 +1260,9 @@ fn stage_snapshot_data(
     snap: &raft::eraftpb::Snapshot,
 ) -> anyhow::Result<(RangeDescriptor, i64, i64, u64)> {
     let data = strata_proto::strata::RangeSnapshotData::decode(&snap.data[..])?;
-    let desc = data.desc.ok_or_else(|| anyhow::anyhow!("snapshot without descriptor"))?;
+    let desc = data
+        .desc
+        .ok_or_else(|| anyhow::anyhow!("snapshot without descriptor"))?;
     anyhow::ensure!(data.keys.len() == data.values.len(), "corrupt snapshot");
     delete_data(db, wb, &desc_range(&desc))?;
     let cf = db.cf_handle(crate::engine::CF_DATA).expect("data cf");
@@ -1215,10 +1271,23 @@ fn stage_snapshot_data(
     }
     let meta = db.cf_handle(CF_META).expect("meta cf");
     wb.put_cf(&meta, meta_key_desc(desc.id), desc.encode_to_vec());
-    wb.put_cf(&meta, meta_key_compacted(desc.id), data.compacted.to_be_bytes());
-    wb.put_cf(&meta, meta_key_maxrev(desc.id), data.applied_revision.to_be_bytes());
+    wb.put_cf(
+        &meta,
+        meta_key_compacted(desc.id),
+        data.compacted.to_be_bytes(),
+    );
+    wb.put_cf(
+        &meta,
+        meta_key_maxrev(desc.id),
+        data.applied_revision.to_be_bytes(),
+    );
     storage.stage_snapshot(wb, snap)?;
-    Ok((desc, data.compacted, data.applied_revision, snap.get_metadata().index))
+    Ok((
+        desc,
+        data.compacted,
+        data.applied_revision,
+        snap.get_metadata().index,
+    ))
 }
 
 pub fn desc_range(desc: &RangeDescriptor) -> KeyRange {

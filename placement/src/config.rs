@@ -4,7 +4,9 @@ use std::path::PathBuf;
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();
     let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = n.parse().map_err(|_| format!("invalid duration {s:?}: use e.g. 500ms, 30s, 10m"))?;
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: use e.g. 500ms, 30s, 10m"))?;
     let ms = match unit {
         "ms" => n,
         "" | "s" => n * 1000,

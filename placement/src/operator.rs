@@ -32,7 +32,15 @@ pub async fn run(svc: Arc<PlacementService>, node_down_after: Duration, max_ops:
         recent.retain(|_, t| t.elapsed() < OP_COOLDOWN);
         let (nodes, ranges) = snapshot(&svc, node_down_after);
         let busy: HashSet<u64> = recent.keys().copied().collect();
-        let ops = schedule(&nodes, &ranges, &busy, &Config { replicas: svc.replicas, max_ops });
+        let ops = schedule(
+            &nodes,
+            &ranges,
+            &busy,
+            &Config {
+                replicas: svc.replicas,
+                max_ops,
+            },
+        );
         for op in ops {
             recent.insert(op.range(), Instant::now());
             tracing::info!(?op, "scheduling");
@@ -75,25 +83,55 @@ async fn execute(svc: &PlacementService, op: &Op) -> anyhow::Result<()> {
         Op::AddLearner { range, node } => {
             let Outcome::Ids { first_peer_id, .. } = svc
                 .rep
-                .propose(Command::AllocIds { ranges: 0, peers: 1 })
+                .propose(Command::AllocIds {
+                    ranges: 0,
+                    peers: 1,
+                })
                 .await?
             else {
                 anyhow::bail!("no peer id");
             };
-            (range, AdminKind::AddLearner, Peer { id: first_peer_id, node_id: node, learner: true })
+            (
+                range,
+                AdminKind::AddLearner,
+                Peer {
+                    id: first_peer_id,
+                    node_id: node,
+                    learner: true,
+                },
+            )
         }
-        Op::RemovePeer { range, peer, node } => {
-            (range, AdminKind::RemovePeer, Peer { id: peer, node_id: node, learner: false })
-        }
-        Op::TransferLeader { range, peer, node } => {
-            (range, AdminKind::TransferLeader, Peer { id: peer, node_id: node, learner: false })
-        }
+        Op::RemovePeer { range, peer, node } => (
+            range,
+            AdminKind::RemovePeer,
+            Peer {
+                id: peer,
+                node_id: node,
+                learner: false,
+            },
+        ),
+        Op::TransferLeader { range, peer, node } => (
+            range,
+            AdminKind::TransferLeader,
+            Peer {
+                id: peer,
+                node_id: node,
+                learner: false,
+            },
+        ),
     };
     let (desc, addr) = {
         let st = svc.rep.state();
-        let r = st.ranges.get(&range_id).ok_or_else(|| anyhow::anyhow!("range gone"))?;
+        let r = st
+            .ranges
+            .get(&range_id)
+            .ok_or_else(|| anyhow::anyhow!("range gone"))?;
         let leader = svc.leaders.lock().get(&range_id).map_or(0, |h| h.node);
-        let addr = st.nodes.get(&leader).cloned().ok_or_else(|| anyhow::anyhow!("leader unknown"))?;
+        let addr = st
+            .nodes
+            .get(&leader)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("leader unknown"))?;
         (r.descriptor(), addr)
     };
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?

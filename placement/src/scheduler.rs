@@ -65,7 +65,11 @@ pub fn schedule(
     cfg: &Config,
 ) -> Vec<Op> {
     let mut ops = Vec::new();
-    let alive: Vec<u64> = nodes.iter().filter(|n| n.up && !n.dead).map(|n| n.id).collect();
+    let alive: Vec<u64> = nodes
+        .iter()
+        .filter(|n| n.up && !n.dead)
+        .map(|n| n.id)
+        .collect();
     let dead: HashSet<u64> = nodes.iter().filter(|n| n.dead).map(|n| n.id).collect();
     let mut replicas: BTreeMap<u64, usize> = alive.iter().map(|n| (*n, 0)).collect();
     let mut leaders: BTreeMap<u64, usize> = alive.iter().map(|n| (*n, 0)).collect();
@@ -106,7 +110,11 @@ pub fn schedule(
             .copied()
             .collect();
         if let Some(&(peer, node)) = learners.iter().find(|(_, n)| dead.contains(n)) {
-            ops.push(Op::RemovePeer { range: id, peer, node });
+            ops.push(Op::RemovePeer {
+                range: id,
+                peer,
+                node,
+            });
             touched.insert(id);
             continue;
         }
@@ -139,7 +147,11 @@ pub fn schedule(
                 // Removing a live voter must leave a live quorum of the rest.
                 let after_live = live_voters - usize::from(!dead.contains(&node));
                 if after_live > (voters.len() - 1) / 2 {
-                    ops.push(Op::RemovePeer { range: id, peer, node });
+                    ops.push(Op::RemovePeer {
+                        range: id,
+                        peer,
+                        node,
+                    });
                     if let Some(c) = replicas.get_mut(&node) {
                         *c -= 1;
                     }
@@ -152,11 +164,19 @@ pub fn schedule(
     // 3: replica balance (only when nothing is being repaired): several moves
     // per round, each from the currently fullest to the emptiest node.
     let repairing = !ops.is_empty()
-        || dead.iter().any(|d| ranges.iter().any(|r| r.range.peers.iter().any(|(_, n)| n == d)));
+        || dead.iter().any(|d| {
+            ranges
+                .iter()
+                .any(|r| r.range.peers.iter().any(|(_, n)| n == d))
+        });
     while !repairing && !full(&ops) {
-        let most = replicas.iter().max_by_key(|(n, c)| (**c, std::cmp::Reverse(**n)));
+        let most = replicas
+            .iter()
+            .max_by_key(|(n, c)| (**c, std::cmp::Reverse(**n)));
         let least = replicas.iter().min_by_key(|(n, c)| (**c, **n));
-        let (Some((&from, &hi)), Some((&to, &lo))) = (most, least) else { break };
+        let (Some((&from, &hi)), Some((&to, &lo))) = (most, least) else {
+            break;
+        };
         if hi <= lo + 1 {
             break;
         }
@@ -168,7 +188,10 @@ pub fn schedule(
                 && !r.range.peers.iter().any(|(_, n)| *n == to)
         });
         let Some(r) = candidate else { break };
-        ops.push(Op::AddLearner { range: r.range.id, node: to });
+        ops.push(Op::AddLearner {
+            range: r.range.id,
+            node: to,
+        });
         touched.insert(r.range.id);
         *replicas.get_mut(&to).expect("alive") += 1;
         *replicas.get_mut(&from).expect("alive") -= 1;
@@ -177,9 +200,13 @@ pub fn schedule(
     // 4: leader balance: several transfers per round, each from the node with
     // the most leaders to the one with the fewest that holds a voter.
     while !full(&ops) {
-        let most = leaders.iter().max_by_key(|(n, c)| (**c, std::cmp::Reverse(**n)));
+        let most = leaders
+            .iter()
+            .max_by_key(|(n, c)| (**c, std::cmp::Reverse(**n)));
         let least = leaders.iter().min_by_key(|(n, c)| (**c, **n));
-        let (Some((&from, &hi)), Some((&to, &lo))) = (most, least) else { break };
+        let (Some((&from, &hi)), Some((&to, &lo))) = (most, least) else {
+            break;
+        };
         if hi <= lo + 1 {
             break;
         }
@@ -193,8 +220,14 @@ pub fn schedule(
                 .find(|(p, n)| *n == to && !r.range.learners.contains(p))
                 .map(|(p, _)| (r.range.id, *p))
         });
-        let Some((range, peer)) = candidate else { break };
-        ops.push(Op::TransferLeader { range, peer, node: to });
+        let Some((range, peer)) = candidate else {
+            break;
+        };
+        ops.push(Op::TransferLeader {
+            range,
+            peer,
+            node: to,
+        });
         touched.insert(range);
         *leaders.get_mut(&from).expect("alive") -= 1;
         *leaders.get_mut(&to).expect("alive") += 1;
@@ -207,7 +240,11 @@ mod tests {
     use super::*;
 
     fn node(id: u64) -> NodeView {
-        NodeView { id, up: true, dead: false }
+        NodeView {
+            id,
+            up: true,
+            dead: false,
+        }
     }
 
     fn range(id: u64, nodes: &[u64], leader: u64) -> RangeView {
@@ -226,13 +263,20 @@ mod tests {
     }
 
     fn cfg() -> Config {
-        Config { replicas: 3, max_ops: 4 }
+        Config {
+            replicas: 3,
+            max_ops: 4,
+        }
     }
 
     #[test]
     fn balanced_cluster_needs_nothing() {
         let nodes: Vec<_> = (1..=3).map(node).collect();
-        let ranges = vec![range(1, &[1, 2, 3], 1), range(2, &[1, 2, 3], 2), range(3, &[1, 2, 3], 3)];
+        let ranges = vec![
+            range(1, &[1, 2, 3], 1),
+            range(2, &[1, 2, 3], 2),
+            range(3, &[1, 2, 3], 3),
+        ];
         assert!(schedule(&nodes, &ranges, &HashSet::new(), &cfg()).is_empty());
     }
 
@@ -251,7 +295,14 @@ mod tests {
         // Promoted: the dead voter goes.
         r.range.learners.clear();
         let ops = schedule(&nodes, &[r], &HashSet::new(), &cfg());
-        assert_eq!(ops, vec![Op::RemovePeer { range: 1, peer: 13, node: 3 }]);
+        assert_eq!(
+            ops,
+            vec![Op::RemovePeer {
+                range: 1,
+                peer: 13,
+                node: 3
+            }]
+        );
     }
 
     #[test]
@@ -279,11 +330,18 @@ mod tests {
         // A surplus voter leaves the fullest node, never the leader's.
         let r = range(1, &[1, 2, 3, 4], 2);
         let ops = schedule(&nodes, &[r], &HashSet::new(), &cfg());
-        assert!(matches!(ops[0], Op::RemovePeer { range: 1, node, .. } if node != 2), "{ops:?}");
+        assert!(
+            matches!(ops[0], Op::RemovePeer { range: 1, node, .. } if node != 2),
+            "{ops:?}"
+        );
         // Leaders spread: node 1 leads three ranges, node 4 none.
         let ranges: Vec<_> = (1..=3).map(|i| range(i, &[1, 2, 4], 1)).collect();
         let nodes: Vec<_> = [1, 2, 4].into_iter().map(node).collect();
         let ops = schedule(&nodes, &ranges, &HashSet::new(), &cfg());
-        assert!(ops.iter().any(|o| matches!(o, Op::TransferLeader { node: 2, .. })), "{ops:?}");
+        assert!(
+            ops.iter()
+                .any(|o| matches!(o, Op::TransferLeader { node: 2, .. })),
+            "{ops:?}"
+        );
     }
 }
