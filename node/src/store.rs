@@ -836,17 +836,12 @@ impl Store {
 
     /// Executes one command into `wb`; returns the client response and the
     /// feed message to publish once `wb` is written.
-    #[allow(clippy::type_complexity)]
     fn exec(
         &mut self,
         range_id: u64,
         cmd: &RangeCommand,
         wb: &mut WriteBatch,
-    ) -> anyhow::Result<(
-        Result<Vec<u8>, Status>,
-        Option<FeedMessage>,
-        Option<RangeDescriptor>,
-    )> {
+    ) -> anyhow::Result<Executed> {
         let r = self.replicas.get(&range_id).expect("replica");
         let shared = r.shared.clone();
         let compacted = shared.compacted.load(Ordering::Acquire);
@@ -928,17 +923,12 @@ impl Store {
     /// Applies a split: this range keeps `[start, split_key)`, a new range takes
     /// the rest. MVCC data stays where it is (keys sort by user key, so the new
     /// range's data is already contiguous); only descriptors change.
-    #[allow(clippy::type_complexity)]
     fn exec_split(
         &mut self,
         shared: &Arc<RangeShared>,
         sc: &SplitCommand,
         wb: &mut WriteBatch,
-    ) -> anyhow::Result<(
-        Result<Vec<u8>, Status>,
-        Option<FeedMessage>,
-        Option<RangeDescriptor>,
-    )> {
+    ) -> anyhow::Result<Executed> {
         let mut desc = shared.desc.read().clone();
         let valid = sc.split_key > desc.start_key
             && (desc.end_key.is_empty() || sc.split_key < desc.end_key)
@@ -996,6 +986,24 @@ impl Store {
     }
 }
 
+/// What applying a command produced: the client's response, the feed message
+/// to publish once the batch is written, and a range created by a split.
+type Executed = (
+    Result<Vec<u8>, Status>,
+    Option<FeedMessage>,
+    Option<RangeDescriptor>,
+);
+
+/// A membership change of one peer.
+fn single_change(t: ConfChangeType, peer_id: u64) -> ConfChangeV2 {
+    let mut c = ConfChangeSingle::default();
+    c.set_change_type(t);
+    c.node_id = peer_id;
+    let mut cc = ConfChangeV2::default();
+    cc.set_changes(vec![c].into());
+    cc
+}
+
 /// Are all keys a write command touches inside `kr`?
 fn keys_within(kind: KvKind, request: &[u8], kr: &KeyRange) -> bool {
     let mut keys = Vec::new();
@@ -1025,14 +1033,7 @@ impl Store {
         if r.raw.raft.state != StateRole::Leader {
             return Err(crate::service::not_leader());
         }
-        let change = |t: ConfChangeType| {
-            let mut c = ConfChangeSingle::default();
-            c.set_change_type(t);
-            c.node_id = peer.id;
-            let mut cc = ConfChangeV2::default();
-            cc.set_changes(vec![c].into());
-            cc
-        };
+        let change = |t: ConfChangeType| single_change(t, peer.id);
         let cc = match kind {
             AdminKind::TransferLeader => {
                 r.raw.transfer_leader(peer.id);
@@ -1181,11 +1182,7 @@ fn promote_caught_up_learners(r: &mut Replica) {
             .iter()
             .find(|p| p.id == id)
             .map_or(0, |p| p.node_id);
-        let mut c = ConfChangeSingle::default();
-        c.set_change_type(ConfChangeType::AddNode);
-        c.node_id = id;
-        let mut cc = ConfChangeV2::default();
-        cc.set_changes(vec![c].into());
+        let cc = single_change(ConfChangeType::AddNode, id);
         let ctx = Peer {
             id,
             node_id,
