@@ -89,6 +89,11 @@ pub struct DevArgs {
     #[arg(long)]
     pub range_split_bytes: Option<u64>,
 
+    /// Split a range once it takes more writes per second than this (passed to
+    /// every node; 0 disables; default: the node's, 3000).
+    #[arg(long)]
+    pub range_split_write_rate: Option<f64>,
+
     /// Split a range once it holds more than this many keys (passed to every
     /// node; default: the node's, 500000).
     #[arg(long)]
@@ -254,6 +259,9 @@ fn plan(args: &DevArgs, exe: &Path, data_dir: &Path) -> anyhow::Result<Plan> {
         }
         if let Some(b) = args.range_split_bytes {
             argv.extend(["--range-split-bytes".into(), b.to_string()]);
+        }
+        if let Some(w) = args.range_split_write_rate {
+            argv.extend(["--range-split-write-rate".into(), w.to_string()]);
         }
         if let Some(k) = args.range_split_keys {
             argv.extend(["--range-split-keys".into(), k.to_string()]);

@@ -493,3 +493,37 @@ async fn five_nodes_balance_repair_and_join() {
     let _ = node6.kill();
     let _ = node6.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_small_hot_range_splits_by_write_rate() {
+    if Target::from_env() != Target::Strata {
+        return;
+    }
+    // 50 keys are far below the key and byte thresholds: only the write rate
+    // can split this range.
+    let c = start_strata_with(&["--range-split-write-rate", "50"]);
+    let client = c.client().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut rounds = 0;
+    loop {
+        let (acked, _errors) = load_tolerant(&client, "hot/", 50, 10).await;
+        assert!(!acked.is_empty());
+        rounds += 1;
+        let (n, _) = range_count(&c).await;
+        if n >= 2 {
+            eprintln!("split by load after {rounds} rounds of 50 puts: {n} ranges");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no load-based split after {rounds} rounds"
+        );
+    }
+    // Both halves still serve every key.
+    let mut cl = client.clone();
+    let all = cl
+        .get("hot/", Some(GetOptions::new().with_prefix()))
+        .await
+        .expect("read");
+    assert_eq!(all.count(), 50);
+}

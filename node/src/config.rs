@@ -26,6 +26,10 @@ pub struct NodeConfig {
     /// Split a range once its data (all MVCC versions) passes this many bytes.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     pub range_split_bytes: u64,
+    /// Split a range (at its median key) once it takes more than this many
+    /// writes per second; 0 disables load-based splits.
+    #[arg(long, default_value_t = 3000.0)]
+    pub range_split_write_rate: f64,
     /// Split a range once it holds more than this many live keys.
     #[arg(long, default_value_t = 500_000)]
     pub range_split_keys: u64,

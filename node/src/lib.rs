@@ -143,6 +143,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<NodeHandle> {
         }),
         max_keys: cfg.range_split_keys.max(2),
         max_bytes: cfg.range_split_bytes.max(1024),
+        max_write_rate: cfg.range_split_write_rate.max(0.0),
     };
     tokio::spawn(checker.run());
     let server = tonic::transport::Server::builder()

@@ -27,13 +27,16 @@ pub struct SplitChecker {
     pub make_sequencer: Arc<dyn Fn(u64) -> Sequencer + Send + Sync>,
     pub max_keys: u64,
     pub max_bytes: u64,
+    /// Writes per second above which a range splits (0 = never by load).
+    pub max_write_rate: f64,
 }
 
 impl SplitChecker {
     pub async fn run(self) {
         let mut iv = tokio::time::interval(CHECK_EVERY);
         // Writes seen at the last check, per range: unchanged ranges are skipped.
-        let mut seen: std::collections::HashMap<u64, u64> = Default::default();
+        let mut seen: std::collections::HashMap<u64, (u64, std::time::Instant)> =
+            Default::default();
         loop {
             iv.tick().await;
             let leaders: Vec<_> = self
@@ -48,13 +51,33 @@ impl SplitChecker {
                     continue; // membership change in progress; split later
                 }
                 let writes = r.writes.load(Ordering::Relaxed);
-                if seen.get(&id) == Some(&writes) {
+                let now = std::time::Instant::now();
+                let (before, at) = seen.get(&id).copied().unwrap_or((writes, now));
+                if before == writes && seen.contains_key(&id) {
                     continue;
                 }
-                seen.insert(id, writes);
+                seen.insert(id, (writes, now));
+                let secs = now.duration_since(at).as_secs_f64();
+                let rate = if secs > 0.0 {
+                    (writes - before) as f64 / secs
+                } else {
+                    0.0
+                };
+                let hot = self.max_write_rate > 0.0 && rate > self.max_write_rate;
                 let kr = desc_range(&r.desc.read());
                 let (mvcc, mk, mb) = (self.mvcc.clone(), self.max_keys, self.max_bytes);
-                let scan = tokio::task::spawn_blocking(move || mvcc.split_scan(&kr, mk, mb)).await;
+                let scan = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+                    let (keys, bytes, by_size) = mvcc.split_scan(&kr, mk, mb)?;
+                    // A range that is small but hot splits at its median key,
+                    // so its write load spreads over two raft groups.
+                    let by_load = if hot && by_size.is_none() {
+                        mvcc.median_key(&kr, mk)?
+                    } else {
+                        None
+                    };
+                    Ok((keys, bytes, by_size.or(by_load)))
+                })
+                .await;
                 let Ok(Ok((keys, bytes, split_key))) = scan else {
                     continue;
                 };
