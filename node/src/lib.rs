@@ -36,6 +36,8 @@ use crate::store::{Ranges, Store, StoreMsg};
 
 const NODE_ID_KEY: &[u8] = b"node_id";
 const HEARTBEAT_EVERY: Duration = Duration::from_millis(300);
+/// Every led range's stats are re-sent this often even when nothing changed.
+const FULL_REPORT_EVERY: Duration = Duration::from_secs(3);
 
 /// A running node.
 pub struct NodeHandle {
@@ -182,13 +184,36 @@ async fn heartbeat(
     let mut iv = tokio::time::interval(HEARTBEAT_EVERY);
     let mut last_writes: std::collections::HashMap<u64, (u64, std::time::Instant)> =
         Default::default();
+    let mut sent: std::collections::HashMap<u64, (u64, u64, bool, u64)> = Default::default();
+    let mut last_full = std::time::Instant::now() - FULL_REPORT_EVERY;
     loop {
         iv.tick().await;
         let now = std::time::Instant::now();
+        // Only what changed since the last acknowledged heartbeat is reported
+        // (a split, a membership change, a new leader or term), plus every led
+        // range's stats every few seconds: an idle node with thousands of
+        // ranges sends almost nothing.
+        let full = last_full.elapsed() >= FULL_REPORT_EVERY;
+        let mut pending = Vec::new();
         let leader_ranges = ranges
             .iter()
-            .map(|r| {
+            .filter_map(|r| {
                 let desc = r.desc.read().clone();
+                let e = desc.epoch.unwrap_or_default();
+                let leader = r.is_leader();
+                let state = (
+                    e.conf_ver,
+                    e.version,
+                    leader,
+                    r.term.load(std::sync::atomic::Ordering::Acquire),
+                );
+                if sent.get(&desc.id) == Some(&state) && !(leader && full) {
+                    return None;
+                }
+                pending.push((desc.id, state));
+                Some((r, desc))
+            })
+            .map(|(r, desc)| {
                 let writes = r.writes.load(std::sync::atomic::Ordering::Relaxed);
                 let (w0, t0) = last_writes
                     .insert(desc.id, (writes, now))
@@ -218,6 +243,10 @@ async fn heartbeat(
         req.set_timeout(Duration::from_secs(2));
         match placement.heartbeat(req).await {
             Ok(resp) => {
+                sent.extend(pending);
+                if full {
+                    last_full = now;
+                }
                 let resp = resp.into_inner();
                 let down: Vec<u64> = resp.nodes.iter().filter(|n| !n.up).map(|n| n.id).collect();
                 for n in resp.nodes {

@@ -295,7 +295,14 @@ impl Placement for Svc {
         let ranges = st
             .ranges
             .values()
-            .filter(|rg| rg.peers.iter().any(|p| p.1 == r.node_id))
+            // Only replicas the node must create itself: the first range, and
+            // learners being added (split halves are created by the split).
+            .filter(|rg| {
+                let bootstrap = rg.id == 1 && rg.conf_ver == 1 && rg.version == 1;
+                rg.peers
+                    .iter()
+                    .any(|p| p.1 == r.node_id && (bootstrap || rg.learners.contains(&p.0)))
+            })
             .map(|rg| rg.descriptor())
             .collect();
         drop(st);
