@@ -141,7 +141,8 @@ fn sort_versions(kvs: &mut [Version], order: i32, target: i32) {
     }
 }
 
-fn feed_kv(v: &Version) -> FeedKv {
+/// A stored version as a feed event carries it.
+pub fn feed_kv(v: &Version) -> FeedKv {
     FeedKv {
         key: v.key.clone(),
         create_revision: v.value.create_revision,

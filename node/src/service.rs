@@ -436,22 +436,8 @@ impl Feed {
             for (v, prev) in hist {
                 let ev = FeedEvent {
                     delete: v.value.tombstone,
-                    kv: Some(strata_proto::strata::FeedKv {
-                        key: v.key.clone(),
-                        create_revision: v.value.create_revision,
-                        mod_revision: v.mod_revision,
-                        version: v.value.version,
-                        value: v.value.value.clone(),
-                        lease: v.value.lease,
-                    }),
-                    prev_kv: prev.map(|p| strata_proto::strata::FeedKv {
-                        key: p.key.clone(),
-                        create_revision: p.value.create_revision,
-                        mod_revision: p.mod_revision,
-                        version: p.value.version,
-                        value: p.value.value.clone(),
-                        lease: p.value.lease,
-                    }),
+                    kv: Some(crate::apply::feed_kv(&v)),
+                    prev_kv: prev.as_ref().map(crate::apply::feed_kv),
                 };
                 match &mut cur {
                     Some(m) if m.revision == v.mod_revision => m.events.push(ev),
