@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs what building, running and testing Strata needs on Debian 12, skipping what
 # is already there: clang and libclang-dev (RocksDB's bindings), protobuf-compiler
-# (protoc, for the gRPC code), etcd-client and etcd-server (etcdctl, and a real etcd
-# that compatibility tests compare against), prometheus (`strata dev --prometheus`).
+# (protoc, for the gRPC code) with libprotobuf-dev (the google/protobuf/*.proto files
+# protoc imports: only a "Recommends", which --no-install-recommends would skip),
+# etcd-client and etcd-server (etcdctl, and a real etcd that compatibility tests
+# compare against), prometheus (`strata dev --prometheus`).
 # Idempotent; run as root (or with sudo available). Also checks for a Rust toolchain.
 set -euo pipefail
 
-PACKAGES=(clang libclang-dev protobuf-compiler etcd-client etcd-server prometheus fonts-dejavu-core)
+PACKAGES=(clang libclang-dev protobuf-compiler libprotobuf-dev etcd-client etcd-server prometheus fonts-dejavu-core)
 
 log() { echo "install-deps: $*" >&2; }
 
