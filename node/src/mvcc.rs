@@ -62,6 +62,11 @@ pub fn dec_key(k: &[u8]) -> Option<(Vec<u8>, i64)> {
     None
 }
 
+/// How far past a split limit `Mvcc::split_scan` reads to find the middle of
+/// an oversized range (see there).
+const SPLIT_SCAN_KEYS: u64 = 1_000_000;
+const SPLIT_SCAN_BYTES: u64 = 256 * 1024 * 1024;
+
 pub fn version_key(key: &[u8], rev: i64) -> Vec<u8> {
     let mut k = enc_key(key);
     k.extend_from_slice(&(u64::MAX - rev as u64).to_be_bytes());
@@ -218,47 +223,66 @@ impl Mvcc {
         Ok(out)
     }
 
-    /// Counts live keys and stored bytes (all versions) of `kr`, stopping once
-    /// either passes its limit. Returns (keys, bytes, split key): the split key
-    /// is the live key at half the limit that was passed, so both halves of a
-    /// split stay under the limits.
+    /// Counts live keys and stored bytes (all versions) of `kr` and picks a
+    /// split key once either passes its limit. Returns (keys, bytes, split key).
+    ///
+    /// The scan goes on past the limit, up to a budget (`SPLIT_SCAN_KEYS` keys,
+    /// `SPLIT_SCAN_BYTES` bytes, or twice the limit when that is larger), and
+    /// the split key is the live key in the middle of what was scanned (by the
+    /// measure whose limit was passed). So a range far over the limit — e.g.
+    /// after an operator lowers the thresholds — halves on each check and
+    /// reaches the limit in a logarithmic number of splits, instead of shedding
+    /// a limit-sized piece per check; and both halves of a range just over the
+    /// limit stay under it.
     pub fn split_scan(
         &self,
         kr: &KeyRange,
         max_keys: u64,
         max_bytes: u64,
     ) -> anyhow::Result<(u64, u64, Option<Vec<u8>>)> {
+        let budget_keys = SPLIT_SCAN_KEYS.max(max_keys.saturating_mul(2));
+        let budget_bytes = SPLIT_SCAN_BYTES.max(max_bytes.saturating_mul(2));
+        // Pass 1: measure (within the budget).
         let (mut keys, mut bytes) = (0u64, 0u64);
         let mut last: Option<Vec<u8>> = None;
-        let (mut mid_by_keys, mut mid_by_bytes) = (None, None);
-        let mut over = None;
         self.scan(kr, |user, _rev, v| {
             bytes += (user.len() + v.len() + 8) as u64;
             if last.as_deref() != Some(user.as_slice()) {
-                last = Some(user.clone());
                 if !MvccValue::decode(v)?.tombstone {
                     keys += 1;
-                    if keys == max_keys / 2 + 1 {
-                        mid_by_keys = Some(user.clone());
-                    }
-                    if mid_by_bytes.is_none() && bytes > max_bytes / 2 {
-                        mid_by_bytes = Some(user.clone());
-                    }
                 }
+                last = Some(user);
             }
-            if keys > max_keys {
-                over = mid_by_keys.clone();
-                return Ok(false);
+            Ok(keys < budget_keys && bytes < budget_bytes)
+        })?;
+        let by_keys = keys > max_keys;
+        if !by_keys && bytes <= max_bytes {
+            return Ok((keys, bytes, None));
+        }
+        // Pass 2: the live key at half of what pass 1 measured.
+        let (half_keys, half_bytes) = (keys / 2 + 1, bytes / 2);
+        let (mut k2, mut b2) = (0u64, 0u64);
+        let mut last: Option<Vec<u8>> = None;
+        let mut split = None;
+        self.scan(kr, |user, _rev, v| {
+            b2 += (user.len() + v.len() + 8) as u64;
+            if last.as_deref() == Some(user.as_slice()) {
+                return Ok(true);
             }
-            if bytes > max_bytes {
-                over = mid_by_bytes.clone();
+            last = Some(user.clone());
+            if MvccValue::decode(v)?.tombstone {
+                return Ok(true);
+            }
+            k2 += 1;
+            if (by_keys && k2 >= half_keys) || (!by_keys && b2 > half_bytes) {
+                split = Some(user);
                 return Ok(false);
             }
             Ok(true)
         })?;
         // Never split at the range's first key (the left half would be empty).
-        let over = over.filter(|k| *k != kr.start);
-        Ok((keys, bytes, over))
+        let split = split.filter(|k| *k != kr.start);
+        Ok((keys, bytes, split))
     }
 
     /// The live key in the middle of `kr` (counting at most `max_keys` keys),
@@ -400,5 +424,33 @@ mod tests {
         assert_eq!(at(6), vec![(b"a".to_vec(), 5)]);
         assert!(m.get_at(b"a", 2).unwrap().is_none(), "a@2 compacted away");
         assert_eq!(m.history(&all, 0, 10, 100).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn split_scan_halves_oversized_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::engine::open_db(dir.path()).unwrap();
+        let m = Mvcc::new(db.clone());
+        for i in 0..1000 {
+            put(&m, &db, format!("k{i:04}").as_bytes(), i + 1, b"v", false);
+        }
+        // A deleted key is neither counted nor chosen.
+        put(&m, &db, b"k0500", 2000, b"", true);
+        let all = KeyRange::from_etcd(b"\0", b"\0");
+        // Far over an 8-key limit: split in the middle, not after 5 keys.
+        let (keys, _, split) = m.split_scan(&all, 8, u64::MAX).unwrap();
+        assert_eq!(keys, 999);
+        assert_eq!(split.as_deref(), Some(&b"k0499"[..]));
+        // Just over the limit: both halves end up under it.
+        let small = KeyRange::from_etcd(b"k0000", b"k0010");
+        let (keys, _, split) = m.split_scan(&small, 8, u64::MAX).unwrap();
+        assert_eq!((keys, split.as_deref()), (10, Some(&b"k0005"[..])));
+        // Under both limits: no split.
+        assert_eq!(m.split_scan(&small, 10, u64::MAX).unwrap().2, None);
+        // Over the byte limit only: the split falls at about half the bytes.
+        let (_, bytes, split) = m.split_scan(&all, u64::MAX / 4, 1000).unwrap();
+        assert!(bytes > 1000);
+        let split = split.unwrap();
+        assert!(split.as_slice() > &b"k0450"[..] && split.as_slice() < &b"k0550"[..]);
     }
 }
