@@ -11,7 +11,7 @@
 //! Nothing steps or proposes between `ready()` and `advance()` of a replica,
 //! because the whole round runs without touching the inbox.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -187,6 +187,14 @@ pub struct Store {
     destroyed: HashMap<u64, u64>,
     /// Idle ticks before a leader quiesces its range (0 = never).
     pub quiesce_after_ticks: u32,
+    /// Ranges quiesced by this round's tick whose followers are told after
+    /// the round's raft messages went out (see `run`).
+    quiesce_pending: Vec<u64>,
+    /// Ranges that may have a raft `Ready` since the last round: those a
+    /// message, request or tick reached, new ones, and those handled in the
+    /// last round. Only these are asked, so a round costs nothing per idle
+    /// range.
+    touched: HashSet<u64>,
 }
 
 fn raft_config(peer_id: u64, applied: u64) -> raft::Config {
@@ -243,6 +251,8 @@ impl Store {
             peer_nodes: HashMap::new(),
             destroyed: HashMap::new(),
             quiesce_after_ticks: 20,
+            quiesce_pending: Vec::new(),
+            touched: HashSet::new(),
         }
     }
 
@@ -331,6 +341,7 @@ impl Store {
                 idle_ticks: 0,
             },
         );
+        self.touched.insert(desc.id);
         tracing::info!(range = desc.id, peer = peer_id, applied, "replica opened");
         Ok(())
     }
@@ -375,16 +386,33 @@ impl Store {
                 tracing::error!("fatal storage error in raft loop: {e:#}");
                 std::process::exit(70);
             }
+            // Told only now, after the heartbeats the same tick produced: a
+            // heartbeat arriving after the quiesce message would wake the
+            // followers alone, and followers ticking without a leader that
+            // heartbeats elect a new one.
+            for id in std::mem::take(&mut self.quiesce_pending) {
+                if self.replicas.get(&id).is_some_and(|r| r.quiesced) {
+                    self.send_quiesce(id);
+                }
+            }
         }
     }
 
     fn handle(&mut self, m: StoreMsg, new_reads: &mut Vec<u64>) {
+        match &m {
+            StoreMsg::Raft(env) => self.touched.insert(env.range_id),
+            StoreMsg::Propose { range_id, .. }
+            | StoreMsg::ReadBarrier { range_id, .. }
+            | StoreMsg::Admin { range_id, .. } => self.touched.insert(*range_id),
+            StoreMsg::Create(desc) => self.touched.insert(desc.id),
+            StoreMsg::Tick | StoreMsg::NodesDown(_) => false,
+        };
         match m {
             StoreMsg::Tick => {}
             StoreMsg::NodesDown(down) => {
                 // A quiesced follower would never notice its leader died: wake
                 // it when placement reports the leader's node down.
-                for r in self.replicas.values_mut().filter(|r| r.quiesced) {
+                for (id, r) in self.replicas.iter_mut().filter(|(_, r)| r.quiesced) {
                     let leader = r.raw.raft.leader_id;
                     let node = r
                         .shared
@@ -396,6 +424,7 @@ impl Store {
                         .map(|p| p.node_id);
                     if node.is_none_or(|n| down.contains(&n)) {
                         r.wake();
+                        self.touched.insert(*id);
                     }
                 }
             }
@@ -438,10 +467,23 @@ impl Store {
                         // Late acknowledgements do not wake an idle range;
                         // anything else (appends, votes, heartbeats) does.
                         use raft::eraftpb::MessageType as T;
-                        if !matches!(
-                            msg.get_msg_type(),
-                            T::MsgHeartbeatResponse | T::MsgAppendResponse
-                        ) {
+                        let raft = &r.raw.raft;
+                        // Nor does a plain heartbeat of the leader a quiesced
+                        // follower already agrees with (one sent just before
+                        // the leader quiesced): the follower answers it but
+                        // keeps still, as the leader does.
+                        let stale_heartbeat = r.quiesced
+                            && msg.get_msg_type() == T::MsgHeartbeat
+                            && msg.from == raft.leader_id
+                            && msg.term == raft.term
+                            && msg.commit <= raft.raft_log.committed
+                            && msg.context.is_empty();
+                        if !stale_heartbeat
+                            && !matches!(
+                                msg.get_msg_type(),
+                                T::MsgHeartbeatResponse | T::MsgAppendResponse
+                            )
+                        {
                             r.wake();
                         }
                         if let Err(e) = r.raw.step(msg) {
@@ -556,6 +598,7 @@ impl Store {
     fn issue_read_index(&mut self, range_id: u64) {
         let ctx = self.next_ctx;
         self.next_ctx += 1;
+        self.touched.insert(range_id);
         let Some(r) = self.replicas.get_mut(&range_id) else {
             return;
         };
@@ -573,18 +616,18 @@ impl Store {
         let now = Instant::now();
         let mut retry = Vec::new();
         let mut pending = 0;
-        let mut quiesce = Vec::new();
         for (id, r) in self.replicas.iter_mut() {
             if r.quiesced {
                 continue; // an idle range costs nothing per tick
             }
             r.raw.tick();
+            self.touched.insert(*id);
             promote_caught_up_learners(r);
             if self.quiesce_after_ticks > 0 && r.can_quiesce() {
                 r.idle_ticks += 1;
                 if r.idle_ticks >= self.quiesce_after_ticks {
                     r.quiesced = true;
-                    quiesce.push(*id);
+                    self.quiesce_pending.push(*id);
                 }
             } else {
                 r.idle_ticks = 0;
@@ -608,9 +651,6 @@ impl Store {
         crate::metrics::PROPOSALS_PENDING.set(pending as i64);
         for id in retry {
             self.issue_read_index(id);
-        }
-        for id in quiesce {
-            self.send_quiesce(id);
         }
     }
 
@@ -649,15 +689,14 @@ impl Store {
     }
 
     fn ready_round(&mut self) -> anyhow::Result<()> {
-        let ids: Vec<u64> = self
-            .replicas
-            .iter()
-            .filter(|(_, r)| r.raw.has_ready())
-            .map(|(id, _)| *id)
+        let mut ids: Vec<u64> = std::mem::take(&mut self.touched)
+            .into_iter()
+            .filter(|id| self.replicas.get(id).is_some_and(|r| r.raw.has_ready()))
             .collect();
         if ids.is_empty() {
             return Ok(());
         }
+        ids.sort_unstable();
         // Phase 1: send, and stage all appends into one batch.
         let mut wb = WriteBatch::default();
         let mut readies = Vec::with_capacity(ids.len());
@@ -745,6 +784,8 @@ impl Store {
             };
             r.raw.advance_apply();
             complete_reads(r);
+            // Asked again next round (cheap for a range that went quiet).
+            self.touched.insert(id);
             // Keep the log bounded: entries well behind the applied index go;
             // a follower that still needs them gets a snapshot instead.
             let applied = r.raw.raft.raft_log.applied;
