@@ -208,7 +208,7 @@ async fn get_ranges(target: &Target, timeout: Duration) -> anyhow::Result<GetRan
         };
         anyhow!("cannot reach placement at {addr} (from {from}): {why}; {hint}")
     };
-    match tokio::time::timeout(timeout, client.get_ranges(GetRangesRequest {})).await {
+    match tokio::time::timeout(timeout, client.get_ranges(GetRangesRequest::default())).await {
         Ok(Ok(resp)) => Ok(resp.into_inner()),
         Ok(Err(status)) => {
             // The transport error behind an `Unavailable` says why (refused, timed out).

@@ -45,7 +45,7 @@ async fn leader_addr(c: &common::Cluster) -> String {
         .expect("connect placement");
     for _ in 0..100 {
         let r = p
-            .get_ranges(GetRangesRequest {})
+            .get_ranges(GetRangesRequest::default())
             .await
             .expect("get ranges")
             .into_inner();

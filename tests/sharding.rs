@@ -48,7 +48,7 @@ async fn range_count(c: &common::Cluster) -> (usize, Vec<Vec<u64>>) {
         .await
         .expect("placement");
     let r = p
-        .get_ranges(GetRangesRequest {})
+        .get_ranges(GetRangesRequest::default())
         .await
         .expect("ranges")
         .into_inner();
@@ -297,7 +297,7 @@ async fn layout(c: &common::Cluster) -> Layout {
         .await
         .expect("placement");
     let r = p
-        .get_ranges(GetRangesRequest {})
+        .get_ranges(GetRangesRequest::default())
         .await
         .expect("ranges")
         .into_inner();

@@ -23,6 +23,11 @@ pub async fn run(svc: Arc<PlacementService>, node_down_after: Duration, max_ops:
     let mut iv = tokio::time::interval(TICK);
     let mut recent: HashMap<u64, Instant> = HashMap::new();
     let started = Instant::now();
+    // The scheduler is a pure function of its inputs: while they stay as they
+    // were when it last had nothing to do, it is not run again (with
+    // thousands of ranges, building its input is most of an idle
+    // placement's work).
+    let mut settled: Option<(u64, Vec<NodeView>)> = None;
     loop {
         iv.tick().await;
         // Give nodes a chance to heartbeat after a placement restart.
@@ -30,7 +35,12 @@ pub async fn run(svc: Arc<PlacementService>, node_down_after: Duration, max_ops:
             continue;
         }
         recent.retain(|_, t| t.elapsed() < OP_COOLDOWN);
-        let (nodes, ranges) = snapshot(&svc, node_down_after);
+        let nodes = node_views(&svc, node_down_after);
+        let version = svc.current_version();
+        if recent.is_empty() && settled.as_ref() == Some(&(version, nodes.clone())) {
+            continue;
+        }
+        let ranges = range_views(&svc);
         let busy: HashSet<u64> = recent.keys().copied().collect();
         let ops = schedule(
             &nodes,
@@ -41,6 +51,7 @@ pub async fn run(svc: Arc<PlacementService>, node_down_after: Duration, max_ops:
                 max_ops,
             },
         );
+        settled = (ops.is_empty() && busy.is_empty()).then_some((version, nodes));
         for op in ops {
             recent.insert(op.range(), Instant::now());
             tracing::info!(?op, "scheduling");
@@ -51,11 +62,10 @@ pub async fn run(svc: Arc<PlacementService>, node_down_after: Duration, max_ops:
     }
 }
 
-fn snapshot(svc: &PlacementService, node_down_after: Duration) -> (Vec<NodeView>, Vec<RangeView>) {
+fn node_views(svc: &PlacementService, node_down_after: Duration) -> Vec<NodeView> {
     let st = svc.rep.state();
     let seen = svc.last_seen.lock();
-    let nodes = st
-        .nodes
+    st.nodes
         .keys()
         .map(|id| {
             let age = seen.get(id).map(|t| t.elapsed());
@@ -65,17 +75,19 @@ fn snapshot(svc: &PlacementService, node_down_after: Duration) -> (Vec<NodeView>
                 dead: age.is_none_or(|a| a >= node_down_after),
             }
         })
-        .collect();
+        .collect()
+}
+
+fn range_views(svc: &PlacementService) -> Vec<RangeView> {
+    let st = svc.rep.state();
     let leaders = svc.leaders.lock();
-    let ranges = st
-        .ranges
+    st.ranges
         .values()
         .map(|r| RangeView {
             range: r.clone(),
             leader_node: leaders.get(&r.id).map_or(0, |h| h.node),
         })
-        .collect();
-    (nodes, ranges)
+        .collect()
 }
 
 async fn execute(svc: &PlacementService, op: &Op) -> anyhow::Result<()> {

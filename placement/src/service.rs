@@ -42,6 +42,11 @@ pub struct PlacementService {
     pub stats: Mutex<HashMap<u64, RangeStats>>,
     /// Lease id → deadline (leader-local, reset on restart as in etcd).
     pub lease_deadlines: Mutex<HashMap<i64, Instant>>,
+    /// Bumped whenever a range's leader hint names another node.
+    leader_version: std::sync::atomic::AtomicU64,
+    /// Random per process, so `GetRanges` versions of a restarted placement
+    /// never match those a router holds from before.
+    nonce: u64,
 }
 
 impl PlacementService {
@@ -63,6 +68,8 @@ impl PlacementService {
             last_seen: Mutex::new(HashMap::new()),
             stats: Mutex::new(HashMap::new()),
             lease_deadlines: Mutex::new(leases),
+            leader_version: Default::default(),
+            nonce: rand::random(),
         })
     }
 
@@ -82,6 +89,27 @@ impl PlacementService {
         o.next += count;
         crate::metrics::alloc(count, o.next);
         Ok(start)
+    }
+
+    /// What `GetRanges` calls its version: changes whenever anything a router
+    /// caches may have (never 0, which means "none" in requests).
+    fn routing_version(&self, state_version: u64) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (
+            self.nonce,
+            state_version,
+            self.leader_version
+                .load(std::sync::atomic::Ordering::Acquire),
+        )
+            .hash(&mut h);
+        h.finish() | 1
+    }
+
+    /// The version `GetRanges` would answer with now.
+    pub fn current_version(&self) -> u64 {
+        let v = self.rep.state().routing_version;
+        self.routing_version(v)
     }
 
     fn leader_of(&self, range_id: u64) -> u64 {
@@ -271,6 +299,11 @@ impl Placement for Svc {
                         .entry(d.id)
                         .or_insert(LeaderHint { node: 0, term: 0 });
                     if rep.term >= e.term {
+                        if e.node != rep.leader_node {
+                            self.0
+                                .leader_version
+                                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                        }
                         *e = LeaderHint {
                             node: rep.leader_node,
                             term: rep.term,
@@ -299,6 +332,9 @@ impl Placement for Svc {
             // learners being added (split halves are created by the split).
             .filter(|rg| {
                 let bootstrap = rg.id == 1 && rg.conf_ver == 1 && rg.version == 1;
+                if !bootstrap && rg.learners.is_empty() {
+                    return false;
+                }
                 rg.peers
                     .iter()
                     .any(|p| p.1 == r.node_id && (bootstrap || rg.learners.contains(&p.0)))
@@ -308,15 +344,23 @@ impl Placement for Svc {
         drop(st);
         Ok(Response::new(HeartbeatResponse {
             ranges,
-            nodes: self.nodes(),
+            nodes: self.nodes(false),
         }))
     }
 
     async fn get_ranges(
         &self,
-        _: Request<GetRangesRequest>,
+        req: Request<GetRangesRequest>,
     ) -> Result<Response<GetRangesResponse>, Status> {
         let st = self.0.rep.state();
+        let version = self.0.routing_version(st.routing_version);
+        if req.get_ref().known_version == version {
+            return Ok(Response::new(GetRangesResponse {
+                version,
+                unchanged: true,
+                ..Default::default()
+            }));
+        }
         let ranges = st
             .ranges
             .values()
@@ -330,8 +374,10 @@ impl Placement for Svc {
         drop(st);
         Ok(Response::new(GetRangesResponse {
             ranges,
-            nodes: self.nodes(),
+            nodes: self.nodes(true),
             compact_revision,
+            version,
+            unchanged: false,
         }))
     }
 
@@ -462,28 +508,37 @@ impl Placement for Svc {
 }
 
 impl Svc {
-    fn nodes(&self) -> Vec<NodeInfo> {
+    /// The registered nodes; with `counts`, how many replicas and leaders each
+    /// holds (one pass over the ranges — heartbeats, ten a second per node,
+    /// ask without).
+    fn nodes(&self, counts: bool) -> Vec<NodeInfo> {
         let seen = self.0.last_seen.lock();
         let st = self.0.rep.state();
-        let leaders = self.0.leaders.lock();
+        let mut per_node: HashMap<u64, (u64, u64)> = HashMap::new();
+        if counts {
+            let leaders = self.0.leaders.lock();
+            for r in st.ranges.values() {
+                for (_, node) in &r.peers {
+                    per_node.entry(*node).or_default().0 += 1;
+                }
+                if let Some(h) = leaders.get(&r.id) {
+                    per_node.entry(h.node).or_default().1 += 1;
+                }
+            }
+        }
         st.nodes
             .iter()
-            .map(|(&id, addr)| NodeInfo {
-                id,
-                addr: addr.clone(),
-                up: seen
-                    .get(&id)
-                    .is_some_and(|t| t.elapsed() < Duration::from_secs(5)),
-                range_count: st
-                    .ranges
-                    .values()
-                    .filter(|r| r.peers.iter().any(|p| p.1 == id))
-                    .count() as u64,
-                leader_count: st
-                    .ranges
-                    .keys()
-                    .filter(|r| leaders.get(r).is_some_and(|h| h.node == id))
-                    .count() as u64,
+            .map(|(&id, addr)| {
+                let (range_count, leader_count) = per_node.get(&id).copied().unwrap_or_default();
+                NodeInfo {
+                    id,
+                    addr: addr.clone(),
+                    up: seen
+                        .get(&id)
+                        .is_some_and(|t| t.elapsed() < Duration::from_secs(5)),
+                    range_count,
+                    leader_count,
+                }
             })
             .collect()
     }

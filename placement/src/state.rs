@@ -90,6 +90,10 @@ pub struct State {
     pub compacted: i64,
     /// Lease id → granted TTL in seconds.
     pub leases: BTreeMap<i64, i64>,
+    /// Counts applied commands that may change what routers cache (nodes,
+    /// ranges, the compaction revision); lets `GetRanges` answer "unchanged".
+    /// Derived, not part of the replicated state's meaning.
+    pub routing_version: u64,
 }
 
 /// What applying a command answers.
@@ -135,6 +139,15 @@ impl StoredRange {
 
 impl State {
     pub fn apply(&mut self, cmd: &Command) -> Outcome {
+        if matches!(
+            cmd,
+            Command::RegisterNode { .. }
+                | Command::Bootstrap { .. }
+                | Command::Compact { .. }
+                | Command::UpdateRange { .. }
+        ) {
+            self.routing_version += 1;
+        }
         match cmd {
             Command::RegisterNode { id, addr } => {
                 let id = if *id == 0 {

@@ -2,7 +2,8 @@
 //! leader, follow `NotLeader` hints, refresh on `EpochNotMatch` /
 //! `RangeNotFound`, back off on `ServerBusy` — all inside the request deadline.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,14 +35,87 @@ impl CachedRange {
     }
 }
 
+/// The cached ranges, without overlaps, in key order, with an index by id:
+/// finding the ranges of a key range is a binary search, and a refresh with
+/// thousands of ranges costs O(n log n).
+#[derive(Default)]
+struct RangeCache {
+    by_start: Vec<CachedRange>,
+    by_id: HashMap<u64, usize>,
+}
+
+impl RangeCache {
+    /// Builds the cache from placement's list. Placement may briefly hold a
+    /// split range's old descriptor beside its new halves: where descriptors
+    /// overlap, the newest epoch wins. A range placement knows no leader for
+    /// keeps the one `old` learned from a node.
+    fn build(mut ranges: Vec<CachedRange>, old: &RangeCache) -> Self {
+        ranges.sort_by_key(|r| {
+            let e = r.desc.epoch.unwrap_or_default();
+            std::cmp::Reverse((e.version, e.conf_ver))
+        });
+        // Kept ranges never overlap, so a candidate can only overlap the kept
+        // range starting at or before its start, or the first one after it.
+        let mut kept: BTreeMap<Vec<u8>, CachedRange> = BTreeMap::new();
+        for mut r in ranges {
+            let rk = r.key_range();
+            let before = kept.range(..=rk.start.clone()).next_back();
+            let after = kept
+                .range((Bound::Excluded(rk.start.clone()), Bound::Unbounded))
+                .next();
+            if before
+                .into_iter()
+                .chain(after)
+                .any(|(_, k)| overlaps(&k.key_range(), &rk))
+            {
+                continue;
+            }
+            if r.leader_node == 0 {
+                if let Some(o) = old.get(r.desc.id) {
+                    r.leader_node = o.leader_node;
+                }
+            }
+            kept.insert(rk.start, r);
+        }
+        let by_start: Vec<CachedRange> = kept.into_values().collect();
+        let by_id = by_start
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.desc.id, i))
+            .collect();
+        Self { by_start, by_id }
+    }
+
+    fn get(&self, range_id: u64) -> Option<&CachedRange> {
+        self.by_id.get(&range_id).map(|i| &self.by_start[*i])
+    }
+
+    /// Ranges overlapping `kr`, in key order.
+    fn overlapping(&self, kr: &KeyRange) -> Vec<CachedRange> {
+        // The first candidate is the last range starting at or before kr.start.
+        let first = self
+            .by_start
+            .partition_point(|r| r.desc.start_key <= kr.start)
+            .saturating_sub(1);
+        self.by_start[first..]
+            .iter()
+            .take_while(|r| kr.end.as_ref().is_none_or(|e| &r.desc.start_key < e))
+            .filter(|r| r.desc.end_key.is_empty() || r.desc.end_key > kr.start)
+            .cloned()
+            .collect()
+    }
+}
+
 pub struct Router {
     pub placement: PlacementClient<Channel>,
-    ranges: RwLock<Vec<CachedRange>>,
+    ranges: RwLock<RangeCache>,
     nodes: RwLock<HashMap<u64, String>>,
     clients: DashMap<u64, NodeClient<Channel>>,
     feed_clients: DashMap<u64, NodeClient<Channel>>,
     pub compacted: std::sync::atomic::AtomicI64,
     pub request_timeout: Duration,
+    /// Placement's version of the cached answer (see `GetRangesRequest`).
+    version: std::sync::atomic::AtomicU64,
 }
 
 /// Is this request safe to send twice? Reads are; a write is only when it
@@ -79,20 +153,26 @@ impl Router {
     pub fn new(placement: PlacementClient<Channel>, request_timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
             placement,
-            ranges: RwLock::new(Vec::new()),
+            ranges: RwLock::new(RangeCache::default()),
             nodes: RwLock::new(HashMap::new()),
             clients: DashMap::new(),
             feed_clients: DashMap::new(),
             compacted: Default::default(),
             request_timeout,
+            version: Default::default(),
         })
     }
 
     pub async fn refresh(&self) -> Result<(), Status> {
-        let mut req = tonic::Request::new(GetRangesRequest {});
+        let known_version = self.version.load(std::sync::atomic::Ordering::Acquire);
+        let mut req = tonic::Request::new(GetRangesRequest { known_version });
         req.set_timeout(Duration::from_secs(2));
         let resp = self.placement.clone().get_ranges(req).await?.into_inner();
-        let mut ranges: Vec<CachedRange> = resp
+        if resp.unchanged && resp.version == known_version {
+            return Ok(());
+        }
+        let version = resp.version;
+        let ranges: Vec<CachedRange> = resp
             .ranges
             .into_iter()
             .filter_map(|r| {
@@ -102,31 +182,8 @@ impl Router {
                 })
             })
             .collect();
-        // Placement may briefly hold a split range's old descriptor beside its
-        // new halves: where descriptors overlap, the newest epoch wins.
-        ranges.sort_by_key(|r| {
-            let e = r.desc.epoch.unwrap_or_default();
-            std::cmp::Reverse((e.version, e.conf_ver))
-        });
-        let mut kept: Vec<CachedRange> = Vec::with_capacity(ranges.len());
-        for r in ranges {
-            let rk = r.key_range();
-            if !kept.iter().any(|k| overlaps(&k.key_range(), &rk)) {
-                kept.push(r);
-            }
-        }
-        let mut ranges = kept;
-        ranges.sort_by(|a, b| a.desc.start_key.cmp(&b.desc.start_key));
-        {
-            // Keep a leader we learned from a node if placement has none yet.
-            let old = self.ranges.read();
-            for r in ranges.iter_mut().filter(|r| r.leader_node == 0) {
-                if let Some(o) = old.iter().find(|o| o.desc.id == r.desc.id) {
-                    r.leader_node = o.leader_node;
-                }
-            }
-        }
-        *self.ranges.write() = ranges;
+        let cache = RangeCache::build(ranges, &self.ranges.read());
+        *self.ranges.write() = cache;
         let mut nodes = self.nodes.write();
         for n in resp.nodes {
             if nodes.get(&n.id) != Some(&n.addr) {
@@ -135,8 +192,11 @@ impl Router {
             }
             nodes.insert(n.id, n.addr);
         }
+        drop(nodes);
         self.compacted
             .fetch_max(resp.compact_revision, std::sync::atomic::Ordering::AcqRel);
+        self.version
+            .store(version, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 
@@ -170,17 +230,7 @@ impl Router {
 
     /// Ranges overlapping `kr`, in key order.
     pub fn ranges_for(&self, kr: &KeyRange) -> Vec<CachedRange> {
-        self.ranges
-            .read()
-            .iter()
-            .filter(|r| {
-                let rk = r.key_range();
-                let starts_before_end = kr.end.as_ref().is_none_or(|e| &r.desc.start_key < e);
-                let ends_after_start = rk.end.as_ref().is_none_or(|e| e > &kr.start);
-                starts_before_end && ends_after_start
-            })
-            .cloned()
-            .collect()
+        self.ranges.read().overlapping(kr)
     }
 
     /// The single range covering `kr`, or the cross-range error for `what`.
@@ -203,22 +253,14 @@ impl Router {
     }
 
     fn set_leader(&self, range_id: u64, node: u64) {
-        if let Some(r) = self
-            .ranges
-            .write()
-            .iter_mut()
-            .find(|r| r.desc.id == range_id)
-        {
-            r.leader_node = node;
+        let mut cache = self.ranges.write();
+        if let Some(i) = cache.by_id.get(&range_id).copied() {
+            cache.by_start[i].leader_node = node;
         }
     }
 
     fn cached(&self, range_id: u64) -> Option<CachedRange> {
-        self.ranges
-            .read()
-            .iter()
-            .find(|r| r.desc.id == range_id)
-            .cloned()
+        self.ranges.read().get(range_id).cloned()
     }
 
     pub fn client(&self, node: u64) -> Option<NodeClient<Channel>> {
@@ -400,5 +442,87 @@ impl Router {
         } else {
             Err(errors::timeout())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_proto::strata::Epoch;
+
+    fn range(id: u64, start: &str, end: &str, version: u64, leader: u64) -> CachedRange {
+        CachedRange {
+            desc: RangeDescriptor {
+                id,
+                start_key: start.as_bytes().to_vec(),
+                end_key: end.as_bytes().to_vec(),
+                epoch: Some(Epoch {
+                    conf_ver: 1,
+                    version,
+                }),
+                peers: vec![],
+            },
+            leader_node: leader,
+        }
+    }
+
+    fn ids(rs: &[CachedRange]) -> Vec<u64> {
+        rs.iter().map(|r| r.desc.id).collect()
+    }
+
+    #[test]
+    fn newest_epoch_wins_and_lookups_find_overlaps() {
+        let old = RangeCache::build(vec![range(2, "m", "", 1, 7)], &RangeCache::default());
+        // Range 1 [, "") split into 1 [, "g") and 2 ["g", "m") and 3 ["m", ""),
+        // but placement still lists 1's old descriptor beside the new ones.
+        let cache = RangeCache::build(
+            vec![
+                range(1, "", "", 1, 1),
+                range(3, "m", "", 3, 3),
+                range(1, "", "g", 3, 1),
+                range(2, "g", "m", 3, 0),
+            ],
+            &old,
+        );
+        assert_eq!(ids(&cache.by_start), vec![1, 2, 3]);
+        assert_eq!(cache.get(1).unwrap().desc.end_key, b"g");
+        // Placement knows no leader for 2: the one learned before is kept.
+        assert_eq!(cache.get(2).unwrap().leader_node, 7);
+        assert!(cache.get(9).is_none());
+        let kr = |s: &str, e: &str| KeyRange::from_etcd(s.as_bytes(), e.as_bytes());
+        assert_eq!(ids(&cache.overlapping(&kr("a", ""))), vec![1]);
+        assert_eq!(ids(&cache.overlapping(&kr("g", ""))), vec![2]);
+        assert_eq!(ids(&cache.overlapping(&kr("f", "h"))), vec![1, 2]);
+        assert_eq!(ids(&cache.overlapping(&kr("f", "m"))), vec![1, 2]);
+        assert_eq!(ids(&cache.overlapping(&kr("f", "m\0"))), vec![1, 2, 3]);
+        assert_eq!(ids(&cache.overlapping(&kr("\0", "\0"))), vec![1, 2, 3]);
+        assert_eq!(ids(&cache.overlapping(&kr("z", "\0"))), vec![3]);
+        assert_eq!(ids(&cache.overlapping(&kr("", ""))), vec![1]);
+    }
+
+    #[test]
+    fn thousands_of_ranges_build_and_resolve() {
+        let n = 5000u64;
+        let key = |i: u64| format!("k{i:05}");
+        let ranges: Vec<CachedRange> = (0..n)
+            .map(|i| {
+                let start = if i == 0 { String::new() } else { key(i) };
+                let end = if i == n - 1 {
+                    String::new()
+                } else {
+                    key(i + 1)
+                };
+                range(i + 1, &start, &end, 2, 1)
+            })
+            .rev()
+            .collect();
+        let cache = RangeCache::build(ranges, &RangeCache::default());
+        assert_eq!(cache.by_start.len(), n as usize);
+        for i in (0..n).step_by(97) {
+            let k = KeyRange::from_etcd(key(i).as_bytes(), b"");
+            assert_eq!(ids(&cache.overlapping(&k)), vec![i + 1]);
+        }
+        let k = KeyRange::from_etcd(key(10).as_bytes(), key(20).as_bytes());
+        assert_eq!(ids(&cache.overlapping(&k)), (11..=20).collect::<Vec<_>>());
     }
 }
