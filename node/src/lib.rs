@@ -36,8 +36,11 @@ use crate::store::{Ranges, Store, StoreMsg};
 
 const NODE_ID_KEY: &[u8] = b"node_id";
 const HEARTBEAT_EVERY: Duration = Duration::from_millis(300);
-/// Every led range's stats are re-sent this often even when nothing changed.
-const FULL_REPORT_EVERY: Duration = Duration::from_secs(3);
+/// Led ranges' stats are re-sent this often, when they changed.
+const STATS_EVERY: Duration = Duration::from_secs(3);
+/// Every led range is re-reported this often even when nothing changed (a
+/// restarted placement relearns leaders and stats within this time).
+const FULL_REPORT_EVERY: Duration = Duration::from_secs(30);
 
 /// A running node.
 pub struct NodeHandle {
@@ -185,21 +188,31 @@ async fn heartbeat(
     let mut last_writes: std::collections::HashMap<u64, (u64, std::time::Instant)> =
         Default::default();
     let mut sent: std::collections::HashMap<u64, (u64, u64, bool, u64)> = Default::default();
+    // Per led range: (keys, bytes, writes) last reported, and whether the
+    // reported write rate was non-zero (then a zero rate is still owed).
+    let mut sent_stats: std::collections::HashMap<u64, ((u64, u64, u64), bool)> =
+        Default::default();
+    let mut last_stats = std::time::Instant::now() - STATS_EVERY;
     let mut last_full = std::time::Instant::now() - FULL_REPORT_EVERY;
+    let mut last_down: Vec<u64> = Vec::new();
     loop {
         iv.tick().await;
         let now = std::time::Instant::now();
         // Only what changed since the last acknowledged heartbeat is reported
-        // (a split, a membership change, a new leader or term), plus every led
-        // range's stats every few seconds: an idle node with thousands of
-        // ranges sends almost nothing.
+        // (a split, a membership change, a new leader or term), plus led
+        // ranges whose stats changed every few seconds, plus everything now
+        // and then: an idle node with thousands of ranges sends almost nothing.
         let full = last_full.elapsed() >= FULL_REPORT_EVERY;
+        let stats_round = full || last_stats.elapsed() >= STATS_EVERY;
         let mut pending = Vec::new();
+        let mut pending_stats = Vec::new();
         let leader_ranges = ranges
             .iter()
             .filter_map(|r| {
-                let desc = r.desc.read().clone();
-                let e = desc.epoch.unwrap_or_default();
+                let (id, e) = {
+                    let d = r.desc.read();
+                    (d.id, d.epoch.unwrap_or_default())
+                };
                 let leader = r.is_leader();
                 let state = (
                     e.conf_ver,
@@ -207,10 +220,25 @@ async fn heartbeat(
                     leader,
                     r.term.load(std::sync::atomic::Ordering::Acquire),
                 );
-                if sent.get(&desc.id) == Some(&state) && !(leader && full) {
+                let stats = (
+                    r.approx_keys.load(std::sync::atomic::Ordering::Relaxed),
+                    r.approx_bytes.load(std::sync::atomic::Ordering::Relaxed),
+                    r.writes.load(std::sync::atomic::Ordering::Relaxed),
+                );
+                let stats_due = leader
+                    && (full
+                        || (stats_round
+                            && sent_stats
+                                .get(&id)
+                                .is_none_or(|(s, moving)| *s != stats || *moving)));
+                if sent.get(&id) == Some(&state) && !stats_due {
                     return None;
                 }
-                pending.push((desc.id, state));
+                pending.push((id, state));
+                if leader {
+                    pending_stats.push((id, stats));
+                }
+                let desc = r.desc.read().clone();
                 Some((r, desc))
             })
             .map(|(r, desc)| {
@@ -244,15 +272,31 @@ async fn heartbeat(
         match placement.heartbeat(req).await {
             Ok(resp) => {
                 sent.extend(pending);
+                for (id, stats) in pending_stats {
+                    // The rate just reported is non-zero iff writes moved.
+                    let moving = sent_stats.get(&id).is_none_or(|(s, _)| s.2 != stats.2);
+                    sent_stats.insert(id, (stats, moving));
+                }
                 if full {
                     last_full = now;
+                    // Forget ranges no longer here (split away, moved, removed).
+                    sent.retain(|id, _| ranges.contains_key(id));
+                    sent_stats.retain(|id, _| ranges.contains_key(id));
+                    last_writes.retain(|id, _| ranges.contains_key(id));
+                }
+                if stats_round {
+                    last_stats = now;
                 }
                 let resp = resp.into_inner();
                 let down: Vec<u64> = resp.nodes.iter().filter(|n| !n.up).map(|n| n.id).collect();
                 for n in resp.nodes {
                     addrs.insert(n.id, n.addr);
                 }
-                let _ = store.try_send(StoreMsg::NodesDown(down));
+                // Only news: quiesced followers of a leader on a down node
+                // wake on the first report.
+                if down != last_down && store.try_send(StoreMsg::NodesDown(down.clone())).is_ok() {
+                    last_down = down;
+                }
                 for d in resp.ranges {
                     // Placement creates replicas here only for the first range
                     // and for learners being added; split halves are created
