@@ -459,11 +459,12 @@ mod tests {
     use raft::Storage;
 
     fn entry(index: u64, term: u64) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = vec![index as u8].into();
-        e
+        Entry {
+            index,
+            term,
+            data: vec![index as u8].into(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -473,9 +474,11 @@ mod tests {
         let s = RaftStorage::open(db.clone(), 7, &[1, 2, 3]).unwrap();
         assert_eq!(s.last_index().unwrap(), 0);
         let ents: Vec<_> = (1..=5).map(|i| entry(i, 1)).collect();
-        let mut hs = HardState::default();
-        hs.term = 1;
-        hs.commit = 3;
+        let hs = HardState {
+            term: 1,
+            commit: 3,
+            ..Default::default()
+        };
         let mut wb = WriteBatch::default();
         s.stage_append(&mut wb, &ents, Some(&hs)).unwrap();
         write(&db, wb, true).unwrap();
