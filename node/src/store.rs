@@ -527,9 +527,12 @@ impl Store {
                 }
                 let rev = cmd.revision;
                 if let Err(e) = r.raw.propose(vec![], cmd.encode_to_vec()) {
+                    // Dropped before reaching the log (e.g. during a leader
+                    // transfer): certainly never applied, so the router may
+                    // send it again, to the new leader.
                     tracing::debug!(range = range_id, "propose dropped: {e}");
                     crate::metrics::proposal_rejected("dropped");
-                    let _ = reply.send(Err(errors::leader_changed()));
+                    let _ = reply.send(Err(crate::service::not_leader()));
                     return;
                 }
                 crate::metrics::PROPOSALS.inc();
@@ -537,6 +540,13 @@ impl Store {
                 let term = r.raw.raft.term;
                 if rev > 0 {
                     r.pending_revs.insert(rev);
+                }
+                // Kept proposals of an earlier leadership at this index or
+                // above lost their entries (our log now ends below `index`);
+                // dropping them keeps the queue in index order.
+                while r.proposals.back().is_some_and(|p| p.index >= index) {
+                    let p = r.proposals.pop_back().expect("back");
+                    let _ = p.reply.send(Err(errors::leader_changed()));
                 }
                 r.proposals.push_back(Proposal {
                     index,
@@ -632,6 +642,11 @@ impl Store {
             } else {
                 r.idle_ticks = 0;
             }
+            if r.raw.raft.state != StateRole::Leader {
+                // Proposals kept from a former leadership (see `step_down`)
+                // whose clients stopped waiting.
+                r.proposals.retain(|p| !p.reply.is_closed());
+            }
             pending += r.proposals.len();
             // ReadIndex requests are dropped by a leader that has not yet
             // committed in its term; re-issue them, and fail expired ones.
@@ -711,7 +726,7 @@ impl Store {
                 crate::metrics::leader_seen(&shared, ss.leader_id);
                 shared.leader_peer.store(ss.leader_id, Ordering::Release);
                 if ss.raft_state != StateRole::Leader {
-                    fail_leader_state(r);
+                    step_down(r);
                 }
             }
             if let Some(hs) = rd.hs() {
@@ -746,6 +761,11 @@ impl Store {
             r.shared.compacted.store(compacted, Ordering::Release);
             r.shared.applied_rev.store(applied_rev, Ordering::Release);
             r.shared.applied_index.store(index, Ordering::Release);
+            // Entries a snapshot covers are never applied one by one here.
+            while r.proposals.front().is_some_and(|p| p.index <= index) {
+                let p = r.proposals.pop_front().expect("front");
+                let _ = p.reply.send(Err(errors::leader_changed()));
+            }
             tracing::info!(range = id, index, "snapshot applied");
             crate::metrics::SNAPSHOTS_APPLIED.inc();
         }
@@ -1164,7 +1184,11 @@ impl Store {
         self.ranges.remove(&range_id);
         let conf_ver = r.shared.epoch().conf_ver;
         self.destroyed.insert(range_id, conf_ver);
-        fail_leader_state(&mut { r });
+        let mut r = r;
+        step_down(&mut r);
+        for p in r.proposals.drain(..) {
+            let _ = p.reply.send(Err(errors::leader_changed()));
+        }
         let desc = self
             .db
             .get_cf(
@@ -1335,17 +1359,18 @@ pub fn desc_range(desc: &RangeDescriptor) -> KeyRange {
     }
 }
 
-/// On losing leadership: pending proposals may or may not commit later (under
-/// the new leader); their clients get "leader changed" and must check. Reads
-/// waiting here can no longer be confirmed.
-fn fail_leader_state(r: &mut Replica) {
+/// On losing leadership: reads waiting here can no longer be confirmed. Pending
+/// proposals stay: each may still commit under the new leader (a leader
+/// transfer first brings the new leader up to date, so they usually do), and
+/// `apply` answers it when the entry at its index applies here — success if
+/// it is the proposal's own entry (same term), "leader changed" if another
+/// leader's entry replaced it. One whose client gave up is dropped by `tick`;
+/// one a snapshot skips over fails then.
+fn step_down(r: &mut Replica) {
     for w in r.reads.drain(..) {
         let _ = w.reply.send(Err(errors::leader_changed()));
     }
     r.pending_revs.clear();
-    for p in r.proposals.drain(..) {
-        let _ = p.reply.send(Err(errors::leader_changed()));
-    }
 }
 
 fn complete_reads(r: &mut Replica) {
