@@ -100,15 +100,14 @@ impl SplitChecker {
         split_key: Vec<u8>,
     ) -> anyhow::Result<()> {
         let peers = r.desc.read().peers.clone();
-        let ids = self
-            .placement
-            .clone()
-            .alloc_ids(AllocIdsRequest {
-                ranges: 1,
-                peers: peers.len() as u64,
-            })
-            .await?
-            .into_inner();
+        // Bounded: the checker handles one split at a time, so a placement
+        // that does not answer must not stall every other range's split.
+        let mut req = tonic::Request::new(AllocIdsRequest {
+            ranges: 1,
+            peers: peers.len() as u64,
+        });
+        req.set_timeout(Duration::from_secs(5));
+        let ids = self.placement.clone().alloc_ids(req).await?.into_inner();
         let new_peers = peers
             .iter()
             .enumerate()
