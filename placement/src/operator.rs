@@ -36,7 +36,7 @@ pub async fn run(svc: Arc<PlacementService>, node_down_after: Duration, max_ops:
         }
         recent.retain(|_, t| t.elapsed() < OP_COOLDOWN);
         let nodes = node_views(&svc, node_down_after);
-        let version = svc.current_version();
+        let version = svc.scheduler_version();
         if recent.is_empty() && settled.as_ref() == Some(&(version, nodes.clone())) {
             continue;
         }
@@ -81,11 +81,13 @@ fn node_views(svc: &PlacementService, node_down_after: Duration) -> Vec<NodeView
 fn range_views(svc: &PlacementService) -> Vec<RangeView> {
     let st = svc.rep.state();
     let leaders = svc.leaders.lock();
+    let stats = svc.stats.lock();
     st.ranges
         .values()
         .map(|r| RangeView {
             range: r.clone(),
             leader_node: leaders.get(&r.id).map_or(0, |h| h.node),
+            writes_per_sec: stats.get(&r.id).map_or(0.0, |s| s.writes_per_sec),
         })
         .collect()
 }

@@ -12,6 +12,13 @@
 //!    there; step 2 later removes the surplus one from the full node).
 //! 4. **leader balance**: when leader counts differ by more than one, a leader
 //!    moves to a voter on the node with fewest leaders.
+//! 5. **write-load balance**: leaders do a range's write work (sequencing,
+//!    proposing, answering clients), so when the write rates of the ranges
+//!    nodes lead differ by more than [`LOAD_GAP_MIN`] writes/s and
+//!    [`LOAD_GAP_SHARE`] of the busiest node's, a hot leader on the busiest node
+//!    and a cold one on the least busy node trade places (two transfers: leader
+//!    counts stay as step 4 left them). The pair is chosen so the gap strictly
+//!    shrinks, so steady rates never make leaders bounce.
 //!
 //! At most `max_ops` operators per call and one per range: operators are rate
 //! limited, and a range is never taken below quorum.
@@ -34,7 +41,14 @@ pub struct RangeView {
     pub range: StoredRange,
     /// Node of the leader, 0 when unknown.
     pub leader_node: u64,
+    /// Writes per second its leader last reported.
+    pub writes_per_sec: f64,
 }
+
+/// Step 5 acts only on a leader write-rate gap of at least this many writes/s…
+pub const LOAD_GAP_MIN: f64 = 200.0;
+/// …that is also at least this share of the busiest node's leader write rate.
+pub const LOAD_GAP_SHARE: f64 = 0.2;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
@@ -232,7 +246,85 @@ pub fn schedule(
         *leaders.get_mut(&from).expect("alive") -= 1;
         *leaders.get_mut(&to).expect("alive") += 1;
     }
+
+    // 5: write-load balance (after step 4's transfers, as if done).
+    if ops.len() + 2 <= cfg.max_ops {
+        if let Some(swap) = load_swap(ranges, &ops, &touched, &alive) {
+            ops.extend(swap);
+        }
+    }
     ops
+}
+
+/// The pair of leader transfers of step 5, if one helps.
+fn load_swap(
+    ranges: &[RangeView],
+    planned: &[Op],
+    touched: &HashSet<u64>,
+    alive: &[u64],
+) -> Option<[Op; 2]> {
+    let leader_after = |r: &RangeView| {
+        planned
+            .iter()
+            .find_map(|o| match o {
+                Op::TransferLeader { range, node, .. } if *range == r.range.id => Some(*node),
+                _ => None,
+            })
+            .unwrap_or(r.leader_node)
+    };
+    let mut load: BTreeMap<u64, f64> = alive.iter().map(|n| (*n, 0.0)).collect();
+    for r in ranges {
+        if let Some(l) = load.get_mut(&leader_after(r)) {
+            *l += r.writes_per_sec.max(0.0);
+        }
+    }
+    let (&hot, &hi) = load.iter().max_by(|a, b| a.1.total_cmp(b.1))?;
+    let (&cold, &lo) = load.iter().min_by(|a, b| a.1.total_cmp(b.1))?;
+    let gap = hi - lo;
+    if hot == cold || gap < LOAD_GAP_MIN || gap < LOAD_GAP_SHARE * hi {
+        return None;
+    }
+    // A voter of `r` on `node`, if `r` is free to move and led by `leader`.
+    let movable = |r: &RangeView, leader: u64, node: u64| -> Option<u64> {
+        if touched.contains(&r.range.id) || leader_after(r) != leader {
+            return None;
+        }
+        r.range
+            .peers
+            .iter()
+            .find(|(p, n)| *n == node && !r.range.learners.contains(p))
+            .map(|(p, _)| *p)
+    };
+    // The coldest range the cold node leads that can go to the hot node…
+    let (c, c_peer) = ranges
+        .iter()
+        .filter_map(|r| movable(r, cold, hot).map(|p| (r, p)))
+        .min_by(|a, b| a.0.writes_per_sec.total_cmp(&b.0.writes_per_sec))?;
+    // …traded for the hot node's range whose rate difference comes closest to
+    // half the gap while strictly shrinking it (0 < difference < gap).
+    let (h, h_peer) = ranges
+        .iter()
+        .filter_map(|r| movable(r, hot, cold).map(|p| (r, p)))
+        .filter(|(r, _)| {
+            let d = r.writes_per_sec - c.writes_per_sec;
+            d > 0.0 && d < gap
+        })
+        .min_by(|a, b| {
+            let off = |r: &RangeView| (r.writes_per_sec - c.writes_per_sec - gap / 2.0).abs();
+            off(a.0).total_cmp(&off(b.0))
+        })?;
+    Some([
+        Op::TransferLeader {
+            range: h.range.id,
+            peer: h_peer,
+            node: cold,
+        },
+        Op::TransferLeader {
+            range: c.range.id,
+            peer: c_peer,
+            node: hot,
+        },
+    ])
 }
 
 #[cfg(test)]
@@ -259,6 +351,14 @@ mod tests {
                 learners: vec![],
             },
             leader_node: leader,
+            writes_per_sec: 0.0,
+        }
+    }
+
+    fn hot(id: u64, nodes: &[u64], leader: u64, rate: f64) -> RangeView {
+        RangeView {
+            writes_per_sec: rate,
+            ..range(id, nodes, leader)
         }
     }
 
@@ -343,5 +443,80 @@ mod tests {
                 .any(|o| matches!(o, Op::TransferLeader { node: 2, .. })),
             "{ops:?}"
         );
+    }
+
+    #[test]
+    fn hot_leaders_trade_places_with_cold_ones() {
+        let nodes: Vec<_> = (1..=3).map(node).collect();
+        // Leader counts are even (2 each) but node 1 leads both hot ranges.
+        let ranges = vec![
+            hot(1, &[1, 2, 3], 1, 1000.0),
+            hot(2, &[1, 2, 3], 1, 900.0),
+            hot(3, &[1, 2, 3], 2, 100.0),
+            hot(4, &[1, 2, 3], 2, 100.0),
+            hot(5, &[1, 2, 3], 3, 0.0),
+            hot(6, &[1, 2, 3], 3, 10.0),
+        ];
+        let ops = schedule(&nodes, &ranges, &HashSet::new(), &cfg());
+        // Node 1 (1900/s) and node 3 (10/s): gap 1890; the hot range whose
+        // difference to the coldest (range 5, 0/s) is nearest 945 is range 2.
+        assert_eq!(
+            ops,
+            vec![
+                Op::TransferLeader {
+                    range: 2,
+                    peer: 23,
+                    node: 3
+                },
+                Op::TransferLeader {
+                    range: 5,
+                    peer: 51,
+                    node: 1
+                },
+            ]
+        );
+        // Applying proposals until there are none settles (no bouncing),
+        // leader counts unchanged and the spread well under the first 1890.
+        let mut ranges = ranges;
+        for _ in 0..10 {
+            let ops = schedule(&nodes, &ranges, &HashSet::new(), &cfg());
+            if ops.is_empty() {
+                break;
+            }
+            for op in ops {
+                let Op::TransferLeader { range, node, .. } = op else {
+                    panic!("only transfers expected: {op:?}");
+                };
+                ranges[range as usize - 1].leader_node = node;
+            }
+        }
+        assert!(schedule(&nodes, &ranges, &HashSet::new(), &cfg()).is_empty());
+        let mut load = BTreeMap::new();
+        let mut count = BTreeMap::new();
+        for r in &ranges {
+            *load.entry(r.leader_node).or_insert(0.0) += r.writes_per_sec;
+            *count.entry(r.leader_node).or_insert(0) += 1;
+        }
+        assert_eq!(count.values().copied().collect::<Vec<_>>(), vec![2, 2, 2]);
+        let (hi, lo) = (
+            load.values().copied().fold(f64::MIN, f64::max),
+            load.values().copied().fold(f64::MAX, f64::min),
+        );
+        assert!(hi - lo < 1000.0, "{load:?}");
+    }
+
+    #[test]
+    fn small_load_gaps_and_useless_moves_are_left_alone() {
+        let nodes: Vec<_> = (1..=2).map(node).collect();
+        // 150 writes/s apart: under LOAD_GAP_MIN.
+        let ranges = vec![hot(1, &[1, 2], 1, 150.0), hot(2, &[1, 2], 2, 0.0)];
+        assert!(schedule(&nodes, &ranges, &HashSet::new(), &cfg()).is_empty());
+        // 300 apart but under 20% of 5000: left alone.
+        let ranges = vec![hot(1, &[1, 2], 1, 5000.0), hot(2, &[1, 2], 2, 4700.0)];
+        assert!(schedule(&nodes, &ranges, &HashSet::new(), &cfg()).is_empty());
+        // One hot range alone: moving it just moves the gap (difference ==
+        // gap), so it stays.
+        let ranges = vec![hot(1, &[1, 2], 1, 3000.0), hot(2, &[1, 2], 2, 0.0)];
+        assert!(schedule(&nodes, &ranges, &HashSet::new(), &cfg()).is_empty());
     }
 }

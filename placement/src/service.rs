@@ -44,6 +44,8 @@ pub struct PlacementService {
     pub lease_deadlines: Mutex<HashMap<i64, Instant>>,
     /// Bumped whenever a range's leader hint names another node.
     leader_version: std::sync::atomic::AtomicU64,
+    /// Bumped whenever a reported range's stats change.
+    stats_version: std::sync::atomic::AtomicU64,
     /// Random per process, so `GetRanges` versions of a restarted placement
     /// never match those a router holds from before.
     nonce: u64,
@@ -69,6 +71,7 @@ impl PlacementService {
             stats: Mutex::new(HashMap::new()),
             lease_deadlines: Mutex::new(leases),
             leader_version: Default::default(),
+            stats_version: Default::default(),
             nonce: rand::random(),
         })
     }
@@ -110,6 +113,16 @@ impl PlacementService {
     pub fn current_version(&self) -> u64 {
         let v = self.rep.state().routing_version;
         self.routing_version(v)
+    }
+
+    /// Changes whenever anything the scheduler reads may have (ranges,
+    /// leaders, nodes, stats).
+    pub fn scheduler_version(&self) -> u64 {
+        self.current_version()
+            ^ self
+                .stats_version
+                .load(std::sync::atomic::Ordering::Acquire)
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
     }
 
     fn leader_of(&self, range_id: u64) -> u64 {
@@ -310,7 +323,11 @@ impl Placement for Svc {
                         };
                     }
                     if let Some(s) = rep.stats {
-                        stats.insert(d.id, s);
+                        if stats.insert(d.id, s) != Some(s) {
+                            self.0
+                                .stats_version
+                                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                        }
                     }
                 }
             }
