@@ -34,11 +34,19 @@ pub struct SplitChecker {
 impl SplitChecker {
     pub async fn run(self) {
         let mut iv = tokio::time::interval(CHECK_EVERY);
-        // Writes seen at the last check, per range: unchanged ranges are skipped.
-        let mut seen: std::collections::HashMap<u64, (u64, std::time::Instant)> =
+        // Writes and descriptor version seen at the last check, per range:
+        // unchanged ranges are skipped. A range that split is checked again
+        // (its left half may still be over the limit).
+        let mut seen: std::collections::HashMap<u64, (u64, u64, std::time::Instant)> =
             Default::default();
+        let mut rounds = 0u64;
         loop {
             iv.tick().await;
+            rounds += 1;
+            if rounds.is_multiple_of(60) {
+                // Forget ranges no longer here (moved away, removed).
+                seen.retain(|id, _| self.ranges.contains_key(id));
+            }
             let leaders: Vec<_> = self
                 .ranges
                 .iter()
@@ -51,12 +59,14 @@ impl SplitChecker {
                     continue; // membership change in progress; split later
                 }
                 let writes = r.writes.load(Ordering::Relaxed);
+                let version = r.epoch().version;
                 let now = std::time::Instant::now();
-                let (before, at) = seen.get(&id).copied().unwrap_or((writes, now));
-                if before == writes && seen.contains_key(&id) {
+                let (before, version_before, at) =
+                    seen.get(&id).copied().unwrap_or((writes, version, now));
+                if before == writes && version_before == version && seen.contains_key(&id) {
                     continue;
                 }
-                seen.insert(id, (writes, now));
+                seen.insert(id, (writes, version, now));
                 let secs = now.duration_since(at).as_secs_f64();
                 let rate = if secs > 0.0 {
                     (writes - before) as f64 / secs
