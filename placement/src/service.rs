@@ -529,8 +529,11 @@ impl Svc {
     /// holds (one pass over the ranges — heartbeats, ten a second per node,
     /// ask without).
     fn nodes(&self, counts: bool) -> Vec<NodeInfo> {
-        let seen = self.0.last_seen.lock();
+        // Lock order, everywhere: state, then last_seen, leaders, stats. (A
+        // reader waiting for the state behind a queued writer while holding
+        // last_seen, which a state reader wants, deadlocks placement.)
         let st = self.0.rep.state();
+        let seen = self.0.last_seen.lock();
         let mut per_node: HashMap<u64, (u64, u64)> = HashMap::new();
         if counts {
             let leaders = self.0.leaders.lock();
