@@ -528,6 +528,18 @@ async fn a_small_hot_range_splits_by_write_rate() {
     assert_eq!(all.count(), 50);
 }
 
+/// Placement's current list of ranges (with leaders and stats).
+async fn range_infos(c: &common::Cluster) -> Vec<strata_proto::strata::RangeInfo> {
+    PlacementClient::connect(format!("http://{}", c.placement_addr()))
+        .await
+        .expect("placement")
+        .get_ranges(GetRangesRequest::default())
+        .await
+        .expect("ranges")
+        .into_inner()
+        .ranges
+}
+
 /// Write-load balance: two hot ranges led by the same node end up led by
 /// different nodes, while leader counts stay even.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -547,15 +559,7 @@ async fn hot_leaders_spread_over_nodes() {
     )
     .await;
     // Two ranges led by one node, with a loaded key in each.
-    let mut p = PlacementClient::connect(format!("http://{}", c.placement_addr()))
-        .await
-        .expect("placement");
-    let ranges = p
-        .get_ranges(GetRangesRequest::default())
-        .await
-        .expect("ranges")
-        .into_inner()
-        .ranges;
+    let ranges = range_infos(&c).await;
     let key_in = |d: &strata_proto::strata::RangeDescriptor| {
         keys.iter()
             .find(|k| {
@@ -603,15 +607,7 @@ async fn hot_leaders_spread_over_nodes() {
     let mut apart_since: Option<Instant> = None;
     let final_layout = loop {
         let l = layout(&c).await;
-        let mut p = PlacementClient::connect(format!("http://{}", c.placement_addr()))
-            .await
-            .expect("placement");
-        let rs = p
-            .get_ranges(GetRangesRequest::default())
-            .await
-            .expect("ranges")
-            .into_inner()
-            .ranges;
+        let rs = range_infos(&c).await;
         let leaders: Vec<u64> = hot_ids
             .iter()
             .map(|id| {
