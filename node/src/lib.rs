@@ -238,30 +238,26 @@ async fn heartbeat(
                 if leader {
                     pending_stats.push((id, stats));
                 }
-                let desc = r.desc.read().clone();
-                Some((r, desc))
-            })
-            .map(|(r, desc)| {
-                let writes = r.writes.load(std::sync::atomic::Ordering::Relaxed);
+                // The report carries exactly the values recorded as sent.
+                let (keys, bytes, writes) = stats;
                 let (w0, t0) = last_writes
-                    .insert(desc.id, (writes, now))
+                    .insert(id, (writes, now))
                     .unwrap_or((writes, now));
                 let secs = now.duration_since(t0).as_secs_f64();
-                let leader = r.is_leader();
-                RangeReport {
-                    desc: Some(desc),
+                Some(RangeReport {
+                    desc: Some(r.desc.read().clone()),
                     leader_node: if leader { node_id } else { 0 },
-                    term: r.term.load(std::sync::atomic::Ordering::Acquire),
+                    term: state.3,
                     stats: leader.then(|| strata_proto::strata::RangeStats {
-                        approx_keys: r.approx_keys.load(std::sync::atomic::Ordering::Relaxed),
-                        approx_bytes: r.approx_bytes.load(std::sync::atomic::Ordering::Relaxed),
+                        approx_keys: keys,
+                        approx_bytes: bytes,
                         writes_per_sec: if secs > 0.0 {
                             (writes - w0) as f64 / secs
                         } else {
                             0.0
                         },
                     }),
-                }
+                })
             })
             .collect();
         let mut req = tonic::Request::new(HeartbeatRequest {

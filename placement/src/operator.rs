@@ -27,7 +27,7 @@ pub async fn run(svc: Arc<PlacementService>, node_down_after: Duration, max_ops:
     // were when it last had nothing to do, it is not run again (with
     // thousands of ranges, building its input is most of an idle
     // placement's work).
-    let mut settled: Option<(u64, Vec<NodeView>)> = None;
+    let mut settled: Option<((u64, u64), Vec<NodeView>)> = None;
     loop {
         iv.tick().await;
         // Give nodes a chance to heartbeat after a placement restart.

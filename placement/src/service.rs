@@ -115,14 +115,14 @@ impl PlacementService {
         self.routing_version(v)
     }
 
-    /// Changes whenever anything the scheduler reads may have (ranges,
-    /// leaders, nodes, stats).
-    pub fn scheduler_version(&self) -> u64 {
-        self.current_version()
-            ^ self
-                .stats_version
-                .load(std::sync::atomic::Ordering::Acquire)
-                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    /// Changes whenever anything the scheduler reads may have: the routing
+    /// version (ranges, leaders, nodes) and the stats version.
+    pub fn scheduler_version(&self) -> (u64, u64) {
+        (
+            self.current_version(),
+            self.stats_version
+                .load(std::sync::atomic::Ordering::Acquire),
+        )
     }
 
     fn leader_of(&self, range_id: u64) -> u64 {
