@@ -15,7 +15,7 @@ pub mod metrics;
 pub mod mvcc;
 pub mod sequencer;
 pub mod service;
-pub mod split;
+pub mod split_check;
 pub mod store;
 pub mod transport;
 
@@ -138,7 +138,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<NodeHandle> {
         sequencers: sequencers.clone(),
     };
     let (seq_oracle, seq_store) = (oracle, store_tx.clone());
-    let checker = split::SplitChecker {
+    let checker = split_check::SplitChecker {
         ranges: ranges.clone(),
         mvcc: mvcc::Mvcc::new(db.clone()),
         placement: placement.clone(),

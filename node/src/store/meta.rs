@@ -1,0 +1,47 @@
+//! Per-range records in the `meta` column family: the descriptor, the highest
+//! applied revision and the compaction revision.
+
+use rocksdb::DB;
+
+use crate::engine::CF_META;
+
+fn key(prefix: &[u8], range_id: u64) -> Vec<u8> {
+    let mut k = prefix.to_vec();
+    k.extend_from_slice(&range_id.to_be_bytes());
+    k
+}
+
+pub(super) const DESC_PREFIX: &[u8] = b"range/";
+
+pub(super) fn desc_key(range_id: u64) -> Vec<u8> {
+    key(DESC_PREFIX, range_id)
+}
+
+pub(super) fn maxrev_key(range_id: u64) -> Vec<u8> {
+    key(b"maxrev/", range_id)
+}
+
+pub(super) fn compacted_key(range_id: u64) -> Vec<u8> {
+    key(b"compacted/", range_id)
+}
+
+/// Every per-range meta key of `range_id` (for destroying a replica).
+pub(super) fn all_keys(range_id: u64) -> [Vec<u8>; 3] {
+    [
+        desc_key(range_id),
+        compacted_key(range_id),
+        maxrev_key(range_id),
+    ]
+}
+
+/// Reads an `i64` record; absent reads as 0, a malformed one is an error.
+pub(super) fn load_i64(db: &DB, key: &[u8]) -> anyhow::Result<i64> {
+    let cf = db.cf_handle(CF_META).expect("meta cf");
+    match db.get_cf(&cf, key)? {
+        None => Ok(0),
+        Some(b) => match <[u8; 8]>::try_from(&b[..]) {
+            Ok(a) => Ok(i64::from_be_bytes(a)),
+            Err(_) => anyhow::bail!("corrupt meta record {key:?} ({} bytes)", b.len()),
+        },
+    }
+}

@@ -1,0 +1,418 @@
+//! The store: every range replica of this node, driven by one raft thread.
+//!
+//! Each loop iteration drains the inbox (raft messages, proposals, read
+//! barriers, ticks), then runs one Ready round (`ready.rs`) over the replicas
+//! that have one. One file per operation:
+//! - `propose.rs`: proposals and how they are answered;
+//! - `read.rs`: read barriers (ReadIndex + no stamped write still unapplied);
+//! - `exec.rs`: applying committed commands (MVCC writes, compaction);
+//! - `split.rs`: applying a split;
+//! - `conf_change.rs`: membership changes, leader transfer, replica removal;
+//! - `snapshot.rs`: building and installing raft snapshots;
+//! - `quiesce.rs`: idle ranges stop ticking;
+//! - `log_gc.rs`: raft log truncation;
+//! - `ready.rs`: the Ready round, the only place raft state is written;
+//! - `replica.rs`, `meta.rs`: the replica's state and its `meta` records.
+
+mod conf_change;
+mod exec;
+mod log_gc;
+mod meta;
+mod propose;
+mod quiesce;
+mod read;
+mod ready;
+mod replica;
+mod snapshot;
+mod split;
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prost::Message as _;
+use protobuf::Message as _;
+use raft::eraftpb::Message as RaftMessage;
+use raft::{RawNode, StateRole};
+use rocksdb::DB;
+use strata_proto::strata::{AdminKind, Peer, RaftEnvelope, RangeCommand, RangeDescriptor};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tonic::Status;
+
+pub use replica::{RangeShared, Ranges};
+
+use crate::engine::{RaftStorage, CF_META};
+use crate::mvcc::{KeyRange, Mvcc};
+use crate::transport::Transport;
+use replica::{raft_config, Replica};
+
+/// Capacity of the store inbox; a full inbox sheds load with `ServerBusy`.
+pub const INBOX_CAP: usize = 16_384;
+/// Messages handled per loop iteration before a Ready round.
+const DRAIN_MAX: usize = 4096;
+/// Pending proposals per replica before new ones are refused.
+const PROPOSALS_MAX: usize = 8192;
+/// Events buffered per range feed channel.
+const FEED_CAP: usize = 4096;
+/// A read barrier that did not complete in this time fails (client retries).
+const READ_DEADLINE: Duration = Duration::from_secs(5);
+
+pub type Reply = oneshot::Sender<Result<Vec<u8>, Status>>;
+
+pub enum StoreMsg {
+    Raft(RaftEnvelope),
+    Propose {
+        range_id: u64,
+        cmd: RangeCommand,
+        reply: Reply,
+    },
+    /// Completes once this replica is leader, has applied everything up to a
+    /// quorum-confirmed read index, and no write stamped `<= read_rev` is
+    /// still unapplied: then no write `<= read_rev` can ever apply here later.
+    ReadBarrier {
+        range_id: u64,
+        read_rev: i64,
+        reply: oneshot::Sender<Result<(), Status>>,
+    },
+    Create(RangeDescriptor),
+    Tick,
+    /// Nodes placement currently reports as down.
+    NodesDown(Vec<u64>),
+    /// A replica change or leader transfer, on the range leader.
+    Admin {
+        range_id: u64,
+        kind: AdminKind,
+        peer: Peer,
+        reply: oneshot::Sender<Result<(), Status>>,
+    },
+}
+
+pub struct Store {
+    node_id: u64,
+    db: Arc<DB>,
+    mvcc: Mvcc,
+    ranges: Ranges,
+    replicas: HashMap<u64, Replica>,
+    transport: Transport,
+    logger: slog::Logger,
+    tick_every: Duration,
+    next_ctx: u64,
+    /// Peer → node, learned from incoming messages (a new learner does not
+    /// know its peers' nodes until its snapshot arrives).
+    peer_nodes: HashMap<u64, u64>,
+    /// Ranges whose replica was removed here → conf_ver at removal.
+    destroyed: HashMap<u64, u64>,
+    /// Idle ticks before a leader quiesces its range (0 = never).
+    pub quiesce_after_ticks: u32,
+    /// Ranges quiesced by this round's tick whose followers are told after
+    /// the round's raft messages went out (see `run`).
+    quiesce_pending: Vec<u64>,
+    /// Ranges that may have a raft `Ready` since the last round: those a
+    /// message, request or tick reached, new ones, and those handled in the
+    /// last round. Only these are asked, so a round costs nothing per idle
+    /// range.
+    touched: HashSet<u64>,
+}
+
+impl Store {
+    pub fn new(
+        node_id: u64,
+        db: Arc<DB>,
+        ranges: Ranges,
+        transport: Transport,
+        tick_every: Duration,
+    ) -> Self {
+        Self {
+            node_id,
+            mvcc: Mvcc::new(db.clone()),
+            db,
+            ranges,
+            replicas: HashMap::new(),
+            transport,
+            logger: slog::Logger::root(slog::Discard, slog::o!()),
+            tick_every,
+            next_ctx: 1,
+            peer_nodes: HashMap::new(),
+            destroyed: HashMap::new(),
+            quiesce_after_ticks: 20,
+            quiesce_pending: Vec::new(),
+            touched: HashSet::new(),
+        }
+    }
+
+    /// Loads every replica persisted in `meta`.
+    pub fn load(&mut self) -> anyhow::Result<()> {
+        let cf = self.db.cf_handle(CF_META).expect("meta cf");
+        let mut descs = Vec::new();
+        let mut it = self.db.raw_iterator_cf(&cf);
+        it.seek(b"range/");
+        while it.valid() {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            if !k.starts_with(b"range/") {
+                break;
+            }
+            descs.push(RangeDescriptor::decode(v)?);
+            it.next();
+        }
+        drop(it);
+        for d in descs {
+            self.create(d)?;
+        }
+        Ok(())
+    }
+
+    fn create(&mut self, desc: RangeDescriptor) -> anyhow::Result<()> {
+        if self.replicas.contains_key(&desc.id) {
+            return Ok(());
+        }
+        let Some(me) = desc.peers.iter().find(|p| p.node_id == self.node_id) else {
+            anyhow::bail!("range {} has no peer on node {}", desc.id, self.node_id);
+        };
+        let peer_id = me.id;
+        // A replica added as a learner starts empty and waits for a snapshot;
+        // the first range's replicas (and split halves) start with the voters.
+        let voters: Vec<u64> = if me.learner {
+            Vec::new()
+        } else {
+            desc.peers
+                .iter()
+                .filter(|p| !p.learner)
+                .map(|p| p.id)
+                .collect()
+        };
+        let storage = RaftStorage::open(self.db.clone(), desc.id, &voters)?;
+        let applied = storage.applied_index()?;
+        let cf = self.db.cf_handle(CF_META).expect("meta cf");
+        self.db
+            .put_cf(&cf, meta::desc_key(desc.id), desc.encode_to_vec())?;
+        let compacted = meta::load_i64(&self.db, &meta::compacted_key(desc.id))?;
+        // The highest revision applied before a restart (see `exec`).
+        let applied_rev = meta::load_i64(&self.db, &meta::maxrev_key(desc.id))?;
+        let raw = RawNode::new(&raft_config(peer_id, applied), storage, &self.logger)?;
+        let (feed, _) = broadcast::channel(FEED_CAP);
+        let shared = Arc::new(RangeShared {
+            peer_id,
+            desc: parking_lot::RwLock::new(desc.clone()),
+            leader_peer: AtomicU64::new(0),
+            term: AtomicU64::new(0),
+            applied_index: AtomicU64::new(applied),
+            applied_rev: AtomicI64::new(applied_rev),
+            compacted: AtomicI64::new(compacted),
+            feed,
+            writes: AtomicU64::new(0),
+            splits: AtomicU64::new(0),
+            approx_keys: AtomicU64::new(0),
+            approx_bytes: AtomicU64::new(0),
+        });
+        raw.store()
+            .set_snapshot_builder(snapshot::snapshot_builder(self.db.clone(), shared.clone()));
+        self.ranges.insert(desc.id, shared.clone());
+        self.replicas.insert(
+            desc.id,
+            Replica {
+                raw,
+                shared,
+                proposals: VecDeque::new(),
+                pending_revs: BTreeSet::new(),
+                reads: Vec::new(),
+                quiesced: false,
+                idle_ticks: 0,
+            },
+        );
+        self.touched.insert(desc.id);
+        tracing::info!(range = desc.id, peer = peer_id, applied, "replica opened");
+        Ok(())
+    }
+
+    /// Runs the raft loop until the inbox closes.
+    pub fn run(mut self, mut inbox: mpsc::Receiver<StoreMsg>) {
+        let mut last_tick = Instant::now();
+        loop {
+            let Some(first) = inbox.blocking_recv() else {
+                return;
+            };
+            let mut new_reads: Vec<u64> = Vec::new();
+            self.handle(first, &mut new_reads);
+            for _ in 0..DRAIN_MAX {
+                match inbox.try_recv() {
+                    Ok(m) => self.handle(m, &mut new_reads),
+                    Err(_) => break,
+                }
+            }
+            // One ReadIndex request per range serves every barrier of this round.
+            new_reads.sort_unstable();
+            new_reads.dedup();
+            for range_id in new_reads {
+                self.issue_read_index(range_id);
+            }
+            if last_tick.elapsed() >= self.tick_every {
+                last_tick = Instant::now();
+                self.tick();
+            }
+            if let Err(e) = self.ready_round() {
+                // A failed write to our own disk: we can no longer promise
+                // durability, so stop rather than acknowledge anything.
+                tracing::error!("fatal storage error in raft loop: {e:#}");
+                std::process::exit(70);
+            }
+            // Told only now, after the heartbeats the same tick produced: a
+            // heartbeat arriving after the quiesce message would wake the
+            // followers alone, and followers ticking without a leader that
+            // heartbeats elect a new one.
+            for id in std::mem::take(&mut self.quiesce_pending) {
+                if self.replicas.get(&id).is_some_and(|r| r.quiesced) {
+                    self.send_quiesce(id);
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, m: StoreMsg, new_reads: &mut Vec<u64>) {
+        match &m {
+            StoreMsg::Raft(env) => self.touched.insert(env.range_id),
+            StoreMsg::Propose { range_id, .. }
+            | StoreMsg::ReadBarrier { range_id, .. }
+            | StoreMsg::Admin { range_id, .. } => self.touched.insert(*range_id),
+            StoreMsg::Create(desc) => self.touched.insert(desc.id),
+            StoreMsg::Tick | StoreMsg::NodesDown(_) => false,
+        };
+        match m {
+            StoreMsg::Tick => {}
+            StoreMsg::NodesDown(down) => self.nodes_down(&down),
+            StoreMsg::Create(desc) => {
+                // A replica removed from this node is not recreated from a
+                // directory entry that predates its removal.
+                let conf_ver = desc.epoch.unwrap_or_default().conf_ver;
+                if self.destroyed.get(&desc.id).is_some_and(|v| *v >= conf_ver) {
+                    return;
+                }
+                if let Err(e) = self.create(desc) {
+                    tracing::warn!("cannot create replica: {e:#}");
+                }
+            }
+            StoreMsg::Raft(env) => self.step(env),
+            StoreMsg::Admin {
+                range_id,
+                kind,
+                peer,
+                reply,
+            } => {
+                if let Some(r) = self.replicas.get_mut(&range_id) {
+                    r.wake();
+                }
+                let res = self.admin(range_id, kind, peer);
+                let _ = reply.send(res);
+            }
+            StoreMsg::Propose {
+                range_id,
+                cmd,
+                reply,
+            } => self.propose(range_id, cmd, reply),
+            StoreMsg::ReadBarrier {
+                range_id,
+                read_rev,
+                reply,
+            } => self.read_barrier(range_id, read_rev, reply, new_reads),
+        }
+    }
+
+    /// A raft message from another node.
+    fn step(&mut self, env: RaftEnvelope) {
+        if env.from_node != 0 {
+            self.peer_nodes.insert(env.from_peer, env.from_node);
+        }
+        let Some(r) = self.replicas.get_mut(&env.range_id) else {
+            return; // unknown range: placement will tell us if it is ours
+        };
+        if env.to_peer != r.shared.peer_id {
+            return;
+        }
+        if env.quiesce {
+            r.on_quiesce(&env);
+            return;
+        }
+        match RaftMessage::parse_from_bytes(&env.message) {
+            Ok(msg) => {
+                r.wake_for(&msg);
+                if let Err(e) = r.raw.step(msg) {
+                    tracing::debug!(range = env.range_id, "step: {e}");
+                }
+            }
+            Err(e) => tracing::warn!("bad raft message from node: {e}"),
+        }
+    }
+
+    fn tick(&mut self) {
+        let now = Instant::now();
+        let mut retry = Vec::new();
+        let mut pending = 0;
+        for (id, r) in self.replicas.iter_mut() {
+            if r.quiesced {
+                continue; // an idle range costs nothing per tick
+            }
+            r.raw.tick();
+            self.touched.insert(*id);
+            conf_change::promote_caught_up_learners(r);
+            if r.idle_tick(self.quiesce_after_ticks) {
+                self.quiesce_pending.push(*id);
+            }
+            if r.raw.raft.state != StateRole::Leader {
+                // Proposals kept from a former leadership (see `step_down`)
+                // whose clients stopped waiting.
+                r.proposals.retain(|p| !p.reply.is_closed());
+            }
+            pending += r.proposals.len();
+            if r.expire_reads(now) {
+                retry.push(*id);
+            }
+        }
+        crate::metrics::PROPOSALS_PENDING.set(pending as i64);
+        for id in retry {
+            self.issue_read_index(id);
+        }
+    }
+
+    fn send(&self, shared: &RangeShared, msgs: Vec<RaftMessage>) {
+        if msgs.is_empty() {
+            return;
+        }
+        let desc = shared.desc.read();
+        for m in msgs {
+            let to_node = desc
+                .peers
+                .iter()
+                .find(|p| p.id == m.to)
+                .map(|p| p.node_id)
+                .or_else(|| self.peer_nodes.get(&m.to).copied());
+            let Some(to_node) = to_node else {
+                continue;
+            };
+            crate::metrics::sending(&m);
+            let Ok(bytes) = m.write_to_bytes() else {
+                continue;
+            };
+            self.transport.send(
+                to_node,
+                RaftEnvelope {
+                    range_id: desc.id,
+                    epoch: desc.epoch,
+                    from_peer: m.from,
+                    to_peer: m.to,
+                    message: bytes,
+                    from_node: self.node_id,
+                    ..Default::default()
+                },
+            );
+        }
+    }
+}
+
+pub fn desc_range(desc: &RangeDescriptor) -> KeyRange {
+    KeyRange {
+        start: desc.start_key.clone(),
+        end: (!desc.end_key.is_empty()).then(|| desc.end_key.clone()),
+    }
+}

@@ -1,0 +1,113 @@
+//! The Ready round: the only place that writes raft state to disk.
+//!
+//! Over every replica a message, request or tick touched:
+//! 1. send `messages()` at once (they do not depend on our persistence);
+//! 2. stage every replica's log appends, hard state and received snapshot
+//!    into ONE write batch and write it with ONE fsync (group commit);
+//! 3. publish a received snapshot's state, send `persisted_messages()`
+//!    (votes, append acks) — only after that fsync;
+//! 4. apply committed entries, `advance`, handle the `LightReady`.
+//!
+//! Nothing steps or proposes between `ready()` and `advance()` of a replica,
+//! because the whole round runs without touching the inbox.
+
+use std::sync::atomic::Ordering;
+
+use raft::StateRole;
+use rocksdb::WriteBatch;
+
+use super::snapshot::stage_snapshot_data;
+use super::Store;
+use crate::engine;
+
+impl Store {
+    pub(super) fn ready_round(&mut self) -> anyhow::Result<()> {
+        let mut ids: Vec<u64> = std::mem::take(&mut self.touched)
+            .into_iter()
+            .filter(|id| self.replicas.get(id).is_some_and(|r| r.raw.has_ready()))
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        ids.sort_unstable();
+        // Phase 1: send, and stage all appends into one batch.
+        let mut wb = WriteBatch::default();
+        let mut readies = Vec::with_capacity(ids.len());
+        let mut snapshots = Vec::new();
+        let mut appended = 0;
+        for id in ids {
+            let r = self.replicas.get_mut(&id).expect("replica");
+            let mut rd = r.raw.ready();
+            let msgs = rd.take_messages();
+            let shared = r.shared.clone();
+            if let Some(ss) = rd.ss() {
+                crate::metrics::leader_seen(&shared, ss.leader_id);
+                shared.leader_peer.store(ss.leader_id, Ordering::Release);
+                if ss.raft_state != StateRole::Leader {
+                    r.step_down();
+                }
+            }
+            if let Some(hs) = rd.hs() {
+                shared.term.store(hs.term, Ordering::Release);
+            }
+            if !rd.snapshot().is_empty() {
+                let st = stage_snapshot_data(&self.db, &mut wb, r.raw.store(), rd.snapshot())?;
+                snapshots.push((id, st));
+            }
+            r.raw.store().stage_append(&mut wb, rd.entries(), rd.hs())?;
+            appended += rd.entries().len();
+            let snaps: Vec<u64> = msgs
+                .iter()
+                .filter(|m| m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot)
+                .map(|m| m.to)
+                .collect();
+            self.send(&shared, msgs);
+            let r = self.replicas.get_mut(&id).expect("replica");
+            for to in snaps {
+                r.raw.report_snapshot(to, raft::SnapshotStatus::Finish);
+            }
+            readies.push((id, rd));
+        }
+        crate::metrics::ready_round(appended, readies.len(), wb.size_in_bytes());
+        if !wb.is_empty() {
+            let _fsync = crate::metrics::WAL_FSYNC.start_timer();
+            engine::write(&self.db, wb, true)?;
+        }
+        for (id, st) in snapshots {
+            self.on_snapshot_persisted(id, st);
+        }
+        // Phase 2: after the fsync.
+        for (id, mut rd) in readies {
+            let (shared, persisted) = {
+                let r = self.replicas.get_mut(&id).expect("replica");
+                r.raw.store().on_persisted(rd.entries(), rd.hs());
+                r.on_read_states(rd.take_read_states());
+                (r.shared.clone(), rd.take_persisted_messages())
+            };
+            self.send(&shared, persisted);
+            let committed = rd.take_committed_entries();
+            self.apply(id, committed)?;
+            let Some(r) = self.replicas.get_mut(&id) else {
+                continue; // destroyed: this node's replica was removed
+            };
+            let mut light = r.raw.advance(rd);
+            let commit = light.commit_index();
+            let msgs = light.take_messages();
+            let committed = light.take_committed_entries();
+            self.send(&shared, msgs);
+            // A commit index from the LightReady is persisted with the apply
+            // state of the entries it covers (see `apply`), never ahead of them.
+            let _ = commit;
+            self.apply(id, committed)?;
+            let Some(r) = self.replicas.get_mut(&id) else {
+                continue;
+            };
+            r.raw.advance_apply();
+            r.complete_reads();
+            // Asked again next round (cheap for a range that went quiet).
+            self.touched.insert(id);
+            self.gc_log(id)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,130 @@
+//! Raft snapshots of a range: every MVCC version in it plus its revision
+//! state, built from the applied state and installed over the range's data.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use prost::Message as _;
+use rocksdb::{WriteBatch, DB};
+use strata_proto::strata::RangeDescriptor;
+
+use super::replica::RangeShared;
+use super::{desc_range, meta, Store};
+use crate::engine::{RaftStorage, CF_META};
+use crate::mvcc::KeyRange;
+
+/// Deletes every MVCC version of `kr` (this node no longer hosts it).
+pub(super) fn delete_data(db: &DB, wb: &mut WriteBatch, kr: &KeyRange) -> anyhow::Result<()> {
+    let cf = db.cf_handle(crate::engine::CF_DATA).expect("data cf");
+    let mut it = db.raw_iterator_cf(&cf);
+    it.seek(crate::mvcc::enc_key(&kr.start));
+    let end = kr.end.as_ref().map(|e| crate::mvcc::enc_key(e));
+    while it.valid() {
+        let Some(k) = it.key() else { break };
+        if end.as_ref().is_some_and(|e| k >= e.as_slice()) {
+            break;
+        }
+        wb.delete_cf(&cf, k);
+        it.next();
+    }
+    it.status()?;
+    Ok(())
+}
+
+/// A range's snapshot: every MVCC version in it plus its revision state, taken
+/// on the raft thread at the applied index.
+pub(super) fn snapshot_builder(
+    db: Arc<DB>,
+    shared: Arc<RangeShared>,
+) -> crate::engine::SnapshotBuilder {
+    Arc::new(move || {
+        let desc = shared.desc.read().clone();
+        let index = shared.applied_index.load(Ordering::Acquire);
+        let kr = desc_range(&desc);
+        let cf = db.cf_handle(crate::engine::CF_DATA).expect("data cf");
+        let mut it = db.raw_iterator_cf(&cf);
+        it.seek(crate::mvcc::enc_key(&kr.start));
+        let end = kr.end.as_ref().map(|e| crate::mvcc::enc_key(e));
+        let mut data = strata_proto::strata::RangeSnapshotData {
+            desc: Some(desc),
+            compacted: shared.compacted.load(Ordering::Acquire),
+            applied_revision: shared.applied_rev.load(Ordering::Acquire),
+            ..Default::default()
+        };
+        while it.valid() {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            if end.as_ref().is_some_and(|e| k >= e.as_slice()) {
+                break;
+            }
+            data.keys.push(k.to_vec());
+            data.values.push(v.to_vec());
+            it.next();
+        }
+        it.status()?;
+        Ok((index, data.encode_to_vec()))
+    })
+}
+
+/// Stages a received snapshot: replaces the range's MVCC data, descriptor,
+/// revision state and raft log position. Returns the state to publish once
+/// the batch is durable.
+pub(super) fn stage_snapshot_data(
+    db: &DB,
+    wb: &mut WriteBatch,
+    storage: &RaftStorage,
+    snap: &raft::eraftpb::Snapshot,
+) -> anyhow::Result<SnapshotState> {
+    let data = strata_proto::strata::RangeSnapshotData::decode(&snap.data[..])?;
+    let desc = data
+        .desc
+        .ok_or_else(|| anyhow::anyhow!("snapshot without descriptor"))?;
+    anyhow::ensure!(data.keys.len() == data.values.len(), "corrupt snapshot");
+    delete_data(db, wb, &desc_range(&desc))?;
+    let cf = db.cf_handle(crate::engine::CF_DATA).expect("data cf");
+    for (k, v) in data.keys.iter().zip(&data.values) {
+        wb.put_cf(&cf, k, v);
+    }
+    let meta = db.cf_handle(CF_META).expect("meta cf");
+    wb.put_cf(&meta, meta::desc_key(desc.id), desc.encode_to_vec());
+    wb.put_cf(
+        &meta,
+        meta::compacted_key(desc.id),
+        data.compacted.to_be_bytes(),
+    );
+    wb.put_cf(
+        &meta,
+        meta::maxrev_key(desc.id),
+        data.applied_revision.to_be_bytes(),
+    );
+    storage.stage_snapshot(wb, snap)?;
+    Ok((
+        desc,
+        data.compacted,
+        data.applied_revision,
+        snap.get_metadata().index,
+    ))
+}
+
+/// A received snapshot's state, published once its batch is durable:
+/// (descriptor, compacted revision, applied revision, applied index).
+pub(super) type SnapshotState = (RangeDescriptor, i64, i64, u64);
+
+impl Store {
+    /// Publishes a snapshot's state once the batch that installed it is
+    /// written.
+    pub(super) fn on_snapshot_persisted(&mut self, range_id: u64, st: SnapshotState) {
+        let (desc, compacted, applied_rev, index) = st;
+        let Some(r) = self.replicas.get_mut(&range_id) else {
+            return;
+        };
+        *r.shared.desc.write() = desc;
+        r.shared.compacted.store(compacted, Ordering::Release);
+        r.shared.applied_rev.store(applied_rev, Ordering::Release);
+        r.shared.applied_index.store(index, Ordering::Release);
+        r.fail_proposals_through(index);
+        tracing::info!(range = range_id, index, "snapshot applied");
+        crate::metrics::SNAPSHOTS_APPLIED.inc();
+    }
+}

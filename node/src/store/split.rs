@@ -1,0 +1,85 @@
+//! Splits, as every replica applies them: this range keeps
+//! `[start, split_key)`, a new range on the same nodes takes the rest. MVCC
+//! data stays where it is (keys sort by user key, so the new range's data is
+//! already contiguous); only descriptors change. The split checker
+//! (`split_check.rs`) decides when and where to split.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use prost::Message as _;
+use rocksdb::WriteBatch;
+use strata_proto::strata::{FeedMessage, RangeDescriptor, SplitCommand};
+use tonic::Status;
+
+use super::exec::Executed;
+use super::replica::RangeShared;
+use super::{meta, Store};
+use crate::engine::CF_META;
+
+impl Store {
+    /// Applies a split: this range keeps `[start, split_key)`, a new range takes
+    /// the rest. MVCC data stays where it is (keys sort by user key, so the new
+    /// range's data is already contiguous); only descriptors change.
+    pub(super) fn exec_split(
+        &mut self,
+        shared: &Arc<RangeShared>,
+        sc: &SplitCommand,
+        wb: &mut WriteBatch,
+    ) -> anyhow::Result<Executed> {
+        let mut desc = shared.desc.read().clone();
+        let valid = sc.split_key > desc.start_key
+            && (desc.end_key.is_empty() || sc.split_key < desc.end_key)
+            && sc.new_peers.len() == desc.peers.len()
+            && sc
+                .new_peers
+                .iter()
+                .zip(&desc.peers)
+                .all(|(n, o)| n.node_id == o.node_id)
+            && !self.replicas.contains_key(&sc.new_range_id)
+            // A learner's raft membership would not carry over to the new
+            // range; splits wait until it is promoted or removed.
+            && !desc.peers.iter().any(|p| p.learner);
+        if !valid {
+            return Ok((
+                Err(Status::failed_precondition(
+                    "strata: split rejected (stale or invalid)",
+                )),
+                None,
+                None,
+            ));
+        }
+        let mut epoch = desc.epoch.unwrap_or_default();
+        epoch.version += 1;
+        let child = RangeDescriptor {
+            id: sc.new_range_id,
+            start_key: sc.split_key.clone(),
+            end_key: desc.end_key.clone(),
+            epoch: Some(epoch),
+            peers: sc.new_peers.clone(),
+        };
+        desc.end_key = sc.split_key.clone();
+        desc.epoch = Some(epoch);
+        let cf = self.db.cf_handle(CF_META).expect("meta cf");
+        wb.put_cf(&cf, meta::desc_key(desc.id), desc.encode_to_vec());
+        wb.put_cf(&cf, meta::desc_key(child.id), child.encode_to_vec());
+        let applied_rev = shared.applied_rev.load(Ordering::Acquire);
+        wb.put_cf(&cf, meta::maxrev_key(child.id), applied_rev.to_be_bytes());
+        let compacted = shared.compacted.load(Ordering::Acquire);
+        wb.put_cf(&cf, meta::compacted_key(child.id), compacted.to_be_bytes());
+        tracing::info!(range = desc.id, new_range = child.id, split_key = ?String::from_utf8_lossy(&sc.split_key), "split");
+        *shared.desc.write() = desc;
+        shared.splits.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::SPLITS.inc();
+        // Feeds of this range end; the router re-resolves and resumes.
+        let end = FeedMessage {
+            error: Some(strata_proto::strata::RouteError {
+                kind: strata_proto::strata::RouteErrorKind::EpochNotMatch as i32,
+                message: "range split".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        Ok((Ok(Vec::new()), Some(end), Some(child)))
+    }
+}
