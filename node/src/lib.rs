@@ -11,8 +11,11 @@
 pub mod apply;
 mod config;
 pub mod engine;
+pub mod error;
+pub mod failpoint;
 pub mod metrics;
 pub mod mvcc;
+pub mod range;
 pub mod sequencer;
 pub mod service;
 pub mod split_check;
@@ -128,24 +131,26 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<NodeHandle> {
     });
 
     let oracle = Oracle::new(placement.clone());
-    let sequencers = Arc::new(DashMap::new());
+    let sequencers = sequencer::Sequencers {
+        node_id,
+        ranges: ranges.clone(),
+        oracle: oracle.clone(),
+        store: store_tx.clone(),
+        by_range: Arc::new(DashMap::new()),
+    };
     let svc = service::NodeService {
         node_id,
         ranges: ranges.clone(),
         store: store_tx.clone(),
-        oracle: oracle.clone(),
+        oracle,
         mvcc: mvcc::Mvcc::new(db.clone()),
         sequencers: sequencers.clone(),
     };
-    let (seq_oracle, seq_store) = (oracle, store_tx.clone());
     let checker = split_check::SplitChecker {
         ranges: ranges.clone(),
         mvcc: mvcc::Mvcc::new(db.clone()),
         placement: placement.clone(),
         sequencers,
-        make_sequencer: Arc::new(move |id| {
-            sequencer::Sequencer::start(id, seq_oracle.clone(), seq_store.clone())
-        }),
         max_keys: cfg.range_split_keys.max(2),
         max_bytes: cfg.range_split_bytes.max(1024),
         max_write_rate: cfg.range_split_write_rate.max(0.0),

@@ -16,7 +16,7 @@ use prometheus::{
 use strata_proto::telemetry::{byte_buckets, count_buckets, GaugeGuard, LATENCY_BUCKETS};
 
 use crate::engine::{CF_DATA, CF_META, CF_RAFT};
-use crate::store::Ranges;
+use crate::range::Ranges;
 
 macro_rules! counter {
     ($name:ident, $metric:literal, $help:literal) => {
@@ -50,13 +50,13 @@ counter!(
 pub static PROPOSALS_REJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "strata_node_proposals_rejected_total",
-        "Proposals refused before raft, by reason (not_leader, busy, dropped).",
+        "Proposals refused before raft, by reason (not_leader, stale_term, busy, dropped).",
         &["reason"]
     )
     .expect("register")
 });
 
-/// Counts a proposal refused for `reason` (`not_leader`, `busy`, `dropped`).
+/// Counts a proposal refused for `reason` (`not_leader`, `stale_term`, `busy`, `dropped`).
 pub fn proposal_rejected(reason: &'static str) {
     PROPOSALS_REJECTED.with_label_values(&[reason]).inc();
 }
@@ -157,6 +157,16 @@ counter!(
     "Raft snapshots applied by replicas on this node."
 );
 counter!(
+    REVISION_ORDER_REFUSED,
+    "strata_node_revision_order_refused_total",
+    "Committed writes refused at apply because their revision was not above the range's applied revision (a protocol violation caught; never expected to move)."
+);
+counter!(
+    BAD_ENTRIES,
+    "strata_node_bad_entries_total",
+    "Committed entries or received snapshots that did not decode or were invalid (applied as errors or dropped)."
+);
+counter!(
     SPLITS,
     "strata_node_splits_total",
     "Range splits applied by replicas on this node."
@@ -254,7 +264,7 @@ pub fn applying(entries: usize) -> Option<prometheus::HistogramTimer> {
 }
 
 /// Counts a leader change when a replica learns of a new, known leader.
-pub fn leader_seen(shared: &crate::store::RangeShared, leader_peer: u64) {
+pub fn leader_seen(shared: &crate::range::RangeShared, leader_peer: u64) {
     if leader_peer != 0 && leader_peer != shared.leader_peer.load(Ordering::Acquire) {
         LEADER_CHANGES.inc();
     }
@@ -318,6 +328,8 @@ pub fn init() {
         &LEADER_CHANGES,
         &SNAPSHOTS_SENT,
         &SNAPSHOTS_APPLIED,
+        &REVISION_ORDER_REFUSED,
+        &BAD_ENTRIES,
         &SPLITS,
     ] {
         LazyLock::force(c);

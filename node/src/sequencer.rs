@@ -5,26 +5,61 @@
 //! range handles one batch at a time — it asks the oracle for `n` revisions,
 //! then hands the `n` proposals to the raft thread in revision order over one
 //! FIFO channel, and only then gathers the next batch, whose revisions the
-//! oracle makes larger. Across leader changes: an entry of a deposed leader
-//! commits only if it reached the new leader before that leader's election,
-//! i.e. before any of the new leader's oracle calls, so its revision is smaller.
+//! oracle makes larger. Across leader changes: a batch is stamped only while
+//! this replica leads (its leadership term is read before the oracle call)
+//! and proposed only in that same term (the raft thread refuses it
+//! otherwise, see `store/propose.rs`). So every entry of a term was stamped
+//! after that term's leader was elected, and an entry of an earlier term
+//! commits only if it was in the new leader's log at its election — stamped
+//! before any of the new leader's oracle calls, so its revision is smaller.
+//! Without the term check, a leader that lost and regained leadership could
+//! commit a batch stamped in its first term after another leader's larger
+//! revisions.
 //!
 //! Read barriers travel through the same queue, so a barrier is handed to the
 //! raft thread only after every write queued before it has been stamped and
 //! proposed; the raft thread then knows every revision this leader will ever
 //! apply below the barrier's read revision (see `StoreMsg::ReadBarrier`).
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot};
-use tonic::Status;
 
 use strata_proto::errors;
 use strata_proto::oracle::Oracle;
 use strata_proto::strata::{KvKind, RangeCommand};
 
+use crate::error::{NodeError, NodeResult};
+use crate::range::Ranges;
 use crate::store::{Reply, StoreMsg};
 
 const QUEUE_CAP: usize = 8192;
 const BATCH_MAX: usize = 1024;
+
+/// Every range's sequencer on this node, started on first use.
+#[derive(Clone)]
+pub struct Sequencers {
+    pub node_id: u64,
+    pub ranges: Ranges,
+    pub oracle: Oracle,
+    pub store: mpsc::Sender<StoreMsg>,
+    pub by_range: Arc<DashMap<u64, Sequencer>>,
+}
+
+impl Sequencers {
+    pub fn get(&self, range_id: u64) -> Sequencer {
+        self.by_range
+            .entry(range_id)
+            .or_insert_with(|| {
+                let (tx, rx) = mpsc::channel(QUEUE_CAP);
+                tokio::spawn(run(range_id, self.clone(), rx));
+                Sequencer { tx }
+            })
+            .clone()
+    }
+}
 
 pub enum SeqItem {
     /// A write that consumes one revision.
@@ -41,7 +76,7 @@ pub enum SeqItem {
     },
     Barrier {
         read_rev: i64,
-        reply: oneshot::Sender<Result<(), Status>>,
+        reply: oneshot::Sender<NodeResult<()>>,
     },
 }
 
@@ -51,35 +86,34 @@ pub struct Sequencer {
 }
 
 impl Sequencer {
-    pub fn start(range_id: u64, oracle: Oracle, store: mpsc::Sender<StoreMsg>) -> Self {
-        let (tx, rx) = mpsc::channel(QUEUE_CAP);
-        tokio::spawn(run(range_id, oracle, store, rx));
-        Self { tx }
-    }
-
-    pub fn submit(&self, item: SeqItem) -> Result<(), Status> {
+    pub fn submit(&self, item: SeqItem) -> NodeResult<()> {
         self.tx
             .try_send(item)
-            .map_err(|_| errors::too_many_requests())
+            .map_err(|_| errors::too_many_requests().into())
     }
 
     /// Waits until no write with revision `<= read_rev` can still apply here.
-    pub async fn barrier(&self, read_rev: i64) -> Result<(), Status> {
+    pub async fn barrier(&self, read_rev: i64) -> NodeResult<()> {
         let (tx, rx) = oneshot::channel();
         self.submit(SeqItem::Barrier {
             read_rev,
             reply: tx,
         })?;
-        rx.await.map_err(|_| errors::leader_changed())?
+        rx.await
+            .map_err(|_| NodeError::from(errors::leader_changed()))?
     }
 }
 
-async fn run(
-    range_id: u64,
-    oracle: Oracle,
-    store: mpsc::Sender<StoreMsg>,
-    mut rx: mpsc::Receiver<SeqItem>,
-) {
+/// The leadership term of `range_id` here, or `NotLeader`.
+fn lead_term(seqs: &Sequencers, range_id: u64) -> NodeResult<u64> {
+    let r = seqs.ranges.get(&range_id).ok_or(NodeError::RangeNotFound)?;
+    match r.lead_term.load(Ordering::Acquire) {
+        0 => Err(NodeError::NotLeader),
+        t => Ok(t),
+    }
+}
+
+async fn run(range_id: u64, seqs: Sequencers, mut rx: mpsc::Receiver<SeqItem>) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < BATCH_MAX {
@@ -92,10 +126,15 @@ async fn run(
             .iter()
             .filter(|i| matches!(i, SeqItem::Write { .. }))
             .count() as u64;
-        let mut next = match writes {
-            0 => Ok(0),
-            n => oracle.alloc(n).await,
+        // Read before the oracle call: the stamp belongs to this leadership.
+        let term = lead_term(&seqs, range_id);
+        let mut next: NodeResult<i64> = match (&term, writes) {
+            (Err(e), _) => Err(e.clone()),
+            (Ok(_), 0) => Ok(0),
+            (Ok(_), n) => seqs.oracle.alloc(n).await.map_err(NodeError::from),
         };
+        crate::failpoint::pause(seqs.node_id, "sequencer_stamped").await;
+        let term = term.unwrap_or(0);
         for item in batch {
             let msg = match item {
                 SeqItem::Write {
@@ -112,6 +151,7 @@ async fn run(
                         *rev += 1;
                         StoreMsg::Propose {
                             range_id,
+                            term,
                             cmd,
                             reply,
                         }
@@ -127,6 +167,7 @@ async fn run(
                     reply,
                 } => StoreMsg::Propose {
                     range_id,
+                    term,
                     cmd: RangeCommand {
                         revision: 0,
                         kind: kind as i32,
@@ -140,7 +181,7 @@ async fn run(
                     reply,
                 },
             };
-            if store.send(msg).await.is_err() {
+            if seqs.store.send(msg).await.is_err() {
                 return; // store stopped
             }
         }

@@ -1,12 +1,10 @@
 //! Split checks: a range leader whose range passed the key or byte threshold
 //! asks placement for ids and proposes a split command (applied by every
-//! replica in `store.rs`).
+//! replica in `store/split.rs`).
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
-use dashmap::DashMap;
 use prost::Message as _;
 use strata_proto::strata::placement_client::PlacementClient;
 use strata_proto::strata::{AllocIdsRequest, KvKind, Peer, SplitCommand};
@@ -14,8 +12,8 @@ use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
 use crate::mvcc::Mvcc;
-use crate::sequencer::{SeqItem, Sequencer};
-use crate::store::{desc_range, Ranges};
+use crate::range::{desc_range, Ranges};
+use crate::sequencer::{SeqItem, Sequencers};
 
 const CHECK_EVERY: Duration = Duration::from_millis(500);
 
@@ -23,8 +21,7 @@ pub struct SplitChecker {
     pub ranges: Ranges,
     pub mvcc: Mvcc,
     pub placement: PlacementClient<Channel>,
-    pub sequencers: Arc<DashMap<u64, Sequencer>>,
-    pub make_sequencer: Arc<dyn Fn(u64) -> Sequencer + Send + Sync>,
+    pub sequencers: Sequencers,
     pub max_keys: u64,
     pub max_bytes: u64,
     /// Writes per second above which a range splits (0 = never by load).
@@ -132,11 +129,7 @@ impl SplitChecker {
             new_range_id: ids.first_range_id,
             new_peers,
         };
-        let seq = self
-            .sequencers
-            .entry(id)
-            .or_insert_with(|| (self.make_sequencer)(id))
-            .clone();
+        let seq = self.sequencers.get(id);
         let (tx, rx) = oneshot::channel();
         seq.submit(SeqItem::Unstamped {
             kind: KvKind::KvSplit,
@@ -145,7 +138,7 @@ impl SplitChecker {
         })?;
         tokio::time::timeout(Duration::from_secs(10), rx)
             .await??
-            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(())
     }
 }

@@ -16,6 +16,7 @@ use super::replica::Replica;
 use super::snapshot::delete_data;
 use super::{desc_range, meta, Store};
 use crate::engine::{self, RaftStorage, CF_META};
+use crate::error::{NodeError, NodeResult};
 
 /// A membership change of one peer.
 pub(super) fn single_change(t: ConfChangeType, peer_id: u64) -> ConfChangeV2 {
@@ -28,17 +29,12 @@ pub(super) fn single_change(t: ConfChangeType, peer_id: u64) -> ConfChangeV2 {
 }
 
 impl Store {
-    pub(super) fn admin(
-        &mut self,
-        range_id: u64,
-        kind: AdminKind,
-        peer: Peer,
-    ) -> Result<(), Status> {
+    pub(super) fn admin(&mut self, range_id: u64, kind: AdminKind, peer: Peer) -> NodeResult<()> {
         let Some(r) = self.replicas.get_mut(&range_id) else {
-            return Err(Status::not_found("strata: range not found"));
+            return Err(NodeError::RangeNotFound);
         };
         if r.raw.raft.state != StateRole::Leader {
-            return Err(crate::service::not_leader());
+            return Err(NodeError::NotLeader);
         }
         let change = |t: ConfChangeType| single_change(t, peer.id);
         let cc = match kind {
@@ -55,16 +51,19 @@ impl Store {
                 r.raw
                     .store()
                     .stage_truncate(&mut wb, applied)
-                    .map_err(|e| Status::internal(e.to_string()))?;
-                engine::write(&self.db, wb, true).map_err(|e| Status::internal(e.to_string()))?;
+                    .map_err(|e| NodeError::from(Status::internal(e.to_string())))?;
+                engine::write(&self.db, wb, true)
+                    .map_err(|e| NodeError::from(Status::internal(e.to_string())))?;
                 change(ConfChangeType::AddLearnerNode)
             }
             AdminKind::RemovePeer => change(ConfChangeType::RemoveNode),
-            AdminKind::AdminNone => return Err(Status::invalid_argument("strata: no admin kind")),
+            AdminKind::AdminNone => {
+                return Err(Status::invalid_argument("strata: no admin kind").into())
+            }
         };
         r.raw
             .propose_conf_change(peer.encode_to_vec(), cc)
-            .map_err(|e| Status::unavailable(format!("strata: conf change refused: {e}")))
+            .map_err(|e| Status::unavailable(format!("strata: conf change refused: {e}")).into())
     }
 
     /// Applies a membership change; returns whether this replica was removed.
@@ -75,7 +74,19 @@ impl Store {
         wb: &mut WriteBatch,
     ) -> anyhow::Result<bool> {
         let r = self.replicas.get_mut(&range_id).expect("replica");
-        let cc = ConfChangeV2::parse_from_bytes(&e.data)?;
+        let cc = match ConfChangeV2::parse_from_bytes(&e.data) {
+            Ok(cc) => cc,
+            Err(err) => {
+                // Deterministic on every replica: the entry changes nothing.
+                tracing::error!(
+                    range = range_id,
+                    index = e.index,
+                    "undecodable conf change: {err}"
+                );
+                crate::metrics::BAD_ENTRIES.inc();
+                return Ok(false);
+            }
+        };
         let cs = match r.raw.apply_conf_change(&cc) {
             Ok(cs) => cs,
             Err(err) => {
@@ -133,7 +144,7 @@ impl Store {
         let mut r = r;
         r.step_down();
         for p in r.proposals.drain(..) {
-            let _ = p.reply.send(Err(errors::leader_changed()));
+            let _ = p.reply.send(Err(errors::leader_changed().into()));
         }
         let desc = self
             .db

@@ -1,6 +1,26 @@
-//! Applying committed entries: each entry's MVCC changes and apply index go
-//! into one write batch; its client is answered and its feed event published
-//! once the batch is written.
+//! Applying committed entries.
+//!
+//! `exec` decides what one command does: it stages the command's writes into
+//! the entry's batch and returns its effects as a value ([`Applied`]); it
+//! publishes nothing. `apply` writes the batch, and only then publishes the
+//! effects to readers, feeds and the proposer.
+//!
+//! **Invariant (publish after durable):** a reader that sees `applied_rev`,
+//! `applied_index` or a descriptor finds the data that makes it true in the
+//! engine. The one exception is deliberate: the compaction floor is raised
+//! *before* the batch that removes history is written, and readers check the
+//! floor *after* they read (see `service.rs`), so a read that may have missed
+//! compacted history always learns it was compacted.
+//!
+//! **Invariant (revision order):** within a range, stamped writes apply in
+//! strictly increasing revision order. The sequencer and the term check in
+//! `propose.rs` make this true by construction; `exec` checks it for every
+//! entry and refuses (deterministically, on every replica) a write that
+//! would break it, instead of applying it.
+//!
+//! Bad input never stops the raft thread: an entry that does not decode, or
+//! a command that is invalid, applies as a deterministic error result on
+//! every replica. Only a failing read or write of our own disk is fatal.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,10 +36,59 @@ use strata_proto::etcd::{
 use strata_proto::strata::{FeedMessage, KvKind, RangeCommand, RangeDescriptor, SplitCommand};
 use tonic::Status;
 
+use super::replica::RangeShared;
 use super::{desc_range, meta, Store};
 use crate::apply::{header, WriteExec};
 use crate::engine::{self, CF_META};
+use crate::error::{NodeError, NodeResult};
 use crate::mvcc::KeyRange;
+
+/// What applying one command produced, published by `apply` once the
+/// entry's batch is written.
+pub(super) struct Applied {
+    /// The proposer's answer.
+    pub result: NodeResult<Vec<u8>>,
+    /// Events for range feeds.
+    pub feed: Option<FeedMessage>,
+    /// The range's new current revision.
+    pub applied_rev: Option<i64>,
+    /// The new compaction floor (published before the batch is written).
+    pub compacted: Option<i64>,
+    /// This range's new descriptor (a split).
+    pub desc: Option<RangeDescriptor>,
+    /// A range created by a split.
+    pub child: Option<RangeDescriptor>,
+}
+
+impl Default for Applied {
+    fn default() -> Self {
+        Self {
+            result: Ok(Vec::new()),
+            feed: None,
+            applied_rev: None,
+            compacted: None,
+            desc: None,
+            child: None,
+        }
+    }
+}
+
+impl Applied {
+    fn answer(result: NodeResult<Vec<u8>>) -> Self {
+        Self {
+            result,
+            ..Default::default()
+        }
+    }
+
+    /// A command that applies as an error, identically on every replica.
+    fn invalid(msg: impl std::fmt::Display) -> Self {
+        crate::metrics::BAD_ENTRIES.inc();
+        Self::answer(Err(
+            Status::invalid_argument(format!("strata: {msg}")).into()
+        ))
+    }
+}
 
 impl Store {
     pub(super) fn apply(&mut self, range_id: u64, entries: Vec<Entry>) -> anyhow::Result<()> {
@@ -31,172 +100,225 @@ impl Store {
             // applied index never exceeds the persisted commit index.
             r.raw.store().set_commit(&mut wb, e.index)?;
             r.raw.store().stage_applied(&mut wb, e.index);
-            let mut result: Result<Vec<u8>, Status> = Ok(Vec::new());
-            let mut feed_msg = None;
-            let mut child = None;
             let mut destroy = false;
-            if e.get_entry_type() == EntryType::EntryConfChangeV2 {
-                let removed_self = self.apply_conf_change(range_id, &e, &mut wb)?;
-                if removed_self {
-                    destroy = true;
+            let applied = match e.get_entry_type() {
+                EntryType::EntryConfChangeV2 => {
+                    destroy = self.apply_conf_change(range_id, &e, &mut wb)?;
+                    Applied::answer(Ok(Vec::new()))
                 }
-            } else if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
-                match RangeCommand::decode(&e.data[..]) {
-                    Ok(cmd) => {
-                        let (res, msg, c) = self.exec(range_id, &cmd, &mut wb)?;
-                        result = res;
-                        feed_msg = msg;
-                        child = c;
-                    }
-                    Err(err) => {
-                        tracing::error!(
-                            range = range_id,
-                            index = e.index,
-                            "undecodable command: {err}"
-                        );
-                        result = Err(Status::internal("strata: undecodable command"));
+                EntryType::EntryNormal if !e.data.is_empty() => {
+                    match RangeCommand::decode(&e.data[..]) {
+                        Ok(cmd) => self.exec(range_id, &cmd, &mut wb)?,
+                        Err(err) => {
+                            tracing::error!(
+                                range = range_id,
+                                index = e.index,
+                                "undecodable command: {err}"
+                            );
+                            Applied::invalid("undecodable command")
+                        }
                     }
                 }
+                // Empty entries (a new leader's) and v1 conf changes (never
+                // proposed here) change nothing but the applied index.
+                _ => Applied::answer(Ok(Vec::new())),
+            };
+            let r = self.replicas.get_mut(&range_id).expect("replica");
+            if let Some(c) = applied.compacted {
+                r.shared.compacted.store(c, Ordering::Release);
             }
             engine::write(&self.db, wb, false)?;
-            let r = self.replicas.get_mut(&range_id).expect("replica");
-            r.shared.applied_index.store(e.index, Ordering::Release);
-            if let Some(m) = feed_msg {
-                let _ = r.shared.feed.send(Arc::new(m));
+            // Published only now that the batch is written (see the module doc).
+            let shared = r.shared.clone();
+            shared.applied_index.store(e.index, Ordering::Release);
+            if let Some(d) = applied.desc {
+                *shared.desc.write() = d;
+            }
+            if let Some(rev) = applied.applied_rev {
+                shared.applied_rev.store(rev, Ordering::Release);
+            }
+            if let Some(m) = applied.feed {
+                let _ = shared.feed.send(Arc::new(m));
             }
             let was_leader = r.raw.raft.state == StateRole::Leader;
-            r.answer_proposals(e.index, e.term, result);
+            r.answer_proposals(e.index, e.term, applied.result);
             if destroy {
                 self.destroy(range_id)?;
                 return Ok(());
             }
-            if let Some(child) = child {
-                let child_id = child.id;
-                self.create(child)?;
-                // The parent's leader also leads the child at first: it is the
-                // one replica that certainly has the split applied already.
-                if was_leader {
-                    if let Some(c) = self.replicas.get_mut(&child_id) {
-                        let _ = c.raw.campaign();
-                    }
-                }
+            if let Some(child) = applied.child {
+                self.create_split_child(child, was_leader)?;
             }
         }
         Ok(())
     }
 
-    /// Executes one command into `wb`; returns the client response and the
-    /// feed message to publish once `wb` is written.
+    /// Decides what one command does, staging its writes into `wb`.
+    /// Returns an error only when our own storage fails.
     fn exec(
         &mut self,
         range_id: u64,
         cmd: &RangeCommand,
         wb: &mut WriteBatch,
-    ) -> anyhow::Result<Executed> {
-        let r = self.replicas.get(&range_id).expect("replica");
-        let shared = r.shared.clone();
-        let compacted = shared.compacted.load(Ordering::Acquire);
-        let rev = cmd.revision;
-        let kind = KvKind::try_from(cmd.kind).unwrap_or(KvKind::KvRange);
-        if kind == KvKind::KvCompact {
-            let req = PbCompactionRequest::decode(&cmd.request[..])?;
-            let desc = shared.desc.read().clone();
-            if req.revision > compacted {
-                let kr = desc_range(&desc);
-                self.mvcc.stage_compact(wb, &kr, req.revision)?;
-                let cf = self.db.cf_handle(CF_META).expect("meta cf");
-                wb.put_cf(
-                    &cf,
-                    meta::compacted_key(range_id),
-                    req.revision.to_be_bytes(),
-                );
-                shared.compacted.store(req.revision, Ordering::Release);
+    ) -> anyhow::Result<Applied> {
+        let shared = self
+            .replicas
+            .get(&range_id)
+            .expect("replica")
+            .shared
+            .clone();
+        let Ok(kind) = KvKind::try_from(cmd.kind) else {
+            return Ok(Applied::invalid(format!(
+                "unknown command kind {}",
+                cmd.kind
+            )));
+        };
+        match kind {
+            KvKind::KvCompact => self.exec_compact(&shared, &cmd.request, wb),
+            KvKind::KvSplit => match SplitCommand::decode(&cmd.request[..]) {
+                Ok(sc) => Ok(self.exec_split(&shared, &sc, wb)),
+                Err(e) => Ok(Applied::invalid(format!("bad split command: {e}"))),
+            },
+            KvKind::KvPut | KvKind::KvDeleteRange | KvKind::KvTxn | KvKind::KvLeaseRevoke => {
+                self.exec_write(&shared, kind, cmd, wb)
             }
-            let resp = PbCompactionResponse {
-                header: header(shared.applied_rev.load(Ordering::Acquire)),
-            };
-            return Ok((Ok(resp.encode_to_vec()), None, None));
+            KvKind::KvRange => Ok(Applied::invalid("a read is not a command")),
         }
-        if kind == KvKind::KvSplit {
-            return self.exec_split(&shared, &SplitCommand::decode(&cmd.request[..])?, wb);
+    }
+
+    fn exec_compact(
+        &mut self,
+        shared: &RangeShared,
+        request: &[u8],
+        wb: &mut WriteBatch,
+    ) -> anyhow::Result<Applied> {
+        let req = match PbCompactionRequest::decode(request) {
+            Ok(r) => r,
+            Err(e) => return Ok(Applied::invalid(format!("bad compaction request: {e}"))),
+        };
+        let resp = PbCompactionResponse {
+            header: header(shared.applied_rev.load(Ordering::Acquire)),
+        };
+        let mut out = Applied::answer(Ok(resp.encode_to_vec()));
+        if req.revision > shared.compacted.load(Ordering::Acquire) {
+            let range_id = shared.desc.read().id;
+            let kr = desc_range(&shared.desc.read());
+            self.mvcc.stage_compact(wb, &kr, req.revision)?;
+            let cf = self.db.cf_handle(CF_META).expect("meta cf");
+            wb.put_cf(
+                &cf,
+                meta::compacted_key(range_id),
+                req.revision.to_be_bytes(),
+            );
+            out.compacted = Some(req.revision);
         }
-        anyhow::ensure!(rev > 0, "write command without a revision");
+        Ok(out)
+    }
+
+    fn exec_write(
+        &mut self,
+        shared: &RangeShared,
+        kind: KvKind,
+        cmd: &RangeCommand,
+        wb: &mut WriteBatch,
+    ) -> anyhow::Result<Applied> {
+        let rev = cmd.revision;
+        let prev = shared.applied_rev.load(Ordering::Acquire);
+        if rev <= prev {
+            // Never applied: the write would land behind newer revisions
+            // (see the module doc). It certainly did not apply, so the
+            // router may stamp it again.
+            tracing::error!(
+                range = shared.desc.read().id,
+                rev,
+                prev,
+                "refused a write stamped below the applied revision"
+            );
+            crate::metrics::REVISION_ORDER_REFUSED.inc();
+            return Ok(Applied::answer(Err(NodeError::NotLeader)));
+        }
+        let kr = desc_range(&shared.desc.read());
         // A split may have applied since the request was checked: keys that
         // left the range are refused (unapplied, so the router may retry).
-        if !keys_within(kind, &cmd.request, &desc_range(&shared.desc.read())) {
-            return Ok((Err(crate::service::epoch_not_match()), None, None));
+        match keys_within(kind, &cmd.request, &kr) {
+            Ok(true) => {}
+            Ok(false) => return Ok(Applied::answer(Err(NodeError::EpochNotMatch))),
+            Err(e) => return Ok(Applied::invalid(format!("bad request: {e}"))),
         }
+        let compacted = shared.compacted.load(Ordering::Acquire);
         let mut ex = WriteExec::new(&self.mvcc, rev, compacted);
         let res: Result<Vec<u8>, Status> = match kind {
-            KvKind::KvPut => ex
-                .put(&PbPutRequest::decode(&cmd.request[..])?)
+            KvKind::KvPut => PbPutRequest::decode(&cmd.request[..])
+                .map_err(bad_request)
+                .and_then(|p| ex.put(&p))
                 .map(|r| r.encode_to_vec()),
-            KvKind::KvDeleteRange => ex
-                .delete(&PbDeleteRequest::decode(&cmd.request[..])?)
+            KvKind::KvDeleteRange => PbDeleteRequest::decode(&cmd.request[..])
+                .map_err(bad_request)
+                .and_then(|d| ex.delete(&d))
                 .map(|r| r.encode_to_vec()),
-            KvKind::KvTxn => ex
-                .txn(&PbTxnRequest::decode(&cmd.request[..])?)
+            KvKind::KvTxn => PbTxnRequest::decode(&cmd.request[..])
+                .map_err(bad_request)
+                .and_then(|t| ex.txn(&t))
                 .map(|r| r.encode_to_vec()),
-            KvKind::KvLeaseRevoke => {
-                let req = PbLeaseRevokeRequest::decode(&cmd.request[..])?;
-                let kr = desc_range(&shared.desc.read());
-                ex.revoke_lease(&kr, req.id)
-                    .map(|n| (n as u64).to_be_bytes().to_vec())
-            }
-            _ => Err(Status::internal("strata: unexpected command kind")),
+            _ => PbLeaseRevokeRequest::decode(&cmd.request[..])
+                .map_err(bad_request)
+                .and_then(|l| ex.revoke_lease(&kr, l.id))
+                .map(|n| (n as u64).to_be_bytes().to_vec()),
         };
-        let mut feed = None;
         shared.writes.fetch_add(1, Ordering::Relaxed);
+        let mut out = Applied::default();
         if res.is_ok() && !ex.overlay.is_empty() {
             for v in ex.overlay.values() {
                 self.mvcc.stage_version(wb, &v.key, rev, &v.value);
             }
-            feed = Some(FeedMessage {
+            out.feed = Some(FeedMessage {
                 revision: rev,
                 events: std::mem::take(&mut ex.events),
                 ..Default::default()
             });
         }
+        out.result = res.map_err(NodeError::from);
         // The replica's current revision advances with every stamped write
         // (even one that changed nothing), and survives restarts.
-        let prev = shared.applied_rev.load(Ordering::Acquire);
-        if rev > prev {
-            let cf = self.db.cf_handle(CF_META).expect("meta cf");
-            wb.put_cf(&cf, meta::maxrev_key(range_id), rev.to_be_bytes());
-            shared.applied_rev.store(rev, Ordering::Release);
-        } else {
-            // Invariant: within a range, apply order is revision order.
-            tracing::error!(range = range_id, rev, prev, "revision applied out of order");
-        }
-        Ok((res, feed, None))
+        let cf = self.db.cf_handle(CF_META).expect("meta cf");
+        wb.put_cf(
+            &cf,
+            meta::maxrev_key(shared.desc.read().id),
+            rev.to_be_bytes(),
+        );
+        out.applied_rev = Some(rev);
+        Ok(out)
     }
 }
 
-/// What applying a command produced: the client's response, the feed message
-/// to publish once the batch is written, and a range created by a split.
-pub(super) type Executed = (
-    Result<Vec<u8>, Status>,
-    Option<FeedMessage>,
-    Option<RangeDescriptor>,
-);
+fn bad_request(e: prost::DecodeError) -> Status {
+    Status::invalid_argument(format!("strata: bad request encoding: {e}"))
+}
 
 /// Are all keys a write command touches inside `kr`?
-fn keys_within(kind: KvKind, request: &[u8], kr: &KeyRange) -> bool {
+pub fn keys_within(
+    kind: KvKind,
+    request: &[u8],
+    kr: &KeyRange,
+) -> Result<bool, prost::DecodeError> {
     let mut keys = Vec::new();
     match kind {
-        KvKind::KvPut => match PbPutRequest::decode(request) {
-            Ok(p) => keys.push(KeyRange::from_etcd(&p.key, &[])),
-            Err(_) => return true, // undecodable: let exec report it
-        },
-        KvKind::KvDeleteRange => match PbDeleteRequest::decode(request) {
-            Ok(d) => keys.push(KeyRange::from_etcd(&d.key, &d.range_end)),
-            Err(_) => return true,
-        },
-        KvKind::KvTxn => match PbTxnRequest::decode(request) {
-            Ok(t) => strata_proto::etcdutil::txn_keys(&t, &mut keys),
-            Err(_) => return true,
-        },
-        _ => return true,
+        KvKind::KvRange => {
+            let r = strata_proto::etcd::PbRangeRequest::decode(request)?;
+            keys.push(KeyRange::from_etcd(&r.key, &r.range_end));
+        }
+        KvKind::KvPut => keys.push(KeyRange::from_etcd(
+            &PbPutRequest::decode(request)?.key,
+            &[],
+        )),
+        KvKind::KvDeleteRange => {
+            let d = PbDeleteRequest::decode(request)?;
+            keys.push(KeyRange::from_etcd(&d.key, &d.range_end));
+        }
+        KvKind::KvTxn => {
+            strata_proto::etcdutil::txn_keys(&PbTxnRequest::decode(request)?, &mut keys)
+        }
+        _ => {}
     }
-    keys.iter().all(|k| kr.covers(k))
+    Ok(keys.iter().all(|k| kr.covers(k)))
 }

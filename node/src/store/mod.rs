@@ -33,17 +33,18 @@ use std::time::{Duration, Instant};
 
 use prost::Message as _;
 use protobuf::Message as _;
-use raft::eraftpb::Message as RaftMessage;
+use raft::eraftpb::{Message as RaftMessage, MessageType};
 use raft::{RawNode, StateRole};
 use rocksdb::DB;
 use strata_proto::strata::{AdminKind, Peer, RaftEnvelope, RangeCommand, RangeDescriptor};
 use tokio::sync::{broadcast, mpsc, oneshot};
-use tonic::Status;
 
-pub use replica::{RangeShared, Ranges};
+pub use crate::range::{desc_range, RangeShared, Ranges};
+pub use exec::keys_within;
 
 use crate::engine::{RaftStorage, CF_META};
-use crate::mvcc::{KeyRange, Mvcc};
+use crate::error::NodeResult;
+use crate::mvcc::Mvcc;
 use crate::transport::Transport;
 use replica::{raft_config, Replica};
 
@@ -57,13 +58,17 @@ const PROPOSALS_MAX: usize = 8192;
 const FEED_CAP: usize = 4096;
 /// A read barrier that did not complete in this time fails (client retries).
 const READ_DEADLINE: Duration = Duration::from_secs(5);
+/// A ReadIndex request unanswered for this many ticks is asked again.
+const READ_REISSUE_TICKS: u32 = 3;
 
-pub type Reply = oneshot::Sender<Result<Vec<u8>, Status>>;
+pub type Reply = oneshot::Sender<NodeResult<Vec<u8>>>;
 
 pub enum StoreMsg {
     Raft(RaftEnvelope),
+    /// A command stamped under the leadership of `term` (see `propose.rs`).
     Propose {
         range_id: u64,
+        term: u64,
         cmd: RangeCommand,
         reply: Reply,
     },
@@ -73,7 +78,7 @@ pub enum StoreMsg {
     ReadBarrier {
         range_id: u64,
         read_rev: i64,
-        reply: oneshot::Sender<Result<(), Status>>,
+        reply: oneshot::Sender<NodeResult<()>>,
     },
     Create(RangeDescriptor),
     Tick,
@@ -84,7 +89,7 @@ pub enum StoreMsg {
         range_id: u64,
         kind: AdminKind,
         peer: Peer,
-        reply: oneshot::Sender<Result<(), Status>>,
+        reply: oneshot::Sender<NodeResult<()>>,
     },
 }
 
@@ -198,6 +203,7 @@ impl Store {
             desc: parking_lot::RwLock::new(desc.clone()),
             leader_peer: AtomicU64::new(0),
             term: AtomicU64::new(0),
+            lead_term: AtomicU64::new(0),
             applied_index: AtomicU64::new(applied),
             applied_rev: AtomicI64::new(applied_rev),
             compacted: AtomicI64::new(compacted),
@@ -308,9 +314,10 @@ impl Store {
             }
             StoreMsg::Propose {
                 range_id,
+                term,
                 cmd,
                 reply,
-            } => self.propose(range_id, cmd, reply),
+            } => self.propose(range_id, term, cmd, reply),
             StoreMsg::ReadBarrier {
                 range_id,
                 read_rev,
@@ -336,6 +343,19 @@ impl Store {
         }
         match RaftMessage::parse_from_bytes(&env.message) {
             Ok(msg) => {
+                if msg.get_msg_type() == MessageType::MsgSnapshot {
+                    if let Err(e) =
+                        snapshot::validate_snapshot(env.range_id, &msg.get_snapshot().data)
+                    {
+                        tracing::warn!(
+                            range = env.range_id,
+                            from = env.from_node,
+                            "dropped a bad snapshot: {e}"
+                        );
+                        crate::metrics::BAD_ENTRIES.inc();
+                        return;
+                    }
+                }
                 r.wake_for(&msg);
                 if let Err(e) = r.raw.step(msg) {
                     tracing::debug!(range = env.range_id, "step: {e}");
@@ -347,7 +367,7 @@ impl Store {
 
     fn tick(&mut self) {
         let now = Instant::now();
-        let mut retry = Vec::new();
+        let reissue_after = self.tick_every * READ_REISSUE_TICKS;
         let mut pending = 0;
         for (id, r) in self.replicas.iter_mut() {
             if r.quiesced {
@@ -365,14 +385,9 @@ impl Store {
                 r.proposals.retain(|p| !p.reply.is_closed());
             }
             pending += r.proposals.len();
-            if r.expire_reads(now) {
-                retry.push(*id);
-            }
+            r.expire_reads(now, reissue_after);
         }
         crate::metrics::PROPOSALS_PENDING.set(pending as i64);
-        for id in retry {
-            self.issue_read_index(id);
-        }
     }
 
     fn send(&self, shared: &RangeShared, msgs: Vec<RaftMessage>) {
@@ -407,12 +422,5 @@ impl Store {
                 },
             );
         }
-    }
-}
-
-pub fn desc_range(desc: &RangeDescriptor) -> KeyRange {
-    KeyRange {
-        start: desc.start_key.clone(),
-        end: (!desc.end_key.is_empty()).then(|| desc.end_key.clone()),
     }
 }

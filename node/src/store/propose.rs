@@ -5,26 +5,38 @@ use prost::Message as _;
 use raft::StateRole;
 use strata_proto::errors;
 use strata_proto::strata::RangeCommand;
-use tonic::Status;
 
 use super::replica::{Proposal, Replica};
 use super::{Reply, Store, PROPOSALS_MAX};
+use crate::error::{NodeError, NodeResult};
 
 impl Store {
-    pub(super) fn propose(&mut self, range_id: u64, cmd: RangeCommand, reply: Reply) {
+    /// Proposes `cmd`, prepared (stamped) under the leadership of `term`.
+    ///
+    /// **Invariant:** a command is proposed only in the term it was stamped
+    /// in. A stamp taken under an earlier leadership of this replica could
+    /// be smaller than revisions another leader committed in between; it is
+    /// refused unproposed (`NotLeader`: certainly not applied, so the router
+    /// retries and the write is stamped afresh).
+    pub(super) fn propose(&mut self, range_id: u64, term: u64, cmd: RangeCommand, reply: Reply) {
         let Some(r) = self.replicas.get_mut(&range_id) else {
-            let _ = reply.send(Err(Status::not_found("strata: range not found")));
+            let _ = reply.send(Err(NodeError::RangeNotFound));
             return;
         };
         r.wake();
         if r.raw.raft.state != StateRole::Leader {
             crate::metrics::proposal_rejected("not_leader");
-            let _ = reply.send(Err(crate::service::not_leader()));
+            let _ = reply.send(Err(NodeError::NotLeader));
+            return;
+        }
+        if r.raw.raft.term != term {
+            crate::metrics::proposal_rejected("stale_term");
+            let _ = reply.send(Err(NodeError::NotLeader));
             return;
         }
         if r.proposals.len() >= PROPOSALS_MAX {
             crate::metrics::proposal_rejected("busy");
-            let _ = reply.send(Err(errors::too_many_requests()));
+            let _ = reply.send(Err(errors::too_many_requests().into()));
             return;
         }
         let rev = cmd.revision;
@@ -34,7 +46,7 @@ impl Store {
             // send it again, to the new leader.
             tracing::debug!(range = range_id, "propose dropped: {e}");
             crate::metrics::proposal_rejected("dropped");
-            let _ = reply.send(Err(crate::service::not_leader()));
+            let _ = reply.send(Err(NodeError::NotLeader));
             return;
         }
         crate::metrics::PROPOSALS.inc();
@@ -48,7 +60,7 @@ impl Store {
         // dropping them keeps the queue in index order.
         while r.proposals.back().is_some_and(|p| p.index >= index) {
             let p = r.proposals.pop_back().expect("back");
-            let _ = p.reply.send(Err(errors::leader_changed()));
+            let _ = p.reply.send(Err(errors::leader_changed().into()));
         }
         r.proposals.push_back(Proposal {
             index,
@@ -66,7 +78,7 @@ impl Replica {
         &mut self,
         index: u64,
         term: u64,
-        mut result: Result<Vec<u8>, Status>,
+        mut result: NodeResult<Vec<u8>>,
     ) {
         while let Some(p) = self.proposals.front() {
             if p.index > index {
@@ -77,7 +89,7 @@ impl Replica {
             if p.index == index && p.term == term {
                 let _ = p.reply.send(std::mem::replace(&mut result, Ok(Vec::new())));
             } else {
-                let _ = p.reply.send(Err(errors::leader_changed()));
+                let _ = p.reply.send(Err(errors::leader_changed().into()));
             }
         }
     }
@@ -87,7 +99,7 @@ impl Replica {
     pub(super) fn fail_proposals_through(&mut self, index: u64) {
         while self.proposals.front().is_some_and(|p| p.index <= index) {
             let p = self.proposals.pop_front().expect("front");
-            let _ = p.reply.send(Err(errors::leader_changed()));
+            let _ = p.reply.send(Err(errors::leader_changed().into()));
         }
     }
 
@@ -100,7 +112,7 @@ impl Replica {
     /// up is dropped by `tick`; one a snapshot skips over fails then.
     pub(super) fn step_down(&mut self) {
         for w in self.reads.drain(..) {
-            let _ = w.reply.send(Err(errors::leader_changed()));
+            let _ = w.reply.send(Err(errors::leader_changed().into()));
         }
         self.pending_revs.clear();
     }

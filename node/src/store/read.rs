@@ -2,36 +2,37 @@
 //! is leader, has applied everything up to a quorum-confirmed read index
 //! (raft ReadIndex), and no write stamped `<= R` is still unapplied.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use raft::{ReadState, StateRole};
 use strata_proto::errors;
 use tokio::sync::oneshot;
-use tonic::Status;
 
 use super::replica::{ReadWaiter, Replica};
 use super::{Store, READ_DEADLINE};
+use crate::error::{NodeError, NodeResult};
 
 impl Store {
     pub(super) fn read_barrier(
         &mut self,
         range_id: u64,
         read_rev: i64,
-        reply: oneshot::Sender<Result<(), Status>>,
+        reply: oneshot::Sender<NodeResult<()>>,
         new_reads: &mut Vec<u64>,
     ) {
         let Some(r) = self.replicas.get_mut(&range_id) else {
-            let _ = reply.send(Err(Status::not_found("strata: range not found")));
+            let _ = reply.send(Err(NodeError::RangeNotFound));
             return;
         };
         r.wake();
         if r.raw.raft.state != StateRole::Leader {
-            let _ = reply.send(Err(crate::service::not_leader()));
+            let _ = reply.send(Err(NodeError::NotLeader));
             return;
         }
         r.reads.push(ReadWaiter {
             read_rev,
             ctx: 0,
+            asked: Instant::now(),
             index: None,
             deadline: Instant::now() + READ_DEADLINE,
             reply,
@@ -39,19 +40,24 @@ impl Store {
         new_reads.push(range_id);
     }
 
+    /// Asks raft for a read index for every waiter not yet asked for, with
+    /// one new context. Waiters already asked for keep their context: a new
+    /// one would orphan the answer in flight (and under steady reads or
+    /// ticks, no answer would ever match).
     pub(super) fn issue_read_index(&mut self, range_id: u64) {
-        let ctx = self.next_ctx;
-        self.next_ctx += 1;
-        self.touched.insert(range_id);
         let Some(r) = self.replicas.get_mut(&range_id) else {
             return;
         };
+        self.touched.insert(range_id);
+        let ctx = self.next_ctx;
         let mut any = false;
-        for w in r.reads.iter_mut().filter(|w| w.index.is_none()) {
+        for w in r.reads.iter_mut().filter(|w| w.ctx == 0) {
             w.ctx = ctx;
+            w.asked = Instant::now();
             any = true;
         }
         if any {
+            self.next_ctx += 1;
             r.raw.read_index(ctx.to_be_bytes().to_vec());
         }
     }
@@ -71,20 +77,32 @@ impl Replica {
         }
     }
 
-    /// Fails reads past their deadline; returns whether some still wait for
-    /// a read index (ReadIndex requests are dropped by a leader that has not
-    /// yet committed in its term, so those are issued again).
-    pub(super) fn expire_reads(&mut self, now: Instant) -> bool {
+    /// Fails reads past their deadline, and asks again, with the same
+    /// context, for read indexes unanswered for `reissue_after`: a leader
+    /// that has not yet committed in its term drops ReadIndex requests
+    /// (raft ignores a context it still has pending).
+    pub(super) fn expire_reads(&mut self, now: Instant, reissue_after: Duration) {
         let mut i = 0;
         while i < self.reads.len() {
             if self.reads[i].deadline <= now {
                 let w = self.reads.swap_remove(i);
-                let _ = w.reply.send(Err(errors::timeout()));
+                let _ = w.reply.send(Err(errors::timeout().into()));
             } else {
                 i += 1;
             }
         }
-        self.reads.iter().any(|w| w.index.is_none())
+        let mut again: Vec<u64> = Vec::new();
+        for w in self.reads.iter_mut() {
+            if w.ctx != 0 && w.index.is_none() && now.duration_since(w.asked) >= reissue_after {
+                w.asked = now;
+                again.push(w.ctx);
+            }
+        }
+        again.sort_unstable();
+        again.dedup();
+        for ctx in again {
+            self.raw.read_index(ctx.to_be_bytes().to_vec());
+        }
     }
 
     /// Completes the reads whose read index is applied and below whose

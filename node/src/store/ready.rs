@@ -50,6 +50,15 @@ impl Store {
             if let Some(hs) = rd.hs() {
                 shared.term.store(hs.term, Ordering::Release);
             }
+            // Set after raft made this replica leader, so a stamp taken
+            // under `lead_term` is taken after this leadership began.
+            let raft = &r.raw.raft;
+            let lead_term = if raft.state == StateRole::Leader {
+                raft.term
+            } else {
+                0
+            };
+            shared.lead_term.store(lead_term, Ordering::Release);
             if !rd.snapshot().is_empty() {
                 let st = stage_snapshot_data(&self.db, &mut wb, r.raw.store(), rd.snapshot())?;
                 snapshots.push((id, st));

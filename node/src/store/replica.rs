@@ -2,64 +2,26 @@
 //! async code (service, feeds, split checker, heartbeats) may read.
 
 use std::collections::{BTreeSet, VecDeque};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
 use raft::RawNode;
-use strata_proto::strata::{Epoch, FeedMessage, RangeDescriptor};
-use tokio::sync::{broadcast, oneshot};
-use tonic::Status;
+use tokio::sync::oneshot;
 
 use super::Reply;
 use crate::engine::RaftStorage;
+use crate::error::NodeResult;
 
-/// What async code may look at without asking the raft thread.
-pub struct RangeShared {
-    pub desc: parking_lot::RwLock<RangeDescriptor>,
-    pub peer_id: u64,
-    pub leader_peer: AtomicU64,
-    pub term: AtomicU64,
-    pub applied_index: AtomicU64,
-    /// Highest revision applied here (the replica's "current revision").
-    pub applied_rev: AtomicI64,
-    pub compacted: AtomicI64,
-    pub feed: broadcast::Sender<Arc<FeedMessage>>,
-    /// Writes applied (for the write rate) and splits applied.
-    pub writes: AtomicU64,
-    pub splits: AtomicU64,
-    /// Approximate size, from the last split check.
-    pub approx_keys: AtomicU64,
-    pub approx_bytes: AtomicU64,
-}
-
-impl RangeShared {
-    pub fn is_leader(&self) -> bool {
-        let l = self.leader_peer.load(Ordering::Acquire);
-        l != 0 && l == self.peer_id
-    }
-    pub fn leader_node(&self) -> u64 {
-        let l = self.leader_peer.load(Ordering::Acquire);
-        self.desc
-            .read()
-            .peers
-            .iter()
-            .find(|p| p.id == l)
-            .map_or(0, |p| p.node_id)
-    }
-    pub fn epoch(&self) -> Epoch {
-        self.desc.read().epoch.unwrap_or_default()
-    }
-}
-
-pub type Ranges = Arc<dashmap::DashMap<u64, Arc<RangeShared>>>;
+pub use crate::range::RangeShared;
 
 pub(super) struct ReadWaiter {
     pub read_rev: i64,
+    /// The ReadIndex context asked for this waiter (0: not asked yet).
     pub ctx: u64,
+    /// When that context was last asked for.
+    pub asked: Instant,
     pub index: Option<u64>,
     pub deadline: Instant,
-    pub reply: oneshot::Sender<Result<(), Status>>,
+    pub reply: oneshot::Sender<NodeResult<()>>,
 }
 
 pub(super) struct Proposal {
@@ -71,7 +33,7 @@ pub(super) struct Proposal {
 
 pub(super) struct Replica {
     pub raw: RawNode<RaftStorage>,
-    pub shared: Arc<RangeShared>,
+    pub shared: std::sync::Arc<RangeShared>,
     pub proposals: VecDeque<Proposal>,
     /// Revisions stamped and proposed by this leader but not yet applied.
     pub pending_revs: BTreeSet<i64>,

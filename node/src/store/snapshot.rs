@@ -67,6 +67,37 @@ pub(super) fn snapshot_builder(
     })
 }
 
+/// Checks a snapshot received from the network before raft sees it: one
+/// that does not decode, belongs to another range or holds keys outside its
+/// descriptor is dropped (the leader sends another), never installed.
+pub(super) fn validate_snapshot(range_id: u64, data: &[u8]) -> Result<(), String> {
+    let data = strata_proto::strata::RangeSnapshotData::decode(data)
+        .map_err(|e| format!("undecodable snapshot: {e}"))?;
+    let desc = data.desc.as_ref().ok_or("snapshot without descriptor")?;
+    if desc.id != range_id {
+        return Err(format!(
+            "snapshot of range {} sent for range {range_id}",
+            desc.id
+        ));
+    }
+    if data.keys.len() != data.values.len() {
+        return Err("snapshot keys and values differ in number".into());
+    }
+    if data.compacted < 0 || data.applied_revision < 0 {
+        return Err("snapshot with a negative revision".into());
+    }
+    let kr = desc_range(desc);
+    for (k, v) in data.keys.iter().zip(&data.values) {
+        let (user, _) = crate::mvcc::dec_key(k).ok_or("snapshot with a malformed MVCC key")?;
+        if !kr.contains(&user) {
+            return Err("snapshot with a key outside its range".into());
+        }
+        strata_proto::strata::MvccValue::decode(&v[..])
+            .map_err(|e| format!("snapshot with an undecodable value: {e}"))?;
+    }
+    Ok(())
+}
+
 /// Stages a received snapshot: replaces the range's MVCC data, descriptor,
 /// revision state and raft log position. Returns the state to publish once
 /// the batch is durable.

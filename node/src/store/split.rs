@@ -12,7 +12,7 @@ use rocksdb::WriteBatch;
 use strata_proto::strata::{FeedMessage, RangeDescriptor, SplitCommand};
 use tonic::Status;
 
-use super::exec::Executed;
+use super::exec::Applied;
 use super::replica::RangeShared;
 use super::{meta, Store};
 use crate::engine::CF_META;
@@ -22,11 +22,11 @@ impl Store {
     /// the rest. MVCC data stays where it is (keys sort by user key, so the new
     /// range's data is already contiguous); only descriptors change.
     pub(super) fn exec_split(
-        &mut self,
+        &self,
         shared: &Arc<RangeShared>,
         sc: &SplitCommand,
         wb: &mut WriteBatch,
-    ) -> anyhow::Result<Executed> {
+    ) -> Applied {
         let mut desc = shared.desc.read().clone();
         let valid = sc.split_key > desc.start_key
             && (desc.end_key.is_empty() || sc.split_key < desc.end_key)
@@ -36,18 +36,18 @@ impl Store {
                 .iter()
                 .zip(&desc.peers)
                 .all(|(n, o)| n.node_id == o.node_id)
-            && !self.replicas.contains_key(&sc.new_range_id)
+            && sc.new_range_id != desc.id
             // A learner's raft membership would not carry over to the new
             // range; splits wait until it is promoted or removed.
             && !desc.peers.iter().any(|p| p.learner);
         if !valid {
-            return Ok((
-                Err(Status::failed_precondition(
+            return Applied {
+                result: Err(Status::failed_precondition(
                     "strata: split rejected (stale or invalid)",
-                )),
-                None,
-                None,
-            ));
+                )
+                .into()),
+                ..Default::default()
+            };
         }
         let mut epoch = desc.epoch.unwrap_or_default();
         epoch.version += 1;
@@ -68,7 +68,6 @@ impl Store {
         let compacted = shared.compacted.load(Ordering::Acquire);
         wb.put_cf(&cf, meta::compacted_key(child.id), compacted.to_be_bytes());
         tracing::info!(range = desc.id, new_range = child.id, split_key = ?String::from_utf8_lossy(&sc.split_key), "split");
-        *shared.desc.write() = desc;
         shared.splits.fetch_add(1, Ordering::Relaxed);
         crate::metrics::SPLITS.inc();
         // Feeds of this range end; the router re-resolves and resumes.
@@ -80,6 +79,34 @@ impl Store {
             }),
             ..Default::default()
         };
-        Ok((Ok(Vec::new()), Some(end), Some(child)))
+        Applied {
+            feed: Some(end),
+            desc: Some(desc),
+            child: Some(child),
+            ..Default::default()
+        }
+    }
+
+    /// Opens the replica of a range a split created here. The parent's
+    /// leader also leads the child at first: it is the one replica that
+    /// certainly has the split applied already. A replica of the child that
+    /// already exists here (created empty, waiting for a snapshot, because
+    /// this node learned of the child before applying the split) is kept.
+    pub(super) fn create_split_child(
+        &mut self,
+        child: RangeDescriptor,
+        parent_was_leader: bool,
+    ) -> anyhow::Result<()> {
+        let child_id = child.id;
+        if self.replicas.contains_key(&child_id) {
+            return Ok(());
+        }
+        self.create(child)?;
+        if parent_was_leader {
+            if let Some(c) = self.replicas.get_mut(&child_id) {
+                let _ = c.raw.campaign();
+            }
+        }
+        Ok(())
     }
 }

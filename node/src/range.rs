@@ -1,0 +1,63 @@
+//! A range replica's published state: what async code (service, feeds, the
+//! split checker, heartbeats, metrics) may read without asking the raft
+//! thread. Only the raft thread writes it, and only once what it says is
+//! written to the engine (see `store/exec.rs`).
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use strata_proto::strata::{Epoch, FeedMessage, RangeDescriptor};
+use tokio::sync::broadcast;
+
+use crate::mvcc::KeyRange;
+
+/// What async code may look at without asking the raft thread.
+pub struct RangeShared {
+    pub desc: parking_lot::RwLock<RangeDescriptor>,
+    pub peer_id: u64,
+    pub leader_peer: AtomicU64,
+    pub term: AtomicU64,
+    /// The term in which this replica leads, 0 while it does not. A write
+    /// batch is stamped only under a leadership and proposed only in the
+    /// same one (see `sequencer.rs`).
+    pub lead_term: AtomicU64,
+    pub applied_index: AtomicU64,
+    /// Highest revision applied here (the replica's "current revision").
+    pub applied_rev: AtomicI64,
+    pub compacted: AtomicI64,
+    pub feed: broadcast::Sender<Arc<FeedMessage>>,
+    /// Writes applied (for the write rate) and splits applied.
+    pub writes: AtomicU64,
+    pub splits: AtomicU64,
+    /// Approximate size, from the last split check.
+    pub approx_keys: AtomicU64,
+    pub approx_bytes: AtomicU64,
+}
+
+impl RangeShared {
+    pub fn is_leader(&self) -> bool {
+        let l = self.leader_peer.load(Ordering::Acquire);
+        l != 0 && l == self.peer_id
+    }
+    pub fn leader_node(&self) -> u64 {
+        let l = self.leader_peer.load(Ordering::Acquire);
+        self.desc
+            .read()
+            .peers
+            .iter()
+            .find(|p| p.id == l)
+            .map_or(0, |p| p.node_id)
+    }
+    pub fn epoch(&self) -> Epoch {
+        self.desc.read().epoch.unwrap_or_default()
+    }
+}
+
+pub type Ranges = Arc<dashmap::DashMap<u64, Arc<RangeShared>>>;
+
+pub fn desc_range(desc: &RangeDescriptor) -> KeyRange {
+    KeyRange {
+        start: desc.start_key.clone(),
+        end: (!desc.end_key.is_empty()).then(|| desc.end_key.clone()),
+    }
+}

@@ -1,0 +1,378 @@
+//! The node's gRPC service: raft transport in, routed KV, range feeds, admin,
+//! status. Routing errors become `RouteError`s here and only here
+//! ([`route_error`]).
+//!
+//! The KV RPC takes requests from routers (on behalf of clients) and from
+//! placement (lease revocation). Every request is decoded and checked before
+//! anything is proposed; splits are never accepted from the network (only the
+//! node's own split checker proposes them).
+
+mod feed;
+
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use prost::Message as _;
+use strata_proto::errors;
+use strata_proto::etcd::{
+    PbCompactionRequest, PbDeleteRequest, PbLeaseRevokeRequest, PbPutRequest, PbRangeRequest,
+    PbTxnRequest,
+};
+use strata_proto::etcdutil::txn_writes;
+use strata_proto::oracle::Oracle;
+use strata_proto::strata::node_server::Node;
+use strata_proto::strata::{
+    AdminKind, AdminRequest, AdminResponse, Epoch, FeedMessage, FeedRequest, KvKind, KvRequest,
+    KvResponse, NodeStatusRequest, NodeStatusResponse, RaftAck, RaftBatch, RangeStatus, RouteError,
+    RouteErrorKind,
+};
+use tokio::sync::{mpsc, oneshot};
+use tonic::{Request, Response, Status};
+
+use crate::apply::{read_txn, View};
+use crate::error::{NodeError, NodeResult};
+use crate::mvcc::Mvcc;
+use crate::range::{desc_range, RangeShared, Ranges};
+use crate::sequencer::{SeqItem, Sequencers};
+use crate::store::{keys_within, StoreMsg};
+
+const WRITE_TIMEOUT: Duration = Duration::from_secs(8);
+
+pub struct NodeService {
+    pub node_id: u64,
+    pub ranges: Ranges,
+    pub store: mpsc::Sender<StoreMsg>,
+    pub oracle: Oracle,
+    pub mvcc: Mvcc,
+    pub sequencers: Sequencers,
+}
+
+fn route_err(kind: RouteErrorKind, leader_node: u64, msg: &str) -> RouteError {
+    RouteError {
+        kind: kind as i32,
+        leader_node,
+        ranges: Vec::new(),
+        message: msg.to_string(),
+    }
+}
+
+/// The one place a routing error becomes a `RouteError` for the router;
+/// other errors stay gRPC errors for the client.
+fn route_error(r: Option<&RangeShared>, e: NodeError) -> Result<RouteError, Status> {
+    Ok(match (e, r) {
+        (NodeError::NotLeader, Some(r)) => {
+            route_err(RouteErrorKind::NotLeader, r.leader_node(), "not leader")
+        }
+        (NodeError::NotLeader, None) => route_err(RouteErrorKind::NotLeader, 0, "not leader"),
+        (NodeError::EpochNotMatch, r) => {
+            let mut err = route_err(RouteErrorKind::EpochNotMatch, 0, "epoch not match");
+            err.ranges.extend(r.map(|r| r.desc.read().clone()));
+            err
+        }
+        (NodeError::RangeNotFound, _) => {
+            route_err(RouteErrorKind::RangeNotFound, 0, "range not found")
+        }
+        (NodeError::Etcd(s), _) => return Err(s),
+    })
+}
+
+fn kv_answer(
+    r: Option<&RangeShared>,
+    res: NodeResult<Vec<u8>>,
+) -> Result<Response<KvResponse>, Status> {
+    let (response, error) = match res {
+        Ok(body) => (body, None),
+        Err(e) => (Vec::new(), Some(route_error(r, e)?)),
+    };
+    Ok(Response::new(KvResponse { response, error }))
+}
+
+fn decode<M: prost::Message + Default>(b: &[u8]) -> NodeResult<M> {
+    M::decode(b)
+        .map_err(|e| Status::invalid_argument(format!("strata: bad request encoding: {e}")).into())
+}
+
+fn invalid(msg: &str) -> NodeError {
+    Status::invalid_argument(format!("strata: {msg}")).into()
+}
+
+/// What a KV request is, once checked.
+enum Checked {
+    Read,
+    Write,
+    /// Ordered with writes but consumes no revision (compaction).
+    Unstamped,
+}
+
+/// Decodes and checks a request from the network before anything is
+/// proposed: a request that fails here never reaches the raft log.
+fn check_request(kind: KvKind, body: &[u8]) -> NodeResult<Checked> {
+    Ok(match kind {
+        KvKind::KvRange => {
+            decode::<PbRangeRequest>(body)?;
+            Checked::Read
+        }
+        KvKind::KvTxn => match txn_writes(&decode::<PbTxnRequest>(body)?) {
+            true => Checked::Write,
+            false => Checked::Read,
+        },
+        KvKind::KvPut => {
+            decode::<PbPutRequest>(body)?;
+            Checked::Write
+        }
+        KvKind::KvDeleteRange => {
+            decode::<PbDeleteRequest>(body)?;
+            Checked::Write
+        }
+        KvKind::KvCompact => {
+            if decode::<PbCompactionRequest>(body)?.revision <= 0 {
+                return Err(invalid("compaction revision must be positive"));
+            }
+            Checked::Unstamped
+        }
+        KvKind::KvLeaseRevoke => {
+            if decode::<PbLeaseRevokeRequest>(body)?.id == 0 {
+                return Err(invalid("lease id must not be 0"));
+            }
+            Checked::Write
+        }
+        KvKind::KvSplit => return Err(invalid("splits are proposed by the node itself")),
+    })
+}
+
+impl NodeService {
+    /// Finds the replica and checks the epoch the caller believes.
+    fn replica(&self, range_id: u64, epoch: Option<Epoch>) -> NodeResult<Arc<RangeShared>> {
+        let r = self
+            .ranges
+            .get(&range_id)
+            .map(|r| r.clone())
+            .ok_or(NodeError::RangeNotFound)?;
+        if epoch.is_some_and(|e| e != r.epoch()) {
+            return Err(NodeError::EpochNotMatch);
+        }
+        Ok(r)
+    }
+
+    /// Are the request's keys inside the range as it is now?
+    fn within(r: &RangeShared, kind: KvKind, body: &[u8]) -> NodeResult<()> {
+        match keys_within(kind, body, &desc_range(&r.desc.read())) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(NodeError::EpochNotMatch),
+            Err(e) => Err(invalid(&format!("bad request encoding: {e}"))),
+        }
+    }
+
+    async fn submit(
+        &self,
+        r: &RangeShared,
+        item: impl FnOnce(crate::store::Reply) -> SeqItem,
+    ) -> NodeResult<Vec<u8>> {
+        let (tx, rx) = oneshot::channel();
+        let range_id = r.desc.read().id;
+        self.sequencers.get(range_id).submit(item(tx))?;
+        match tokio::time::timeout(WRITE_TIMEOUT, rx).await {
+            Ok(Ok(res)) => res,
+            Ok(Err(_)) => Err(errors::leader_changed().into()),
+            Err(_) => Err(errors::timeout().into()),
+        }
+    }
+
+    /// Reads at `read_rev` after a barrier (linearizable), or at the applied
+    /// revision (serializable, `read_rev == 0`).
+    async fn read<T: Send + 'static>(
+        &self,
+        r: &Arc<RangeShared>,
+        kind: KvKind,
+        body: &[u8],
+        read_rev: i64,
+        f: impl FnOnce(&View<'_>) -> Result<T, Status> + Send + 'static,
+    ) -> NodeResult<T> {
+        let rev = if read_rev > 0 {
+            let range_id = r.desc.read().id;
+            self.sequencers.get(range_id).barrier(read_rev).await?;
+            // A split may have applied during the barrier: keys that left
+            // now belong to a range whose replica here may lag its leader,
+            // so they must be read there instead.
+            Self::within(r, kind, body)?;
+            read_rev
+        } else {
+            r.applied_rev.load(Ordering::Acquire)
+        };
+        let (mvcc, r2, node_id) = (self.mvcc.clone(), r.clone(), self.node_id);
+        tokio::task::spawn_blocking(move || {
+            crate::failpoint::pause_blocking(node_id, "read_before_mvcc");
+            // The compaction floor is raised before history is removed, so
+            // checking it after the read tells whether the read may have
+            // missed compacted versions.
+            let view = View {
+                mvcc: &mvcc,
+                rev,
+                compacted: r2.compacted.load(Ordering::Acquire),
+                overlay: None,
+            };
+            let out = f(&view)?;
+            if rev < r2.compacted.load(Ordering::Acquire) {
+                return Err(errors::compacted());
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("strata: read task failed: {e}")))?
+        .map_err(NodeError::from)
+    }
+
+    async fn kv_request(&self, r: &Arc<RangeShared>, req: KvRequest) -> NodeResult<Vec<u8>> {
+        let kind = KvKind::try_from(req.kind).map_err(|_| invalid("unknown request kind"))?;
+        let checked = check_request(kind, &req.request)?;
+        Self::within(r, kind, &req.request)?;
+        let linearizable = req.read_revision > 0;
+        if (!matches!(checked, Checked::Read) || linearizable) && !r.is_leader() {
+            return Err(NodeError::NotLeader);
+        }
+        let request = req.request;
+        match checked {
+            Checked::Read if kind == KvKind::KvRange => {
+                let rr: PbRangeRequest = decode(&request)?;
+                self.read(r, kind, &request, req.read_revision, move |v| {
+                    v.range(&rr).map(|x| x.encode_to_vec())
+                })
+                .await
+            }
+            Checked::Read => {
+                let t: PbTxnRequest = decode(&request)?;
+                self.read(r, kind, &request, req.read_revision, move |v| {
+                    read_txn(v, &t).map(|x| x.encode_to_vec())
+                })
+                .await
+            }
+            Checked::Unstamped => {
+                self.submit(r, |reply| SeqItem::Unstamped {
+                    kind,
+                    request,
+                    reply,
+                })
+                .await
+            }
+            Checked::Write => {
+                self.submit(r, |reply| SeqItem::Write {
+                    kind,
+                    request,
+                    reply,
+                })
+                .await
+            }
+        }
+    }
+}
+
+type FeedStream = Pin<Box<dyn Stream<Item = Result<FeedMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Node for NodeService {
+    async fn raft(&self, req: Request<RaftBatch>) -> Result<Response<RaftAck>, Status> {
+        let batch = req.into_inner();
+        let from_node = batch.from_node;
+        for mut env in batch.msgs {
+            env.from_node = from_node;
+            crate::metrics::raft_in(env.message.len());
+            // Full inbox: drop, raft retransmits.
+            let _ = self.store.try_send(StoreMsg::Raft(env));
+        }
+        Ok(Response::new(RaftAck {}))
+    }
+
+    async fn admin(&self, req: Request<AdminRequest>) -> Result<Response<AdminResponse>, Status> {
+        let req = req.into_inner();
+        let r = self.replica(req.range_id, req.epoch);
+        let res = match &r {
+            Err(e) => Err(e.clone()),
+            Ok(r) if !r.is_leader() => Err(NodeError::NotLeader),
+            Ok(_) => {
+                let kind = AdminKind::try_from(req.kind).unwrap_or(AdminKind::AdminNone);
+                let peer = req.peer.unwrap_or_default();
+                let (tx, rx) = oneshot::channel();
+                self.store
+                    .send(StoreMsg::Admin {
+                        range_id: req.range_id,
+                        kind,
+                        peer,
+                        reply: tx,
+                    })
+                    .await
+                    .map_err(|_| Status::unavailable("strata: store stopped"))?;
+                rx.await
+                    .unwrap_or_else(|_| Err(errors::leader_changed().into()))
+            }
+        };
+        let error = match res {
+            Ok(()) => None,
+            Err(e) => Some(route_error(r.as_deref().ok(), e)?),
+        };
+        Ok(Response::new(AdminResponse { error }))
+    }
+
+    async fn kv(&self, req: Request<KvRequest>) -> Result<Response<KvResponse>, Status> {
+        let req = req.into_inner();
+        let r = match self.replica(req.range_id, req.epoch) {
+            Ok(r) => r,
+            Err(e) => {
+                let r = self.ranges.get(&req.range_id).map(|r| r.clone());
+                return kv_answer(r.as_deref(), Err(e));
+            }
+        };
+        let res = self.kv_request(&r, req).await;
+        kv_answer(Some(&r), res)
+    }
+
+    type FeedStream = FeedStream;
+
+    async fn feed(&self, req: Request<FeedRequest>) -> Result<Response<FeedStream>, Status> {
+        let req = req.into_inner();
+        let (tx, rx) = mpsc::channel::<Result<FeedMessage, Status>>(64);
+        let stream = |rx| -> Response<FeedStream> {
+            Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        };
+        let r = match self.replica(req.range_id, req.epoch) {
+            Ok(r) if r.is_leader() => r,
+            res => {
+                let e = res.err().unwrap_or(NodeError::NotLeader);
+                let r = self.ranges.get(&req.range_id).map(|r| r.clone());
+                let error = route_error(r.as_deref(), e)?;
+                let _ = tx.try_send(Ok(FeedMessage {
+                    error: Some(error),
+                    ..Default::default()
+                }));
+                return Ok(stream(rx));
+            }
+        };
+        let seq = self.sequencers.get(r.desc.read().id);
+        let feed = feed::Feed::new(r, &req, tx, self.mvcc.clone(), self.oracle.clone(), seq);
+        tokio::spawn(feed.run());
+        Ok(stream(rx))
+    }
+
+    async fn status(
+        &self,
+        _: Request<NodeStatusRequest>,
+    ) -> Result<Response<NodeStatusResponse>, Status> {
+        let ranges = self
+            .ranges
+            .iter()
+            .map(|r| RangeStatus {
+                desc: Some(r.desc.read().clone()),
+                leader_peer: r.leader_peer.load(Ordering::Acquire),
+                term: r.term.load(Ordering::Acquire),
+                applied_index: r.applied_index.load(Ordering::Acquire),
+                applied_revision: r.applied_rev.load(Ordering::Acquire),
+            })
+            .collect();
+        Ok(Response::new(NodeStatusResponse {
+            node_id: self.node_id,
+            ranges,
+        }))
+    }
+}
