@@ -94,7 +94,7 @@ async fn run(
             .count() as u64;
         let mut next = match writes {
             0 => Ok(0),
-            n => oracle.alloc(n).await,
+            n => oracle.alloc(n).await.and_then(|s| stamp_range(s, n)),
         };
         for item in batch {
             let msg = match item {
@@ -109,7 +109,7 @@ async fn run(
                             kind: kind as i32,
                             request,
                         };
-                        *rev += 1;
+                        *rev += 1; // within [start, start + n]: checked by stamp_range
                         StoreMsg::Propose {
                             range_id,
                             cmd,
@@ -144,5 +144,16 @@ async fn run(
                 return; // store stopped
             }
         }
+    }
+}
+
+/// Checks that the `n` revisions from `start` are revisions (at least 1, the
+/// last at most `i64::MAX`), so stamping them one by one cannot wrap.
+fn stamp_range(start: i64, n: u64) -> Result<i64, Status> {
+    match i64::try_from(n).ok().and_then(|n| start.checked_add(n)) {
+        Some(_) if start >= 1 => Ok(start),
+        _ => Err(Status::internal(format!(
+            "strata: oracle revisions [{start}, {start} + {n}) are not valid revisions"
+        ))),
     }
 }

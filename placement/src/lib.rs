@@ -5,6 +5,7 @@
 mod config;
 pub mod metrics;
 pub mod operator;
+mod oracle;
 pub mod replica;
 pub mod scheduler;
 pub mod service;

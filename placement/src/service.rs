@@ -14,17 +14,17 @@ use strata_proto::strata::placement_server::Placement;
 use strata_proto::strata::*;
 use tonic::{Request, Response, Status};
 
+use crate::oracle::Oracle;
 use crate::replica::Replicated;
-use crate::state::{Command, Outcome, StoredRange, ORACLE_WINDOW};
+use crate::state::{Command, Outcome, StoredRange};
 
 /// Smallest lease TTL granted, in seconds (as etcd's minimum with its defaults).
 pub const MIN_LEASE_TTL_SECS: i64 = 2;
 /// etcd's largest lease TTL.
 pub const MAX_LEASE_TTL_SECS: i64 = 9_000_000_000;
-
-pub struct Oracle {
-    next: i64,
-}
+/// The most range (or peer) ids one `AllocIds` call may ask for; a split asks
+/// for one range and one peer per replica.
+pub const MAX_ALLOC_IDS: u64 = 1 << 20;
 
 #[derive(Clone, Copy)]
 pub struct LeaderHint {
@@ -74,24 +74,6 @@ impl PlacementService {
             stats_version: Default::default(),
             nonce: rand::random(),
         })
-    }
-
-    pub async fn alloc(&self, count: u64) -> Result<i64, Status> {
-        let mut o = self.oracle.lock().await;
-        let count = count as i64;
-        let hw = self.rep.state().oracle_high_water;
-        if o.next + count > hw {
-            // Persist the new window before handing out anything in it.
-            let high_water = (o.next + count).max(hw) + ORACLE_WINDOW;
-            crate::metrics::WINDOWS.inc();
-            self.rep
-                .propose(Command::OracleWindow { high_water })
-                .await?;
-        }
-        let start = o.next;
-        o.next += count;
-        crate::metrics::alloc(count, o.next);
-        Ok(start)
     }
 
     /// What `GetRanges` calls its version: changes whenever anything a router
@@ -408,6 +390,13 @@ impl Placement for Svc {
         req: Request<AllocIdsRequest>,
     ) -> Result<Response<AllocIdsResponse>, Status> {
         let r = req.into_inner();
+        for (what, n) in [("range", r.ranges), ("peer", r.peers)] {
+            if n > MAX_ALLOC_IDS {
+                return Err(Status::invalid_argument(format!(
+                    "strata: cannot allocate {n} {what} ids in one call (at most {MAX_ALLOC_IDS})"
+                )));
+            }
+        }
         let cmd = Command::AllocIds {
             ranges: r.ranges,
             peers: r.peers,
@@ -420,6 +409,9 @@ impl Placement for Svc {
                 first_range_id,
                 first_peer_id,
             })),
+            Outcome::IdsExhausted => Err(Status::invalid_argument(
+                "strata: cannot allocate these ids: the id space is exhausted",
+            )),
             _ => Err(Status::internal("unexpected outcome")),
         }
     }
@@ -429,6 +421,7 @@ impl Placement for Svc {
         req: Request<CompactRequest>,
     ) -> Result<Response<CompactResponse>, Status> {
         let rev = req.into_inner().revision;
+        self.0.check_compact(rev).await?;
         match self
             .0
             .rep
@@ -561,5 +554,21 @@ impl Svc {
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A placement service over a fresh single-voter group whose persisted
+    /// oracle high-water mark is `high_water` (no network, no expiry loop).
+    pub(crate) async fn service(dir: &tempfile::TempDir, high_water: i64) -> Arc<PlacementService> {
+        let db = strata_node::engine::open_db(dir.path()).expect("open db");
+        let rep = Replicated::open(db).expect("open raft group");
+        rep.propose(Command::OracleWindow { high_water })
+            .await
+            .expect("raft group started");
+        PlacementService::new(rep, 1)
     }
 }
