@@ -11,6 +11,7 @@
 pub mod apply;
 mod config;
 pub mod engine;
+pub mod lease;
 pub mod metrics;
 pub mod mvcc;
 pub mod sequencer;

@@ -937,6 +937,7 @@ impl Store {
             return Ok((Err(crate::service::epoch_not_match()), None, None));
         }
         let mut ex = WriteExec::new(&self.mvcc, rev, compacted);
+        ex.revoked = Some(crate::lease::Revoked::of(&self.db, range_id));
         let res: Result<Vec<u8>, Status> = match kind {
             KvKind::KvPut => ex
                 .put(&PbPutRequest::decode(&cmd.request[..])?)
@@ -950,9 +951,10 @@ impl Store {
             KvKind::KvLeaseRevoke => {
                 let req = PbLeaseRevokeRequest::decode(&cmd.request[..])?;
                 let kr = desc_range(&shared.desc.read());
-                ex.revoke_lease(&kr, req.id)
+                crate::lease::revoke(&mut ex, &self.db, range_id, &kr, req.id, wb)?
                     .map(|n| (n as u64).to_be_bytes().to_vec())
             }
+            KvKind::KvLeaseGrant => crate::lease::grant(&self.db, range_id, &cmd.request, wb)?,
             _ => Err(Status::internal("strata: unexpected command kind")),
         };
         let mut feed = None;
@@ -1030,6 +1032,7 @@ impl Store {
         wb.put_cf(&cf, meta_key_maxrev(child.id), applied_rev.to_be_bytes());
         let compacted = shared.compacted.load(Ordering::Acquire);
         wb.put_cf(&cf, meta_key_compacted(child.id), compacted.to_be_bytes());
+        crate::lease::Revoked::of(&self.db, desc.id).stage_copy_to(wb, child.id)?;
         tracing::info!(range = desc.id, new_range = child.id, split_key = ?String::from_utf8_lossy(&sc.split_key), "split");
         *shared.desc.write() = desc;
         shared.splits.fetch_add(1, Ordering::Relaxed);
@@ -1209,6 +1212,7 @@ impl Store {
         ] {
             wb.delete_cf(&cf, k);
         }
+        crate::lease::Revoked::of(&self.db, range_id).stage_delete_all(&mut wb)?;
         engine::write(&self.db, wb, true)?;
         tracing::info!(range = range_id, "replica removed from this node");
         Ok(())
@@ -1290,10 +1294,13 @@ fn snapshot_builder(db: Arc<DB>, shared: Arc<RangeShared>) -> crate::engine::Sna
         let mut it = db.raw_iterator_cf(&cf);
         it.seek(crate::mvcc::enc_key(&kr.start));
         let end = kr.end.as_ref().map(|e| crate::mvcc::enc_key(e));
+        let (revoked_leases, revoked_next_seq) = crate::lease::Revoked::of(&db, desc.id).load()?;
         let mut data = strata_proto::strata::RangeSnapshotData {
             desc: Some(desc),
             compacted: shared.compacted.load(Ordering::Acquire),
             applied_revision: shared.applied_rev.load(Ordering::Acquire),
+            revoked_leases,
+            revoked_next_seq,
             ..Default::default()
         };
         while it.valid() {
@@ -1343,6 +1350,11 @@ fn stage_snapshot_data(
         meta_key_maxrev(desc.id),
         data.applied_revision.to_be_bytes(),
     );
+    crate::lease::Revoked::of(db, desc.id).stage_replace(
+        wb,
+        &data.revoked_leases,
+        data.revoked_next_seq,
+    )?;
     storage.stage_snapshot(wb, snap)?;
     Ok((
         desc,

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use prost::Message as _;
 use strata_proto::errors;
-use strata_proto::etcd::PbLeaseRevokeRequest;
+use strata_proto::etcd::{PbLeaseGrantRequest, PbLeaseRevokeRequest};
 use strata_proto::strata::node_client::NodeClient;
 use strata_proto::strata::{KvKind, KvRequest, LeaseGrantResponse, LeaseInfo};
 use tonic::{Code, Request, Status};
@@ -36,6 +36,15 @@ impl PlacementService {
         }
         let ttl = ttl.max(MIN_LEASE_TTL_SECS);
         let id = if id != 0 {
+            if self.rep.state().leases.contains_key(&id) {
+                return Err(errors::lease_exists());
+            }
+            // The id may have been granted and revoked before: every range
+            // forgets it was revoked (node/src/lease.rs), so that Puts
+            // attached to the new lease are accepted. (Random ids below are
+            // never taken again in practice: 63 random bits.)
+            let body = PbLeaseGrantRequest { id, ttl }.encode_to_vec();
+            self.to_every_range(KvKind::KvLeaseGrant, body).await?;
             id
         } else {
             loop {
