@@ -161,6 +161,8 @@ pub struct WriteExec<'a> {
     /// Key → its new version at `rev` (tombstone for deletes).
     pub overlay: BTreeMap<Vec<u8>, Version>,
     pub events: Vec<FeedEvent>,
+    /// The leases revoked in this range: a Put attached to one is refused.
+    pub revoked: Option<crate::lease::Revoked<'a>>,
 }
 
 impl<'a> WriteExec<'a> {
@@ -171,6 +173,7 @@ impl<'a> WriteExec<'a> {
             compacted,
             overlay: BTreeMap::new(),
             events: Vec::new(),
+            revoked: None,
         }
     }
 
@@ -186,6 +189,9 @@ impl<'a> WriteExec<'a> {
     pub fn put(&mut self, r: &PbPutRequest) -> Result<PbPutResponse, Status> {
         if r.key.is_empty() {
             return Err(errors::empty_key());
+        }
+        if let (Some(revoked), true) = (&self.revoked, r.lease != 0) {
+            revoked.check_put(r.lease)?;
         }
         let prev = self.view().get(&r.key)?;
         if (r.ignore_value || r.ignore_lease) && prev.is_none() {

@@ -13,6 +13,7 @@ mod config;
 pub mod engine;
 pub mod error;
 pub mod failpoint;
+pub mod lease;
 pub mod metrics;
 pub mod mvcc;
 pub mod range;

@@ -131,7 +131,12 @@ async fn run(range_id: u64, seqs: Sequencers, mut rx: mpsc::Receiver<SeqItem>) {
         let mut next: NodeResult<i64> = match (&term, writes) {
             (Err(e), _) => Err(e.clone()),
             (Ok(_), 0) => Ok(0),
-            (Ok(_), n) => seqs.oracle.alloc(n).await.map_err(NodeError::from),
+            (Ok(_), n) => seqs
+                .oracle
+                .alloc(n)
+                .await
+                .and_then(|s| stamp_range(s, n))
+                .map_err(NodeError::from),
         };
         crate::failpoint::pause(seqs.node_id, "sequencer_stamped").await;
         let term = term.unwrap_or(0);
@@ -148,7 +153,7 @@ async fn run(range_id: u64, seqs: Sequencers, mut rx: mpsc::Receiver<SeqItem>) {
                             kind: kind as i32,
                             request,
                         };
-                        *rev += 1;
+                        *rev += 1; // within [start, start + n]: checked by stamp_range
                         StoreMsg::Propose {
                             range_id,
                             term,
@@ -185,5 +190,16 @@ async fn run(range_id: u64, seqs: Sequencers, mut rx: mpsc::Receiver<SeqItem>) {
                 return; // store stopped
             }
         }
+    }
+}
+
+/// Checks that the `n` revisions from `start` are revisions (at least 1, the
+/// last at most `i64::MAX`), so stamping them one by one cannot wrap.
+fn stamp_range(start: i64, n: u64) -> Result<i64, tonic::Status> {
+    match i64::try_from(n).ok().and_then(|n| start.checked_add(n)) {
+        Some(_) if start >= 1 => Ok(start),
+        _ => Err(tonic::Status::internal(format!(
+            "strata: oracle revisions [{start}, {start} + {n}) are not valid revisions"
+        ))),
     }
 }

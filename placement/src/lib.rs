@@ -3,8 +3,10 @@
 //! placement's own raft group. See ARCHITECTURE.md.
 
 mod config;
+mod lease;
 pub mod metrics;
 pub mod operator;
+mod oracle;
 pub mod replica;
 pub mod scheduler;
 pub mod service;

@@ -6,25 +6,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use prost::Message as _;
 use strata_proto::errors;
-use strata_proto::etcd::PbLeaseRevokeRequest;
-use strata_proto::strata::node_client::NodeClient;
 use strata_proto::strata::placement_server::Placement;
 use strata_proto::strata::*;
 use tonic::{Request, Response, Status};
 
+use crate::oracle::Oracle;
 use crate::replica::Replicated;
-use crate::state::{Command, Outcome, StoredRange, ORACLE_WINDOW};
+use crate::state::{Command, Outcome, StoredRange};
 
-/// Smallest lease TTL granted, in seconds (as etcd's minimum with its defaults).
-pub const MIN_LEASE_TTL_SECS: i64 = 2;
-/// etcd's largest lease TTL.
-pub const MAX_LEASE_TTL_SECS: i64 = 9_000_000_000;
-
-pub struct Oracle {
-    next: i64,
-}
+pub use crate::lease::{MAX_LEASE_TTL_SECS, MIN_LEASE_TTL_SECS};
+/// The most range (or peer) ids one `AllocIds` call may ask for; a split asks
+/// for one range and one peer per replica.
+pub const MAX_ALLOC_IDS: u64 = 1 << 20;
 
 #[derive(Clone, Copy)]
 pub struct LeaderHint {
@@ -76,24 +70,6 @@ impl PlacementService {
         })
     }
 
-    pub async fn alloc(&self, count: u64) -> Result<i64, Status> {
-        let mut o = self.oracle.lock().await;
-        let count = count as i64;
-        let hw = self.rep.state().oracle_high_water;
-        if o.next + count > hw {
-            // Persist the new window before handing out anything in it.
-            let high_water = (o.next + count).max(hw) + ORACLE_WINDOW;
-            crate::metrics::WINDOWS.inc();
-            self.rep
-                .propose(Command::OracleWindow { high_water })
-                .await?;
-        }
-        let start = o.next;
-        o.next += count;
-        crate::metrics::alloc(count, o.next);
-        Ok(start)
-    }
-
     /// What `GetRanges` calls its version: changes whenever anything a router
     /// caches may have (never 0, which means "none" in requests).
     fn routing_version(&self, state_version: u64) -> u64 {
@@ -125,112 +101,8 @@ impl PlacementService {
         )
     }
 
-    fn leader_of(&self, range_id: u64) -> u64 {
+    pub(crate) fn leader_of(&self, range_id: u64) -> u64 {
         self.leaders.lock().get(&range_id).map_or(0, |h| h.node)
-    }
-
-    /// Deletes the lease's keys in every range, then forgets the lease.
-    pub async fn revoke(&self, id: i64) -> Result<(), Status> {
-        if !self.rep.state().leases.contains_key(&id) {
-            return Err(errors::lease_not_found());
-        }
-        let (ranges, nodes) = {
-            let st = self.rep.state();
-            (
-                st.ranges
-                    .values()
-                    .map(|r| r.descriptor())
-                    .collect::<Vec<_>>(),
-                st.nodes.clone(),
-            )
-        };
-        let body = PbLeaseRevokeRequest { id }.encode_to_vec();
-        for desc in ranges {
-            let mut candidates: Vec<u64> = desc.peers.iter().map(|p| p.node_id).collect();
-            let hint = self.leader_of(desc.id);
-            candidates.sort_by_key(|n| *n != hint);
-            let mut done = false;
-            'attempts: for _ in 0..20 {
-                for n in &candidates {
-                    let Some(addr) = nodes.get(n) else { continue };
-                    let Ok(ep) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                    else {
-                        continue;
-                    };
-                    let Ok(ch) = ep
-                        .connect_timeout(Duration::from_millis(500))
-                        .connect()
-                        .await
-                    else {
-                        continue;
-                    };
-                    let mut req = Request::new(KvRequest {
-                        range_id: desc.id,
-                        epoch: desc.epoch,
-                        kind: KvKind::KvLeaseRevoke as i32,
-                        request: body.clone(),
-                        read_revision: 0,
-                    });
-                    req.set_timeout(Duration::from_secs(5));
-                    if let Ok(resp) = NodeClient::new(ch).kv(req).await {
-                        if resp.into_inner().error.is_none() {
-                            done = true;
-                            break 'attempts;
-                        }
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            if !done {
-                return Err(errors::no_leader());
-            }
-        }
-        self.rep.propose(Command::LeaseRevoke { id }).await?;
-        self.lease_deadlines.lock().remove(&id);
-        Ok(())
-    }
-
-    fn lease_info(&self, id: i64) -> LeaseInfo {
-        let granted = self.rep.state().leases.get(&id).copied();
-        let deadline = self.lease_deadlines.lock().get(&id).copied();
-        match (granted, deadline) {
-            (Some(g), Some(d)) => LeaseInfo {
-                id,
-                ttl: d
-                    .saturating_duration_since(Instant::now())
-                    .as_secs_f64()
-                    .round() as i64,
-                granted_ttl: g,
-                found: true,
-            },
-            _ => LeaseInfo {
-                id,
-                ttl: -1,
-                granted_ttl: 0,
-                found: false,
-            },
-        }
-    }
-
-    /// Revokes expired leases; runs forever.
-    pub async fn expire_leases(self: Arc<Self>) {
-        let mut iv = tokio::time::interval(Duration::from_millis(250));
-        loop {
-            iv.tick().await;
-            let now = Instant::now();
-            let expired: Vec<i64> = self
-                .lease_deadlines
-                .lock()
-                .iter()
-                .filter(|(_, d)| **d <= now)
-                .map(|(id, _)| *id)
-                .collect();
-            for id in expired {
-                if let Err(e) = self.revoke(id).await {
-                    tracing::warn!(lease = id, "lease expiry failed, retrying: {}", e.message());
-                }
-            }
-        }
     }
 
     /// Creates the first range once enough nodes registered.
@@ -408,6 +280,13 @@ impl Placement for Svc {
         req: Request<AllocIdsRequest>,
     ) -> Result<Response<AllocIdsResponse>, Status> {
         let r = req.into_inner();
+        for (what, n) in [("range", r.ranges), ("peer", r.peers)] {
+            if n > MAX_ALLOC_IDS {
+                return Err(Status::invalid_argument(format!(
+                    "strata: cannot allocate {n} {what} ids in one call (at most {MAX_ALLOC_IDS})"
+                )));
+            }
+        }
         let cmd = Command::AllocIds {
             ranges: r.ranges,
             peers: r.peers,
@@ -420,6 +299,9 @@ impl Placement for Svc {
                 first_range_id,
                 first_peer_id,
             })),
+            Outcome::IdsExhausted => Err(Status::invalid_argument(
+                "strata: cannot allocate these ids: the id space is exhausted",
+            )),
             _ => Err(Status::internal("unexpected outcome")),
         }
     }
@@ -429,6 +311,7 @@ impl Placement for Svc {
         req: Request<CompactRequest>,
     ) -> Result<Response<CompactResponse>, Status> {
         let rev = req.into_inner().revision;
+        self.0.check_compact(rev).await?;
         match self
             .0
             .rep
@@ -447,30 +330,7 @@ impl Placement for Svc {
         req: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
         let r = req.into_inner();
-        if r.ttl > MAX_LEASE_TTL_SECS {
-            return Err(Status::out_of_range("etcdserver: too large lease TTL"));
-        }
-        let ttl = r.ttl.max(MIN_LEASE_TTL_SECS);
-        let id = if r.id != 0 {
-            r.id
-        } else {
-            loop {
-                let id = (rand::random::<u64>() >> 1) as i64;
-                if id != 0 && !self.0.rep.state().leases.contains_key(&id) {
-                    break id;
-                }
-            }
-        };
-        match self.0.rep.propose(Command::LeaseGrant { id, ttl }).await? {
-            Outcome::Ok => {
-                self.0
-                    .lease_deadlines
-                    .lock()
-                    .insert(id, Instant::now() + Duration::from_secs(ttl as u64));
-                Ok(Response::new(LeaseGrantResponse { id, ttl }))
-            }
-            _ => Err(errors::lease_exists()),
-        }
+        Ok(Response::new(self.0.grant(r.id, r.ttl).await?))
     }
 
     async fn lease_revoke(
@@ -491,21 +351,7 @@ impl Placement for Svc {
         &self,
         req: Request<LeaseIdRequest>,
     ) -> Result<Response<LeaseInfo>, Status> {
-        let id = req.into_inner().id;
-        let granted = self.0.rep.state().leases.get(&id).copied();
-        let Some(ttl) = granted else {
-            return Err(errors::lease_not_found());
-        };
-        self.0
-            .lease_deadlines
-            .lock()
-            .insert(id, Instant::now() + Duration::from_secs(ttl as u64));
-        Ok(Response::new(LeaseInfo {
-            id,
-            ttl,
-            granted_ttl: ttl,
-            found: true,
-        }))
+        Ok(Response::new(self.0.keep_alive(req.into_inner().id).await?))
     }
 
     async fn lease_time_to_live(
@@ -561,5 +407,21 @@ impl Svc {
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A placement service over a fresh single-voter group whose persisted
+    /// oracle high-water mark is `high_water` (no network, no expiry loop).
+    pub(crate) async fn service(dir: &tempfile::TempDir, high_water: i64) -> Arc<PlacementService> {
+        let db = strata_node::engine::open_db(dir.path()).expect("open db");
+        let rep = Replicated::open(db).expect("open raft group");
+        rep.propose(Command::OracleWindow { high_water })
+            .await
+            .expect("raft group started");
+        PlacementService::new(rep, 1)
     }
 }

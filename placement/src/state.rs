@@ -111,6 +111,8 @@ pub enum Outcome {
         first_range_id: u64,
         first_peer_id: u64,
     },
+    /// AllocIds would pass `u64::MAX`: nothing was allocated.
+    IdsExhausted,
     Stale,
 }
 
@@ -215,12 +217,22 @@ impl State {
                 None => Outcome::LeaseNotFound,
             },
             Command::AllocIds { ranges, peers } => {
-                let out = Outcome::Ids {
-                    first_range_id: self.last_range_id + 1,
-                    first_peer_id: self.next_peer_id + 1,
+                // Counts come from the network: checked, never wrapped (and
+                // a panic here would stop placement at every log replay).
+                let (Some(first_range_id), Some(first_peer_id), Some(last_range), Some(last_peer)) = (
+                    self.last_range_id.checked_add(1),
+                    self.next_peer_id.checked_add(1),
+                    self.last_range_id.checked_add(*ranges),
+                    self.next_peer_id.checked_add(*peers),
+                ) else {
+                    return Outcome::IdsExhausted;
                 };
-                self.last_range_id += ranges;
-                self.next_peer_id += peers;
+                let out = Outcome::Ids {
+                    first_range_id,
+                    first_peer_id,
+                };
+                self.last_range_id = last_range;
+                self.next_peer_id = last_peer;
                 out
             }
             Command::UpdateRange { range } => {
@@ -378,6 +390,39 @@ mod tests {
         assert_eq!(
             s.apply(&Command::LeaseRevoke { id: 7 }),
             Outcome::LeaseNotFound
+        );
+    }
+
+    #[test]
+    fn alloc_ids_that_would_overflow_are_refused() {
+        let mut s = State::default();
+        assert_eq!(
+            s.apply(&Command::AllocIds {
+                ranges: 1,
+                peers: 3
+            }),
+            Outcome::Ids {
+                first_range_id: 1,
+                first_peer_id: 1
+            }
+        );
+        for (ranges, peers) in [(u64::MAX, 0), (0, u64::MAX), (u64::MAX, u64::MAX)] {
+            let out = s.apply(&Command::AllocIds { ranges, peers });
+            assert!(
+                !matches!(out, Outcome::Ids { .. }),
+                "AllocIds({ranges}, {peers}) must be refused, got {out:?}"
+            );
+        }
+        // A refused call changed nothing: ids continue where they were.
+        assert_eq!(
+            s.apply(&Command::AllocIds {
+                ranges: 1,
+                peers: 1
+            }),
+            Outcome::Ids {
+                first_range_id: 2,
+                first_peer_id: 4
+            }
         );
     }
 }

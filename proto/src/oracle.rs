@@ -5,6 +5,12 @@
 //! for 0 revisions ("what is the next unallocated revision?") is answered with
 //! the first revision after that RPC's allocation, which is at or after every
 //! revision allocated before the request was made.
+//!
+//! Counts are bounded: one call asks for at most [`MAX_ALLOC_COUNT`]
+//! revisions (placement refuses more with InvalidArgument), and one RPC never
+//! asks for more than that either — waiters that would push a batch past it
+//! wait for the next RPC. Every sum of revisions here is checked: an answer
+//! whose range would pass `i64::MAX` fails its waiters instead of wrapping.
 
 use std::time::Duration;
 
@@ -16,6 +22,11 @@ use crate::strata::AllocRequest;
 
 const QUEUE_CAP: usize = 65_536;
 const RPC_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The most revisions one `alloc` call (and one oracle RPC) may ask for.
+/// Placement refuses a larger count with InvalidArgument; a range's write
+/// batch asks for at most a few thousand.
+pub const MAX_ALLOC_COUNT: u64 = 1 << 20;
 
 type Waiter = (u64, oneshot::Sender<Result<i64, Status>>);
 
@@ -34,6 +45,7 @@ impl Oracle {
     /// Allocates `count` revisions and returns the first; `count == 0` returns
     /// the next unallocated revision without consuming it.
     pub async fn alloc(&self, count: u64) -> Result<i64, Status> {
+        check_count(count)?;
         let _wait = crate::telemetry::ORACLE_WAIT.start_timer();
         let (tx, rx) = oneshot::channel();
         self.tx
@@ -54,12 +66,18 @@ async fn run(
     mut client: PlacementClient<tonic::transport::Channel>,
     mut rx: mpsc::Receiver<Waiter>,
 ) {
-    while let Some(first) = rx.recv().await {
-        let mut waiters = vec![first];
-        while let Ok(w) = rx.try_recv() {
-            waiters.push(w);
-        }
-        let total: u64 = waiters.iter().map(|w| w.0).sum();
+    // A waiter that did not fit into the previous RPC's batch.
+    let mut carried: Option<Waiter> = None;
+    loop {
+        let first = match carried.take() {
+            Some(w) => w,
+            None => match rx.recv().await {
+                Some(w) => w,
+                None => return,
+            },
+        };
+        let (waiters, total, carry) = gather(first, &mut rx);
+        carried = carry;
         crate::telemetry::ORACLE_BATCH.observe(waiters.len() as f64);
         let mut req = tonic::Request::new(AllocRequest { count: total });
         req.set_timeout(RPC_TIMEOUT);
@@ -67,14 +85,18 @@ async fn run(
             Ok(resp) => {
                 crate::telemetry::oracle_rpc_done(true);
                 let start = resp.into_inner().start;
-                let mut next = start;
-                let after = start + total as i64;
-                for (count, tx) in waiters {
-                    if count == 0 {
-                        let _ = tx.send(Ok(after));
-                    } else {
-                        let _ = tx.send(Ok(next));
-                        next += count as i64;
+                let counts: Vec<u64> = waiters.iter().map(|w| w.0).collect();
+                match hand_out(start, &counts) {
+                    Ok(starts) => {
+                        for ((_, tx), s) in waiters.into_iter().zip(starts) {
+                            let _ = tx.send(Ok(s));
+                        }
+                    }
+                    Err(st) => {
+                        tracing::error!("{}", st.message());
+                        for (_, tx) in waiters {
+                            let _ = tx.send(Err(st.clone()));
+                        }
                     }
                 }
             }
@@ -93,6 +115,69 @@ async fn run(
     }
 }
 
+/// Refuses a count above [`MAX_ALLOC_COUNT`] (as placement does).
+pub fn check_count(count: u64) -> Result<(), Status> {
+    if count > MAX_ALLOC_COUNT {
+        return Err(Status::invalid_argument(format!(
+            "strata: cannot allocate {count} revisions in one call (at most {MAX_ALLOC_COUNT})"
+        )));
+    }
+    Ok(())
+}
+
+/// Takes `first` and every waiter queued now, as long as their counts sum to
+/// at most [`MAX_ALLOC_COUNT`]; returns them, that sum, and the first waiter
+/// that did not fit (it leads the next batch).
+fn gather(first: Waiter, rx: &mut mpsc::Receiver<Waiter>) -> (Vec<Waiter>, u64, Option<Waiter>) {
+    // Each count is at most MAX_ALLOC_COUNT (checked in `alloc`), so neither
+    // sum below can overflow.
+    let mut total = first.0;
+    let mut waiters = vec![first];
+    while let Ok(w) = rx.try_recv() {
+        if total + w.0 > MAX_ALLOC_COUNT {
+            return (waiters, total, Some(w));
+        }
+        total += w.0;
+        waiters.push(w);
+    }
+    (waiters, total, None)
+}
+
+/// What each waiter of one RPC gets, given the RPC's `start` and the waiters'
+/// counts in order: consecutive sub-ranges of `[start, start + sum)`, and
+/// `start + sum` for a count of 0. Fails (instead of wrapping) when `start`
+/// is not a revision or the range would pass `i64::MAX`.
+fn hand_out(start: i64, counts: &[u64]) -> Result<Vec<i64>, Status> {
+    let bad = || {
+        Status::internal(format!(
+            "strata: the revision oracle answered start {start} for {} revisions, \
+             which is not a valid revision range",
+            counts.iter().sum::<u64>()
+        ))
+    };
+    let total = counts.iter().try_fold(0i64, |acc, &c| {
+        i64::try_from(c).ok().and_then(|c| acc.checked_add(c))
+    });
+    let after = match total {
+        Some(t) if start >= 1 => start.checked_add(t).ok_or_else(bad)?,
+        _ => return Err(bad()),
+    };
+    let mut next = start;
+    Ok(counts
+        .iter()
+        .map(|&c| {
+            if c == 0 {
+                after
+            } else {
+                let s = next;
+                // Stays at or below `after`, which did not overflow.
+                next += c as i64;
+                s
+            }
+        })
+        .collect())
+}
+
 /// Connects lazily to a placement address (`host:port`).
 pub fn placement_client(addr: &str) -> Result<PlacementClient<tonic::transport::Channel>, Status> {
     let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -100,4 +185,58 @@ pub fn placement_client(addr: &str) -> Result<PlacementClient<tonic::transport::
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true);
     Ok(PlacementClient::new(ep.connect_lazy()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hand_out_splits_one_answer_among_waiters() {
+        assert_eq!(hand_out(10, &[3, 0, 2]).unwrap(), vec![10, 15, 13]);
+        assert_eq!(hand_out(1, &[0]).unwrap(), vec![1]);
+        // The last revisions there are.
+        assert_eq!(
+            hand_out(i64::MAX - 3, &[1, 2, 0]).unwrap(),
+            vec![i64::MAX - 3, i64::MAX - 2, i64::MAX]
+        );
+    }
+
+    #[test]
+    fn hand_out_refuses_ranges_that_would_wrap() {
+        for (start, counts) in [
+            (i64::MAX - 1, vec![1, 1]),
+            (i64::MAX, vec![1]),
+            (1, vec![u64::MAX]),
+            (1, vec![1 << 63]),
+            (0, vec![1]),
+            (-5, vec![1]),
+        ] {
+            assert!(
+                hand_out(start, &counts).is_err(),
+                "start {start} with counts {counts:?} must be refused"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_never_asks_for_more_than_the_bound() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let waiter = |n| (n, oneshot::channel().0);
+        for n in [MAX_ALLOC_COUNT / 2, MAX_ALLOC_COUNT / 2, 1, 0] {
+            tx.try_send(waiter(n)).unwrap();
+        }
+        let first = rx.try_recv().unwrap();
+        let (batch, total, carry) = gather(first, &mut rx);
+        assert_eq!((batch.len(), total), (2, MAX_ALLOC_COUNT));
+        let carry = carry.expect("the waiter that did not fit");
+        assert_eq!(carry.0, 1);
+        let (batch, total, carry) = gather(carry, &mut rx);
+        assert_eq!((batch.len(), total, carry.is_none()), (2, 1, true));
+        assert!(check_count(MAX_ALLOC_COUNT).is_ok());
+        assert_eq!(
+            check_count(MAX_ALLOC_COUNT + 1).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+    }
 }

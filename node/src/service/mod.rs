@@ -139,6 +139,12 @@ fn check_request(kind: KvKind, body: &[u8]) -> NodeResult<Checked> {
             }
             Checked::Write
         }
+        KvKind::KvLeaseGrant => {
+            if decode::<strata_proto::etcd::PbLeaseGrantRequest>(body)?.id == 0 {
+                return Err(invalid("lease id must not be 0"));
+            }
+            Checked::Write
+        }
         KvKind::KvSplit => return Err(invalid("splits are proposed by the node itself")),
     })
 }

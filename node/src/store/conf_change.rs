@@ -162,6 +162,7 @@ impl Store {
         for k in meta::all_keys(range_id) {
             wb.delete_cf(&cf, k);
         }
+        crate::lease::Revoked::of(&self.db, range_id).stage_delete_all(&mut wb)?;
         engine::write(&self.db, wb, true)?;
         tracing::info!(range = range_id, "replica removed from this node");
         Ok(())

@@ -176,12 +176,14 @@ impl Store {
         match kind {
             KvKind::KvCompact => self.exec_compact(&shared, &cmd.request, wb),
             KvKind::KvSplit => match SplitCommand::decode(&cmd.request[..]) {
-                Ok(sc) => Ok(self.exec_split(&shared, &sc, wb)),
+                Ok(sc) => self.exec_split(&shared, &sc, wb),
                 Err(e) => Ok(Applied::invalid(format!("bad split command: {e}"))),
             },
-            KvKind::KvPut | KvKind::KvDeleteRange | KvKind::KvTxn | KvKind::KvLeaseRevoke => {
-                self.exec_write(&shared, kind, cmd, wb)
-            }
+            KvKind::KvPut
+            | KvKind::KvDeleteRange
+            | KvKind::KvTxn
+            | KvKind::KvLeaseRevoke
+            | KvKind::KvLeaseGrant => self.exec_write(&shared, kind, cmd, wb),
             KvKind::KvRange => Ok(Applied::invalid("a read is not a command")),
         }
     }
@@ -246,7 +248,9 @@ impl Store {
             Err(e) => return Ok(Applied::invalid(format!("bad request: {e}"))),
         }
         let compacted = shared.compacted.load(Ordering::Acquire);
+        let range_id = shared.desc.read().id;
         let mut ex = WriteExec::new(&self.mvcc, rev, compacted);
+        ex.revoked = Some(crate::lease::Revoked::of(&self.db, range_id));
         let res: Result<Vec<u8>, Status> = match kind {
             KvKind::KvPut => PbPutRequest::decode(&cmd.request[..])
                 .map_err(bad_request)
@@ -260,10 +264,12 @@ impl Store {
                 .map_err(bad_request)
                 .and_then(|t| ex.txn(&t))
                 .map(|r| r.encode_to_vec()),
-            _ => PbLeaseRevokeRequest::decode(&cmd.request[..])
-                .map_err(bad_request)
-                .and_then(|l| ex.revoke_lease(&kr, l.id))
-                .map(|n| (n as u64).to_be_bytes().to_vec()),
+            KvKind::KvLeaseRevoke => match PbLeaseRevokeRequest::decode(&cmd.request[..]) {
+                Ok(l) => crate::lease::revoke(&mut ex, &self.db, range_id, &kr, l.id, wb)?
+                    .map(|n| (n as u64).to_be_bytes().to_vec()),
+                Err(e) => Err(bad_request(e)),
+            },
+            _ => crate::lease::grant(&self.db, range_id, &cmd.request, wb)?,
         };
         shared.writes.fetch_add(1, Ordering::Relaxed);
         let mut out = Applied::default();
@@ -281,11 +287,7 @@ impl Store {
         // The replica's current revision advances with every stamped write
         // (even one that changed nothing), and survives restarts.
         let cf = self.db.cf_handle(CF_META).expect("meta cf");
-        wb.put_cf(
-            &cf,
-            meta::maxrev_key(shared.desc.read().id),
-            rev.to_be_bytes(),
-        );
+        wb.put_cf(&cf, meta::maxrev_key(range_id), rev.to_be_bytes());
         out.applied_rev = Some(rev);
         Ok(out)
     }

@@ -45,10 +45,13 @@ pub(super) fn snapshot_builder(
         let mut it = db.raw_iterator_cf(&cf);
         it.seek(crate::mvcc::enc_key(&kr.start));
         let end = kr.end.as_ref().map(|e| crate::mvcc::enc_key(e));
+        let (revoked_leases, revoked_next_seq) = crate::lease::Revoked::of(&db, desc.id).load()?;
         let mut data = strata_proto::strata::RangeSnapshotData {
             desc: Some(desc),
             compacted: shared.compacted.load(Ordering::Acquire),
             applied_revision: shared.applied_rev.load(Ordering::Acquire),
+            revoked_leases,
+            revoked_next_seq,
             ..Default::default()
         };
         while it.valid() {
@@ -129,6 +132,11 @@ pub(super) fn stage_snapshot_data(
         meta::maxrev_key(desc.id),
         data.applied_revision.to_be_bytes(),
     );
+    crate::lease::Revoked::of(db, desc.id).stage_replace(
+        wb,
+        &data.revoked_leases,
+        data.revoked_next_seq,
+    )?;
     storage.stage_snapshot(wb, snap)?;
     Ok((
         desc,

@@ -26,7 +26,7 @@ impl Store {
         shared: &Arc<RangeShared>,
         sc: &SplitCommand,
         wb: &mut WriteBatch,
-    ) -> Applied {
+    ) -> anyhow::Result<Applied> {
         let mut desc = shared.desc.read().clone();
         let valid = sc.split_key > desc.start_key
             && (desc.end_key.is_empty() || sc.split_key < desc.end_key)
@@ -41,13 +41,13 @@ impl Store {
             // range; splits wait until it is promoted or removed.
             && !desc.peers.iter().any(|p| p.learner);
         if !valid {
-            return Applied {
+            return Ok(Applied {
                 result: Err(Status::failed_precondition(
                     "strata: split rejected (stale or invalid)",
                 )
                 .into()),
                 ..Default::default()
-            };
+            });
         }
         let mut epoch = desc.epoch.unwrap_or_default();
         epoch.version += 1;
@@ -67,6 +67,7 @@ impl Store {
         wb.put_cf(&cf, meta::maxrev_key(child.id), applied_rev.to_be_bytes());
         let compacted = shared.compacted.load(Ordering::Acquire);
         wb.put_cf(&cf, meta::compacted_key(child.id), compacted.to_be_bytes());
+        crate::lease::Revoked::of(&self.db, desc.id).stage_copy_to(wb, child.id)?;
         tracing::info!(range = desc.id, new_range = child.id, split_key = ?String::from_utf8_lossy(&sc.split_key), "split");
         shared.splits.fetch_add(1, Ordering::Relaxed);
         crate::metrics::SPLITS.inc();
@@ -79,12 +80,12 @@ impl Store {
             }),
             ..Default::default()
         };
-        Applied {
+        Ok(Applied {
             feed: Some(end),
             desc: Some(desc),
             child: Some(child),
             ..Default::default()
-        }
+        })
     }
 
     /// Opens the replica of a range a split created here. The parent's

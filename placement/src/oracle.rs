@@ -1,0 +1,182 @@
+//! The revision oracle: `alloc(count)` hands out `[start, start + count)`,
+//! every later allocation larger; `alloc(0)` answers the next unallocated
+//! revision without consuming it.
+//!
+//! Counts come from the network, so every step is checked: a count above
+//! [`strata_proto::oracle::MAX_ALLOC_COUNT`] (2^20 per call) or one whose end
+//! would pass `i64::MAX` is refused with InvalidArgument and changes nothing.
+//! `next` only ever grows, so no revision is handed out twice and none goes
+//! back.
+
+use tonic::Status;
+
+use crate::service::PlacementService;
+use crate::state::{Command, ORACLE_WINDOW};
+
+pub struct Oracle {
+    /// The next revision to hand out (revisions start at 1).
+    pub next: i64,
+}
+
+impl Oracle {
+    /// The end of an allocation of `count` revisions from `next` (exclusive),
+    /// or InvalidArgument.
+    pub fn end_of(&self, count: u64) -> Result<i64, Status> {
+        strata_proto::oracle::check_count(count)?;
+        // count <= 2^20, so the conversion is exact.
+        self.next.checked_add(count as i64).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "strata: cannot allocate {count} revisions: the revision space ends \
+                 at {} and the next revision is {}",
+                i64::MAX,
+                self.next
+            ))
+        })
+    }
+}
+
+/// The high-water mark to persist before handing out revisions below `end`:
+/// a window past it, or the end of the revision space.
+pub fn window_after(end: i64) -> i64 {
+    // Not a revision handed out, only a bound on them: saturating is exact.
+    end.saturating_add(ORACLE_WINDOW)
+}
+
+impl PlacementService {
+    pub async fn alloc(&self, count: u64) -> Result<i64, Status> {
+        let mut o = self.oracle.lock().await;
+        let end = o.end_of(count)?;
+        let hw = self.rep.state().oracle_high_water;
+        if end > hw {
+            // Persist the new window before handing out anything in it.
+            let high_water = window_after(end);
+            crate::metrics::WINDOWS.inc();
+            self.rep
+                .propose(Command::OracleWindow { high_water })
+                .await?;
+        }
+        let start = o.next;
+        o.next = end;
+        crate::metrics::alloc(count as i64, o.next);
+        Ok(start)
+    }
+
+    /// Refuses to compact at a revision not handed out yet (`ErrFutureRev`):
+    /// a compaction record above every revision would refuse every read.
+    pub async fn check_compact(&self, revision: i64) -> Result<(), Status> {
+        if revision >= self.oracle.lock().await.next {
+            return Err(strata_proto::errors::future_rev());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use strata_proto::strata::placement_server::Placement;
+    use strata_proto::strata::{AllocIdsRequest, CompactRequest};
+    use tonic::{Code, Request};
+
+    use crate::service::tests::service;
+    use crate::service::Svc;
+
+    fn assert_invalid<T: std::fmt::Debug>(r: Result<T, tonic::Status>, what: &str) {
+        match r {
+            Err(s) if s.code() == Code::InvalidArgument => {}
+            other => panic!("{what}: expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn alloc_refuses_a_huge_count_and_stays_increasing() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = service(&dir, 0).await;
+        let a = svc.alloc(10).await.expect("alloc 10");
+        assert!(a >= 1, "revisions start at 1, got {a}");
+        // u64::MAX used to become -1 (`count as i64`): `next` moved back by one.
+        assert_invalid(svc.alloc(u64::MAX).await, "alloc(u64::MAX)");
+        // 2^63 used to become i64::MIN.
+        assert_invalid(svc.alloc(1 << 63).await, "alloc(2^63)");
+        // Above the per-call bound.
+        assert_invalid(svc.alloc((1 << 20) + 1).await, "alloc(2^20 + 1)");
+        let b = svc.alloc(1).await.expect("alloc 1");
+        assert!(
+            b >= a + 10,
+            "allocation went back: [{a}, {}) then {b}",
+            a + 10
+        );
+        let c = svc.alloc(1 << 20).await.expect("alloc at the bound");
+        assert!(c > b, "allocation went back: {b} then {c}");
+        let next = svc.alloc(0).await.expect("alloc 0");
+        assert!(
+            next >= c + (1 << 20),
+            "alloc(0) = {next} inside [{c}, {c} + 2^20)"
+        );
+    }
+
+    #[tokio::test]
+    async fn alloc_refuses_an_overflowing_count() {
+        let dir = tempfile::tempdir().unwrap();
+        // The persisted window ends 5 below the largest revision.
+        let svc = service(&dir, i64::MAX - 5).await;
+        assert_invalid(svc.alloc(10).await, "alloc(10) at i64::MAX - 5");
+        // What fits is still handed out, once, and nothing after it.
+        let start = svc.alloc(5).await.expect("the last 5 revisions");
+        assert_eq!(start, i64::MAX - 5);
+        assert_invalid(svc.alloc(1).await, "alloc(1) at i64::MAX");
+        assert_eq!(svc.alloc(0).await.expect("alloc 0"), i64::MAX);
+    }
+
+    #[tokio::test]
+    async fn alloc_ids_refuses_huge_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = service(&dir, 0).await;
+        let svc = Svc(svc);
+        let ids = |ranges, peers| Request::new(AllocIdsRequest { ranges, peers });
+        let first = svc
+            .alloc_ids(ids(1, 3))
+            .await
+            .expect("alloc ids")
+            .into_inner();
+        assert_invalid(
+            svc.alloc_ids(ids(u64::MAX, 1)).await,
+            "alloc_ids(u64::MAX ranges)",
+        );
+        assert_invalid(
+            svc.alloc_ids(ids(1, u64::MAX)).await,
+            "alloc_ids(u64::MAX peers)",
+        );
+        let second = svc
+            .alloc_ids(ids(1, 3))
+            .await
+            .expect("alloc ids")
+            .into_inner();
+        assert_eq!(
+            (second.first_range_id, second.first_peer_id),
+            (first.first_range_id + 1, first.first_peer_id + 3),
+            "ids after a refused call continue where they were"
+        );
+    }
+
+    #[tokio::test]
+    async fn compact_refuses_a_revision_never_handed_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = service(&dir, 0).await;
+        let start = svc.alloc(100).await.expect("alloc");
+        let svc = Svc(svc);
+        let compact = |revision| Request::new(CompactRequest { revision });
+        match svc.compact(compact(i64::MAX)).await {
+            Err(s) if s.code() == Code::OutOfRange => {
+                assert_eq!(s.message(), strata_proto::errors::future_rev().message())
+            }
+            other => panic!("compact(i64::MAX): expected a future revision error, got {other:?}"),
+        }
+        let rev = start + 99;
+        let got = svc
+            .compact(compact(rev))
+            .await
+            .expect("compact")
+            .into_inner();
+        assert_eq!(got.compact_revision, rev);
+    }
+}
