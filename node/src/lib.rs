@@ -16,6 +16,7 @@ pub mod mvcc;
 pub mod sequencer;
 pub mod service;
 pub mod split_check;
+pub mod storage;
 pub mod store;
 pub mod transport;
 
