@@ -8,7 +8,6 @@ use std::sync::Arc;
 use prost::Message as _;
 use raft::eraftpb::{Entry, EntryType};
 use raft::StateRole;
-use rocksdb::WriteBatch;
 use strata_proto::etcd::{
     PbCompactionRequest, PbCompactionResponse, PbDeleteRequest, PbLeaseRevokeRequest, PbPutRequest,
     PbTxnRequest,
@@ -18,8 +17,8 @@ use tonic::Status;
 
 use super::{desc_range, meta, Store};
 use crate::apply::{header, WriteExec};
-use crate::engine::{self, CF_META};
 use crate::mvcc::KeyRange;
+use crate::storage::{Cf, WriteBatch};
 
 impl Store {
     pub(super) fn apply(&mut self, range_id: u64, entries: Vec<Entry>) -> anyhow::Result<()> {
@@ -58,7 +57,7 @@ impl Store {
                     }
                 }
             }
-            engine::write(&self.db, wb, false)?;
+            self.db.write(&wb, false)?;
             let r = self.replicas.get_mut(&range_id).expect("replica");
             r.shared.applied_index.store(e.index, Ordering::Release);
             if let Some(m) = feed_msg {
@@ -104,9 +103,8 @@ impl Store {
             if req.revision > compacted {
                 let kr = desc_range(&desc);
                 self.mvcc.stage_compact(wb, &kr, req.revision)?;
-                let cf = self.db.cf_handle(CF_META).expect("meta cf");
-                wb.put_cf(
-                    &cf,
+                wb.put(
+                    Cf::Meta,
                     meta::compacted_key(range_id),
                     req.revision.to_be_bytes(),
                 );
@@ -161,8 +159,7 @@ impl Store {
         // (even one that changed nothing), and survives restarts.
         let prev = shared.applied_rev.load(Ordering::Acquire);
         if rev > prev {
-            let cf = self.db.cf_handle(CF_META).expect("meta cf");
-            wb.put_cf(&cf, meta::maxrev_key(range_id), rev.to_be_bytes());
+            wb.put(Cf::Meta, meta::maxrev_key(range_id), rev.to_be_bytes());
             shared.applied_rev.store(rev, Ordering::Release);
         } else {
             // Invariant: within a range, apply order is revision order.
