@@ -1,4 +1,5 @@
-//! The node's one RocksDB and the raft log storage of every replica in it.
+//! The raft log storage of every replica of the node, in the node's one
+//! storage engine (see `storage`; RocksDB in production).
 //!
 //! Column families:
 //! - `raft`: per replica `range_id ‖ kind ‖ index` → log entries, hard state,
@@ -17,11 +18,8 @@ use parking_lot::Mutex;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
-use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
 
-pub const CF_RAFT: &str = "raft";
-pub const CF_DATA: &str = "data";
-pub const CF_META: &str = "meta";
+use crate::storage::{Cf, Engine, RocksEngine, WriteBatch};
 
 const KIND_ENTRY: u8 = 1;
 const KIND_HARD_STATE: u8 = 2;
@@ -29,21 +27,9 @@ const KIND_CONF_STATE: u8 = 3;
 const KIND_APPLIED: u8 = 4;
 const KIND_TRUNCATED: u8 = 5;
 
-/// Opens (or creates) a RocksDB with the three column families.
-pub fn open_db(dir: &Path) -> anyhow::Result<Arc<DB>> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", dir.display()))?;
-    let mut opts = Options::default();
-    opts.create_if_missing(true);
-    opts.create_missing_column_families(true);
-    opts.set_max_background_jobs(2);
-    let cfs = [CF_RAFT, CF_DATA, CF_META]
-        .iter()
-        .map(|n| ColumnFamilyDescriptor::new(*n, Options::default()))
-        .collect::<Vec<_>>();
-    let db = DB::open_cf_descriptors(&opts, dir, cfs)
-        .map_err(|e| anyhow::anyhow!("cannot open RocksDB in {}: {e}", dir.display()))?;
-    Ok(Arc::new(db))
+/// Opens (or creates) the node's RocksDB with the three column families.
+pub fn open_db(dir: &Path) -> anyhow::Result<Arc<dyn Engine>> {
+    Ok(Arc::new(RocksEngine::open(dir)?))
 }
 
 pub fn raft_key(range_id: u64, kind: u8, index: u64) -> [u8; 17] {
@@ -52,14 +38,6 @@ pub fn raft_key(range_id: u64, kind: u8, index: u64) -> [u8; 17] {
     k[8] = kind;
     k[9..].copy_from_slice(&index.to_be_bytes());
     k
-}
-
-/// Writes a batch, with an fsync of the WAL when `sync`.
-pub fn write(db: &DB, batch: WriteBatch, sync: bool) -> anyhow::Result<()> {
-    let mut wo = WriteOptions::default();
-    wo.set_sync(sync);
-    db.write_opt(batch, &wo)
-        .map_err(|e| anyhow::anyhow!("RocksDB write failed: {e}"))
 }
 
 fn storage_err(e: impl std::fmt::Display) -> raft::Error {
@@ -85,7 +63,7 @@ pub type SnapshotBuilder = Arc<dyn Fn() -> anyhow::Result<(u64, Vec<u8>)> + Send
 /// range's MVCC data (see [`SnapshotBuilder`]).
 #[derive(Clone)]
 pub struct RaftStorage {
-    db: Arc<DB>,
+    db: Arc<dyn Engine>,
     range_id: u64,
     cache: Arc<Mutex<Cache>>,
     snapshots: Arc<Mutex<Option<SnapshotBuilder>>>,
@@ -93,26 +71,25 @@ pub struct RaftStorage {
 
 impl RaftStorage {
     /// Loads a replica's raft state, or creates it with `voters` when absent.
-    pub fn open(db: Arc<DB>, range_id: u64, voters: &[u64]) -> anyhow::Result<Self> {
-        let cf = db.cf_handle(CF_RAFT).expect("raft cf");
+    pub fn open(db: Arc<dyn Engine>, range_id: u64, voters: &[u64]) -> anyhow::Result<Self> {
         let mut cache = Cache::default();
-        match db.get_cf(&cf, raft_key(range_id, KIND_CONF_STATE, 0))? {
+        match db.get(Cf::Raft, &raft_key(range_id, KIND_CONF_STATE, 0))? {
             Some(b) => cache.conf_state = ConfState::parse_from_bytes(&b)?,
             None => {
                 cache.conf_state.set_voters(voters.to_vec());
-                let mut wb = WriteBatch::default();
-                wb.put_cf(
-                    &cf,
+                let mut wb = WriteBatch::new();
+                wb.put(
+                    Cf::Raft,
                     raft_key(range_id, KIND_CONF_STATE, 0),
                     cache.conf_state.write_to_bytes()?,
                 );
-                write(&db, wb, true)?;
+                db.write(&wb, true)?;
             }
         }
-        if let Some(b) = db.get_cf(&cf, raft_key(range_id, KIND_HARD_STATE, 0))? {
+        if let Some(b) = db.get(Cf::Raft, &raft_key(range_id, KIND_HARD_STATE, 0))? {
             cache.hard_state = HardState::parse_from_bytes(&b)?;
         }
-        if let Some(b) = db.get_cf(&cf, raft_key(range_id, KIND_TRUNCATED, 0))? {
+        if let Some(b) = db.get(Cf::Raft, &raft_key(range_id, KIND_TRUNCATED, 0))? {
             anyhow::ensure!(b.len() == 16, "range {range_id}: corrupt truncated state");
             cache.truncated_index = u64::from_be_bytes(b[..8].try_into().unwrap());
             cache.truncated_term = u64::from_be_bytes(b[8..].try_into().unwrap());
@@ -121,17 +98,17 @@ impl RaftStorage {
         }
         // The last entry: seek backwards from the end of this replica's entries.
         {
-            let mut it = db.raw_iterator_cf(&cf);
-            it.seek_for_prev(raft_key(range_id, KIND_ENTRY, u64::MAX));
+            let mut it = db.iter(Cf::Raft);
+            it.seek_for_prev(&raft_key(range_id, KIND_ENTRY, u64::MAX));
             if it.valid() {
-                if let (Some(k), Some(v)) = (it.key(), it.value()) {
-                    if k.len() == 17 && k[..8] == range_id.to_be_bytes() && k[8] == KIND_ENTRY {
-                        let e = Entry::parse_from_bytes(v)?;
-                        cache.last_index = e.index;
-                        cache.last_term = e.term;
-                    }
+                let k = it.key();
+                if k.len() == 17 && k[..8] == range_id.to_be_bytes() && k[8] == KIND_ENTRY {
+                    let e = Entry::parse_from_bytes(it.value())?;
+                    cache.last_index = e.index;
+                    cache.last_term = e.term;
                 }
             }
+            it.status()?;
         }
         // The persisted commit index should never exceed the persisted log; if
         // it does (torn state), trust the log: raft re-learns commits from peers.
@@ -154,11 +131,10 @@ impl RaftStorage {
     }
 
     pub fn applied_index(&self) -> anyhow::Result<u64> {
-        let cf = self.db.cf_handle(CF_RAFT).expect("raft cf");
         Ok(
             match self
                 .db
-                .get_cf(&cf, raft_key(self.range_id, KIND_APPLIED, 0))?
+                .get(Cf::Raft, &raft_key(self.range_id, KIND_APPLIED, 0))?
             {
                 Some(b) if b.len() == 8 => u64::from_be_bytes(b[..8].try_into().unwrap()),
                 Some(_) => anyhow::bail!("range {}: corrupt applied index", self.range_id),
@@ -175,30 +151,29 @@ impl RaftStorage {
         entries: &[Entry],
         hs: Option<&HardState>,
     ) -> anyhow::Result<()> {
-        let cf = self.db.cf_handle(CF_RAFT).expect("raft cf");
         if !entries.is_empty() {
             // Entries after the new tail from an older term are overwritten; drop any
             // beyond the new last index.
             let last = self.cache.lock().last_index;
             let new_last = entries.last().map(|e| e.index).unwrap_or(0);
             if new_last < last {
-                wb.delete_range_cf(
-                    &cf,
+                wb.delete_range(
+                    Cf::Raft,
                     raft_key(self.range_id, KIND_ENTRY, new_last + 1),
                     raft_key(self.range_id, KIND_ENTRY, last + 1),
                 );
             }
         }
         for e in entries {
-            wb.put_cf(
-                &cf,
+            wb.put(
+                Cf::Raft,
                 raft_key(self.range_id, KIND_ENTRY, e.index),
                 e.write_to_bytes()?,
             );
         }
         if let Some(hs) = hs {
-            wb.put_cf(
-                &cf,
+            wb.put(
+                Cf::Raft,
                 raft_key(self.range_id, KIND_HARD_STATE, 0),
                 hs.write_to_bytes()?,
             );
@@ -225,9 +200,8 @@ impl RaftStorage {
             return Ok(());
         }
         c.hard_state.commit = commit;
-        let cf = self.db.cf_handle(CF_RAFT).expect("raft cf");
-        wb.put_cf(
-            &cf,
+        wb.put(
+            Cf::Raft,
             raft_key(self.range_id, KIND_HARD_STATE, 0),
             c.hard_state.write_to_bytes()?,
         );
@@ -235,9 +209,8 @@ impl RaftStorage {
     }
 
     pub fn stage_applied(&self, wb: &mut WriteBatch, applied: u64) {
-        let cf = self.db.cf_handle(CF_RAFT).expect("raft cf");
-        wb.put_cf(
-            &cf,
+        wb.put(
+            Cf::Raft,
             raft_key(self.range_id, KIND_APPLIED, 0),
             applied.to_be_bytes(),
         );
@@ -257,9 +230,8 @@ impl RaftStorage {
 
     /// Persists a new conf state (applied conf change) in `wb`.
     pub fn stage_conf_state(&self, wb: &mut WriteBatch, cs: &ConfState) -> anyhow::Result<()> {
-        let cf = self.db.cf_handle(CF_RAFT).expect("raft cf");
-        wb.put_cf(
-            &cf,
+        wb.put(
+            Cf::Raft,
             raft_key(self.range_id, KIND_CONF_STATE, 0),
             cs.write_to_bytes()?,
         );
@@ -278,15 +250,14 @@ impl RaftStorage {
             return Ok(());
         }
         let term = self.term(index).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let cf = self.db.cf_handle(CF_RAFT).expect("raft cf");
-        wb.delete_range_cf(
-            &cf,
+        wb.delete_range(
+            Cf::Raft,
             raft_key(self.range_id, KIND_ENTRY, 0),
             raft_key(self.range_id, KIND_ENTRY, index + 1),
         );
         let mut v = index.to_be_bytes().to_vec();
         v.extend_from_slice(&term.to_be_bytes());
-        wb.put_cf(&cf, raft_key(self.range_id, KIND_TRUNCATED, 0), v);
+        wb.put(Cf::Raft, raft_key(self.range_id, KIND_TRUNCATED, 0), v);
         let mut c = self.cache.lock();
         c.truncated_index = index;
         c.truncated_term = term;
@@ -296,17 +267,16 @@ impl RaftStorage {
     /// Replaces the log with a received snapshot's position and conf state.
     pub fn stage_snapshot(&self, wb: &mut WriteBatch, snap: &Snapshot) -> anyhow::Result<()> {
         let md = snap.get_metadata();
-        let cf = self.db.cf_handle(CF_RAFT).expect("raft cf");
-        wb.delete_range_cf(
-            &cf,
+        wb.delete_range(
+            Cf::Raft,
             raft_key(self.range_id, KIND_ENTRY, 0),
             raft_key(self.range_id, KIND_ENTRY, u64::MAX),
         );
         let mut v = md.index.to_be_bytes().to_vec();
         v.extend_from_slice(&md.term.to_be_bytes());
-        wb.put_cf(&cf, raft_key(self.range_id, KIND_TRUNCATED, 0), v);
-        wb.put_cf(
-            &cf,
+        wb.put(Cf::Raft, raft_key(self.range_id, KIND_TRUNCATED, 0), v);
+        wb.put(
+            Cf::Raft,
             raft_key(self.range_id, KIND_CONF_STATE, 0),
             md.get_conf_state().write_to_bytes()?,
         );
@@ -322,8 +292,8 @@ impl RaftStorage {
         if c.hard_state.term < md.term {
             c.hard_state.term = md.term;
         }
-        wb.put_cf(
-            &cf,
+        wb.put(
+            Cf::Raft,
             raft_key(self.range_id, KIND_HARD_STATE, 0),
             c.hard_state.write_to_bytes()?,
         );
@@ -334,9 +304,8 @@ impl RaftStorage {
 
     /// Deletes every trace of this replica's raft state (replica removed).
     pub fn stage_destroy(&self, wb: &mut WriteBatch) {
-        let cf = self.db.cf_handle(CF_RAFT).expect("raft cf");
-        wb.delete_range_cf(
-            &cf,
+        wb.delete_range(
+            Cf::Raft,
             raft_key(self.range_id, 0, 0),
             raft_key(self.range_id, u8::MAX, u64::MAX),
         );
@@ -360,16 +329,13 @@ impl raft::Storage for RaftStorage {
         if low <= self.cache.lock().truncated_index {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
-        let cf = self.db.cf_handle(CF_RAFT).expect("raft cf");
-        let mut it = self.db.raw_iterator_cf(&cf);
-        it.seek(raft_key(self.range_id, KIND_ENTRY, low));
+        let mut it = self.db.iter(Cf::Raft);
+        it.seek(&raft_key(self.range_id, KIND_ENTRY, low));
         let mut out = Vec::new();
         let mut size = 0u64;
         let mut want = low;
         while want < high && it.valid() {
-            let (Some(k), Some(v)) = (it.key(), it.value()) else {
-                break;
-            };
+            let (k, v) = (it.key(), it.value());
             if k != raft_key(self.range_id, KIND_ENTRY, want) {
                 break;
             }
@@ -382,6 +348,7 @@ impl raft::Storage for RaftStorage {
             want += 1;
             it.next();
         }
+        it.status().map_err(storage_err)?;
         if out.is_empty() && low < high {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
@@ -407,10 +374,9 @@ impl raft::Storage for RaftStorage {
                 return Err(raft::Error::Store(StorageError::Unavailable));
             }
         }
-        let cf = self.db.cf_handle(CF_RAFT).expect("raft cf");
         match self
             .db
-            .get_cf(&cf, raft_key(self.range_id, KIND_ENTRY, idx))
+            .get(Cf::Raft, &raft_key(self.range_id, KIND_ENTRY, idx))
             .map_err(storage_err)?
         {
             Some(v) => Ok(Entry::parse_from_bytes(&v).map_err(storage_err)?.term),
@@ -454,53 +420,4 @@ impl raft::Storage for RaftStorage {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use raft::Storage;
-
-    fn entry(index: u64, term: u64) -> Entry {
-        Entry {
-            index,
-            term,
-            data: vec![index as u8].into(),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn append_persist_reload() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = open_db(dir.path()).unwrap();
-        let s = RaftStorage::open(db.clone(), 7, &[1, 2, 3]).unwrap();
-        assert_eq!(s.last_index().unwrap(), 0);
-        let ents: Vec<_> = (1..=5).map(|i| entry(i, 1)).collect();
-        let hs = HardState {
-            term: 1,
-            commit: 3,
-            ..Default::default()
-        };
-        let mut wb = WriteBatch::default();
-        s.stage_append(&mut wb, &ents, Some(&hs)).unwrap();
-        write(&db, wb, true).unwrap();
-        s.on_persisted(&ents, Some(&hs));
-        // Overwrite the tail from index 4 with a shorter one of a newer term.
-        let mut wb = WriteBatch::default();
-        s.stage_append(&mut wb, &[entry(4, 2)], None).unwrap();
-        write(&db, wb, true).unwrap();
-        s.on_persisted(&[entry(4, 2)], None);
-        drop(s);
-        let s = RaftStorage::open(db, 7, &[]).unwrap();
-        assert_eq!(s.last_index().unwrap(), 4);
-        assert_eq!(s.term(4).unwrap(), 2);
-        assert_eq!(s.term(3).unwrap(), 1);
-        let st = s.initial_state().unwrap();
-        assert_eq!(st.hard_state.commit, 3);
-        assert_eq!(st.conf_state.voters, vec![1, 2, 3]);
-        let got = s
-            .entries(1, 5, None, GetEntriesContext::empty(false))
-            .unwrap();
-        assert_eq!(got.len(), 4);
-        let got = s.entries(1, 5, 1, GetEntriesContext::empty(false)).unwrap();
-        assert_eq!(got.len(), 1);
-    }
-}
+mod tests;

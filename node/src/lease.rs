@@ -32,15 +32,14 @@
 //! `REVOKED_KEEP` are kept, and every replica drops the same one.
 
 use prost::Message as _;
-use rocksdb::{WriteBatch, DB};
 use strata_proto::errors;
 use strata_proto::etcd::PbLeaseGrantRequest;
 use strata_proto::strata::RevokedLease;
 use tonic::Status;
 
 use crate::apply::WriteExec;
-use crate::engine::CF_META;
 use crate::mvcc::KeyRange;
+use crate::storage::{Cf, Engine, IterOptions, WriteBatch};
 
 /// Revocations a range remembers (the most recent ones).
 pub const REVOKED_KEEP: u64 = 1024;
@@ -50,7 +49,7 @@ pub const REVOKED_KEEP: u64 = 1024;
 /// the lease was revoked here. Answers the number of keys deleted.
 pub fn revoke(
     ex: &mut WriteExec<'_>,
-    db: &DB,
+    db: &dyn Engine,
     range_id: u64,
     kr: &KeyRange,
     lease: i64,
@@ -66,7 +65,7 @@ pub fn revoke(
 /// Apply of `KV_LEASE_GRANT` (`request`: a LeaseGrantRequest): the lease id
 /// is being granted again, so this range forgets it was revoked.
 pub fn grant(
-    db: &DB,
+    db: &dyn Engine,
     range_id: u64,
     request: &[u8],
     wb: &mut WriteBatch,
@@ -86,7 +85,7 @@ pub fn grant(
 /// One range's revoked leases, read from and staged into the node's RocksDB.
 #[derive(Clone, Copy)]
 pub struct Revoked<'a> {
-    db: &'a DB,
+    db: &'a dyn Engine,
     range_id: u64,
 }
 
@@ -97,7 +96,7 @@ fn be_u64(b: &[u8]) -> anyhow::Result<u64> {
 }
 
 impl<'a> Revoked<'a> {
-    pub fn of(db: &'a DB, range_id: u64) -> Self {
+    pub fn of(db: &'a dyn Engine, range_id: u64) -> Self {
         Self { db, range_id }
     }
 
@@ -121,8 +120,7 @@ impl<'a> Revoked<'a> {
     }
 
     fn get(&self, key: &[u8]) -> anyhow::Result<Option<u64>> {
-        let cf = self.db.cf_handle(CF_META).expect("meta cf");
-        self.db.get_cf(&cf, key)?.map(|b| be_u64(&b)).transpose()
+        self.db.get(Cf::Meta, key)?.map(|b| be_u64(&b)).transpose()
     }
 
     /// Was `lease` revoked in this range (among the most recent revocations)?
@@ -145,18 +143,17 @@ impl<'a> Revoked<'a> {
         if lease == 0 || self.contains(lease)? {
             return Ok(()); // no lease, or revoked again (placement retried)
         }
-        let cf = self.db.cf_handle(CF_META).expect("meta cf");
         let seq = self.get(&self.next_key())?.unwrap_or(0);
         let next = seq
             .checked_add(1)
             .ok_or_else(|| anyhow::anyhow!("revoked-lease sequence exhausted"))?;
-        wb.put_cf(&cf, self.key(b's', seq), lease.to_be_bytes());
-        wb.put_cf(&cf, self.key(b'l', lease as u64), seq.to_be_bytes());
-        wb.put_cf(&cf, self.next_key(), next.to_be_bytes());
+        wb.put(Cf::Meta, self.key(b's', seq), lease.to_be_bytes());
+        wb.put(Cf::Meta, self.key(b'l', lease as u64), seq.to_be_bytes());
+        wb.put(Cf::Meta, self.next_key(), next.to_be_bytes());
         if let Some(old) = seq.checked_sub(REVOKED_KEEP) {
             if let Some(old_lease) = self.get(&self.key(b's', old))? {
-                wb.delete_cf(&cf, self.key(b's', old));
-                wb.delete_cf(&cf, self.key(b'l', old_lease));
+                wb.delete(Cf::Meta, self.key(b's', old));
+                wb.delete(Cf::Meta, self.key(b'l', old_lease));
             }
         }
         Ok(())
@@ -165,9 +162,8 @@ impl<'a> Revoked<'a> {
     /// Stages "forget that `lease` was revoked" (it is being granted again).
     pub fn stage_forget(&self, wb: &mut WriteBatch, lease: i64) -> anyhow::Result<()> {
         if let Some(seq) = self.get(&self.key(b'l', lease as u64))? {
-            let cf = self.db.cf_handle(CF_META).expect("meta cf");
-            wb.delete_cf(&cf, self.key(b'l', lease as u64));
-            wb.delete_cf(&cf, self.key(b's', seq));
+            wb.delete(Cf::Meta, self.key(b'l', lease as u64));
+            wb.delete(Cf::Meta, self.key(b's', seq));
         }
         Ok(())
     }
@@ -175,22 +171,20 @@ impl<'a> Revoked<'a> {
     /// Every remembered revocation, oldest first, and the next `seq` (what a
     /// snapshot carries).
     pub fn load(&self) -> anyhow::Result<(Vec<RevokedLease>, u64)> {
-        let cf = self.db.cf_handle(CF_META).expect("meta cf");
         let mut from = self.prefix();
         from.push(b's');
-        let mut it = self.db.raw_iterator_cf(&cf);
+        let mut it = self
+            .db
+            .iter_opt(Cf::Meta, IterOptions::range(Some(from.clone()), None));
         it.seek(&from);
         let mut out = Vec::new();
         while it.valid() {
-            let (Some(k), Some(v)) = (it.key(), it.value()) else {
-                break;
-            };
-            let Some(seq) = k.strip_prefix(from.as_slice()) else {
+            let Some(seq) = it.key().strip_prefix(from.as_slice()) else {
                 break;
             };
             out.push(RevokedLease {
                 seq: be_u64(seq)?,
-                lease: be_u64(v)? as i64,
+                lease: be_u64(it.value())? as i64,
             });
             it.next();
         }
@@ -201,16 +195,11 @@ impl<'a> Revoked<'a> {
 
     /// Stages the deletion of everything this range remembers.
     pub fn stage_delete_all(&self, wb: &mut WriteBatch) -> anyhow::Result<()> {
-        let cf = self.db.cf_handle(CF_META).expect("meta cf");
         let prefix = self.prefix();
-        let mut it = self.db.raw_iterator_cf(&cf);
+        let mut it = self.db.iter(Cf::Meta);
         it.seek(&prefix);
-        while it.valid() {
-            let Some(k) = it.key() else { break };
-            if !k.starts_with(&prefix) {
-                break;
-            }
-            wb.delete_cf(&cf, k);
+        while it.valid() && it.key().starts_with(&prefix) {
+            wb.delete(Cf::Meta, it.key());
             it.next();
         }
         it.status()?;
@@ -236,13 +225,16 @@ impl<'a> Revoked<'a> {
             entries.len()
         );
         self.stage_delete_all(wb)?;
-        let cf = self.db.cf_handle(CF_META).expect("meta cf");
         for e in entries {
-            wb.put_cf(&cf, self.key(b's', e.seq), e.lease.to_be_bytes());
-            wb.put_cf(&cf, self.key(b'l', e.lease as u64), e.seq.to_be_bytes());
+            wb.put(Cf::Meta, self.key(b's', e.seq), e.lease.to_be_bytes());
+            wb.put(
+                Cf::Meta,
+                self.key(b'l', e.lease as u64),
+                e.seq.to_be_bytes(),
+            );
         }
         if next > 0 {
-            wb.put_cf(&cf, self.next_key(), next.to_be_bytes());
+            wb.put(Cf::Meta, self.next_key(), next.to_be_bytes());
         }
         Ok(())
     }
@@ -258,13 +250,13 @@ impl<'a> Revoked<'a> {
 mod tests {
     use super::*;
 
-    fn write(db: &DB, f: impl FnOnce(&mut WriteBatch)) {
+    fn write(db: &dyn Engine, f: impl FnOnce(&mut WriteBatch)) {
         let mut wb = WriteBatch::default();
         f(&mut wb);
-        crate::engine::write(db, wb, false).unwrap();
+        db.write(&wb, false).unwrap();
     }
 
-    fn revoke(db: &DB, range: u64, lease: i64) {
+    fn revoke(db: &dyn Engine, range: u64, lease: i64) {
         write(db, |wb| {
             Revoked::of(db, range).stage_revoke(wb, lease).unwrap()
         });
@@ -272,15 +264,16 @@ mod tests {
 
     #[test]
     fn keeps_the_most_recent_revocations_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = crate::engine::open_db(dir.path()).unwrap();
-        let r = Revoked::of(&db, 7);
+        let t = crate::storage::testing::TestEngine::memory();
+        let db = t.engine();
+        let db = &*db;
+        let r = Revoked::of(db, 7);
         let extra = 10;
         let leases: Vec<i64> = (1..=(REVOKED_KEEP as i64 + extra))
             .map(|i| i * 1000)
             .collect();
         for &l in &leases {
-            revoke(&db, 7, l);
+            revoke(db, 7, l);
         }
         let (kept, next) = r.load().unwrap();
         assert_eq!(kept.len() as u64, REVOKED_KEEP, "the bound holds");
@@ -304,33 +297,32 @@ mod tests {
             )
         );
         // Other ranges remember nothing of it; no lease is never revoked.
-        assert!(!Revoked::of(&db, 8)
-            .contains(leases[extra as usize])
-            .unwrap());
+        assert!(!Revoked::of(db, 8).contains(leases[extra as usize]).unwrap());
         assert!(!r.contains(0).unwrap());
     }
 
     #[test]
     fn revoke_again_forget_copy_and_delete() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = crate::engine::open_db(dir.path()).unwrap();
-        let r = Revoked::of(&db, 3);
+        let t = crate::storage::testing::TestEngine::memory();
+        let db = t.engine();
+        let db = &*db;
+        let r = Revoked::of(db, 3);
         for l in [5, 6, 5, 0, 7] {
-            revoke(&db, 3, l);
+            revoke(db, 3, l);
         }
         // A repeated revoke and "no lease" take no place.
         let (kept, next) = r.load().unwrap();
         let as_pairs: Vec<(u64, i64)> = kept.iter().map(|e| (e.seq, e.lease)).collect();
         assert_eq!((as_pairs, next), (vec![(0, 5), (1, 6), (2, 7)], 3));
         // Granted again: forgotten.
-        write(&db, |wb| r.stage_forget(wb, 6).unwrap());
+        write(db, |wb| r.stage_forget(wb, 6).unwrap());
         assert!(!r.contains(6).unwrap() && r.contains(5).unwrap());
         // A split's new range inherits exactly the same memory.
-        write(&db, |wb| r.stage_copy_to(wb, 4).unwrap());
-        assert_eq!(Revoked::of(&db, 4).load().unwrap(), r.load().unwrap());
+        write(db, |wb| r.stage_copy_to(wb, 4).unwrap());
+        assert_eq!(Revoked::of(db, 4).load().unwrap(), r.load().unwrap());
         // A snapshot replaces what a replica had.
         let snap = vec![RevokedLease { seq: 9, lease: 42 }];
-        write(&db, |wb| r.stage_replace(wb, &snap, 10).unwrap());
+        write(db, |wb| r.stage_replace(wb, &snap, 10).unwrap());
         assert_eq!(r.load().unwrap(), (snap, 10));
         assert!(!r.contains(5).unwrap() && r.contains(42).unwrap());
         // Corrupt input is an error, not a panic.
@@ -338,10 +330,10 @@ mod tests {
         let mut wb = WriteBatch::default();
         assert!(r.stage_replace(&mut wb, &bad, 10).is_err());
         // A removed replica forgets everything.
-        write(&db, |wb| r.stage_delete_all(wb).unwrap());
+        write(db, |wb| r.stage_delete_all(wb).unwrap());
         assert_eq!(r.load().unwrap(), (vec![], 0));
         assert!(
-            Revoked::of(&db, 4).contains(5).unwrap(),
+            Revoked::of(db, 4).contains(5).unwrap(),
             "only range 3's memory"
         );
     }

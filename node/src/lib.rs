@@ -1,6 +1,7 @@
 //! strata-node: hosts range replicas. See ARCHITECTURE.md for the map.
 //!
-//! - `engine`: the one RocksDB (column families) and raft log storage;
+//! - `storage`: the storage engine trait (RocksDB, in-memory) and write batches;
+//! - `engine`: raft log storage over it;
 //! - `mvcc`: versioned keys in the `data` column family;
 //! - `apply`: etcd request semantics over MVCC;
 //! - `store`: the raft thread (batched Ready loop, one fsync per round);
@@ -20,6 +21,7 @@ pub mod range;
 pub mod sequencer;
 pub mod service;
 pub mod split_check;
+pub mod storage;
 pub mod store;
 pub mod transport;
 
@@ -35,7 +37,7 @@ use strata_proto::strata::node_server::NodeServer;
 use strata_proto::strata::{HeartbeatRequest, RangeReport, RegisterNodeRequest};
 use tokio::sync::mpsc;
 
-use crate::engine::CF_META;
+use crate::storage::{Cf, WriteBatch};
 use crate::store::{Ranges, Store, StoreMsg};
 
 const NODE_ID_KEY: &[u8] = b"node_id";
@@ -65,10 +67,9 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<NodeHandle> {
         placement_client(&cfg.placement).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
 
     // Identity: persisted on first registration, reused after restarts.
-    let meta = db.cf_handle(CF_META).expect("meta cf");
-    let known_id = match db.get_cf(&meta, NODE_ID_KEY)? {
-        Some(b) if b.len() == 8 => u64::from_be_bytes(b[..].try_into().unwrap()),
-        _ => 0,
+    let known_id = match db.get(Cf::Meta, NODE_ID_KEY)? {
+        Some(b) => <[u8; 8]>::try_from(&b[..]).map_or(0, u64::from_be_bytes),
+        None => 0,
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let node_id = loop {
@@ -94,7 +95,9 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<NodeHandle> {
         }
     };
     if known_id == 0 {
-        db.put_cf(&meta, NODE_ID_KEY, node_id.to_be_bytes())?;
+        let mut wb = WriteBatch::new();
+        wb.put(Cf::Meta, NODE_ID_KEY, node_id.to_be_bytes());
+        db.write(&wb, false)?;
     }
 
     tracing::info!(node_id, %addr, "node registered");

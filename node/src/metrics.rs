@@ -15,8 +15,8 @@ use prometheus::{
 };
 use strata_proto::telemetry::{byte_buckets, count_buckets, GaugeGuard, LATENCY_BUCKETS};
 
-use crate::engine::{CF_DATA, CF_META, CF_RAFT};
 use crate::range::Ranges;
+use crate::storage::{Cf, Engine, Property};
 
 macro_rules! counter {
     ($name:ident, $metric:literal, $help:literal) => {
@@ -361,7 +361,7 @@ pub fn init() {
 }
 
 /// Refreshes the gauges computed from live state (runs before each scrape).
-fn refresh(db: &rocksdb::DB, ranges: &Ranges) {
+fn refresh(db: &dyn Engine, ranges: &Ranges) {
     let (mut hosted, mut leaders, mut leaderless) = (0, 0, 0);
     for r in ranges.iter() {
         hosted += 1;
@@ -374,24 +374,19 @@ fn refresh(db: &rocksdb::DB, ranges: &Ranges) {
     RANGES.set(hosted);
     LEADERS.set(leaders);
     NO_LEADER.set(leaderless);
-    for name in [CF_RAFT, CF_DATA, CF_META] {
-        let Some(cf) = db.cf_handle(name) else {
-            continue;
-        };
-        let prop = |p: &str| {
-            db.property_int_value_cf(&cf, p)
-                .ok()
-                .flatten()
-                .map_or(0, |v| v.min(i64::MAX as u64) as i64)
-        };
-        let sets: [(&IntGaugeVec, &str); 4] = [
-            (&ROCKSDB_SST_BYTES, "rocksdb.total-sst-files-size"),
-            (&ROCKSDB_MEMTABLE_BYTES, "rocksdb.cur-size-all-mem-tables"),
-            (&ROCKSDB_LIVE_DATA_BYTES, "rocksdb.estimate-live-data-size"),
-            (&ROCKSDB_KEYS, "rocksdb.estimate-num-keys"),
+    // An engine without a statistic leaves its gauge out.
+    for cf in Cf::ALL {
+        let sets: [(&IntGaugeVec, Property); 4] = [
+            (&ROCKSDB_SST_BYTES, Property::SstBytes),
+            (&ROCKSDB_MEMTABLE_BYTES, Property::MemtableBytes),
+            (&ROCKSDB_LIVE_DATA_BYTES, Property::LiveDataBytes),
+            (&ROCKSDB_KEYS, Property::EstimatedKeys),
         ];
         for (g, p) in sets {
-            g.with_label_values(&[name]).set(prop(p));
+            if let Some(v) = db.property(cf, p) {
+                g.with_label_values(&[cf.name()])
+                    .set(v.min(i64::MAX as u64) as i64);
+            }
         }
     }
 }
@@ -410,11 +405,11 @@ pub async fn serve(
 
 /// Computes the live-state gauges from `db` and `ranges` at every scrape (for as
 /// long as the node keeps them: only weak references are held).
-pub fn watch_state(db: Arc<rocksdb::DB>, ranges: Ranges) {
+pub fn watch_state(db: Arc<dyn Engine>, ranges: Ranges) {
     let (db, ranges) = (Arc::downgrade(&db), Arc::downgrade(&ranges));
     strata_proto::telemetry::on_scrape(move || {
         if let (Some(db), Some(ranges)) = (db.upgrade(), ranges.upgrade()) {
-            refresh(&db, &ranges);
+            refresh(&*db, &ranges);
         }
     });
 }

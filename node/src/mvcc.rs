@@ -9,12 +9,11 @@
 use std::sync::Arc;
 
 use prost::Message;
-use rocksdb::{WriteBatch, DB};
 use strata_proto::etcd::PbKeyValue;
 pub use strata_proto::etcdutil::KeyRange;
 use strata_proto::strata::MvccValue;
 
-use crate::engine::CF_DATA;
+use crate::storage::{Cf, Engine, IterOptions, Reader, Snapshot, WriteBatch};
 
 const ESC: u8 = 0x00;
 const ESC_ZERO: u8 = 0xFF;
@@ -94,14 +93,38 @@ impl Version {
     }
 }
 
+/// MVCC reads over the engine's current state, or over a snapshot of it (see
+/// [`Mvcc::snapshot`]); writes are staged into a [`WriteBatch`].
 #[derive(Clone)]
 pub struct Mvcc {
-    db: Arc<DB>,
+    engine: Arc<dyn Engine>,
+    /// Set on a view made by [`Mvcc::snapshot`]: reads see only this.
+    snapshot: Option<Arc<dyn Snapshot>>,
 }
 
 impl Mvcc {
-    pub fn new(db: Arc<DB>) -> Self {
-        Self { db }
+    pub fn new(engine: Arc<dyn Engine>) -> Self {
+        Self {
+            engine,
+            snapshot: None,
+        }
+    }
+
+    /// A view whose reads all see the state of this moment, whatever is
+    /// written (or compacted away) meanwhile. Several reads that must agree
+    /// with each other go through one view.
+    pub fn snapshot(&self) -> Mvcc {
+        Mvcc {
+            engine: self.engine.clone(),
+            snapshot: Some(self.engine.snapshot()),
+        }
+    }
+
+    fn reader(&self) -> &dyn Reader {
+        match &self.snapshot {
+            Some(s) => &**s,
+            None => &*self.engine,
+        }
     }
 
     /// Calls `f` for every stored version in `kr` (newest first within a key),
@@ -114,19 +137,13 @@ impl Mvcc {
         if kr.is_empty() {
             return Ok(());
         }
-        let cf = self.db.cf_handle(CF_DATA).expect("data cf");
-        let mut it = self.db.raw_iterator_cf(&cf);
-        it.seek(enc_key(&kr.start));
         let end = kr.end.as_ref().map(|e| enc_key(e));
+        let mut it = self
+            .reader()
+            .iter_opt(Cf::Data, IterOptions::range(None, end));
+        it.seek(&enc_key(&kr.start));
         while it.valid() {
-            let (Some(k), Some(v)) = (it.key(), it.value()) else {
-                break;
-            };
-            if let Some(e) = &end {
-                if k >= e.as_slice() {
-                    break;
-                }
-            }
+            let (k, v) = (it.key(), it.value());
             let (user, rev) =
                 dec_key(k).ok_or_else(|| anyhow::anyhow!("corrupt MVCC key {k:?}"))?;
             if !f(user, rev, v)? {
@@ -163,10 +180,10 @@ impl Mvcc {
 
     /// The live version of `key` at revision `rev`.
     pub fn get_at(&self, key: &[u8], rev: i64) -> anyhow::Result<Option<Version>> {
-        let cf = self.db.cf_handle(CF_DATA).expect("data cf");
-        let mut it = self.db.raw_iterator_cf(&cf);
-        it.seek(version_key(key, rev));
-        if let (Some(k), Some(v)) = (it.key(), it.value()) {
+        let mut it = self.reader().iter(Cf::Data);
+        it.seek(&version_key(key, rev));
+        if it.valid() {
+            let (k, v) = (it.key(), it.value());
             if let Some((user, r)) = dec_key(k) {
                 if user == key {
                     let value = MvccValue::decode(v)?;
@@ -312,8 +329,7 @@ impl Mvcc {
     }
 
     pub fn stage_version(&self, wb: &mut WriteBatch, key: &[u8], rev: i64, value: &MvccValue) {
-        let cf = self.db.cf_handle(CF_DATA).expect("data cf");
-        wb.put_cf(&cf, version_key(key, rev), value.encode_to_vec());
+        wb.put(Cf::Data, version_key(key, rev), value.encode_to_vec());
     }
 
     /// Removes history below `rev` in `kr`: each key keeps every version above
@@ -324,18 +340,17 @@ impl Mvcc {
         kr: &KeyRange,
         rev: i64,
     ) -> anyhow::Result<()> {
-        let cf = self.db.cf_handle(CF_DATA).expect("data cf");
         let mut kept_at_or_below: Option<Vec<u8>> = None;
         self.scan(kr, |user, r, v| {
             if r > rev {
                 return Ok(true);
             }
             if kept_at_or_below.as_deref() == Some(user.as_slice()) {
-                wb.delete_cf(&cf, version_key(&user, r));
+                wb.delete(Cf::Data, version_key(&user, r));
             } else {
                 let value = MvccValue::decode(v)?;
                 if value.tombstone {
-                    wb.delete_cf(&cf, version_key(&user, r));
+                    wb.delete(Cf::Data, version_key(&user, r));
                 }
                 kept_at_or_below = Some(user);
             }
@@ -345,112 +360,4 @@ impl Mvcc {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn key_encoding_orders_and_roundtrips() {
-        let keys: Vec<&[u8]> = vec![b"", b"\0", b"\0\0", b"a", b"a\0", b"a\0b", b"ab", b"b"];
-        let enc: Vec<_> = keys.iter().map(|k| version_key(k, 5)).collect();
-        let mut sorted = enc.clone();
-        sorted.sort();
-        assert_eq!(enc, sorted, "encoding must preserve key order");
-        for k in &keys {
-            assert_eq!(dec_key(&version_key(k, 42)), Some((k.to_vec(), 42)));
-        }
-        // Newer versions of a key sort first.
-        assert!(version_key(b"a", 9) < version_key(b"a", 3));
-        assert_eq!(dec_key(b"a\0"), None);
-        assert_eq!(dec_key(b"a\0\x07xxxxxxxx"), None);
-    }
-
-    fn put(m: &Mvcc, db: &DB, key: &[u8], rev: i64, val: &[u8], tomb: bool) {
-        let mut wb = WriteBatch::default();
-        m.stage_version(
-            &mut wb,
-            key,
-            rev,
-            &MvccValue {
-                value: val.to_vec(),
-                create_revision: rev,
-                version: 1,
-                lease: 0,
-                tombstone: tomb,
-            },
-        );
-        db.write(wb).unwrap();
-    }
-
-    #[test]
-    fn reads_at_revisions_and_compaction() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = crate::engine::open_db(dir.path()).unwrap();
-        let m = Mvcc::new(db.clone());
-        put(&m, &db, b"a", 2, b"a2", false);
-        put(&m, &db, b"a", 5, b"a5", false);
-        put(&m, &db, b"b", 3, b"b3", false);
-        put(&m, &db, b"b", 6, b"", true);
-        let all = KeyRange::from_etcd(b"\0", b"\0");
-        let at = |r| -> Vec<(Vec<u8>, i64)> {
-            m.range_at(&all, r)
-                .unwrap()
-                .into_iter()
-                .map(|v| (v.key, v.mod_revision))
-                .collect()
-        };
-        assert_eq!(at(1), vec![]);
-        assert_eq!(at(4), vec![(b"a".to_vec(), 2), (b"b".to_vec(), 3)]);
-        assert_eq!(at(7), vec![(b"a".to_vec(), 5)]);
-        assert_eq!(m.get_at(b"b", 3).unwrap().unwrap().value.value, b"b3");
-        assert!(m.get_at(b"b", 6).unwrap().is_none());
-        let h = m.history(&all, 3, 6, 100).unwrap();
-        let revs: Vec<_> = h
-            .iter()
-            .map(|(v, p)| (v.mod_revision, p.is_some()))
-            .collect();
-        assert_eq!(revs, vec![(3, false), (5, true), (6, true)]);
-
-        assert_eq!(
-            m.median_key(&all, 100).unwrap(),
-            None,
-            "one live key: no median"
-        );
-        put(&m, &db, b"c", 7, b"c7", false);
-        put(&m, &db, b"d", 8, b"d8", false);
-        assert_eq!(m.median_key(&all, 100).unwrap(), Some(b"c".to_vec()));
-        let mut wb = WriteBatch::default();
-        m.stage_compact(&mut wb, &all, 6).unwrap();
-        db.write(wb).unwrap();
-        assert_eq!(at(6), vec![(b"a".to_vec(), 5)]);
-        assert!(m.get_at(b"a", 2).unwrap().is_none(), "a@2 compacted away");
-        assert_eq!(m.history(&all, 0, 10, 100).unwrap().len(), 3);
-    }
-
-    #[test]
-    fn split_scan_halves_oversized_ranges() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = crate::engine::open_db(dir.path()).unwrap();
-        let m = Mvcc::new(db.clone());
-        for i in 0..1000 {
-            put(&m, &db, format!("k{i:04}").as_bytes(), i + 1, b"v", false);
-        }
-        // A deleted key is neither counted nor chosen.
-        put(&m, &db, b"k0500", 2000, b"", true);
-        let all = KeyRange::from_etcd(b"\0", b"\0");
-        // Far over an 8-key limit: split in the middle, not after 5 keys.
-        let (keys, _, split) = m.split_scan(&all, 8, u64::MAX).unwrap();
-        assert_eq!(keys, 999);
-        assert_eq!(split.as_deref(), Some(&b"k0499"[..]));
-        // Just over the limit: both halves end up under it.
-        let small = KeyRange::from_etcd(b"k0000", b"k0010");
-        let (keys, _, split) = m.split_scan(&small, 8, u64::MAX).unwrap();
-        assert_eq!((keys, split.as_deref()), (10, Some(&b"k0005"[..])));
-        // Under both limits: no split.
-        assert_eq!(m.split_scan(&small, 10, u64::MAX).unwrap().2, None);
-        // Over the byte limit only: the split falls at about half the bytes.
-        let (_, bytes, split) = m.split_scan(&all, u64::MAX / 4, 1000).unwrap();
-        assert!(bytes > 1000);
-        let split = split.unwrap();
-        assert!(split.as_slice() > &b"k0450"[..] && split.as_slice() < &b"k0550"[..]);
-    }
-}
+mod tests;

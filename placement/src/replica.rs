@@ -1,5 +1,5 @@
 //! Placement's raft group (one voter in this version): commands are appended
-//! to a raft log in placement's RocksDB and applied to [`State`] in log order.
+//! to a raft log in placement's storage engine (RocksDB) and applied to [`State`] in log order.
 //! The state is rebuilt by replaying the log on start (the log is small: node
 //! registrations, oracle windows, compactions, leases).
 
@@ -10,8 +10,8 @@ use std::time::Duration;
 use parking_lot::RwLock;
 use raft::eraftpb::{Entry, EntryType};
 use raft::{RawNode, StateRole};
-use rocksdb::WriteBatch;
-use strata_node::engine::{self, RaftStorage};
+use strata_node::engine::RaftStorage;
+use strata_node::storage::{Engine, WriteBatch};
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
@@ -32,7 +32,7 @@ pub struct Replicated {
 }
 
 impl Replicated {
-    pub fn open(db: Arc<rocksdb::DB>) -> anyhow::Result<Self> {
+    pub fn open(db: Arc<dyn Engine>) -> anyhow::Result<Self> {
         let storage = RaftStorage::open(db.clone(), GROUP_ID, &[PEER_ID])?;
         let cfg = raft::Config {
             id: PEER_ID,
@@ -100,7 +100,7 @@ struct Pending {
 
 fn run(
     mut raw: RawNode<RaftStorage>,
-    db: Arc<rocksdb::DB>,
+    db: Arc<dyn Engine>,
     state: Arc<RwLock<State>>,
     mut rx: mpsc::Receiver<Msg>,
 ) {
@@ -142,7 +142,7 @@ fn run(
                 }
             }
         }
-        if let Err(e) = ready(&mut raw, &db, &state, &mut pending) {
+        if let Err(e) = ready(&mut raw, &*db, &state, &mut pending) {
             tracing::error!("placement raft storage failed: {e:#}");
             std::process::exit(70);
         }
@@ -151,7 +151,7 @@ fn run(
 
 fn ready(
     raw: &mut RawNode<RaftStorage>,
-    db: &rocksdb::DB,
+    db: &dyn Engine,
     state: &RwLock<State>,
     pending: &mut VecDeque<Pending>,
 ) -> anyhow::Result<()> {
@@ -162,7 +162,7 @@ fn ready(
     let mut wb = WriteBatch::default();
     raw.store().stage_append(&mut wb, rd.entries(), rd.hs())?;
     if !wb.is_empty() {
-        engine::write(db, wb, true)?;
+        db.write(&wb, true)?;
     }
     raw.store().on_persisted(rd.entries(), rd.hs());
     apply(raw, db, state, pending, rd.take_committed_entries())?;
@@ -174,7 +174,7 @@ fn ready(
 
 fn apply(
     raw: &mut RawNode<RaftStorage>,
-    db: &rocksdb::DB,
+    db: &dyn Engine,
     state: &RwLock<State>,
     pending: &mut VecDeque<Pending>,
     entries: Vec<Entry>,
@@ -182,7 +182,7 @@ fn apply(
     if let Some(last) = entries.last() {
         let mut wb = WriteBatch::default();
         raw.store().set_commit(&mut wb, last.index)?;
-        engine::write(db, wb, false)?;
+        db.write(&wb, false)?;
     }
     for e in entries {
         let mut outcome = Ok(Outcome::Ok);

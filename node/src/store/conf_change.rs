@@ -7,7 +7,6 @@ use prost::Message as _;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry};
 use raft::StateRole;
-use rocksdb::WriteBatch;
 use strata_proto::errors;
 use strata_proto::strata::{AdminKind, Peer, RangeDescriptor};
 use tonic::Status;
@@ -15,8 +14,9 @@ use tonic::Status;
 use super::replica::Replica;
 use super::snapshot::delete_data;
 use super::{desc_range, meta, Store};
-use crate::engine::{self, RaftStorage, CF_META};
+use crate::engine::RaftStorage;
 use crate::error::{NodeError, NodeResult};
+use crate::storage::{Cf, WriteBatch};
 
 /// A membership change of one peer.
 pub(super) fn single_change(t: ConfChangeType, peer_id: u64) -> ConfChangeV2 {
@@ -52,7 +52,8 @@ impl Store {
                     .store()
                     .stage_truncate(&mut wb, applied)
                     .map_err(|e| NodeError::from(Status::internal(e.to_string())))?;
-                engine::write(&self.db, wb, true)
+                self.db
+                    .write(&wb, true)
                     .map_err(|e| NodeError::from(Status::internal(e.to_string())))?;
                 change(ConfChangeType::AddLearnerNode)
             }
@@ -126,8 +127,7 @@ impl Store {
         let mut epoch = desc.epoch.unwrap_or_default();
         epoch.conf_ver += 1;
         desc.epoch = Some(epoch);
-        let cf = self.db.cf_handle(CF_META).expect("meta cf");
-        wb.put_cf(&cf, meta::desc_key(range_id), desc.encode_to_vec());
+        wb.put(Cf::Meta, meta::desc_key(range_id), desc.encode_to_vec());
         tracing::info!(range = range_id, conf_ver = epoch.conf_ver, peers = ?desc.peers, "membership changed");
         *r.shared.desc.write() = desc;
         Ok(removed_self)
@@ -148,22 +148,18 @@ impl Store {
         }
         let desc = self
             .db
-            .get_cf(
-                &self.db.cf_handle(CF_META).expect("meta cf"),
-                meta::desc_key(range_id),
-            )?
+            .get(Cf::Meta, &meta::desc_key(range_id))?
             .and_then(|b| RangeDescriptor::decode(&b[..]).ok());
         let mut wb = WriteBatch::default();
         RaftStorage::open(self.db.clone(), range_id, &[])?.stage_destroy(&mut wb);
         if let Some(d) = desc {
-            delete_data(&self.db, &mut wb, &desc_range(&d))?;
+            delete_data(&*self.db, &mut wb, &desc_range(&d))?;
         }
-        let cf = self.db.cf_handle(CF_META).expect("meta cf");
         for k in meta::all_keys(range_id) {
-            wb.delete_cf(&cf, k);
+            wb.delete(Cf::Meta, k);
         }
-        crate::lease::Revoked::of(&self.db, range_id).stage_delete_all(&mut wb)?;
-        engine::write(&self.db, wb, true)?;
+        crate::lease::Revoked::of(&*self.db, range_id).stage_delete_all(&mut wb)?;
+        self.db.write(&wb, true)?;
         tracing::info!(range = range_id, "replica removed from this node");
         Ok(())
     }

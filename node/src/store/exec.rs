@@ -28,7 +28,6 @@ use std::sync::Arc;
 use prost::Message as _;
 use raft::eraftpb::{Entry, EntryType};
 use raft::StateRole;
-use rocksdb::WriteBatch;
 use strata_proto::etcd::{
     PbCompactionRequest, PbCompactionResponse, PbDeleteRequest, PbLeaseRevokeRequest, PbPutRequest,
     PbTxnRequest,
@@ -39,9 +38,9 @@ use tonic::Status;
 use super::replica::RangeShared;
 use super::{desc_range, meta, Store};
 use crate::apply::{header, WriteExec};
-use crate::engine::{self, CF_META};
 use crate::error::{NodeError, NodeResult};
 use crate::mvcc::KeyRange;
+use crate::storage::{Cf, WriteBatch};
 
 /// What applying one command produced, published by `apply` once the
 /// entry's batch is written.
@@ -127,7 +126,7 @@ impl Store {
             if let Some(c) = applied.compacted {
                 r.shared.compacted.store(c, Ordering::Release);
             }
-            engine::write(&self.db, wb, false)?;
+            self.db.write(&wb, false)?;
             // Published only now that the batch is written (see the module doc).
             let shared = r.shared.clone();
             shared.applied_index.store(e.index, Ordering::Release);
@@ -206,9 +205,8 @@ impl Store {
             let range_id = shared.desc.read().id;
             let kr = desc_range(&shared.desc.read());
             self.mvcc.stage_compact(wb, &kr, req.revision)?;
-            let cf = self.db.cf_handle(CF_META).expect("meta cf");
-            wb.put_cf(
-                &cf,
+            wb.put(
+                Cf::Meta,
                 meta::compacted_key(range_id),
                 req.revision.to_be_bytes(),
             );
@@ -250,7 +248,7 @@ impl Store {
         let compacted = shared.compacted.load(Ordering::Acquire);
         let range_id = shared.desc.read().id;
         let mut ex = WriteExec::new(&self.mvcc, rev, compacted);
-        ex.revoked = Some(crate::lease::Revoked::of(&self.db, range_id));
+        ex.revoked = Some(crate::lease::Revoked::of(&*self.db, range_id));
         let res: Result<Vec<u8>, Status> = match kind {
             KvKind::KvPut => PbPutRequest::decode(&cmd.request[..])
                 .map_err(bad_request)
@@ -265,11 +263,11 @@ impl Store {
                 .and_then(|t| ex.txn(&t))
                 .map(|r| r.encode_to_vec()),
             KvKind::KvLeaseRevoke => match PbLeaseRevokeRequest::decode(&cmd.request[..]) {
-                Ok(l) => crate::lease::revoke(&mut ex, &self.db, range_id, &kr, l.id, wb)?
+                Ok(l) => crate::lease::revoke(&mut ex, &*self.db, range_id, &kr, l.id, wb)?
                     .map(|n| (n as u64).to_be_bytes().to_vec()),
                 Err(e) => Err(bad_request(e)),
             },
-            _ => crate::lease::grant(&self.db, range_id, &cmd.request, wb)?,
+            _ => crate::lease::grant(&*self.db, range_id, &cmd.request, wb)?,
         };
         shared.writes.fetch_add(1, Ordering::Relaxed);
         let mut out = Applied::default();
@@ -286,8 +284,7 @@ impl Store {
         out.result = res.map_err(NodeError::from);
         // The replica's current revision advances with every stamped write
         // (even one that changed nothing), and survives restarts.
-        let cf = self.db.cf_handle(CF_META).expect("meta cf");
-        wb.put_cf(&cf, meta::maxrev_key(range_id), rev.to_be_bytes());
+        wb.put(Cf::Meta, meta::maxrev_key(range_id), rev.to_be_bytes());
         out.applied_rev = Some(rev);
         Ok(out)
     }

@@ -1,10 +1,8 @@
 //! Raft log GC: entries well behind the applied index are dropped, so the
 //! log stays bounded; a follower that still needs them gets a snapshot.
 
-use rocksdb::WriteBatch;
-
 use super::Store;
-use crate::engine;
+use crate::storage::WriteBatch;
 
 impl Store {
     /// Keeps the log bounded: entries well behind the applied index go; a
@@ -19,7 +17,7 @@ impl Store {
             r.raw
                 .store()
                 .stage_truncate(&mut wb, applied - LOG_KEEP_ENTRIES)?;
-            engine::write(&self.db, wb, false)?;
+            self.db.write(&wb, false)?;
         }
         Ok(())
     }

@@ -1,9 +1,7 @@
 //! Per-range records in the `meta` column family: the descriptor, the highest
 //! applied revision and the compaction revision.
 
-use rocksdb::DB;
-
-use crate::engine::CF_META;
+use crate::storage::{Cf, Engine};
 
 fn key(prefix: &[u8], range_id: u64) -> Vec<u8> {
     let mut k = prefix.to_vec();
@@ -35,9 +33,8 @@ pub(super) fn all_keys(range_id: u64) -> [Vec<u8>; 3] {
 }
 
 /// Reads an `i64` record; absent reads as 0, a malformed one is an error.
-pub(super) fn load_i64(db: &DB, key: &[u8]) -> anyhow::Result<i64> {
-    let cf = db.cf_handle(CF_META).expect("meta cf");
-    match db.get_cf(&cf, key)? {
+pub(super) fn load_i64(db: &dyn Engine, key: &[u8]) -> anyhow::Result<i64> {
+    match db.get(Cf::Meta, key)? {
         None => Ok(0),
         Some(b) => match <[u8; 8]>::try_from(&b[..]) {
             Ok(a) => Ok(i64::from_be_bytes(a)),

@@ -35,16 +35,16 @@ use prost::Message as _;
 use protobuf::Message as _;
 use raft::eraftpb::{Message as RaftMessage, MessageType};
 use raft::{RawNode, StateRole};
-use rocksdb::DB;
 use strata_proto::strata::{AdminKind, Peer, RaftEnvelope, RangeCommand, RangeDescriptor};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub use crate::range::{desc_range, RangeShared, Ranges};
 pub use exec::keys_within;
 
-use crate::engine::{RaftStorage, CF_META};
+use crate::engine::RaftStorage;
 use crate::error::NodeResult;
 use crate::mvcc::Mvcc;
+use crate::storage::{Cf, Engine, WriteBatch};
 use crate::transport::Transport;
 use replica::{raft_config, Replica};
 
@@ -95,7 +95,7 @@ pub enum StoreMsg {
 
 pub struct Store {
     node_id: u64,
-    db: Arc<DB>,
+    db: Arc<dyn Engine>,
     mvcc: Mvcc,
     ranges: Ranges,
     replicas: HashMap<u64, Replica>,
@@ -123,7 +123,7 @@ pub struct Store {
 impl Store {
     pub fn new(
         node_id: u64,
-        db: Arc<DB>,
+        db: Arc<dyn Engine>,
         ranges: Ranges,
         transport: Transport,
         tick_every: Duration,
@@ -148,20 +148,14 @@ impl Store {
 
     /// Loads every replica persisted in `meta`.
     pub fn load(&mut self) -> anyhow::Result<()> {
-        let cf = self.db.cf_handle(CF_META).expect("meta cf");
         let mut descs = Vec::new();
-        let mut it = self.db.raw_iterator_cf(&cf);
-        it.seek(b"range/");
-        while it.valid() {
-            let (Some(k), Some(v)) = (it.key(), it.value()) else {
-                break;
-            };
-            if !k.starts_with(b"range/") {
-                break;
-            }
-            descs.push(RangeDescriptor::decode(v)?);
+        let mut it = self.db.iter(Cf::Meta);
+        it.seek(meta::DESC_PREFIX);
+        while it.valid() && it.key().starts_with(meta::DESC_PREFIX) {
+            descs.push(RangeDescriptor::decode(it.value())?);
             it.next();
         }
+        it.status()?;
         drop(it);
         for d in descs {
             self.create(d)?;
@@ -190,12 +184,12 @@ impl Store {
         };
         let storage = RaftStorage::open(self.db.clone(), desc.id, &voters)?;
         let applied = storage.applied_index()?;
-        let cf = self.db.cf_handle(CF_META).expect("meta cf");
-        self.db
-            .put_cf(&cf, meta::desc_key(desc.id), desc.encode_to_vec())?;
-        let compacted = meta::load_i64(&self.db, &meta::compacted_key(desc.id))?;
+        let mut wb = WriteBatch::new();
+        wb.put(Cf::Meta, meta::desc_key(desc.id), desc.encode_to_vec());
+        self.db.write(&wb, false)?;
+        let compacted = meta::load_i64(&*self.db, &meta::compacted_key(desc.id))?;
         // The highest revision applied before a restart (see `exec`).
-        let applied_rev = meta::load_i64(&self.db, &meta::maxrev_key(desc.id))?;
+        let applied_rev = meta::load_i64(&*self.db, &meta::maxrev_key(desc.id))?;
         let raw = RawNode::new(&raft_config(peer_id, applied), storage, &self.logger)?;
         let (feed, _) = broadcast::channel(FEED_CAP);
         let shared = Arc::new(RangeShared {

@@ -14,11 +14,10 @@
 use std::sync::atomic::Ordering;
 
 use raft::StateRole;
-use rocksdb::WriteBatch;
 
 use super::snapshot::stage_snapshot_data;
 use super::Store;
-use crate::engine;
+use crate::storage::WriteBatch;
 
 impl Store {
     pub(super) fn ready_round(&mut self) -> anyhow::Result<()> {
@@ -60,7 +59,7 @@ impl Store {
             };
             shared.lead_term.store(lead_term, Ordering::Release);
             if !rd.snapshot().is_empty() {
-                let st = stage_snapshot_data(&self.db, &mut wb, r.raw.store(), rd.snapshot())?;
+                let st = stage_snapshot_data(&*self.db, &mut wb, r.raw.store(), rd.snapshot())?;
                 snapshots.push((id, st));
             }
             r.raw.store().stage_append(&mut wb, rd.entries(), rd.hs())?;
@@ -80,7 +79,7 @@ impl Store {
         crate::metrics::ready_round(appended, readies.len(), wb.size_in_bytes());
         if !wb.is_empty() {
             let _fsync = crate::metrics::WAL_FSYNC.start_timer();
-            engine::write(&self.db, wb, true)?;
+            self.db.write(&wb, true)?;
         }
         for (id, st) in snapshots {
             self.on_snapshot_persisted(id, st);

@@ -5,26 +5,31 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use prost::Message as _;
-use rocksdb::{WriteBatch, DB};
 use strata_proto::strata::RangeDescriptor;
 
 use super::replica::RangeShared;
 use super::{desc_range, meta, Store};
-use crate::engine::{RaftStorage, CF_META};
+use crate::engine::RaftStorage;
 use crate::mvcc::KeyRange;
+use crate::storage::{Cf, Engine, EngineIterator, IterOptions, WriteBatch};
+
+/// An iterator over the MVCC versions of `kr`, positioned at its first one.
+fn data_iter<'a>(db: &'a dyn Engine, kr: &KeyRange) -> Box<dyn EngineIterator + 'a> {
+    let end = kr.end.as_ref().map(|e| crate::mvcc::enc_key(e));
+    let mut it = db.iter_opt(Cf::Data, IterOptions::range(None, end));
+    it.seek(&crate::mvcc::enc_key(&kr.start));
+    it
+}
 
 /// Deletes every MVCC version of `kr` (this node no longer hosts it).
-pub(super) fn delete_data(db: &DB, wb: &mut WriteBatch, kr: &KeyRange) -> anyhow::Result<()> {
-    let cf = db.cf_handle(crate::engine::CF_DATA).expect("data cf");
-    let mut it = db.raw_iterator_cf(&cf);
-    it.seek(crate::mvcc::enc_key(&kr.start));
-    let end = kr.end.as_ref().map(|e| crate::mvcc::enc_key(e));
+pub(super) fn delete_data(
+    db: &dyn Engine,
+    wb: &mut WriteBatch,
+    kr: &KeyRange,
+) -> anyhow::Result<()> {
+    let mut it = data_iter(db, kr);
     while it.valid() {
-        let Some(k) = it.key() else { break };
-        if end.as_ref().is_some_and(|e| k >= e.as_slice()) {
-            break;
-        }
-        wb.delete_cf(&cf, k);
+        wb.delete(Cf::Data, it.key());
         it.next();
     }
     it.status()?;
@@ -34,18 +39,15 @@ pub(super) fn delete_data(db: &DB, wb: &mut WriteBatch, kr: &KeyRange) -> anyhow
 /// A range's snapshot: every MVCC version in it plus its revision state, taken
 /// on the raft thread at the applied index.
 pub(super) fn snapshot_builder(
-    db: Arc<DB>,
+    db: Arc<dyn Engine>,
     shared: Arc<RangeShared>,
 ) -> crate::engine::SnapshotBuilder {
     Arc::new(move || {
         let desc = shared.desc.read().clone();
         let index = shared.applied_index.load(Ordering::Acquire);
         let kr = desc_range(&desc);
-        let cf = db.cf_handle(crate::engine::CF_DATA).expect("data cf");
-        let mut it = db.raw_iterator_cf(&cf);
-        it.seek(crate::mvcc::enc_key(&kr.start));
-        let end = kr.end.as_ref().map(|e| crate::mvcc::enc_key(e));
-        let (revoked_leases, revoked_next_seq) = crate::lease::Revoked::of(&db, desc.id).load()?;
+        let mut it = data_iter(&*db, &kr);
+        let (revoked_leases, revoked_next_seq) = crate::lease::Revoked::of(&*db, desc.id).load()?;
         let mut data = strata_proto::strata::RangeSnapshotData {
             desc: Some(desc),
             compacted: shared.compacted.load(Ordering::Acquire),
@@ -55,14 +57,8 @@ pub(super) fn snapshot_builder(
             ..Default::default()
         };
         while it.valid() {
-            let (Some(k), Some(v)) = (it.key(), it.value()) else {
-                break;
-            };
-            if end.as_ref().is_some_and(|e| k >= e.as_slice()) {
-                break;
-            }
-            data.keys.push(k.to_vec());
-            data.values.push(v.to_vec());
+            data.keys.push(it.key().to_vec());
+            data.values.push(it.value().to_vec());
             it.next();
         }
         it.status()?;
@@ -105,7 +101,7 @@ pub(super) fn validate_snapshot(range_id: u64, data: &[u8]) -> Result<(), String
 /// revision state and raft log position. Returns the state to publish once
 /// the batch is durable.
 pub(super) fn stage_snapshot_data(
-    db: &DB,
+    db: &dyn Engine,
     wb: &mut WriteBatch,
     storage: &RaftStorage,
     snap: &raft::eraftpb::Snapshot,
@@ -116,19 +112,17 @@ pub(super) fn stage_snapshot_data(
         .ok_or_else(|| anyhow::anyhow!("snapshot without descriptor"))?;
     anyhow::ensure!(data.keys.len() == data.values.len(), "corrupt snapshot");
     delete_data(db, wb, &desc_range(&desc))?;
-    let cf = db.cf_handle(crate::engine::CF_DATA).expect("data cf");
     for (k, v) in data.keys.iter().zip(&data.values) {
-        wb.put_cf(&cf, k, v);
+        wb.put(Cf::Data, k, v);
     }
-    let meta = db.cf_handle(CF_META).expect("meta cf");
-    wb.put_cf(&meta, meta::desc_key(desc.id), desc.encode_to_vec());
-    wb.put_cf(
-        &meta,
+    wb.put(Cf::Meta, meta::desc_key(desc.id), desc.encode_to_vec());
+    wb.put(
+        Cf::Meta,
         meta::compacted_key(desc.id),
         data.compacted.to_be_bytes(),
     );
-    wb.put_cf(
-        &meta,
+    wb.put(
+        Cf::Meta,
         meta::maxrev_key(desc.id),
         data.applied_revision.to_be_bytes(),
     );

@@ -8,14 +8,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use prost::Message as _;
-use rocksdb::WriteBatch;
 use strata_proto::strata::{FeedMessage, RangeDescriptor, SplitCommand};
 use tonic::Status;
 
 use super::exec::Applied;
 use super::replica::RangeShared;
 use super::{meta, Store};
-use crate::engine::CF_META;
+use crate::storage::{Cf, WriteBatch};
 
 impl Store {
     /// Applies a split: this range keeps `[start, split_key)`, a new range takes
@@ -60,14 +59,21 @@ impl Store {
         };
         desc.end_key = sc.split_key.clone();
         desc.epoch = Some(epoch);
-        let cf = self.db.cf_handle(CF_META).expect("meta cf");
-        wb.put_cf(&cf, meta::desc_key(desc.id), desc.encode_to_vec());
-        wb.put_cf(&cf, meta::desc_key(child.id), child.encode_to_vec());
+        wb.put(Cf::Meta, meta::desc_key(desc.id), desc.encode_to_vec());
+        wb.put(Cf::Meta, meta::desc_key(child.id), child.encode_to_vec());
         let applied_rev = shared.applied_rev.load(Ordering::Acquire);
-        wb.put_cf(&cf, meta::maxrev_key(child.id), applied_rev.to_be_bytes());
+        wb.put(
+            Cf::Meta,
+            meta::maxrev_key(child.id),
+            applied_rev.to_be_bytes(),
+        );
         let compacted = shared.compacted.load(Ordering::Acquire);
-        wb.put_cf(&cf, meta::compacted_key(child.id), compacted.to_be_bytes());
-        crate::lease::Revoked::of(&self.db, desc.id).stage_copy_to(wb, child.id)?;
+        wb.put(
+            Cf::Meta,
+            meta::compacted_key(child.id),
+            compacted.to_be_bytes(),
+        );
+        crate::lease::Revoked::of(&*self.db, desc.id).stage_copy_to(wb, child.id)?;
         tracing::info!(range = desc.id, new_range = child.id, split_key = ?String::from_utf8_lossy(&sc.split_key), "split");
         shared.splits.fetch_add(1, Ordering::Relaxed);
         crate::metrics::SPLITS.inc();
