@@ -33,4 +33,8 @@ pub struct NodeConfig {
     /// Split a range once it holds more than this many live keys.
     #[arg(long, default_value_t = 500_000)]
     pub range_split_keys: u64,
+    /// Raft log entries a replica keeps behind its applied index; a follower
+    /// further behind catches up from a snapshot.
+    #[arg(long, default_value_t = 5000)]
+    pub raft_log_keep_entries: u64,
 }

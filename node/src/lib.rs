@@ -6,7 +6,7 @@
 //! - `apply`: etcd request semantics over MVCC;
 //! - `store`: the raft thread (batched Ready loop, one fsync per round);
 //! - `sequencer`: per-range revision stamping (log order == revision order);
-//! - `transport`: raft messages to other nodes, batched per destination;
+//! - `transport`: raft messages to other nodes (gRPC, or in memory for tests);
 //! - `service`: the node's gRPC API.
 
 pub mod apply;
@@ -52,11 +52,28 @@ const FULL_REPORT_EVERY: Duration = Duration::from_secs(30);
 pub struct NodeHandle {
     pub node_id: u64,
     pub addr: SocketAddr,
+    /// The replicas' published state (for tests and tools in-process).
+    pub ranges: Ranges,
+}
+
+/// How a node's raft messages travel.
+#[derive(Clone, Default)]
+pub enum RaftNet {
+    /// `Node.Raft` RPCs to the other nodes' addresses (production).
+    #[default]
+    Grpc,
+    /// A test's in-memory network, with filters (see `transport::memory`).
+    Memory(transport::memory::MemNetwork),
 }
 
 /// Starts a node: opens its RocksDB, registers with placement, starts the raft
 /// thread and serves gRPC. Returns once the gRPC listener is bound.
 pub async fn run(cfg: NodeConfig) -> anyhow::Result<NodeHandle> {
+    run_with(cfg, RaftNet::Grpc).await
+}
+
+/// [`run`], with raft messages carried by `net`.
+pub async fn run_with(cfg: NodeConfig, net: RaftNet) -> anyhow::Result<NodeHandle> {
     let telemetry = metrics::serve(cfg.metrics_addr).await?;
     let db = engine::open_db(&cfg.data_dir)?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -103,7 +120,10 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<NodeHandle> {
     tracing::info!(node_id, %addr, "node registered");
 
     let addrs = Arc::new(DashMap::new());
-    let transport = transport::Transport::new(node_id, addrs.clone());
+    let transport: transport::SharedTransport = match &net {
+        RaftNet::Grpc => Arc::new(transport::grpc::GrpcTransport::new(node_id, addrs.clone())),
+        RaftNet::Memory(n) => n.transport(node_id),
+    };
     let ranges: Ranges = Arc::new(DashMap::new());
     metrics::watch_state(db.clone(), ranges.clone());
     let (store_tx, store_rx) = mpsc::channel(store::INBOX_CAP);
@@ -115,6 +135,17 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<NodeHandle> {
         Duration::from_millis(cfg.raft_tick_ms),
     );
     store.quiesce_after_ticks = cfg.quiesce_after_ticks;
+    store.log_keep_entries = cfg.raft_log_keep_entries;
+    if let RaftNet::Memory(n) = &net {
+        let inbox = store_tx.clone();
+        n.register(
+            node_id,
+            Arc::new(move |env| {
+                // Full inbox: drop, raft retransmits.
+                let _ = inbox.try_send(StoreMsg::Raft(env));
+            }),
+        );
+    }
     store.load()?;
     std::thread::Builder::new()
         .name("raft".into())
@@ -177,9 +208,19 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<NodeHandle> {
         }
     });
 
-    tokio::spawn(heartbeat(node_id, placement, ranges, addrs, store_tx));
+    tokio::spawn(heartbeat(
+        node_id,
+        placement,
+        ranges.clone(),
+        addrs,
+        store_tx,
+    ));
     metrics::ready(&telemetry);
-    Ok(NodeHandle { node_id, addr })
+    Ok(NodeHandle {
+        node_id,
+        addr,
+        ranges,
+    })
 }
 
 /// Reports the ranges this node leads; learns node addresses and the ranges it

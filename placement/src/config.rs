@@ -36,4 +36,8 @@ pub struct PlacementConfig {
     /// Address to serve Prometheus /metrics, /health and /ready on (optional).
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
+    /// Do not run the scheduler: no replica repair, no balancing, no leader
+    /// moves (for maintenance, and for tests that place leaders themselves).
+    #[arg(long)]
+    pub no_scheduler: bool,
 }

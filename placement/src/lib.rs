@@ -41,7 +41,9 @@ pub async fn run(cfg: PlacementConfig) -> anyhow::Result<PlacementHandle> {
     let svc = service::PlacementService::new(rep, cfg.replicas);
     metrics::watch_state(svc.clone());
     tokio::spawn(svc.clone().expire_leases());
-    tokio::spawn(operator::run(svc.clone(), cfg.node_down_after, 8));
+    if !cfg.no_scheduler {
+        tokio::spawn(operator::run(svc.clone(), cfg.node_down_after, 8));
+    }
     let server = tonic::transport::Server::builder()
         .layer(metrics::grpc_layer())
         .add_service(PlacementServer::new(service::Svc(svc)))

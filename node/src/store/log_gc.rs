@@ -12,16 +12,21 @@ impl Store {
             return Ok(());
         };
         let applied = r.raw.raft.raft_log.applied;
-        if applied > r.raw.store().truncated_index() + LOG_KEEP_ENTRIES * 2 {
-            let mut wb = WriteBatch::default();
-            r.raw
+        let keep = self.log_keep_entries.max(1);
+        if applied
+            > r.raw
                 .store()
-                .stage_truncate(&mut wb, applied - LOG_KEEP_ENTRIES)?;
+                .truncated_index()
+                .saturating_add(keep.saturating_mul(2))
+        {
+            let mut wb = WriteBatch::default();
+            r.raw.store().stage_truncate(&mut wb, applied - keep)?;
             self.db.write(&wb, false)?;
         }
         Ok(())
     }
 }
 
-/// Raft log entries kept behind the applied index before truncation.
-const LOG_KEEP_ENTRIES: u64 = 5000;
+/// Raft log entries kept behind the applied index before truncation, by
+/// default.
+pub(super) const LOG_KEEP_ENTRIES: u64 = 5000;

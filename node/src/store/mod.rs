@@ -45,7 +45,7 @@ use crate::engine::RaftStorage;
 use crate::error::NodeResult;
 use crate::mvcc::Mvcc;
 use crate::storage::{Cf, Engine, WriteBatch};
-use crate::transport::Transport;
+use crate::transport::SharedTransport;
 use replica::{raft_config, Replica};
 
 /// Capacity of the store inbox; a full inbox sheds load with `ServerBusy`.
@@ -99,7 +99,7 @@ pub struct Store {
     mvcc: Mvcc,
     ranges: Ranges,
     replicas: HashMap<u64, Replica>,
-    transport: Transport,
+    transport: SharedTransport,
     logger: slog::Logger,
     tick_every: Duration,
     next_ctx: u64,
@@ -110,6 +110,8 @@ pub struct Store {
     destroyed: HashMap<u64, u64>,
     /// Idle ticks before a leader quiesces its range (0 = never).
     pub quiesce_after_ticks: u32,
+    /// Raft log entries kept behind the applied index (see `log_gc.rs`).
+    pub log_keep_entries: u64,
     /// Ranges quiesced by this round's tick whose followers are told after
     /// the round's raft messages went out (see `run`).
     quiesce_pending: Vec<u64>,
@@ -125,7 +127,7 @@ impl Store {
         node_id: u64,
         db: Arc<dyn Engine>,
         ranges: Ranges,
-        transport: Transport,
+        transport: SharedTransport,
         tick_every: Duration,
     ) -> Self {
         Self {
@@ -141,6 +143,7 @@ impl Store {
             peer_nodes: HashMap::new(),
             destroyed: HashMap::new(),
             quiesce_after_ticks: 20,
+            log_keep_entries: log_gc::LOG_KEEP_ENTRIES,
             quiesce_pending: Vec::new(),
             touched: HashSet::new(),
         }

@@ -1,6 +1,6 @@
-//! Raft transport: one sender task per destination node batches every message
-//! queued for it into one `Raft` RPC. Queues are bounded; when one is full the
-//! message is dropped (raft retransmits), never buffered without limit.
+//! The gRPC raft transport: one sender task per destination node batches every
+//! message queued for it into one `Raft` RPC. Queues are bounded; when one is
+//! full the message is dropped (raft retransmits), never buffered without limit.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,14 +14,14 @@ const QUEUE_CAP: usize = 8192;
 const BATCH_MAX: usize = 1024;
 
 #[derive(Clone)]
-pub struct Transport {
+pub struct GrpcTransport {
     from_node: u64,
     rt: tokio::runtime::Handle,
     addrs: Arc<DashMap<u64, String>>,
     queues: Arc<DashMap<u64, mpsc::Sender<RaftEnvelope>>>,
 }
 
-impl Transport {
+impl GrpcTransport {
     pub fn new(from_node: u64, addrs: Arc<DashMap<u64, String>>) -> Self {
         Self {
             from_node,
@@ -32,7 +32,7 @@ impl Transport {
     }
 
     /// Queues a message; never blocks (called from the raft thread).
-    pub fn send(&self, node_id: u64, env: RaftEnvelope) {
+    fn queue(&self, node_id: u64, env: RaftEnvelope) {
         let tx = match self.queues.get(&node_id) {
             Some(tx) => tx.clone(),
             None => {
@@ -85,5 +85,11 @@ impl Transport {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+impl super::RaftTransport for GrpcTransport {
+    fn send(&self, to_node: u64, env: RaftEnvelope) {
+        self.queue(to_node, env);
     }
 }

@@ -1,0 +1,32 @@
+//! Raft transport: how a replica's messages reach the other nodes.
+//!
+//! The raft thread hands every outgoing message to a [`RaftTransport`]; it
+//! must never block (it queues, and drops when full: raft retransmits).
+//! Messages arrive at a node through its inbox (`StoreMsg::Raft`), whichever
+//! transport carried them.
+//! - [`grpc::GrpcTransport`]: production; one sender task per destination node
+//!   batches messages into `Node.Raft` RPCs.
+//! - [`memory::MemNetwork`]: tests; delivers straight into the destination's
+//!   inbox, through filters that drop, delay, reorder or partition messages
+//!   by range, message type and direction.
+//!
+//! This module knows nothing of the store: a node registers a delivery
+//! function, not its inbox type.
+
+pub mod grpc;
+pub mod memory;
+
+use std::sync::Arc;
+
+use strata_proto::strata::RaftEnvelope;
+
+/// Sends raft messages to other nodes. Called from the raft thread: never
+/// blocks.
+pub trait RaftTransport: Send + Sync + 'static {
+    fn send(&self, to_node: u64, env: RaftEnvelope);
+}
+
+pub type SharedTransport = Arc<dyn RaftTransport>;
+
+/// Hands a message that arrived for this node to its raft thread.
+pub type Deliver = Arc<dyn Fn(RaftEnvelope) + Send + Sync>;
