@@ -184,6 +184,9 @@ impl RaftTransport for MemTransport {
     }
 }
 
+/// A condition on a message.
+pub type Condition = Arc<dyn Fn(&Sent<'_>) -> bool + Send + Sync>;
+
 /// Builds a filter from conditions; every condition given must hold for
 /// the action to apply.
 #[derive(Clone, Default)]
@@ -193,7 +196,7 @@ pub struct Rule {
     to: Option<u64>,
     touching: Option<u64>,
     types: Vec<MessageType>,
-    when: Option<Arc<dyn Fn(&Sent<'_>) -> bool + Send + Sync>>,
+    when: Option<Condition>,
 }
 
 impl Rule {
