@@ -54,6 +54,8 @@ pub struct NodeHandle {
     pub addr: SocketAddr,
     /// The replicas' published state (for tests and tools in-process).
     pub ranges: Ranges,
+    /// The raft thread's inbox (for tests in-process).
+    pub store: mpsc::Sender<StoreMsg>,
 }
 
 /// How a node's raft messages travel.
@@ -213,13 +215,14 @@ pub async fn run_with(cfg: NodeConfig, net: RaftNet) -> anyhow::Result<NodeHandl
         placement,
         ranges.clone(),
         addrs,
-        store_tx,
+        store_tx.clone(),
     ));
     metrics::ready(&telemetry);
     Ok(NodeHandle {
         node_id,
         addr,
         ranges,
+        store: store_tx,
     })
 }
 

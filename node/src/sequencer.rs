@@ -131,14 +131,12 @@ async fn run(range_id: u64, seqs: Sequencers, mut rx: mpsc::Receiver<SeqItem>) {
         let mut next: NodeResult<i64> = match (&term, writes) {
             (Err(e), _) => Err(e.clone()),
             (Ok(_), 0) => Ok(0),
-            (Ok(_), n) => seqs
-                .oracle
-                .alloc(n)
-                .await
-                .and_then(|s| stamp_range(s, n))
-                .map_err(NodeError::from),
+            (Ok(_), n) => {
+                let stamped = seqs.oracle.alloc(n).await.and_then(|s| stamp_range(s, n));
+                crate::failpoint::pause(seqs.node_id, "sequencer_stamped").await;
+                stamped.map_err(NodeError::from)
+            }
         };
-        crate::failpoint::pause(seqs.node_id, "sequencer_stamped").await;
         let term = term.unwrap_or(0);
         for item in batch {
             let msg = match item {

@@ -126,6 +126,9 @@ impl Store {
             if let Some(c) = applied.compacted {
                 r.shared.compacted.store(c, Ordering::Release);
             }
+            if applied.applied_rev.is_some() {
+                crate::failpoint::pause_blocking(self.node_id, "apply_before_write");
+            }
             self.db.write(&wb, false)?;
             // Published only now that the batch is written (see the module doc).
             let shared = r.shared.clone();
