@@ -114,14 +114,8 @@ fn lead_term(seqs: &Sequencers, range_id: u64) -> NodeResult<u64> {
 }
 
 async fn run(range_id: u64, seqs: Sequencers, mut rx: mpsc::Receiver<SeqItem>) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < BATCH_MAX {
-            match rx.try_recv() {
-                Ok(i) => batch.push(i),
-                Err(_) => break,
-            }
-        }
+    let mut batch = Vec::with_capacity(BATCH_MAX);
+    while rx.recv_many(&mut batch, BATCH_MAX).await > 0 {
         let writes = batch
             .iter()
             .filter(|i| matches!(i, SeqItem::Write { .. }))
@@ -138,7 +132,7 @@ async fn run(range_id: u64, seqs: Sequencers, mut rx: mpsc::Receiver<SeqItem>) {
             }
         };
         let term = term.unwrap_or(0);
-        for item in batch {
+        for item in batch.drain(..) {
             let msg = match item {
                 SeqItem::Write {
                     kind,

@@ -100,6 +100,7 @@ fn invalid(msg: &str) -> NodeError {
 }
 
 /// What a KV request is, once checked.
+#[derive(Clone, Copy)]
 enum Checked {
     Read,
     Write,
@@ -255,19 +256,19 @@ impl NodeService {
                 })
                 .await
             }
-            Checked::Unstamped => {
-                self.submit(r, |reply| SeqItem::Unstamped {
-                    kind,
-                    request,
-                    reply,
-                })
-                .await
-            }
-            Checked::Write => {
-                self.submit(r, |reply| SeqItem::Write {
-                    kind,
-                    request,
-                    reply,
+            Checked::Unstamped | Checked::Write => {
+                let stamped = matches!(checked, Checked::Write);
+                self.submit(r, |reply| match stamped {
+                    true => SeqItem::Write {
+                        kind,
+                        request,
+                        reply,
+                    },
+                    false => SeqItem::Unstamped {
+                        kind,
+                        request,
+                        reply,
+                    },
                 })
                 .await
             }

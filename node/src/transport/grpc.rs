@@ -49,14 +49,9 @@ impl GrpcTransport {
 
     async fn sender(self, node_id: u64, mut rx: mpsc::Receiver<RaftEnvelope>) {
         let mut client: Option<NodeClient<tonic::transport::Channel>> = None;
-        while let Some(first) = rx.recv().await {
-            let mut msgs = vec![first];
-            while msgs.len() < BATCH_MAX {
-                match rx.try_recv() {
-                    Ok(m) => msgs.push(m),
-                    Err(_) => break,
-                }
-            }
+        let mut buf = Vec::with_capacity(BATCH_MAX);
+        while rx.recv_many(&mut buf, BATCH_MAX).await > 0 {
+            let msgs = std::mem::take(&mut buf);
             if client.is_none() {
                 let Some(addr) = self.addrs.get(&node_id).map(|a| a.clone()) else {
                     crate::metrics::RAFT_DROPPED.inc_by(msgs.len() as u64);
