@@ -149,8 +149,12 @@ impl Placement for Svc {
                 addr: r.addr.clone(),
             })
             .await?;
-        let Outcome::NodeId(id) = out else {
-            return Err(Status::internal("unexpected outcome"));
+        let id = match out {
+            Outcome::NodeId(id) => id,
+            Outcome::IdsExhausted => {
+                return Err(Status::resource_exhausted("strata: node ids exhausted"))
+            }
+            _ => return Err(Status::internal("unexpected outcome")),
         };
         tracing::info!(node = id, addr = %r.addr, "node registered");
         self.0.last_seen.lock().insert(id, Instant::now());

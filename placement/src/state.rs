@@ -152,8 +152,20 @@ impl State {
         }
         match cmd {
             Command::RegisterNode { id, addr } => {
+                // An id from the network: a new one is checked, never wrapped
+                // (a panic here would stop placement at every log replay).
                 let id = if *id == 0 {
-                    self.nodes.keys().next_back().copied().unwrap_or(0) + 1
+                    match self
+                        .nodes
+                        .keys()
+                        .next_back()
+                        .copied()
+                        .unwrap_or(0)
+                        .checked_add(1)
+                    {
+                        Some(id) => id,
+                        None => return Outcome::IdsExhausted,
+                    }
                 } else {
                     *id
                 };
@@ -257,6 +269,21 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_ids_never_wrap() {
+        let mut st = State::default();
+        let reg = |id| Command::RegisterNode {
+            id,
+            addr: "127.0.0.1:1".into(),
+        };
+        assert!(matches!(
+            st.apply(&reg(u64::MAX)),
+            Outcome::NodeId(u64::MAX)
+        ));
+        assert!(matches!(st.apply(&reg(0)), Outcome::IdsExhausted));
+        assert_eq!(st.nodes.len(), 1);
+    }
 
     #[test]
     fn bootstrap_needs_enough_nodes_and_happens_once() {
