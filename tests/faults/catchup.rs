@@ -171,9 +171,11 @@ async fn snapshot_catch_up_past_a_split_hosts_the_new_range() {
     for i in 15..30 {
         put(&mut kv, &format!("k/{i:02}"), "old").await;
     }
-    eventually(Duration::from_secs(10), "node C to apply the writes", || {
-        (c.applied_rev(lagging, 1) == c.applied_rev(leader, 1)).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "node C to apply the writes",
+        || (c.applied_rev(lagging, 1) == c.applied_rev(leader, 1)).then_some(()),
+    )
     .await;
 
     let cut = c.net.add(Rule::new().touching(lagging).drop());
@@ -212,9 +214,9 @@ async fn snapshot_catch_up_past_a_split_hosts_the_new_range() {
         let state = caught_up(&c, lagging).await;
         match state {
             Ok(n) => break n,
-            Err(e) if healed.elapsed() > limit => panic!(
-                "node {lagging} did not catch up {limit:?} after the partition healed: {e}"
-            ),
+            Err(e) if healed.elapsed() > limit => {
+                panic!("node {lagging} did not catch up {limit:?} after the partition healed: {e}")
+            }
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     };
@@ -223,4 +225,83 @@ async fn snapshot_catch_up_past_a_split_hosts_the_new_range() {
         snapshot_to_lagging.load(Ordering::SeqCst),
         "range 1 reached node {lagging} by a snapshot (else this test checks nothing)"
     );
+}
+
+/// Node C hears nothing of range 1 while it splits, for long enough that
+/// placement tells C about the new range: C creates an uninitialized replica
+/// of it, whose snapshot must wait (C's replica of range 1 still covers the
+/// new range's keys). Once healed, C applies the split from range 1's log
+/// (it was not truncated): the split's own replica of the new range must
+/// take the uninitialized one's place, with exactly its leader's data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_split_applied_late_replaces_an_uninitialized_replica() {
+    let _fp = fail::FailScenario::setup();
+    let c = Cluster::start(Opts {
+        range_split_keys: 20,
+        ..Opts::default()
+    })
+    .await;
+    let leader = c.wait_leader(1).await;
+    let slow = c.others(leader)[0];
+    let mut kv = c.client().await;
+    for i in 15..30 {
+        put(&mut kv, &format!("k/{i:02}"), "old").await;
+    }
+    eventually(
+        Duration::from_secs(10),
+        "node C to apply the writes",
+        || (c.applied_rev(slow, 1) == c.applied_rev(leader, 1)).then_some(()),
+    )
+    .await;
+
+    let hold = c.net.add(Rule::new().range(1).touching(slow).drop());
+    let offered = Arc::new(AtomicBool::new(false));
+    let seen = offered.clone();
+    c.net.add(
+        Rule::new()
+            .to(slow)
+            .msg_type(MessageType::MsgSnapshot)
+            .when(move |s| {
+                if s.env.range_id != 1 {
+                    seen.store(true, Ordering::SeqCst);
+                }
+                false
+            })
+            .drop(),
+    );
+    for i in 0..30 {
+        put(&mut kv, &format!("k/{i:02}"), &format!("new {i}")).await;
+    }
+    eventually(Duration::from_secs(30), "range 1 to split", || {
+        (c.node(leader).ranges.len() >= 2).then_some(())
+    })
+    .await;
+    // Only C's uninitialized replica answers the new range's leader so that
+    // it sends a snapshot.
+    eventually(
+        Duration::from_secs(20),
+        "a snapshot of the new range offered to node C",
+        || offered.load(Ordering::SeqCst).then_some(()),
+    )
+    .await;
+    assert!(
+        c.node(slow).ranges.len() == 1,
+        "node C serves nothing but range 1 before it applied the split"
+    );
+    c.net.remove(hold);
+
+    let healed = Instant::now();
+    let limit = Duration::from_secs(60);
+    loop {
+        match caught_up(&c, slow).await {
+            Ok(n) => {
+                assert!(n >= 2, "range 1 split");
+                break;
+            }
+            Err(e) if healed.elapsed() > limit => {
+                panic!("node {slow} did not catch up {limit:?} after the partition healed: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
 }
