@@ -336,6 +336,7 @@ fn expected(role: &str) -> &'static [&'static str] {
             "strata_placement_ranges_under_replicated",
             "strata_placement_ranges_unavailable",
             "strata_placement_ranges_without_leader",
+            "strata_placement_replicas_missing",
             "strata_placement_oracle_allocations_total",
             "strata_placement_oracle_revisions_total",
             "strata_placement_oracle_batch_size",

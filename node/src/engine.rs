@@ -55,6 +55,14 @@ struct Cache {
     truncated_term: u64,
 }
 
+/// Where the raft log of a range created by a split starts: as if entries up
+/// to this index, of this term, were applied and truncated. A peer that holds
+/// no log (an uninitialized replica, see `store/catchup.rs`) is therefore
+/// always sent a snapshot of the range, never its log from index 1 — which
+/// would lack the data the range inherited from its parent.
+pub const SPLIT_INIT_INDEX: u64 = 5;
+pub const SPLIT_INIT_TERM: u64 = 5;
+
 /// Builds the data of a snapshot of the replica's current applied state.
 pub type SnapshotBuilder = Arc<dyn Fn() -> anyhow::Result<(u64, Vec<u8>)> + Send + Sync>;
 
@@ -304,12 +312,63 @@ impl RaftStorage {
 
     /// Deletes every trace of this replica's raft state (replica removed).
     pub fn stage_destroy(&self, wb: &mut WriteBatch) {
-        wb.delete_range(
-            Cf::Raft,
-            raft_key(self.range_id, 0, 0),
-            raft_key(self.range_id, u8::MAX, u64::MAX),
-        );
+        stage_destroy_range(wb, self.range_id);
     }
+
+    /// Stages the raft state of a replica a split creates, replacing any
+    /// there was: conf state `voters`, an empty log truncated at
+    /// [`SPLIT_INIT_INDEX`] / [`SPLIT_INIT_TERM`], committed and applied
+    /// there. Every replica that applies the split stages the same state, so
+    /// they start the range consistently. `prior` (term, vote) is the hard
+    /// state of an uninitialized replica of the range that was here: it may
+    /// have voted, and a peer must never vote twice in one term, so both are
+    /// kept when its term is not older.
+    pub fn stage_split_init(
+        wb: &mut WriteBatch,
+        range_id: u64,
+        voters: &[u64],
+        prior: Option<(u64, u64)>,
+    ) -> anyhow::Result<()> {
+        stage_destroy_range(wb, range_id);
+        let mut cs = ConfState::default();
+        cs.set_voters(voters.to_vec());
+        wb.put(
+            Cf::Raft,
+            raft_key(range_id, KIND_CONF_STATE, 0),
+            cs.write_to_bytes()?,
+        );
+        let mut hs = HardState {
+            term: SPLIT_INIT_TERM,
+            commit: SPLIT_INIT_INDEX,
+            ..Default::default()
+        };
+        if let Some((term, vote)) = prior.filter(|(term, _)| *term >= SPLIT_INIT_TERM) {
+            hs.term = term;
+            hs.vote = vote;
+        }
+        wb.put(
+            Cf::Raft,
+            raft_key(range_id, KIND_HARD_STATE, 0),
+            hs.write_to_bytes()?,
+        );
+        let mut v = SPLIT_INIT_INDEX.to_be_bytes().to_vec();
+        v.extend_from_slice(&SPLIT_INIT_TERM.to_be_bytes());
+        wb.put(Cf::Raft, raft_key(range_id, KIND_TRUNCATED, 0), v);
+        wb.put(
+            Cf::Raft,
+            raft_key(range_id, KIND_APPLIED, 0),
+            SPLIT_INIT_INDEX.to_be_bytes(),
+        );
+        Ok(())
+    }
+}
+
+fn stage_destroy_range(wb: &mut WriteBatch, range_id: u64) {
+    wb.delete_range(
+        Cf::Raft,
+        raft_key(range_id, 0, 0),
+        raft_key(range_id, u8::MAX, u64::MAX),
+    );
 }
 
 impl raft::Storage for RaftStorage {

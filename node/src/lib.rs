@@ -313,9 +313,18 @@ async fn heartbeat(
                 })
             })
             .collect();
+        // The full report lists every initialized replica (`ranges` holds
+        // only those): placement learns what this node does not host.
+        let hosted_range_ids = if full {
+            ranges.iter().map(|r| *r.key()).collect()
+        } else {
+            Vec::new()
+        };
         let mut req = tonic::Request::new(HeartbeatRequest {
             node_id,
             leader_ranges,
+            full_report: full,
+            hosted_range_ids,
         });
         req.set_timeout(Duration::from_secs(2));
         match placement.heartbeat(req).await {
@@ -347,13 +356,14 @@ async fn heartbeat(
                     last_down = down;
                 }
                 for d in resp.ranges {
-                    // Placement creates replicas here only for the first range
-                    // and for learners being added; split halves are created
-                    // by the split itself.
-                    let epoch = d.epoch.unwrap_or_default();
-                    let bootstrap = d.id == 1 && epoch.conf_ver == 1 && epoch.version == 1;
-                    let learner_here = d.peers.iter().any(|p| p.node_id == node_id && p.learner);
-                    if (bootstrap || learner_here)
+                    // Ranges that list this node but that it did not report
+                    // hosting: the first range at bootstrap, learners being
+                    // added, and ranges whose split this node never applied
+                    // (it caught up past it by a snapshot). The store creates
+                    // the replica, uninitialized unless bootstrapping (see
+                    // `store/catchup.rs`), and ignores one it already has.
+                    let listed = d.peers.iter().any(|p| p.node_id == node_id);
+                    if listed
                         && !ranges.contains_key(&d.id)
                         && store.send(StoreMsg::Create(d)).await.is_err()
                     {

@@ -58,6 +58,16 @@ pub static LEADERLESS: LazyLock<IntGauge> = LazyLock::new(|| {
     .expect("register")
 });
 
+pub static REPLICAS_MISSING: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "strata_placement_replicas_missing",
+        "Voting replicas that a range descriptor lists on an up node which has not reported \
+         hosting them for over 2 s: phantom voters, counted in their range's quorum but holding \
+         nothing. The node is told to create them; the scheduler replaces those it does not."
+    )
+    .expect("register")
+});
+
 pub static REPLICATION_FACTOR: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!(
         "strata_placement_replication_factor",
@@ -200,6 +210,7 @@ pub fn init() {
         &UNDER_REPLICATED,
         &UNAVAILABLE,
         &LEADERLESS,
+        &REPLICAS_MISSING,
         &REPLICATION_FACTOR,
         &LEASES,
         &REVISION,
@@ -261,6 +272,11 @@ fn refresh(svc: &PlacementService) {
             _ => leaderless += 1,
         }
     }
+    let missing = svc
+        .hosting
+        .lock()
+        .missing(std::time::Instant::now(), |n| up.contains(&n));
+    REPLICAS_MISSING.set(missing as i64);
     RANGES.set(st.ranges.len() as i64);
     UNDER_REPLICATED.set(under);
     UNAVAILABLE.set(unavailable);

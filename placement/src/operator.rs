@@ -18,6 +18,10 @@ const TICK: Duration = Duration::from_secs(1);
 const OP_COOLDOWN: Duration = Duration::from_secs(3);
 /// A node without a heartbeat this long is shown as down (not yet replaced).
 const NODE_UP_WINDOW: Duration = Duration::from_secs(3);
+/// A voter its live node has not hosted for this long is replaced (the node
+/// was told after `hosting::MISSING_AFTER`; catching up takes a snapshot of
+/// the range, which may wait for the node's replica of the parent range).
+const MISSING_GRACE: Duration = Duration::from_secs(60);
 
 pub async fn run(svc: Arc<PlacementService>, node_down_after: Duration, max_ops: usize) {
     let mut iv = tokio::time::interval(TICK);
@@ -37,7 +41,9 @@ pub async fn run(svc: Arc<PlacementService>, node_down_after: Duration, max_ops:
         recent.retain(|_, t| t.elapsed() < OP_COOLDOWN);
         let nodes = node_views(&svc, node_down_after);
         let version = svc.scheduler_version();
-        if recent.is_empty() && settled.as_ref() == Some(&(version, nodes.clone())) {
+        // Unhosted voters age without any version changing.
+        let aging = svc.hosting.lock().any_unhosted();
+        if recent.is_empty() && !aging && settled.as_ref() == Some(&(version, nodes.clone())) {
             continue;
         }
         let ranges = range_views(&svc);
@@ -49,6 +55,7 @@ pub async fn run(svc: Arc<PlacementService>, node_down_after: Duration, max_ops:
             &Config {
                 replicas: svc.replicas,
                 max_ops,
+                missing_grace: MISSING_GRACE,
             },
         );
         settled = (ops.is_empty() && busy.is_empty()).then_some((version, nodes));
@@ -82,12 +89,19 @@ fn range_views(svc: &PlacementService) -> Vec<RangeView> {
     let st = svc.rep.state();
     let leaders = svc.leaders.lock();
     let stats = svc.stats.lock();
+    let hosting = svc.hosting.lock();
+    let now = Instant::now();
     st.ranges
         .values()
         .map(|r| RangeView {
             range: r.clone(),
             leader_node: leaders.get(&r.id).map_or(0, |h| h.node),
             writes_per_sec: stats.get(&r.id).map_or(0.0, |s| s.writes_per_sec),
+            unhosted: r
+                .peers
+                .iter()
+                .filter_map(|(_, n)| Some((*n, hosting.unhosted_for(r.id, *n, now)?)))
+                .collect(),
         })
         .collect()
 }

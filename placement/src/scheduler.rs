@@ -4,7 +4,10 @@
 //! 1. **repair**: a range with a voter on a node that is down (past
 //!    `--node-down-after`) gets a replacement learner on a live node; once that
 //!    learner is promoted, the dead voter is removed. A stuck learner on a dead
-//!    node is removed.
+//!    node is removed. A *phantom* voter — listed on a live node that has not
+//!    hosted it for longer than `missing_grace` (see `hosting.rs`) — is
+//!    removed; the range is then short of a voter and gets a learner like any
+//!    other (on that node too: a learner starts from a snapshot).
 //! 2. **surplus**: a range with more voters than wanted loses the one on the
 //!    node holding the most replicas (never the leader's, never below quorum).
 //! 3. **replica balance**: when live nodes' replica counts differ by more than
@@ -24,6 +27,7 @@
 //! limited, and a range is never taken below quorum.
 
 use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
 
 use crate::state::StoredRange;
 
@@ -43,6 +47,8 @@ pub struct RangeView {
     pub leader_node: u64,
     /// Writes per second its leader last reported.
     pub writes_per_sec: f64,
+    /// Voters whose node has not reported hosting them: (node, for how long).
+    pub unhosted: Vec<(u64, Duration)>,
 }
 
 /// Step 5 acts only on a leader write-rate gap of at least this many writes/s…
@@ -70,6 +76,8 @@ impl Op {
 pub struct Config {
     pub replicas: usize,
     pub max_ops: usize,
+    /// A voter its live node has not hosted for this long is replaced.
+    pub missing_grace: Duration,
 }
 
 pub fn schedule(
@@ -85,6 +93,7 @@ pub fn schedule(
         .map(|n| n.id)
         .collect();
     let dead: HashSet<u64> = nodes.iter().filter(|n| n.dead).map(|n| n.id).collect();
+    let up: HashSet<u64> = alive.iter().copied().collect();
     let mut replicas: BTreeMap<u64, usize> = alive.iter().map(|n| (*n, 0)).collect();
     let mut leaders: BTreeMap<u64, usize> = alive.iter().map(|n| (*n, 0)).collect();
     for r in ranges {
@@ -134,6 +143,35 @@ pub fn schedule(
         }
         if !learners.is_empty() {
             continue; // wait for the promotion
+        }
+        // A phantom voter never acknowledged anything, so removing it costs
+        // the range no fault tolerance; its replacement follows (step 1).
+        let phantom = |n: &u64| {
+            up.contains(n)
+                && r.unhosted
+                    .iter()
+                    .any(|(u, for_)| u == n && *for_ >= cfg.missing_grace)
+        };
+        if let Some(&(peer, node)) = voters
+            .iter()
+            .find(|(_, n)| *n != r.leader_node && phantom(n))
+        {
+            let real = voters
+                .iter()
+                .filter(|(_, n)| !dead.contains(n) && !phantom(n))
+                .count();
+            if real > (voters.len() - 1) / 2 {
+                ops.push(Op::RemovePeer {
+                    range: id,
+                    peer,
+                    node,
+                });
+                if let Some(c) = replicas.get_mut(&node) {
+                    *c -= 1;
+                }
+                touched.insert(id);
+                continue;
+            }
         }
         let live_voters = voters.iter().filter(|(_, n)| !dead.contains(n)).count();
         let quorum = voters.len() / 2 + 1;
@@ -352,6 +390,7 @@ mod tests {
             },
             leader_node: leader,
             writes_per_sec: 0.0,
+            unhosted: Vec::new(),
         }
     }
 
@@ -366,7 +405,44 @@ mod tests {
         Config {
             replicas: 3,
             max_ops: 4,
+            missing_grace: Duration::from_secs(60),
         }
+    }
+
+    #[test]
+    fn a_phantom_voter_is_replaced_after_its_grace() {
+        let nodes: Vec<_> = (1..=3).map(node).collect();
+        let mut r = range(2, &[1, 2, 3], 1);
+        // Node 3 does not host its voter, but may still pick it up.
+        r.unhosted = vec![(3, Duration::from_secs(59))];
+        assert!(schedule(&nodes, &[r.clone()], &HashSet::new(), &cfg()).is_empty());
+        // Past the grace: removed, then a learner replaces it (on node 3
+        // again, the only node without a replica: it starts from a snapshot).
+        r.unhosted = vec![(3, Duration::from_secs(60))];
+        let ops = schedule(&nodes, &[r.clone()], &HashSet::new(), &cfg());
+        assert_eq!(
+            ops,
+            vec![Op::RemovePeer {
+                range: 2,
+                peer: 23,
+                node: 3
+            }]
+        );
+        let after = range(2, &[1, 2], 1);
+        let ops = schedule(&nodes, &[after], &HashSet::new(), &cfg());
+        assert_eq!(ops, vec![Op::AddLearner { range: 2, node: 3 }]);
+        // Never the leader's voter, nor one on a node that is down (the
+        // dead-node repair handles those), nor when too few real voters
+        // would remain.
+        let mut led = r.clone();
+        led.leader_node = 3;
+        assert!(schedule(&nodes, &[led], &HashSet::new(), &cfg()).is_empty());
+        let mut down = nodes.clone();
+        down[2].up = false;
+        assert!(schedule(&down, &[r.clone()], &HashSet::new(), &cfg()).is_empty());
+        let mut two = r;
+        two.unhosted = vec![(2, Duration::from_secs(99)), (3, Duration::from_secs(99))];
+        assert!(schedule(&nodes, &[two], &HashSet::new(), &cfg()).is_empty());
     }
 
     #[test]

@@ -11,6 +11,7 @@ use strata_proto::strata::placement_server::Placement;
 use strata_proto::strata::*;
 use tonic::{Request, Response, Status};
 
+use crate::hosting::Hosting;
 use crate::oracle::Oracle;
 use crate::replica::Replicated;
 use crate::state::{Command, Outcome, StoredRange};
@@ -34,6 +35,8 @@ pub struct PlacementService {
     pub last_seen: Mutex<HashMap<u64, Instant>>,
     /// Latest stats reported by each range's leader.
     pub stats: Mutex<HashMap<u64, RangeStats>>,
+    /// What each node reports hosting, and the voters it does not host.
+    pub hosting: Mutex<Hosting>,
     /// Lease id → deadline (leader-local, reset on restart as in etcd).
     pub lease_deadlines: Mutex<HashMap<i64, Instant>>,
     /// Bumped whenever a range's leader hint names another node.
@@ -63,6 +66,7 @@ impl PlacementService {
             leaders: Mutex::new(HashMap::new()),
             last_seen: Mutex::new(HashMap::new()),
             stats: Mutex::new(HashMap::new()),
+            hosting: Mutex::new(Hosting::default()),
             lease_deadlines: Mutex::new(leases),
             leader_version: Default::default(),
             stats_version: Default::default(),
@@ -168,6 +172,13 @@ impl Placement for Svc {
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let r = req.into_inner();
         self.0.last_seen.lock().insert(r.node_id, Instant::now());
+        self.0.hosting.lock().report(
+            r.node_id,
+            r.full_report.then_some(&r.hosted_range_ids[..]),
+            r.leader_ranges
+                .iter()
+                .filter_map(|rep| rep.desc.as_ref().map(|d| d.id)),
+        );
         let mut updates = Vec::new();
         {
             let st = self.0.rep.state();
@@ -218,22 +229,32 @@ impl Placement for Svc {
         }
         self.0.maybe_bootstrap().await;
         let st = self.0.rep.state();
+        let mut hosting = self.0.hosting.lock();
+        let missing: std::collections::HashSet<u64> = hosting
+            .reconcile(r.node_id, &st.ranges, Instant::now())
+            .into_iter()
+            .collect();
         let ranges = st
             .ranges
             .values()
-            // Only replicas the node must create itself: the first range, and
-            // learners being added (split halves are created by the split).
+            // Replicas the node must create itself, unless it reported them:
+            // the first range, learners being added, and missing voters (a
+            // split's new range on a node that caught up past the split with
+            // a snapshot; see `hosting.rs`). Other split halves are created by
+            // the split.
             .filter(|rg| {
-                let bootstrap = rg.id == 1 && rg.conf_ver == 1 && rg.version == 1;
-                if !bootstrap && rg.learners.is_empty() {
+                let Some(&(peer, _)) = rg.peers.iter().find(|p| p.1 == r.node_id) else {
+                    return false;
+                };
+                if hosting.hosts(r.node_id, rg.id) == Some(true) {
                     return false;
                 }
-                rg.peers
-                    .iter()
-                    .any(|p| p.1 == r.node_id && (bootstrap || rg.learners.contains(&p.0)))
+                let bootstrap = rg.id == 1 && rg.conf_ver == 1 && rg.version == 1;
+                bootstrap || rg.learners.contains(&peer) || missing.contains(&rg.id)
             })
             .map(|rg| rg.descriptor())
             .collect();
+        drop(hosting);
         drop(st);
         Ok(Response::new(HeartbeatResponse {
             ranges,
@@ -379,9 +400,10 @@ impl Svc {
     /// holds (one pass over the ranges — heartbeats, ten a second per node,
     /// ask without).
     fn nodes(&self, counts: bool) -> Vec<NodeInfo> {
-        // Lock order, everywhere: state, then last_seen, leaders, stats. (A
-        // reader waiting for the state behind a queued writer while holding
-        // last_seen, which a state reader wants, deadlocks placement.)
+        // Lock order, everywhere: state, then last_seen, leaders, stats,
+        // hosting. (A reader waiting for the state behind a queued writer
+        // while holding last_seen, which a state reader wants, deadlocks
+        // placement.)
         let st = self.0.rep.state();
         let seen = self.0.last_seen.lock();
         let mut per_node: HashMap<u64, (u64, u64)> = HashMap::new();

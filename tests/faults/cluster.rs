@@ -40,6 +40,7 @@ pub struct Cluster {
     pub net: MemNetwork,
     pub nodes: Vec<NodeHandle>,
     pub router: SocketAddr,
+    pub placement: SocketAddr,
     _dirs: Vec<tempfile::TempDir>,
 }
 
@@ -114,6 +115,7 @@ impl Cluster {
             net,
             nodes,
             router,
+            placement,
             _dirs: dirs,
         };
         c.wait_leader(1).await;

@@ -12,6 +12,7 @@ engine_tests!(
     snapshot_replaces_the_log,
     snapshot_generation,
     destroy_removes_one_replica_only,
+    split_init_starts_the_log_past_index_one,
     reload_clamps_commit_to_the_log,
     conf_state_commit_and_applied_persist,
     corrupt_records_are_errors;
@@ -243,6 +244,44 @@ fn destroy_removes_one_replica_only(t: &mut TestEngine) {
     assert_eq!(b.last_index().unwrap(), 2);
     assert_eq!(b.applied_index().unwrap(), 2);
     assert_eq!(b.initial_state().unwrap().hard_state, hs);
+}
+
+/// A split-created replica's log starts truncated at the init index: a peer
+/// with an empty log can only be sent a snapshot. An uninitialized
+/// replica's term and vote survive (it may have voted in that term).
+fn split_init_starts_the_log_past_index_one(t: &mut TestEngine) {
+    let db = t.engine();
+    let old = RaftStorage::open(db.clone(), 9, &[]).unwrap();
+    let mut wb = WriteBatch::new();
+    old.stage_append(
+        &mut wb,
+        &[],
+        Some(&HardState {
+            term: 8,
+            vote: 3,
+            ..Default::default()
+        }),
+    )
+    .unwrap();
+    db.write(&wb, true).unwrap();
+    for (prior, want_term, want_vote) in [(None, SPLIT_INIT_TERM, 0), (Some((8, 3)), 8, 3)] {
+        let mut wb = WriteBatch::new();
+        RaftStorage::stage_split_init(&mut wb, 9, &[1, 2, 3], prior).unwrap();
+        db.write(&wb, true).unwrap();
+        let s = RaftStorage::open(db.clone(), 9, &[]).unwrap();
+        assert_eq!(s.first_index().unwrap(), SPLIT_INIT_INDEX + 1);
+        assert_eq!(s.last_index().unwrap(), SPLIT_INIT_INDEX);
+        assert_eq!(s.term(SPLIT_INIT_INDEX).unwrap(), SPLIT_INIT_TERM);
+        assert!(is_store_err(get(&s, 1, 2), StorageError::Compacted));
+        assert_eq!(s.applied_index().unwrap(), SPLIT_INIT_INDEX);
+        let st = s.initial_state().unwrap();
+        assert_eq!(st.conf_state.voters, vec![1, 2, 3]);
+        assert_eq!(st.hard_state.commit, SPLIT_INIT_INDEX);
+        assert_eq!(
+            (st.hard_state.term, st.hard_state.vote),
+            (want_term, want_vote)
+        );
+    }
 }
 
 fn reload_clamps_commit_to_the_log(t: &mut TestEngine) {

@@ -152,7 +152,9 @@ impl Store {
             .and_then(|b| RangeDescriptor::decode(&b[..]).ok());
         let mut wb = WriteBatch::default();
         RaftStorage::open(self.db.clone(), range_id, &[])?.stage_destroy(&mut wb);
-        if let Some(d) = desc {
+        // An uninitialized replica holds no data: its span may be another
+        // replica's (see `catchup.rs`).
+        if let Some(d) = desc.filter(|_| r.initialized) {
             delete_data(&*self.db, &mut wb, &desc_range(&d))?;
         }
         for k in meta::all_keys(range_id) {

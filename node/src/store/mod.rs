@@ -9,11 +9,14 @@
 //! - `split.rs`: applying a split;
 //! - `conf_change.rs`: membership changes, leader transfer, replica removal;
 //! - `snapshot.rs`: building and installing raft snapshots;
+//! - `catchup.rs`: replicas listed here but without data (uninitialized),
+//!   initialized only by a snapshot;
 //! - `quiesce.rs`: idle ranges stop ticking;
 //! - `log_gc.rs`: raft log truncation;
 //! - `ready.rs`: the Ready round, the only place raft state is written;
 //! - `replica.rs`, `meta.rs`: the replica's state and its `meta` records.
 
+mod catchup;
 mod conf_change;
 mod exec;
 mod log_gc;
@@ -108,6 +111,10 @@ pub struct Store {
     peer_nodes: HashMap<u64, u64>,
     /// Ranges whose replica was removed here → conf_ver at removal.
     destroyed: HashMap<u64, u64>,
+    /// Split children to start at the end of the Ready round, in place of
+    /// an uninitialized replica (with whether the parent led; see
+    /// `catchup.rs`).
+    split_children: Vec<(RangeDescriptor, bool)>,
     /// Idle ticks before a leader quiesces its range (0 = never).
     pub quiesce_after_ticks: u32,
     /// Raft log entries kept behind the applied index (see `log_gc.rs`).
@@ -142,6 +149,7 @@ impl Store {
             next_ctx: 1,
             peer_nodes: HashMap::new(),
             destroyed: HashMap::new(),
+            split_children: Vec::new(),
             quiesce_after_ticks: 20,
             log_keep_entries: log_gc::LOG_KEEP_ENTRIES,
             quiesce_pending: Vec::new(),
@@ -161,12 +169,18 @@ impl Store {
         it.status()?;
         drop(it);
         for d in descs {
-            self.create(d)?;
+            self.create(d, false)?;
         }
         Ok(())
     }
 
-    fn create(&mut self, desc: RangeDescriptor) -> anyhow::Result<()> {
+    /// Opens the replica of `desc` on this node. One with raft state on
+    /// disk (loaded, or staged by the split that created it) opens as it
+    /// was; one without starts with the range's voters when `bootstrap`
+    /// (the first range's first replicas: its log from index 1 is its whole
+    /// history), else empty: uninitialized, waiting for a snapshot (see
+    /// `catchup.rs`). Only an initialized replica is published in `ranges`.
+    fn create(&mut self, desc: RangeDescriptor, bootstrap: bool) -> anyhow::Result<()> {
         if self.replicas.contains_key(&desc.id) {
             return Ok(());
         }
@@ -174,19 +188,21 @@ impl Store {
             anyhow::bail!("range {} has no peer on node {}", desc.id, self.node_id);
         };
         let peer_id = me.id;
-        // A replica added as a learner starts empty and waits for a snapshot;
-        // the first range's replicas (and split halves) start with the voters.
-        let voters: Vec<u64> = if me.learner {
-            Vec::new()
-        } else {
+        let voters: Vec<u64> = if bootstrap && !me.learner {
             desc.peers
                 .iter()
                 .filter(|p| !p.learner)
                 .map(|p| p.id)
                 .collect()
+        } else {
+            Vec::new()
         };
         let storage = RaftStorage::open(self.db.clone(), desc.id, &voters)?;
+        // Holds its range's data: a snapshot, a split or the bootstrap gave
+        // it voters (an uninitialized replica has none).
+        let initialized = !storage.conf_state().voters.is_empty();
         let applied = storage.applied_index()?;
+        log_gc::truncate_index_one(&*self.db, &storage, applied)?;
         let mut wb = WriteBatch::new();
         wb.put(Cf::Meta, meta::desc_key(desc.id), desc.encode_to_vec());
         self.db.write(&wb, false)?;
@@ -212,12 +228,15 @@ impl Store {
         });
         raw.store()
             .set_snapshot_builder(snapshot::snapshot_builder(self.db.clone(), shared.clone()));
-        self.ranges.insert(desc.id, shared.clone());
+        if initialized {
+            self.ranges.insert(desc.id, shared.clone());
+        }
         self.replicas.insert(
             desc.id,
             Replica {
                 raw,
                 shared,
+                initialized,
                 proposals: VecDeque::new(),
                 pending_revs: BTreeSet::new(),
                 reads: Vec::new(),
@@ -226,7 +245,13 @@ impl Store {
             },
         );
         self.touched.insert(desc.id);
-        tracing::info!(range = desc.id, peer = peer_id, applied, "replica opened");
+        tracing::info!(
+            range = desc.id,
+            peer = peer_id,
+            applied,
+            initialized,
+            "replica opened"
+        );
         Ok(())
     }
 
@@ -285,17 +310,7 @@ impl Store {
         match m {
             StoreMsg::Tick => {}
             StoreMsg::NodesDown(down) => self.nodes_down(&down),
-            StoreMsg::Create(desc) => {
-                // A replica removed from this node is not recreated from a
-                // directory entry that predates its removal.
-                let conf_ver = desc.epoch.unwrap_or_default().conf_ver;
-                if self.destroyed.get(&desc.id).is_some_and(|v| *v >= conf_ver) {
-                    return;
-                }
-                if let Err(e) = self.create(desc) {
-                    tracing::warn!("cannot create replica: {e:#}");
-                }
-            }
+            StoreMsg::Create(desc) => self.on_create(desc),
             StoreMsg::Raft(env) => self.step(env),
             StoreMsg::Admin {
                 range_id,
@@ -352,7 +367,21 @@ impl Store {
                         crate::metrics::BAD_ENTRIES.inc();
                         return;
                     }
+                    // Initialized replicas never overlap (see `catchup.rs`).
+                    if let Some(other) =
+                        self.snapshot_overlap(env.range_id, &msg.get_snapshot().data)
+                    {
+                        tracing::debug!(
+                            range = env.range_id,
+                            other,
+                            "snapshot waits: range {other} here still covers part of it"
+                        );
+                        return;
+                    }
                 }
+                let Some(r) = self.replicas.get_mut(&env.range_id) else {
+                    return;
+                };
                 r.wake_for(&msg);
                 if let Err(e) = r.raw.step(msg) {
                     tracing::debug!(range = env.range_id, "step: {e}");

@@ -59,9 +59,12 @@ impl Store {
             };
             shared.lead_term.store(lead_term, Ordering::Release);
             if !rd.snapshot().is_empty() {
+                self.stage_leftovers(&mut wb, id, &rd.snapshot().data)?;
+                let r = self.replicas.get_mut(&id).expect("replica");
                 let st = stage_snapshot_data(&*self.db, &mut wb, r.raw.store(), rd.snapshot())?;
                 snapshots.push((id, st));
             }
+            let r = self.replicas.get_mut(&id).expect("replica");
             r.raw.store().stage_append(&mut wb, rd.entries(), rd.hs())?;
             appended += rd.entries().len();
             let snaps: Vec<u64> = msgs
@@ -83,6 +86,7 @@ impl Store {
         }
         for (id, st) in snapshots {
             self.on_snapshot_persisted(id, st);
+            self.on_initialized(id);
         }
         // Phase 2: after the fsync.
         for (id, mut rd) in readies {
@@ -115,6 +119,12 @@ impl Store {
             // Asked again next round (cheap for a range that went quiet).
             self.touched.insert(id);
             self.gc_log(id)?;
+        }
+        // Each uninitialized replica's Ready of this round is complete: the
+        // split children that replace them can start (see `catchup.rs`).
+        for (child, parent_led) in std::mem::take(&mut self.split_children) {
+            self.drop_uninitialized(child.id, false)?;
+            self.start_split_child(child, parent_led)?;
         }
         Ok(())
     }

@@ -34,6 +34,9 @@ pub(super) struct Proposal {
 pub(super) struct Replica {
     pub raw: RawNode<RaftStorage>,
     pub shared: std::sync::Arc<RangeShared>,
+    /// Holds its range's data; an uninitialized replica waits for a
+    /// snapshot and is not published (see `catchup.rs`).
+    pub initialized: bool,
     pub proposals: VecDeque<Proposal>,
     /// Revisions stamped and proposed by this leader but not yet applied.
     pub pending_revs: BTreeSet<i64>,
