@@ -214,3 +214,26 @@ impl Cluster {
             .unwrap_or_else(|| panic!("node {node_id} has no peer in range {range_id}"))
     }
 }
+
+impl Drop for Cluster {
+    /// Stops every raft thread and waits for it, so no node outlives its
+    /// test (the network's delivery functions hold the nodes' inboxes, so
+    /// they are dropped first).
+    fn drop(&mut self) {
+        self.net.clear();
+        let mut waits = Vec::new();
+        for n in &self.nodes {
+            self.net.unregister(n.node_id);
+            let (tx, rx) = std::sync::mpsc::channel();
+            if n.store
+                .try_send(strata_node::store::StoreMsg::Stop(tx))
+                .is_ok()
+            {
+                waits.push(rx);
+            }
+        }
+        for rx in waits {
+            let _ = rx.recv_timeout(Duration::from_secs(10));
+        }
+    }
+}

@@ -85,6 +85,9 @@ pub enum StoreMsg {
     },
     Create(RangeDescriptor),
     Tick,
+    /// Stops the raft thread after this round (in-process tests); `done`
+    /// hears once every replica is closed.
+    Stop(std::sync::mpsc::Sender<()>),
     /// Nodes placement currently reports as down.
     NodesDown(Vec<u64>),
     /// A replica change or leader transfer, on the range leader.
@@ -122,6 +125,8 @@ pub struct Store {
     /// Ranges quiesced by this round's tick whose followers are told after
     /// the round's raft messages went out (see `run`).
     quiesce_pending: Vec<u64>,
+    /// Set by `StoreMsg::Stop`: the loop ends after this round.
+    stop: Option<std::sync::mpsc::Sender<()>>,
     /// Ranges that may have a raft `Ready` since the last round: those a
     /// message, request or tick reached, new ones, and those handled in the
     /// last round. Only these are asked, so a round costs nothing per idle
@@ -153,6 +158,7 @@ impl Store {
             quiesce_after_ticks: 20,
             log_keep_entries: log_gc::LOG_KEEP_ENTRIES,
             quiesce_pending: Vec::new(),
+            stop: None,
             touched: HashSet::new(),
         }
     }
@@ -295,6 +301,11 @@ impl Store {
                     self.send_quiesce(id);
                 }
             }
+            if let Some(done) = self.stop.take() {
+                drop(self); // closes every replica before saying so
+                let _ = done.send(());
+                return;
+            }
         }
     }
 
@@ -305,10 +316,11 @@ impl Store {
             | StoreMsg::ReadBarrier { range_id, .. }
             | StoreMsg::Admin { range_id, .. } => self.touched.insert(*range_id),
             StoreMsg::Create(desc) => self.touched.insert(desc.id),
-            StoreMsg::Tick | StoreMsg::NodesDown(_) => false,
+            StoreMsg::Tick | StoreMsg::NodesDown(_) | StoreMsg::Stop(_) => false,
         };
         match m {
             StoreMsg::Tick => {}
+            StoreMsg::Stop(done) => self.stop = Some(done),
             StoreMsg::NodesDown(down) => self.nodes_down(&down),
             StoreMsg::Create(desc) => self.on_create(desc),
             StoreMsg::Raft(env) => self.step(env),
