@@ -12,7 +12,6 @@ use strata_proto::strata::{AdminKind, Peer, RangeDescriptor};
 use tonic::Status;
 
 use super::replica::Replica;
-use super::snapshot::delete_data;
 use super::{desc_range, meta, Store};
 use crate::engine::RaftStorage;
 use crate::error::{NodeError, NodeResult};
@@ -153,7 +152,7 @@ impl Store {
         let mut wb = WriteBatch::default();
         RaftStorage::open(self.db.clone(), range_id, &[])?.stage_destroy(&mut wb);
         if let Some(d) = desc {
-            delete_data(&*self.db, &mut wb, &desc_range(&d))?;
+            crate::snapshot::stage::delete_data(&*self.db, &mut wb, &desc_range(&d))?;
         }
         for k in meta::all_keys(range_id) {
             wb.delete(Cf::Meta, k);
