@@ -1,6 +1,8 @@
 //! The gRPC raft transport: one sender task per destination node batches every
-//! message queued for it into one `Raft` RPC. Queues are bounded; when one is
-//! full the message is dropped (raft retransmits), never buffered without limit.
+//! message queued for it into one `Raft` RPC (at most [`BATCH_MAX`] messages
+//! and about [`BATCH_BYTES_MAX`] bytes, under the receiver's decode limit).
+//! Queues are bounded; when one is full the message is dropped (raft
+//! retransmits), never buffered without limit.
 //!
 //! Snapshots stream in a `Node.Snapshot` RPC of their own, on a connection of
 //! their own (a long transfer neither delays raft messages nor is cut by
@@ -18,6 +20,9 @@ use crate::snapshot::{Outgoing, SnapshotDoneFn, SnapshotSource, CHUNK_TIMEOUT, S
 
 const QUEUE_CAP: usize = 8192;
 const BATCH_MAX: usize = 1024;
+/// A batch stops growing past this many message bytes (the receiver
+/// refuses RPCs over 64 MiB; a raft append carries up to about 1 MiB).
+const BATCH_BYTES_MAX: usize = 8 * 1024 * 1024;
 
 #[derive(Clone)]
 pub struct GrpcTransport {
@@ -58,10 +63,14 @@ impl GrpcTransport {
     async fn sender(self, node_id: u64, mut rx: mpsc::Receiver<RaftEnvelope>) {
         let mut client: Option<NodeClient<tonic::transport::Channel>> = None;
         while let Some(first) = rx.recv().await {
+            let mut bytes = first.message.len();
             let mut msgs = vec![first];
-            while msgs.len() < BATCH_MAX {
+            while msgs.len() < BATCH_MAX && bytes < BATCH_BYTES_MAX {
                 match rx.try_recv() {
-                    Ok(m) => msgs.push(m),
+                    Ok(m) => {
+                        bytes += m.message.len();
+                        msgs.push(m);
+                    }
                     Err(_) => break,
                 }
             }
