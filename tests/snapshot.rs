@@ -219,7 +219,7 @@ async fn a_200_mib_range_catches_up_by_snapshot() {
     }
     eprintln!(
         "loaded {} MiB in {:?} (revision {loaded_rev})",
-        KEYS * VALUE_BYTES >> 20,
+        (KEYS * VALUE_BYTES) >> 20,
         started.elapsed()
     );
 
@@ -277,7 +277,10 @@ async fn a_200_mib_range_catches_up_by_snapshot() {
         node_client(&spare_addr).await,
     );
     for i in 0..KEYS {
-        let (a, b) = (read(&mut l, &key(i), 0).await, read(&mut s, &key(i), 0).await);
+        let (a, b) = (
+            read(&mut l, &key(i), 0).await,
+            read(&mut s, &key(i), 0).await,
+        );
         assert_eq!(a, b, "{} differs", key(i));
         let want = match i {
             0..10 => Some(value(i, 2, 1000)),
