@@ -63,18 +63,19 @@ struct Cache {
 pub const SPLIT_INIT_INDEX: u64 = 5;
 pub const SPLIT_INIT_TERM: u64 = 5;
 
-/// Builds the data of a snapshot of the replica's current applied state.
-pub type SnapshotBuilder = Arc<dyn Fn() -> anyhow::Result<(u64, Vec<u8>)> + Send + Sync>;
+mod snapgen;
+
+pub use snapgen::{GeneratedSnapshot, SnapshotHeaderFn};
 
 /// raft-rs `Storage` over the `raft` column family for one replica. The log is
 /// truncated after a while; older entries are then served as a snapshot of the
-/// range's MVCC data (see [`SnapshotBuilder`]).
+/// range, generated off the raft thread (see `snapgen.rs`).
 #[derive(Clone)]
 pub struct RaftStorage {
     db: Arc<dyn Engine>,
     range_id: u64,
     cache: Arc<Mutex<Cache>>,
-    snapshots: Arc<Mutex<Option<SnapshotBuilder>>>,
+    snapgen: snapgen::SharedGen,
 }
 
 impl RaftStorage {
@@ -134,7 +135,7 @@ impl RaftStorage {
             db,
             range_id,
             cache: Arc::new(Mutex::new(cache)),
-            snapshots: Arc::new(Mutex::new(None)),
+            snapgen: Arc::default(),
         })
     }
 
@@ -226,10 +227,6 @@ impl RaftStorage {
 
     pub fn conf_state(&self) -> ConfState {
         self.cache.lock().conf_state.clone()
-    }
-
-    pub fn set_snapshot_builder(&self, b: SnapshotBuilder) {
-        *self.snapshots.lock() = Some(b);
     }
 
     pub fn truncated_index(&self) -> u64 {
@@ -451,30 +448,8 @@ impl raft::Storage for RaftStorage {
         Ok(self.cache.lock().last_index)
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        let builder = self.snapshots.lock().clone();
-        let Some(build) = builder else {
-            return Err(raft::Error::Store(
-                StorageError::SnapshotTemporarilyUnavailable,
-            ));
-        };
-        // Built from the applied state; the raft thread applies synchronously,
-        // so the data is exactly the state at `index`.
-        let (index, data) = build().map_err(storage_err)?;
-        if index < request_index {
-            return Err(raft::Error::Store(
-                StorageError::SnapshotTemporarilyUnavailable,
-            ));
-        }
-        let mut snap = Snapshot {
-            data: data.into(),
-            ..Default::default()
-        };
-        let md = snap.mut_metadata();
-        md.index = index;
-        md.term = self.term(index)?;
-        md.set_conf_state(self.cache.lock().conf_state.clone());
-        Ok(snap)
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        self.generated_snapshot(request_index, to)
     }
 }
 

@@ -11,7 +11,7 @@
 //!
 //! The memory is replicated state: written in the same write batch as the
 //! revoke's apply, in the `meta` column family under the range's prefix
-//! `revoked/<range id>`; carried in raft snapshots (`RangeSnapshotData`);
+//! `revoked/<range id>`; carried in raft snapshots (`RangeSnapshotHeader`);
 //! inherited by the new range of a split; deleted with the replica.
 //!
 //! **Bound:** a range keeps the [`REVOKED_KEEP`] most recent revocations and
@@ -39,7 +39,7 @@ use tonic::Status;
 
 use crate::apply::WriteExec;
 use crate::mvcc::KeyRange;
-use crate::storage::{Cf, Engine, IterOptions, WriteBatch};
+use crate::storage::{Cf, Engine, IterOptions, Reader, WriteBatch};
 
 /// Revocations a range remembers (the most recent ones).
 pub const REVOKED_KEEP: u64 = 1024;
@@ -82,10 +82,20 @@ pub fn grant(
     Ok(Ok(Vec::new()))
 }
 
+/// Whether a list of revocations (oldest first) and the next `seq` could be
+/// a range's memory (checked before one from a snapshot is installed).
+pub fn valid_list(entries: &[RevokedLease], next: u64) -> bool {
+    entries.len() as u64 <= REVOKED_KEEP
+        && entries
+            .iter()
+            .all(|e| e.lease != 0 && e.seq < next && next - e.seq <= REVOKED_KEEP)
+        && entries.windows(2).all(|w| w[0].seq < w[1].seq)
+}
+
 /// One range's revoked leases, read from and staged into the node's RocksDB.
 #[derive(Clone, Copy)]
 pub struct Revoked<'a> {
-    db: &'a dyn Engine,
+    db: &'a dyn Reader,
     range_id: u64,
 }
 
@@ -96,7 +106,7 @@ fn be_u64(b: &[u8]) -> anyhow::Result<u64> {
 }
 
 impl<'a> Revoked<'a> {
-    pub fn of(db: &'a dyn Engine, range_id: u64) -> Self {
+    pub fn of(db: &'a dyn Reader, range_id: u64) -> Self {
         Self { db, range_id }
     }
 
@@ -216,11 +226,7 @@ impl<'a> Revoked<'a> {
         next: u64,
     ) -> anyhow::Result<()> {
         anyhow::ensure!(
-            entries.len() as u64 <= REVOKED_KEEP
-                && entries
-                    .iter()
-                    .all(|e| e.lease != 0 && e.seq < next && next - e.seq <= REVOKED_KEEP)
-                && entries.windows(2).all(|w| w[0].seq < w[1].seq),
+            valid_list(entries, next),
             "corrupt revoked-lease list ({} entries, next {next})",
             entries.len()
         );

@@ -7,6 +7,7 @@
 //! - `store`: the raft thread (batched Ready loop, one fsync per round);
 //! - `sequencer`: per-range revision stamping (log order == revision order);
 //! - `transport`: raft messages to other nodes (gRPC, or in memory for tests);
+//! - `snapshot`: raft snapshots in transit (chunks, staging, crash-safe install);
 //! - `service`: the node's gRPC API.
 
 pub mod apply;
@@ -20,6 +21,7 @@ pub mod mvcc;
 pub mod range;
 pub mod sequencer;
 pub mod service;
+pub mod snapshot;
 pub mod split_check;
 pub mod storage;
 pub mod store;
@@ -138,6 +140,13 @@ pub async fn run_with(cfg: NodeConfig, net: RaftNet) -> anyhow::Result<NodeHandl
     );
     store.quiesce_after_ticks = cfg.quiesce_after_ticks;
     store.log_keep_entries = cfg.raft_log_keep_entries;
+    store.set_inbox(&store_tx);
+    let snapshots = Arc::new(snapshot::SnapshotReceiver {
+        db: db.clone(),
+        ranges: ranges.clone(),
+        store: store_tx.clone(),
+        slots: snapshot::Slots::default(),
+    });
     if let RaftNet::Memory(n) = &net {
         let inbox = store_tx.clone();
         n.register(
@@ -145,6 +154,18 @@ pub async fn run_with(cfg: NodeConfig, net: RaftNet) -> anyhow::Result<NodeHandl
             Arc::new(move |env| {
                 // Full inbox: drop, raft retransmits.
                 let _ = inbox.try_send(StoreMsg::Raft(env));
+            }),
+        );
+        let rx = snapshots.clone();
+        n.register_snapshots(
+            node_id,
+            Arc::new(move |stream| {
+                let rx = rx.clone();
+                Box::pin(async move {
+                    rx.receive(stream)
+                        .await
+                        .map_err(|s| s.message().to_string())
+                })
             }),
         );
     }
@@ -182,6 +203,7 @@ pub async fn run_with(cfg: NodeConfig, net: RaftNet) -> anyhow::Result<NodeHandl
         oracle,
         mvcc: mvcc::Mvcc::new(db.clone()),
         sequencers: sequencers.clone(),
+        snapshots,
     };
     let checker = split_check::SplitChecker {
         ranges: ranges.clone(),

@@ -157,6 +157,26 @@ counter!(
     "Raft snapshots applied by replicas on this node."
 );
 counter!(
+    SNAPSHOT_SENT_BYTES,
+    "strata_node_snapshot_sent_bytes_total",
+    "Bytes of MVCC data streamed in snapshot transfers to other nodes."
+);
+counter!(
+    SNAPSHOT_RECEIVED_BYTES,
+    "strata_node_snapshot_received_bytes_total",
+    "Bytes of MVCC data received and staged in snapshot transfers."
+);
+counter!(
+    SNAPSHOT_SEND_FAILURES,
+    "strata_node_snapshot_send_failures_total",
+    "Snapshot transfers to other nodes that failed (raft sends another)."
+);
+counter!(
+    SNAPSHOT_RECEIVE_FAILURES,
+    "strata_node_snapshot_receive_failures_total",
+    "Snapshot transfers from other nodes that were refused or broke off."
+);
+counter!(
     REVISION_ORDER_REFUSED,
     "strata_node_revision_order_refused_total",
     "Committed writes refused at apply because their revision was not above the range's applied revision (a protocol violation caught; never expected to move)."
@@ -296,6 +316,7 @@ pub fn raft_in(bytes: usize) {
 /// The node's internal gRPC methods (called by routers, placement and other nodes).
 pub static NODE_METHODS: &[strata_proto::telemetry::GrpcMethod] = &[
     ("strata.Node", "Raft", false),
+    ("strata.Node", "Snapshot", true),
     ("strata.Node", "Kv", false),
     ("strata.Node", "Feed", true),
     ("strata.Node", "Status", false),
@@ -328,6 +349,10 @@ pub fn init() {
         &LEADER_CHANGES,
         &SNAPSHOTS_SENT,
         &SNAPSHOTS_APPLIED,
+        &SNAPSHOT_SENT_BYTES,
+        &SNAPSHOT_RECEIVED_BYTES,
+        &SNAPSHOT_SEND_FAILURES,
+        &SNAPSHOT_RECEIVE_FAILURES,
         &REVISION_ORDER_REFUSED,
         &BAD_ENTRIES,
         &SPLITS,

@@ -32,6 +32,10 @@ pub struct RangeShared {
     /// Approximate size, from the last split check.
     pub approx_keys: AtomicU64,
     pub approx_bytes: AtomicU64,
+    /// Odd while a received snapshot replaces this replica's data: a read
+    /// of its data is valid only if it saw the same even value before and
+    /// after ([`RangeShared::data_stable`]).
+    pub data_gen: AtomicU64,
 }
 
 impl RangeShared {
@@ -48,6 +52,12 @@ impl RangeShared {
             .find(|p| p.id == l)
             .map_or(0, |p| p.node_id)
     }
+    /// The data generation to check a local read against, or `None` while
+    /// the data is being replaced.
+    pub fn data_stable(&self) -> Option<u64> {
+        let g = self.data_gen.load(Ordering::Acquire);
+        g.is_multiple_of(2).then_some(g)
+    }
     pub fn epoch(&self) -> Epoch {
         self.desc.read().epoch.unwrap_or_default()
     }
@@ -59,5 +69,28 @@ pub fn desc_range(desc: &RangeDescriptor) -> KeyRange {
     KeyRange {
         start: desc.start_key.clone(),
         end: (!desc.end_key.is_empty()).then(|| desc.end_key.clone()),
+    }
+}
+
+#[cfg(test)]
+impl RangeShared {
+    /// A replica's published state with nothing applied (tests).
+    pub(crate) fn for_tests(desc: RangeDescriptor, peer_id: u64) -> Arc<Self> {
+        Arc::new(Self {
+            desc: parking_lot::RwLock::new(desc),
+            peer_id,
+            leader_peer: AtomicU64::new(0),
+            term: AtomicU64::new(0),
+            lead_term: AtomicU64::new(0),
+            applied_index: AtomicU64::new(0),
+            applied_rev: AtomicI64::new(0),
+            compacted: AtomicI64::new(0),
+            feed: broadcast::channel(1).0,
+            writes: AtomicU64::new(0),
+            splits: AtomicU64::new(0),
+            approx_keys: AtomicU64::new(0),
+            approx_bytes: AtomicU64::new(0),
+            data_gen: AtomicU64::new(0),
+        })
     }
 }

@@ -195,25 +195,80 @@ fn snapshot_replaces_the_log(t: &mut TestEngine) {
     assert_eq!(get(&s, 21, 23).unwrap(), entries(21..=22, 3));
 }
 
+/// Asks for a snapshot until the background generation answers (bounded).
+fn snapshot_when_ready(s: &RaftStorage, request_index: u64, to: u64) -> Snapshot {
+    for _ in 0..500 {
+        match s.snapshot(request_index, to) {
+            Ok(snap) => return snap,
+            Err(e) => assert!(
+                is_store_err(
+                    Err::<(), _>(e),
+                    StorageError::SnapshotTemporarilyUnavailable
+                ),
+                "only 'temporarily unavailable' while generating"
+            ),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("no snapshot generated");
+}
+
 fn snapshot_generation(t: &mut TestEngine) {
     let db = t.engine();
     let s = RaftStorage::open(db.clone(), 7, &[1, 2]).unwrap();
     append(&db, &s, &entries(1..=5, 2), None);
+    let applied = |i: u64| {
+        let mut wb = WriteBatch::new();
+        s.stage_applied(&mut wb, i);
+        db.write(&wb, false).unwrap();
+    };
+    applied(4);
     assert!(is_store_err(
         s.snapshot(3, 2),
         StorageError::SnapshotTemporarilyUnavailable
     ));
-    s.set_snapshot_builder(Arc::new(|| Ok((4, b"state at 4".to_vec()))));
-    let snap = s.snapshot(3, 2).unwrap();
+    s.set_snapshot_header(Arc::new(|view: &dyn crate::storage::Snapshot| {
+        // Read from the same view as the raft position.
+        let applied = view.get(Cf::Raft, &raft_key(7, KIND_APPLIED, 0))?.unwrap();
+        Ok([b"state at ".as_slice(), &applied].concat())
+    }));
+    // The first ask starts generating; what it sees is the state of then.
+    assert!(is_store_err(
+        s.snapshot(3, 2),
+        StorageError::SnapshotTemporarilyUnavailable
+    ));
+    let snap = snapshot_when_ready(&s, 3, 2);
     let md = snap.get_metadata();
     assert_eq!((md.index, md.term), (4, 2));
     assert_eq!(md.get_conf_state().voters, vec![1, 2]);
-    assert_eq!(&snap.data[..], b"state at 4");
-    // A snapshot older than asked for is not one raft can use yet.
-    assert!(is_store_err(
-        s.snapshot(5, 2),
-        StorageError::SnapshotTemporarilyUnavailable
-    ));
+    assert_eq!(
+        &snap.data[..],
+        [b"state at ".as_slice(), &4u64.to_be_bytes()].concat()
+    );
+    // The engine view it streams from goes to the transfer, once.
+    assert!(
+        s.take_generated(3, &snap).is_none(),
+        "handed to peer 2 only"
+    );
+    let view = s.take_generated(2, &snap).expect("the view");
+    assert!(s.take_generated(2, &snap).is_none());
+    applied(5);
+    let k = raft_key(7, KIND_APPLIED, 0);
+    assert_eq!(view.get(Cf::Raft, &k).unwrap().unwrap(), 4u64.to_be_bytes());
+    // A snapshot older than asked for is not one raft can use: a new one is
+    // generated.
+    let snap = snapshot_when_ready(&s, 5, 3);
+    assert_eq!(snap.get_metadata().index, 5);
+    // Truncating the log exactly at the applied index (a learner is added)
+    // keeps its term known.
+    let mut wb = WriteBatch::new();
+    s.stage_truncate(&mut wb, 5).unwrap();
+    db.write(&wb, true).unwrap();
+    let snap = snapshot_when_ready(&s, 0, 3);
+    assert_eq!(
+        (snap.get_metadata().index, snap.get_metadata().term),
+        (5, 2)
+    );
 }
 
 fn destroy_removes_one_replica_only(t: &mut TestEngine) {

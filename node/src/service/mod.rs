@@ -27,10 +27,10 @@ use strata_proto::strata::node_server::Node;
 use strata_proto::strata::{
     AdminKind, AdminRequest, AdminResponse, Epoch, FeedMessage, FeedRequest, KvKind, KvRequest,
     KvResponse, NodeStatusRequest, NodeStatusResponse, RaftAck, RaftBatch, RangeStatus, RouteError,
-    RouteErrorKind,
+    RouteErrorKind, SnapshotAck, SnapshotChunk,
 };
 use tokio::sync::{mpsc, oneshot};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::apply::{read_txn, View};
 use crate::error::{NodeError, NodeResult};
@@ -48,6 +48,7 @@ pub struct NodeService {
     pub oracle: Oracle,
     pub mvcc: Mvcc,
     pub sequencers: Sequencers,
+    pub snapshots: Arc<crate::snapshot::SnapshotReceiver>,
 }
 
 fn route_err(kind: RouteErrorKind, leader_node: u64, msg: &str) -> RouteError {
@@ -209,6 +210,10 @@ impl NodeService {
         } else {
             r.applied_rev.load(Ordering::Acquire)
         };
+        // A replica whose data a snapshot is replacing serves no reads; one
+        // that began meanwhile is refused after the fact (the router retries
+        // either elsewhere).
+        let gen = r.data_stable().ok_or(NodeError::NotLeader)?;
         let (mvcc, r2, node_id) = (self.mvcc.clone(), r.clone(), self.node_id);
         tokio::task::spawn_blocking(move || {
             crate::failpoint::pause_blocking(node_id, "read_before_mvcc");
@@ -230,6 +235,10 @@ impl NodeService {
         .await
         .map_err(|e| Status::internal(format!("strata: read task failed: {e}")))?
         .map_err(NodeError::from)
+        .and_then(|out| match r.data_stable() {
+            Some(g) if g == gen => Ok(out),
+            _ => Err(NodeError::NotLeader),
+        })
     }
 
     async fn kv_request(&self, r: &Arc<RangeShared>, req: KvRequest) -> NodeResult<Vec<u8>> {
@@ -290,6 +299,14 @@ impl Node for NodeService {
             let _ = self.store.try_send(StoreMsg::Raft(env));
         }
         Ok(Response::new(RaftAck {}))
+    }
+
+    async fn snapshot(
+        &self,
+        req: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<SnapshotAck>, Status> {
+        self.snapshots.receive(req.into_inner()).await?;
+        Ok(Response::new(SnapshotAck {}))
     }
 
     async fn admin(&self, req: Request<AdminRequest>) -> Result<Response<AdminResponse>, Status> {

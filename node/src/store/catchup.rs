@@ -191,7 +191,7 @@ impl Store {
         );
         for kr in uncovered(&old, &covered) {
             tracing::info!(range = range_id, span = ?kr, "deleting data no replica here covers");
-            super::snapshot::delete_data(&*self.db, wb, &kr)?;
+            crate::snapshot::stage::delete_data(&*self.db, wb, &kr)?;
         }
         Ok(())
     }

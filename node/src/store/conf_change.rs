@@ -12,7 +12,6 @@ use strata_proto::strata::{AdminKind, Peer, RangeDescriptor};
 use tonic::Status;
 
 use super::replica::Replica;
-use super::snapshot::delete_data;
 use super::{desc_range, meta, Store};
 use crate::engine::RaftStorage;
 use crate::error::{NodeError, NodeResult};
@@ -155,7 +154,7 @@ impl Store {
         // An uninitialized replica holds no data: its span may be another
         // replica's (see `catchup.rs`).
         if let Some(d) = desc.filter(|_| r.initialized) {
-            delete_data(&*self.db, &mut wb, &desc_range(&d))?;
+            crate::snapshot::stage::delete_data(&*self.db, &mut wb, &desc_range(&d))?;
         }
         for k in meta::all_keys(range_id) {
             wb.delete(Cf::Meta, k);

@@ -1,7 +1,7 @@
 //! Per-range records in the `meta` column family: the descriptor, the highest
 //! applied revision and the compaction revision.
 
-use crate::storage::{Cf, Engine};
+use crate::storage::{Cf, Reader};
 
 fn key(prefix: &[u8], range_id: u64) -> Vec<u8> {
     let mut k = prefix.to_vec();
@@ -9,22 +9,22 @@ fn key(prefix: &[u8], range_id: u64) -> Vec<u8> {
     k
 }
 
-pub(super) const DESC_PREFIX: &[u8] = b"range/";
+pub(crate) const DESC_PREFIX: &[u8] = b"range/";
 
-pub(super) fn desc_key(range_id: u64) -> Vec<u8> {
+pub(crate) fn desc_key(range_id: u64) -> Vec<u8> {
     key(DESC_PREFIX, range_id)
 }
 
-pub(super) fn maxrev_key(range_id: u64) -> Vec<u8> {
+pub(crate) fn maxrev_key(range_id: u64) -> Vec<u8> {
     key(b"maxrev/", range_id)
 }
 
-pub(super) fn compacted_key(range_id: u64) -> Vec<u8> {
+pub(crate) fn compacted_key(range_id: u64) -> Vec<u8> {
     key(b"compacted/", range_id)
 }
 
 /// Every per-range meta key of `range_id` (for destroying a replica).
-pub(super) fn all_keys(range_id: u64) -> [Vec<u8>; 3] {
+pub(crate) fn all_keys(range_id: u64) -> [Vec<u8>; 3] {
     [
         desc_key(range_id),
         compacted_key(range_id),
@@ -33,7 +33,7 @@ pub(super) fn all_keys(range_id: u64) -> [Vec<u8>; 3] {
 }
 
 /// Reads an `i64` record; absent reads as 0, a malformed one is an error.
-pub(super) fn load_i64(db: &dyn Engine, key: &[u8]) -> anyhow::Result<i64> {
+pub(crate) fn load_i64(db: &dyn Reader, key: &[u8]) -> anyhow::Result<i64> {
     match db.get(Cf::Meta, key)? {
         None => Ok(0),
         Some(b) => match <[u8; 8]>::try_from(&b[..]) {

@@ -8,7 +8,8 @@
 //! - `exec.rs`: applying committed commands (MVCC writes, compaction);
 //! - `split.rs`: applying a split;
 //! - `conf_change.rs`: membership changes, leader transfer, replica removal;
-//! - `snapshot.rs`: building and installing raft snapshots;
+//! - `snapshot.rs`: raft snapshots on the raft thread (sending, stepping,
+//!   installing; the data path is `crate::snapshot`);
 //! - `catchup.rs`: replicas listed here but without data (uninitialized),
 //!   initialized only by a snapshot;
 //! - `quiesce.rs`: idle ranges stop ticking;
@@ -20,7 +21,7 @@ mod catchup;
 mod conf_change;
 mod exec;
 mod log_gc;
-mod meta;
+pub(crate) mod meta;
 mod propose;
 mod quiesce;
 mod read;
@@ -97,6 +98,14 @@ pub enum StoreMsg {
         peer: Peer,
         reply: oneshot::Sender<NodeResult<()>>,
     },
+    /// A received MsgSnapshot whose data is all staged (`crate::snapshot`).
+    Snapshot {
+        env: RaftEnvelope,
+        staged: crate::snapshot::StagedSnapshot,
+        reply: crate::snapshot::recv::StepReply,
+    },
+    /// Background snapshot work has news (see `snapshot.rs`).
+    Wake,
 }
 
 pub struct Store {
@@ -132,6 +141,8 @@ pub struct Store {
     /// last round. Only these are asked, so a round costs nothing per idle
     /// range.
     touched: HashSet<u64>,
+    /// Snapshot transfers and installs report here (see `snapshot.rs`).
+    snap_events: Arc<snapshot::SnapEvents>,
 }
 
 impl Store {
@@ -160,11 +171,19 @@ impl Store {
             quiesce_pending: Vec::new(),
             stop: None,
             touched: HashSet::new(),
+            snap_events: Arc::default(),
         }
     }
 
-    /// Loads every replica persisted in `meta`.
+    /// Lets background snapshot work wake the loop through its inbox.
+    pub fn set_inbox(&self, inbox: &mpsc::Sender<StoreMsg>) {
+        self.snap_events.set_wake(inbox);
+    }
+
+    /// Loads every replica persisted in `meta`, after finishing snapshot
+    /// installs a crash interrupted (see `snapshot::stage`).
     pub fn load(&mut self) -> anyhow::Result<()> {
+        crate::snapshot::stage::recover(&*self.db)?;
         let mut descs = Vec::new();
         let mut it = self.db.iter(Cf::Meta);
         it.seek(meta::DESC_PREFIX);
@@ -231,9 +250,10 @@ impl Store {
             splits: AtomicU64::new(0),
             approx_keys: AtomicU64::new(0),
             approx_bytes: AtomicU64::new(0),
+            data_gen: AtomicU64::new(0),
         });
         raw.store()
-            .set_snapshot_builder(snapshot::snapshot_builder(self.db.clone(), shared.clone()));
+            .set_snapshot_header(snapshot::header_fn(desc.id));
         if initialized {
             self.ranges.insert(desc.id, shared.clone());
         }
@@ -248,6 +268,7 @@ impl Store {
                 reads: Vec::new(),
                 quiesced: false,
                 idle_ticks: 0,
+                install: None,
             },
         );
         self.touched.insert(desc.id);
@@ -275,6 +296,10 @@ impl Store {
                     Ok(m) => self.handle(m, &mut new_reads),
                     Err(_) => break,
                 }
+            }
+            if let Err(e) = self.drain_snapshot_events() {
+                tracing::error!("fatal storage error in raft loop: {e:#}");
+                std::process::exit(70);
             }
             // One ReadIndex request per range serves every barrier of this round.
             new_reads.sort_unstable();
@@ -316,11 +341,13 @@ impl Store {
             | StoreMsg::ReadBarrier { range_id, .. }
             | StoreMsg::Admin { range_id, .. } => self.touched.insert(*range_id),
             StoreMsg::Create(desc) => self.touched.insert(desc.id),
-            StoreMsg::Tick | StoreMsg::NodesDown(_) | StoreMsg::Stop(_) => false,
+            StoreMsg::Snapshot { env, .. } => self.touched.insert(env.range_id),
+            StoreMsg::Tick | StoreMsg::NodesDown(_) | StoreMsg::Wake | StoreMsg::Stop(_) => false,
         };
         match m {
-            StoreMsg::Tick => {}
+            StoreMsg::Tick | StoreMsg::Wake => {}
             StoreMsg::Stop(done) => self.stop = Some(done),
+            StoreMsg::Snapshot { env, staged, reply } => self.step_snapshot(env, staged, reply),
             StoreMsg::NodesDown(down) => self.nodes_down(&down),
             StoreMsg::Create(desc) => self.on_create(desc),
             StoreMsg::Raft(env) => self.step(env),
@@ -361,6 +388,11 @@ impl Store {
         if env.to_peer != r.shared.peer_id {
             return;
         }
+        if r.install.is_some() {
+            // Paused for a snapshot install (see `snapshot.rs`): the
+            // leader retransmits once it is done.
+            return;
+        }
         if env.quiesce {
             r.on_quiesce(&env);
             return;
@@ -368,28 +400,15 @@ impl Store {
         match RaftMessage::parse_from_bytes(&env.message) {
             Ok(msg) => {
                 if msg.get_msg_type() == MessageType::MsgSnapshot {
-                    if let Err(e) =
-                        snapshot::validate_snapshot(env.range_id, &msg.get_snapshot().data)
-                    {
-                        tracing::warn!(
-                            range = env.range_id,
-                            from = env.from_node,
-                            "dropped a bad snapshot: {e}"
-                        );
-                        crate::metrics::BAD_ENTRIES.inc();
-                        return;
-                    }
-                    // Initialized replicas never overlap (see `catchup.rs`).
-                    if let Some(other) =
-                        self.snapshot_overlap(env.range_id, &msg.get_snapshot().data)
-                    {
-                        tracing::debug!(
-                            range = env.range_id,
-                            other,
-                            "snapshot waits: range {other} here still covers part of it"
-                        );
-                        return;
-                    }
+                    // Snapshots come only with their data, through
+                    // `StoreMsg::Snapshot`; this one has none.
+                    tracing::warn!(
+                        range = env.range_id,
+                        from = env.from_node,
+                        "dropped a MsgSnapshot that came without its data"
+                    );
+                    crate::metrics::BAD_ENTRIES.inc();
+                    return;
                 }
                 let Some(r) = self.replicas.get_mut(&env.range_id) else {
                     return;
@@ -408,8 +427,8 @@ impl Store {
         let reissue_after = self.tick_every * READ_REISSUE_TICKS;
         let mut pending = 0;
         for (id, r) in self.replicas.iter_mut() {
-            if r.quiesced {
-                continue; // an idle range costs nothing per tick
+            if r.quiesced || r.install.is_some() {
+                continue; // an idle (or paused) range costs nothing per tick
             }
             r.raw.tick();
             self.touched.insert(*id);
@@ -447,18 +466,21 @@ impl Store {
             let Ok(bytes) = m.write_to_bytes() else {
                 continue;
             };
-            self.transport.send(
-                to_node,
-                RaftEnvelope {
-                    range_id: desc.id,
-                    epoch: desc.epoch,
-                    from_peer: m.from,
-                    to_peer: m.to,
-                    message: bytes,
-                    from_node: self.node_id,
-                    ..Default::default()
-                },
-            );
+            let env = RaftEnvelope {
+                range_id: desc.id,
+                epoch: desc.epoch,
+                from_peer: m.from,
+                to_peer: m.to,
+                message: bytes,
+                from_node: self.node_id,
+                ..Default::default()
+            };
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                // Streamed with its data, never in the batched RPC.
+                self.send_snapshot(desc.id, to_node, &m, env);
+            } else {
+                self.transport.send(to_node, env);
+            }
         }
     }
 }

@@ -2,20 +2,24 @@
 //!
 //! Over every replica a message, request or tick touched:
 //! 1. send `messages()` at once (they do not depend on our persistence);
-//! 2. stage every replica's log appends, hard state and received snapshot
-//!    into ONE write batch and write it with ONE fsync (group commit);
-//! 3. publish a received snapshot's state, send `persisted_messages()`
-//!    (votes, append acks) — only after that fsync;
+//! 2. stage every replica's log appends, hard state and received snapshot's
+//!    raft state (with its install record) into ONE write batch and write it
+//!    with ONE fsync (group commit);
+//! 3. start installing a received snapshot's data (in the background; the
+//!    replica stays paused and publishes it when done, see `snapshot.rs`),
+//!    send `persisted_messages()` (votes, append acks) — only after that
+//!    fsync;
 //! 4. apply committed entries, `advance`, handle the `LightReady`.
 //!
 //! Nothing steps or proposes between `ready()` and `advance()` of a replica,
-//! because the whole round runs without touching the inbox.
+//! because the whole round runs without touching the inbox; a snapshot
+//! transfer's end is reported (`report_snapshot`) from the loop, between
+//! rounds.
 
 use std::sync::atomic::Ordering;
 
 use raft::StateRole;
 
-use super::snapshot::stage_snapshot_data;
 use super::Store;
 use crate::storage::WriteBatch;
 
@@ -23,7 +27,11 @@ impl Store {
     pub(super) fn ready_round(&mut self) -> anyhow::Result<()> {
         let mut ids: Vec<u64> = std::mem::take(&mut self.touched)
             .into_iter()
-            .filter(|id| self.replicas.get(id).is_some_and(|r| r.raw.has_ready()))
+            .filter(|id| {
+                self.replicas
+                    .get(id)
+                    .is_some_and(|r| !r.installing() && r.raw.has_ready())
+            })
             .collect();
         if ids.is_empty() {
             return Ok(());
@@ -32,7 +40,7 @@ impl Store {
         // Phase 1: send, and stage all appends into one batch.
         let mut wb = WriteBatch::default();
         let mut readies = Vec::with_capacity(ids.len());
-        let mut snapshots = Vec::new();
+        let mut installs = Vec::new();
         let mut appended = 0;
         for id in ids {
             let r = self.replicas.get_mut(&id).expect("replica");
@@ -60,23 +68,14 @@ impl Store {
             shared.lead_term.store(lead_term, Ordering::Release);
             if !rd.snapshot().is_empty() {
                 self.stage_leftovers(&mut wb, id, &rd.snapshot().data)?;
-                let r = self.replicas.get_mut(&id).expect("replica");
-                let st = stage_snapshot_data(&*self.db, &mut wb, r.raw.store(), rd.snapshot())?;
-                snapshots.push((id, st));
+                installs.push((id, self.stage_snapshot(id, &mut wb, rd.snapshot())?));
             }
             let r = self.replicas.get_mut(&id).expect("replica");
             r.raw.store().stage_append(&mut wb, rd.entries(), rd.hs())?;
             appended += rd.entries().len();
-            let snaps: Vec<u64> = msgs
-                .iter()
-                .filter(|m| m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot)
-                .map(|m| m.to)
-                .collect();
+            // A MsgSnapshot among them goes to its own stream; its end is
+            // reported to raft later, from the loop (see `snapshot.rs`).
             self.send(&shared, msgs);
-            let r = self.replicas.get_mut(&id).expect("replica");
-            for to in snaps {
-                r.raw.report_snapshot(to, raft::SnapshotStatus::Finish);
-            }
             readies.push((id, rd));
         }
         crate::metrics::ready_round(appended, readies.len(), wb.size_in_bytes());
@@ -84,9 +83,8 @@ impl Store {
             let _fsync = crate::metrics::WAL_FSYNC.start_timer();
             self.db.write(&wb, true)?;
         }
-        for (id, st) in snapshots {
-            self.on_snapshot_persisted(id, st);
-            self.on_initialized(id);
+        for (id, rec) in installs {
+            self.start_install(id, rec);
         }
         // Phase 2: after the fsync.
         for (id, mut rd) in readies {
@@ -98,6 +96,14 @@ impl Store {
             };
             self.send(&shared, persisted);
             let committed = rd.take_committed_entries();
+            // Nothing after a snapshot applies before its data is installed:
+            // a replica is paused from the moment it takes one (see
+            // `snapshot.rs`), so its Ready holds no committed entries.
+            let installing = self.replicas.get(&id).is_some_and(|r| r.installing());
+            anyhow::ensure!(
+                !installing || committed.is_empty(),
+                "range {id}: entries committed while a snapshot installs"
+            );
             self.apply(id, committed)?;
             let Some(r) = self.replicas.get_mut(&id) else {
                 continue; // destroyed: this node's replica was removed
@@ -106,6 +112,10 @@ impl Store {
             let commit = light.commit_index();
             let msgs = light.take_messages();
             let committed = light.take_committed_entries();
+            anyhow::ensure!(
+                !installing || committed.is_empty(),
+                "range {id}: entries committed while a snapshot installs"
+            );
             self.send(&shared, msgs);
             // A commit index from the LightReady is persisted with the apply
             // state of the entries it covers (see `apply`), never ahead of them.

@@ -10,6 +10,8 @@ use tokio::sync::oneshot;
 use super::Reply;
 use crate::engine::RaftStorage;
 use crate::error::NodeResult;
+use crate::snapshot::recv::Slot;
+use crate::snapshot::StagedSnapshot;
 
 pub use crate::range::RangeShared;
 
@@ -44,6 +46,25 @@ pub(super) struct Replica {
     /// Not ticking: the range is idle and every replica agreed (see `quiesce`).
     pub quiesced: bool,
     pub idle_ticks: u32,
+    /// A received snapshot raft took, until its data is installed: the
+    /// replica is paused meanwhile (see `snapshot.rs`).
+    pub install: Option<Install>,
+}
+
+/// Where a received snapshot is on its way in.
+pub(super) enum Install {
+    /// Stepped into raft; its Ready round has not run yet.
+    Stepped(StagedSnapshot),
+    /// Raft state and install record written; data being copied. Holds the
+    /// staging area until done.
+    Running(#[allow(dead_code)] Slot),
+}
+
+impl Replica {
+    /// Paused for a snapshot install: not ticked, stepped or readied.
+    pub(super) fn installing(&self) -> bool {
+        matches!(self.install, Some(Install::Running(_)))
+    }
 }
 
 pub(super) fn raft_config(peer_id: u64, applied: u64) -> raft::Config {

@@ -1,163 +1,336 @@
-//! Raft snapshots of a range: every MVCC version in it plus its revision
-//! state, built from the applied state and installed over the range's data.
+//! Raft snapshots on the raft thread: what it does itself is O(1) per
+//! snapshot; data is read, sent, staged and installed elsewhere (see
+//! `crate::snapshot` for the whole path).
+//!
+//! - Sending: a MsgSnapshot raft emits is handed to the transport's
+//!   streaming `send_snapshot` with the engine view it was generated from;
+//!   the transport reports the end of the transfer through [`SnapEvents`],
+//!   and `report_snapshot` is called when the events are drained: in the
+//!   loop, between inbox messages, never inside a Ready round.
+//! - Receiving: a MsgSnapshot is stepped only with its staged data
+//!   ([`Store::step_snapshot`]); one from anywhere else is dropped. Once
+//!   raft takes it the replica *pauses* (no ticks, no messages stepped, no
+//!   Ready rounds), so the Ready round that persists the snapshot's raft
+//!   state is the only one until the data is installed, and no entry after
+//!   the snapshot applies before its data is there.
+//! - Installing: that Ready round writes the raft state with the install
+//!   record (`snapshot::stage`), then a background thread copies the staged
+//!   data in bounded batches; when it is done the state is published and the
+//!   replica resumes ([`Store::on_snapshot_installed`]).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use parking_lot::Mutex;
 use prost::Message as _;
-use strata_proto::strata::RangeDescriptor;
+use protobuf::Message as _;
+use raft::eraftpb::{Message as RaftMessage, MessageType};
+use strata_proto::strata::{RaftEnvelope, RangeDescriptor, RangeSnapshotHeader, SnapshotInstall};
+use tokio::sync::mpsc;
 
-use super::replica::RangeShared;
-use super::{desc_range, meta, Store};
-use crate::engine::RaftStorage;
-use crate::mvcc::KeyRange;
-use crate::storage::{Cf, Engine, EngineIterator, IterOptions, WriteBatch};
+use super::replica::Install;
+use super::{meta, Store, StoreMsg};
+use crate::engine::SnapshotHeaderFn;
+use crate::snapshot::recv::StepReply;
+use crate::snapshot::stage::{self, Installed};
+use crate::snapshot::{SnapshotSource, StagedSnapshot};
+use crate::storage::{self, Cf, WriteBatch};
 
-/// An iterator over the MVCC versions of `kr`, positioned at its first one.
-fn data_iter<'a>(db: &'a dyn Engine, kr: &KeyRange) -> Box<dyn EngineIterator + 'a> {
-    let end = kr.end.as_ref().map(|e| crate::mvcc::enc_key(e));
-    let mut it = db.iter_opt(Cf::Data, IterOptions::range(None, end));
-    it.seek(&crate::mvcc::enc_key(&kr.start));
-    it
-}
-
-/// Deletes every MVCC version of `kr` (this node no longer hosts it).
-pub(super) fn delete_data(
-    db: &dyn Engine,
-    wb: &mut WriteBatch,
-    kr: &KeyRange,
-) -> anyhow::Result<()> {
-    let mut it = data_iter(db, kr);
-    while it.valid() {
-        wb.delete(Cf::Data, it.key());
-        it.next();
-    }
-    it.status()?;
-    Ok(())
-}
-
-/// A range's snapshot: every MVCC version in it plus its revision state, taken
-/// on the raft thread at the applied index.
-pub(super) fn snapshot_builder(
-    db: Arc<dyn Engine>,
-    shared: Arc<RangeShared>,
-) -> crate::engine::SnapshotBuilder {
-    Arc::new(move || {
-        let desc = shared.desc.read().clone();
-        let index = shared.applied_index.load(Ordering::Acquire);
-        let kr = desc_range(&desc);
-        let mut it = data_iter(&*db, &kr);
-        let (revoked_leases, revoked_next_seq) = crate::lease::Revoked::of(&*db, desc.id).load()?;
-        let mut data = strata_proto::strata::RangeSnapshotData {
+/// Builds range `range_id`'s snapshot header from a consistent engine view
+/// (on the generating thread, see `engine/snapgen.rs`).
+pub(super) fn header_fn(range_id: u64) -> SnapshotHeaderFn {
+    Arc::new(move |view: &dyn storage::Snapshot| {
+        let desc = view
+            .get(Cf::Meta, &meta::desc_key(range_id))?
+            .ok_or_else(|| anyhow::anyhow!("range {range_id}: no descriptor"))?;
+        let desc = RangeDescriptor::decode(&desc[..])?;
+        let (revoked_leases, revoked_next_seq) =
+            crate::lease::Revoked::of(view, range_id).load()?;
+        Ok(RangeSnapshotHeader {
             desc: Some(desc),
-            compacted: shared.compacted.load(Ordering::Acquire),
-            applied_revision: shared.applied_rev.load(Ordering::Acquire),
+            compacted: meta::load_i64(view, &meta::compacted_key(range_id))?,
+            applied_revision: meta::load_i64(view, &meta::maxrev_key(range_id))?,
             revoked_leases,
             revoked_next_seq,
-            ..Default::default()
-        };
-        while it.valid() {
-            data.keys.push(it.key().to_vec());
-            data.values.push(it.value().to_vec());
-            it.next();
         }
-        it.status()?;
-        Ok((index, data.encode_to_vec()))
+        .encode_to_vec())
     })
 }
 
-/// Checks a snapshot received from the network before raft sees it: one
-/// that does not decode, belongs to another range or holds keys outside its
-/// descriptor is dropped (the leader sends another), never installed.
-pub(super) fn validate_snapshot(range_id: u64, data: &[u8]) -> Result<(), String> {
-    let data = strata_proto::strata::RangeSnapshotData::decode(data)
-        .map_err(|e| format!("undecodable snapshot: {e}"))?;
-    let desc = data.desc.as_ref().ok_or("snapshot without descriptor")?;
-    if desc.id != range_id {
-        return Err(format!(
-            "snapshot of range {} sent for range {range_id}",
-            desc.id
-        ));
+/// What background snapshot work tells the raft thread.
+pub(super) enum SnapEvent {
+    /// A transfer to `to_peer` finished or failed: `report_snapshot`.
+    Sent {
+        range_id: u64,
+        to_peer: u64,
+        status: raft::SnapshotStatus,
+    },
+    /// A received snapshot's data is installed (or our disk failed).
+    Installed {
+        range_id: u64,
+        result: anyhow::Result<Installed>,
+    },
+}
+
+/// Events from transfers and installs, drained by the raft loop. Holds at
+/// most one event per transfer or install, which are bounded in number.
+#[derive(Default)]
+pub(super) struct SnapEvents {
+    events: Mutex<Vec<SnapEvent>>,
+    /// Wakes the raft loop (weak: the store must not keep its own inbox open).
+    wake: Mutex<Option<mpsc::WeakSender<StoreMsg>>>,
+}
+
+impl SnapEvents {
+    pub(super) fn set_wake(&self, inbox: &mpsc::Sender<StoreMsg>) {
+        *self.wake.lock() = Some(inbox.downgrade());
     }
-    if data.keys.len() != data.values.len() {
-        return Err("snapshot keys and values differ in number".into());
-    }
-    if data.compacted < 0 || data.applied_revision < 0 {
-        return Err("snapshot with a negative revision".into());
-    }
-    let kr = desc_range(desc);
-    for (k, v) in data.keys.iter().zip(&data.values) {
-        let (user, _) = crate::mvcc::dec_key(k).ok_or("snapshot with a malformed MVCC key")?;
-        if !kr.contains(&user) {
-            return Err("snapshot with a key outside its range".into());
+
+    pub(super) fn push(&self, e: SnapEvent) {
+        self.events.lock().push(e);
+        // A full inbox means the loop is busy: it drains events every turn.
+        if let Some(tx) = self.wake.lock().as_ref().and_then(|w| w.upgrade()) {
+            let _ = tx.try_send(StoreMsg::Wake);
         }
-        strata_proto::strata::MvccValue::decode(&v[..])
-            .map_err(|e| format!("snapshot with an undecodable value: {e}"))?;
     }
-    Ok(())
-}
 
-/// Stages a received snapshot: replaces the range's MVCC data, descriptor,
-/// revision state and raft log position. Returns the state to publish once
-/// the batch is durable.
-pub(super) fn stage_snapshot_data(
-    db: &dyn Engine,
-    wb: &mut WriteBatch,
-    storage: &RaftStorage,
-    snap: &raft::eraftpb::Snapshot,
-) -> anyhow::Result<SnapshotState> {
-    let data = strata_proto::strata::RangeSnapshotData::decode(&snap.data[..])?;
-    let desc = data
-        .desc
-        .ok_or_else(|| anyhow::anyhow!("snapshot without descriptor"))?;
-    anyhow::ensure!(data.keys.len() == data.values.len(), "corrupt snapshot");
-    delete_data(db, wb, &desc_range(&desc))?;
-    for (k, v) in data.keys.iter().zip(&data.values) {
-        wb.put(Cf::Data, k, v);
+    fn take(&self) -> Vec<SnapEvent> {
+        std::mem::take(&mut *self.events.lock())
     }
-    wb.put(Cf::Meta, meta::desc_key(desc.id), desc.encode_to_vec());
-    wb.put(
-        Cf::Meta,
-        meta::compacted_key(desc.id),
-        data.compacted.to_be_bytes(),
-    );
-    wb.put(
-        Cf::Meta,
-        meta::maxrev_key(desc.id),
-        data.applied_revision.to_be_bytes(),
-    );
-    crate::lease::Revoked::of(db, desc.id).stage_replace(
-        wb,
-        &data.revoked_leases,
-        data.revoked_next_seq,
-    )?;
-    storage.stage_snapshot(wb, snap)?;
-    Ok((
-        desc,
-        data.compacted,
-        data.applied_revision,
-        snap.get_metadata().index,
-    ))
 }
-
-/// A received snapshot's state, published once its batch is durable:
-/// (descriptor, compacted revision, applied revision, applied index).
-pub(super) type SnapshotState = (RangeDescriptor, i64, i64, u64);
 
 impl Store {
-    /// Publishes a snapshot's state once the batch that installed it is
-    /// written.
-    pub(super) fn on_snapshot_persisted(&mut self, range_id: u64, st: SnapshotState) {
-        let (desc, compacted, applied_rev, index) = st;
+    /// Hands a MsgSnapshot raft emitted to the transport, with the engine
+    /// view it was generated from.
+    pub(super) fn send_snapshot(
+        &self,
+        range_id: u64,
+        to_node: u64,
+        m: &RaftMessage,
+        env: RaftEnvelope,
+    ) {
+        let to_peer = m.to;
+        let events = self.snap_events.clone();
+        let report = move |status| {
+            events.push(SnapEvent::Sent {
+                range_id,
+                to_peer,
+                status,
+            })
+        };
+        let view = self
+            .replicas
+            .get(&range_id)
+            .and_then(|r| r.raw.store().take_generated(to_peer, m.get_snapshot()));
+        let header = RangeSnapshotHeader::decode(&m.get_snapshot().data[..]);
+        let (Some(view), Ok(header)) = (view, header) else {
+            tracing::warn!(range = range_id, to = to_peer, "snapshot without its data");
+            report(raft::SnapshotStatus::Failure);
+            return;
+        };
+        let Some(desc) = header.desc.as_ref() else {
+            report(raft::SnapshotStatus::Failure);
+            return;
+        };
+        let source = SnapshotSource {
+            view,
+            range: super::desc_range(desc),
+        };
+        tracing::info!(
+            range = range_id,
+            to = to_peer,
+            index = m.get_snapshot().get_metadata().index,
+            "sending a snapshot"
+        );
+        self.transport
+            .send_snapshot(to_node, env, source, Box::new(report));
+    }
+
+    /// A received snapshot with all its data staged: stepped into raft,
+    /// which takes it or not (it may be stale by now).
+    pub(super) fn step_snapshot(
+        &mut self,
+        env: RaftEnvelope,
+        staged: StagedSnapshot,
+        reply: StepReply,
+    ) {
+        let range_id = env.range_id;
+        let refuse = |store: &Store, staged, reply: StepReply, why: &str| {
+            store.discard_staged(range_id, staged);
+            let _ = reply.send(Err(why.to_string()));
+        };
+        let Some(r) = self.replicas.get_mut(&range_id) else {
+            return refuse(self, staged, reply, "no such replica");
+        };
+        if env.to_peer != r.shared.peer_id || r.install.is_some() {
+            return refuse(self, staged, reply, "replica busy or replaced");
+        }
+        let msg = match RaftMessage::parse_from_bytes(&env.message) {
+            Ok(m) if m.get_msg_type() == MessageType::MsgSnapshot => m,
+            _ => return refuse(self, staged, reply, "not a MsgSnapshot"),
+        };
+        if env.from_node != 0 {
+            self.peer_nodes.insert(env.from_peer, env.from_node);
+        }
+        // Initialized replicas never overlap (see `catchup.rs`): the leader
+        // sends it again later.
+        if let Some(other) = self.snapshot_overlap(range_id, &msg.get_snapshot().data) {
+            tracing::debug!(
+                range = range_id,
+                other,
+                "snapshot waits: range {other} here still covers part of it"
+            );
+            return refuse(self, staged, reply, "overlaps another replica here");
+        }
+        let r = self.replicas.get_mut(&range_id).expect("replica");
+        r.wake_for(&msg);
+        if let Err(e) = r.raw.step(msg) {
+            tracing::debug!(range = range_id, "step snapshot: {e}");
+        }
+        let taken = r
+            .raw
+            .raft
+            .raft_log
+            .unstable
+            .snapshot
+            .as_ref()
+            .is_some_and(|s| {
+                let md = s.get_metadata();
+                md.index == staged.index && md.term == staged.term
+            });
+        self.touched.insert(range_id);
+        if taken {
+            // Paused from now on (see the module doc).
+            r.install = Some(Install::Stepped(staged));
+        } else {
+            self.discard_staged(range_id, staged);
+        }
+        let _ = reply.send(Ok(taken));
+    }
+
+    /// Deletes data staged for a snapshot raft did not take. Its slot makes
+    /// the staging area ours until `staged` drops: nobody else writes it.
+    fn discard_staged(&self, range_id: u64, staged: StagedSnapshot) {
+        if let Err(e) = stage::clear_staging(&*self.db, range_id) {
+            tracing::warn!(range = range_id, "cannot clear a staged snapshot: {e:#}");
+        }
+        drop(staged);
+    }
+
+    /// In the Ready round that carries a received snapshot: stages its raft
+    /// state and the install record into the round's batch (B0, see
+    /// `snapshot::stage`). The install starts once that batch is written.
+    pub(super) fn stage_snapshot(
+        &mut self,
+        range_id: u64,
+        wb: &mut WriteBatch,
+        snap: &raft::eraftpb::Snapshot,
+    ) -> anyhow::Result<SnapshotInstall> {
+        let r = self.replicas.get_mut(&range_id).expect("replica");
+        let md = snap.get_metadata();
+        let staged = match r.install.take() {
+            Some(Install::Stepped(s)) if s.index == md.index && s.term == md.term => s,
+            other => {
+                r.install = other;
+                // Only staged snapshots are ever stepped (see `step`).
+                anyhow::bail!("range {range_id}: a snapshot to install without its data");
+            }
+        };
+        r.raw.store().stage_snapshot(wb, snap)?;
+        let rec = SnapshotInstall {
+            index: md.index,
+            term: md.term,
+            header: Some(staged.header.clone()),
+            chunks: staged.chunks,
+        };
+        stage::stage_install_record(wb, range_id, &rec);
+        r.install = Some(Install::Running(staged.slot));
+        Ok(rec)
+    }
+
+    /// Once the batch with the install record is written: readers of this
+    /// replica are turned away, and the data is copied in the background.
+    pub(super) fn start_install(&mut self, range_id: u64, rec: SnapshotInstall) {
+        let Some(r) = self.replicas.get(&range_id) else {
+            return;
+        };
+        // Odd while the data is being replaced (see `RangeShared::data_gen`).
+        r.shared.data_gen.fetch_add(1, Ordering::AcqRel);
+        let (db, events) = (self.db.clone(), self.snap_events.clone());
+        tracing::info!(
+            range = range_id,
+            index = rec.index,
+            chunks = rec.chunks,
+            "installing a snapshot"
+        );
+        let spawned = std::thread::Builder::new()
+            .name("snapshot-install".into())
+            .spawn(move || {
+                let result = stage::install(&*db, range_id, &rec);
+                events.push(SnapEvent::Installed { range_id, result });
+            });
+        if let Err(e) = spawned {
+            self.snap_events.push(SnapEvent::Installed {
+                range_id,
+                result: Err(anyhow::anyhow!("cannot start the install: {e}")),
+            });
+        }
+    }
+
+    /// Drains what transfers and installs reported. In the loop, outside any
+    /// Ready round: `report_snapshot` steps raft.
+    pub(super) fn drain_snapshot_events(&mut self) -> anyhow::Result<()> {
+        for ev in self.snap_events.take() {
+            match ev {
+                SnapEvent::Sent {
+                    range_id,
+                    to_peer,
+                    status,
+                } => {
+                    if status == raft::SnapshotStatus::Failure {
+                        crate::metrics::SNAPSHOT_SEND_FAILURES.inc();
+                    }
+                    if let Some(r) = self.replicas.get_mut(&range_id) {
+                        tracing::info!(
+                            range = range_id,
+                            to = to_peer,
+                            ?status,
+                            "snapshot transfer ended"
+                        );
+                        r.raw.report_snapshot(to_peer, status);
+                        self.touched.insert(range_id);
+                    }
+                }
+                SnapEvent::Installed { range_id, result } => {
+                    // A failed write to our own disk, with the range half
+                    // replaced: only a restart (which redoes the install) helps.
+                    let inst = result
+                        .map_err(|e| e.context(format!("range {range_id}: snapshot install")))?;
+                    self.on_snapshot_installed(range_id, inst);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes an installed snapshot's state and resumes the replica.
+    fn on_snapshot_installed(&mut self, range_id: u64, st: Installed) {
         let Some(r) = self.replicas.get_mut(&range_id) else {
             return;
         };
-        *r.shared.desc.write() = desc;
-        r.shared.compacted.store(compacted, Ordering::Release);
-        r.shared.applied_rev.store(applied_rev, Ordering::Release);
-        r.shared.applied_index.store(index, Ordering::Release);
-        r.fail_proposals_through(index);
-        tracing::info!(range = range_id, index, "snapshot applied");
+        *r.shared.desc.write() = st.desc;
+        r.shared.compacted.store(st.compacted, Ordering::Release);
+        r.shared
+            .applied_rev
+            .store(st.applied_rev, Ordering::Release);
+        r.shared.applied_index.store(st.index, Ordering::Release);
+        r.shared.data_gen.fetch_add(1, Ordering::AcqRel);
+        r.install = None;
+        r.fail_proposals_through(st.index);
+        r.wake();
+        self.touched.insert(range_id);
+        self.on_initialized(range_id);
+        tracing::info!(range = range_id, index = st.index, "snapshot applied");
         crate::metrics::SNAPSHOTS_APPLIED.inc();
     }
 }

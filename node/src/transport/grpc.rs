@@ -1,6 +1,12 @@
 //! The gRPC raft transport: one sender task per destination node batches every
-//! message queued for it into one `Raft` RPC. Queues are bounded; when one is
-//! full the message is dropped (raft retransmits), never buffered without limit.
+//! message queued for it into one `Raft` RPC (at most [`BATCH_MAX`] messages
+//! and about [`BATCH_BYTES_MAX`] bytes, under the receiver's decode limit).
+//! Queues are bounded; when one is full the message is dropped (raft
+//! retransmits), never buffered without limit.
+//!
+//! Snapshots stream in a `Node.Snapshot` RPC of their own, on a connection of
+//! their own (a long transfer neither delays raft messages nor is cut by
+//! their 2 s deadline); at most [`crate::snapshot::SENDS_MAX`] at once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,10 +14,15 @@ use std::time::Duration;
 use dashmap::DashMap;
 use strata_proto::strata::node_client::NodeClient;
 use strata_proto::strata::{RaftBatch, RaftEnvelope};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::snapshot::{Outgoing, SnapshotDoneFn, SnapshotSource, CHUNK_TIMEOUT, SENDS_MAX};
 
 const QUEUE_CAP: usize = 8192;
 const BATCH_MAX: usize = 1024;
+/// A batch stops growing past this many message bytes (the receiver
+/// refuses RPCs over 64 MiB; a raft append carries up to about 1 MiB).
+const BATCH_BYTES_MAX: usize = 8 * 1024 * 1024;
 
 #[derive(Clone)]
 pub struct GrpcTransport {
@@ -19,6 +30,7 @@ pub struct GrpcTransport {
     rt: tokio::runtime::Handle,
     addrs: Arc<DashMap<u64, String>>,
     queues: Arc<DashMap<u64, mpsc::Sender<RaftEnvelope>>>,
+    snapshot_sends: Arc<Semaphore>,
 }
 
 impl GrpcTransport {
@@ -28,6 +40,7 @@ impl GrpcTransport {
             rt: tokio::runtime::Handle::current(),
             addrs,
             queues: Arc::new(DashMap::new()),
+            snapshot_sends: Arc::new(Semaphore::new(SENDS_MAX)),
         }
     }
 
@@ -49,9 +62,18 @@ impl GrpcTransport {
 
     async fn sender(self, node_id: u64, mut rx: mpsc::Receiver<RaftEnvelope>) {
         let mut client: Option<NodeClient<tonic::transport::Channel>> = None;
-        let mut buf = Vec::with_capacity(BATCH_MAX);
-        while rx.recv_many(&mut buf, BATCH_MAX).await > 0 {
-            let msgs = std::mem::take(&mut buf);
+        while let Some(first) = rx.recv().await {
+            let mut bytes = first.message.len();
+            let mut msgs = vec![first];
+            while msgs.len() < BATCH_MAX && bytes < BATCH_BYTES_MAX {
+                match rx.try_recv() {
+                    Ok(m) => {
+                        bytes += m.message.len();
+                        msgs.push(m);
+                    }
+                    Err(_) => break,
+                }
+            }
             if client.is_none() {
                 let Some(addr) = self.addrs.get(&node_id).map(|a| a.clone()) else {
                     crate::metrics::RAFT_DROPPED.inc_by(msgs.len() as u64);
@@ -83,8 +105,61 @@ impl GrpcTransport {
     }
 }
 
+/// Streams one snapshot to the node at `addr`, on a new connection.
+async fn stream_snapshot(
+    addr: &str,
+    head: RaftEnvelope,
+    source: SnapshotSource,
+) -> Result<(), String> {
+    let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(CHUNK_TIMEOUT);
+    let channel = ep.connect().await.map_err(|e| format!("connect: {e}"))?;
+    let mut client = NodeClient::new(channel);
+    let (stream, progress) = Outgoing::start(head, source);
+    match progress.watch(client.snapshot(stream)).await? {
+        Ok(_) => Ok(()),
+        Err(s) => Err(format!("{:?}: {}", s.code(), s.message())),
+    }
+}
+
 impl super::RaftTransport for GrpcTransport {
     fn send(&self, to_node: u64, env: RaftEnvelope) {
         self.queue(to_node, env);
+    }
+
+    fn send_snapshot(
+        &self,
+        to_node: u64,
+        head: RaftEnvelope,
+        source: SnapshotSource,
+        done: SnapshotDoneFn,
+    ) {
+        let Ok(permit) = self.snapshot_sends.clone().try_acquire_owned() else {
+            tracing::info!(
+                to = to_node,
+                "too many snapshot transfers; raft retries later"
+            );
+            done(raft::SnapshotStatus::Failure);
+            return;
+        };
+        let addr = self.addrs.get(&to_node).map(|a| a.clone());
+        self.rt.spawn(async move {
+            let _permit = permit;
+            let res = match addr {
+                Some(addr) => stream_snapshot(&addr, head, source).await,
+                None => Err("address unknown".into()),
+            };
+            match res {
+                Ok(()) => done(raft::SnapshotStatus::Finish),
+                Err(e) => {
+                    tracing::warn!(to = to_node, "snapshot transfer failed: {e}");
+                    done(raft::SnapshotStatus::Failure);
+                }
+            }
+        });
     }
 }

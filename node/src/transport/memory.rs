@@ -5,7 +5,7 @@
 //! type) and decides: deliver, drop, or delay. Rules read like the scenario
 //! a test checks:
 //!
-//! ```ignore
+//! ```text
 //! let net = MemNetwork::new();
 //! // isolate node 2 for range 3
 //! let f = net.add(Rule::new().range(3).touching(2).drop());
@@ -22,12 +22,25 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+use futures::{Stream, StreamExt};
 use parking_lot::{Mutex, RwLock};
 use protobuf::Message as _;
 use raft::eraftpb::{Message as RaftMessage, MessageType};
-use strata_proto::strata::RaftEnvelope;
+use strata_proto::strata::{RaftEnvelope, SnapshotChunk};
 
 use super::{Deliver, RaftTransport, SharedTransport};
+use crate::snapshot::{Outgoing, SnapshotDoneFn, SnapshotSource};
+
+/// A snapshot transfer as its receiver sees it (what `Node.Snapshot` hands
+/// the service).
+pub type SnapshotStream =
+    std::pin::Pin<Box<dyn Stream<Item = Result<SnapshotChunk, tonic::Status>> + Send>>;
+
+/// Hands a snapshot transfer that arrived for this node to its receiver;
+/// resolves once the receiver finished with it.
+pub type DeliverSnapshot =
+    Arc<dyn Fn(SnapshotStream) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
 /// One message as filters see it.
 pub struct Sent<'a> {
@@ -73,6 +86,7 @@ pub struct MemNetwork(Arc<Inner>);
 struct Inner {
     rt: tokio::runtime::Handle,
     nodes: RwLock<HashMap<u64, Deliver>>,
+    snapshot_nodes: RwLock<HashMap<u64, DeliverSnapshot>>,
     filters: RwLock<Vec<(FilterId, Filter)>>,
     next_filter: AtomicU64,
     stats: Mutex<Stats>,
@@ -85,6 +99,7 @@ impl MemNetwork {
         Self(Arc::new(Inner {
             rt: tokio::runtime::Handle::current(),
             nodes: RwLock::new(HashMap::new()),
+            snapshot_nodes: RwLock::new(HashMap::new()),
             filters: RwLock::new(Vec::new()),
             next_filter: AtomicU64::new(1),
             stats: Mutex::new(Stats::default()),
@@ -96,9 +111,16 @@ impl MemNetwork {
         self.0.nodes.write().insert(node_id, deliver);
     }
 
+    /// Connects a node's snapshot receiver: transfers to `node_id` stream
+    /// into `deliver`.
+    pub fn register_snapshots(&self, node_id: u64, deliver: DeliverSnapshot) {
+        self.0.snapshot_nodes.write().insert(node_id, deliver);
+    }
+
     /// Disconnects a node (as if its process died): messages to it vanish.
     pub fn unregister(&self, node_id: u64) {
         self.0.nodes.write().remove(&node_id);
+        self.0.snapshot_nodes.write().remove(&node_id);
     }
 
     /// The transport a node sends with.
@@ -137,21 +159,64 @@ impl MemNetwork {
         Action::Deliver
     }
 
+    fn action(&self, from_node: u64, to_node: u64, env: &RaftEnvelope) -> Action {
+        if self.0.filters.read().is_empty() {
+            return Action::Deliver;
+        }
+        let msg = (!env.message.is_empty())
+            .then(|| RaftMessage::parse_from_bytes(&env.message).ok())
+            .flatten();
+        self.decide(&Sent {
+            from_node,
+            to_node,
+            env,
+            msg: msg.as_ref(),
+        })
+    }
+
+    /// Streams a snapshot into the destination's receiver. Filters see its
+    /// MsgSnapshot: dropping it fails the transfer, delaying it delays it.
+    fn send_snapshot(
+        &self,
+        from_node: u64,
+        to_node: u64,
+        mut env: RaftEnvelope,
+        source: SnapshotSource,
+        done: SnapshotDoneFn,
+    ) {
+        env.from_node = from_node;
+        let action = self.action(from_node, to_node, &env);
+        let deliver = self.0.snapshot_nodes.read().get(&to_node).cloned();
+        let (Some(deliver), Action::Deliver | Action::Delay(_)) = (deliver, action) else {
+            self.0.stats.lock().dropped += 1;
+            done(raft::SnapshotStatus::Failure);
+            return;
+        };
+        let net = self.clone();
+        self.0.rt.spawn(async move {
+            if let Action::Delay(d) = action {
+                net.0.stats.lock().delayed += 1;
+                tokio::time::sleep(d).await;
+            }
+            let (stream, progress) = Outgoing::start(env, source);
+            let res = progress.watch(deliver(Box::pin(stream.map(Ok)))).await;
+            let finished = matches!(res, Ok(Ok(())));
+            if finished {
+                net.0.stats.lock().delivered += 1;
+            } else {
+                net.0.stats.lock().dropped += 1;
+            }
+            done(if finished {
+                raft::SnapshotStatus::Finish
+            } else {
+                raft::SnapshotStatus::Failure
+            });
+        });
+    }
+
     fn send(&self, from_node: u64, to_node: u64, mut env: RaftEnvelope) {
         env.from_node = from_node;
-        let action = if self.0.filters.read().is_empty() {
-            Action::Deliver
-        } else {
-            let msg = (!env.message.is_empty())
-                .then(|| RaftMessage::parse_from_bytes(&env.message).ok())
-                .flatten();
-            self.decide(&Sent {
-                from_node,
-                to_node,
-                env: &env,
-                msg: msg.as_ref(),
-            })
-        };
+        let action = self.action(from_node, to_node, &env);
         let Some(deliver) = self.0.nodes.read().get(&to_node).cloned() else {
             self.0.stats.lock().dropped += 1;
             return;
@@ -181,6 +246,17 @@ struct MemTransport {
 impl RaftTransport for MemTransport {
     fn send(&self, to_node: u64, env: RaftEnvelope) {
         self.net.send(self.from_node, to_node, env);
+    }
+
+    fn send_snapshot(
+        &self,
+        to_node: u64,
+        head: RaftEnvelope,
+        source: SnapshotSource,
+        done: SnapshotDoneFn,
+    ) {
+        self.net
+            .send_snapshot(self.from_node, to_node, head, source, done);
     }
 }
 
@@ -312,6 +388,71 @@ mod tests {
             message: m.write_to_bytes().unwrap(),
             ..Default::default()
         }
+    }
+
+    #[tokio::test]
+    async fn snapshots_stream_through_and_filters_fail_them() {
+        use crate::snapshot::SnapshotSource;
+        use crate::storage::{Cf, Engine, MemoryEngine, WriteBatch};
+
+        let net = MemNetwork::new();
+        let chunks: Arc<Mutex<Vec<usize>>> = Arc::default();
+        let seen = chunks.clone();
+        net.register_snapshots(
+            2,
+            Arc::new(move |mut stream: SnapshotStream| {
+                let seen = seen.clone();
+                Box::pin(async move {
+                    while let Some(c) = stream.next().await {
+                        let c = c.map_err(|s| s.message().to_string())?;
+                        seen.lock().push(c.keys.len());
+                        if c.done.is_some() {
+                            return Ok(());
+                        }
+                    }
+                    Err("ended early".to_string())
+                })
+            }),
+        );
+        let db = MemoryEngine::new();
+        let mut wb = WriteBatch::new();
+        for i in 0..5u8 {
+            // Five versions of 700 KiB: one chunk each.
+            wb.put(
+                Cf::Data,
+                crate::mvcc::version_key(&[b'k', i], 1),
+                vec![i; 700 << 10],
+            );
+        }
+        db.write(&wb, false).unwrap();
+        let source = || SnapshotSource {
+            view: db.snapshot(),
+            range: crate::mvcc::KeyRange {
+                start: b"k".to_vec(),
+                end: Some(b"l".to_vec()),
+            },
+        };
+        let send = |source: SnapshotSource| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            net.transport(1).send_snapshot(
+                2,
+                env(3, MessageType::MsgSnapshot),
+                source,
+                Box::new(move |st| {
+                    let _ = tx.send(st);
+                }),
+            );
+            rx
+        };
+        assert_eq!(send(source()).await.unwrap(), raft::SnapshotStatus::Finish);
+        // head, five chunks of one version, the trailer
+        assert_eq!(*chunks.lock(), vec![0, 1, 1, 1, 1, 1, 0]);
+        let f = net.add(Rule::new().msg_type(MessageType::MsgSnapshot).drop());
+        assert_eq!(send(source()).await.unwrap(), raft::SnapshotStatus::Failure);
+        net.remove(f);
+        net.unregister(2);
+        assert_eq!(send(source()).await.unwrap(), raft::SnapshotStatus::Failure);
+        assert_eq!(chunks.lock().len(), 7, "nothing more arrived");
     }
 
     #[tokio::test]

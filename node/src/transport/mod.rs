@@ -5,10 +5,16 @@
 //! Messages arrive at a node through its inbox (`StoreMsg::Raft`), whichever
 //! transport carried them.
 //! - [`grpc::GrpcTransport`]: production; one sender task per destination node
-//!   batches messages into `Node.Raft` RPCs.
+//!   batches messages into `Node.Raft` RPCs; snapshots stream in their own
+//!   `Node.Snapshot` RPC.
 //! - [`memory::MemNetwork`]: tests; delivers straight into the destination's
 //!   inbox, through filters that drop, delay, reorder or partition messages
-//!   by range, message type and direction.
+//!   by range, message type and direction; snapshots stream through a
+//!   bounded channel into the destination's receiver.
+//!
+//! A MsgSnapshot never goes through `send`: `send_snapshot` streams it with
+//! the range's data in bounded chunks (`crate::snapshot`) and says, once,
+//! whether the transfer finished or failed.
 //!
 //! This module knows nothing of the store: a node registers a delivery
 //! function, not its inbox type.
@@ -20,10 +26,23 @@ use std::sync::Arc;
 
 use strata_proto::strata::RaftEnvelope;
 
+use crate::snapshot::{SnapshotDoneFn, SnapshotSource};
+
 /// Sends raft messages to other nodes. Called from the raft thread: never
 /// blocks.
 pub trait RaftTransport: Send + Sync + 'static {
+    /// Queues a message (not a MsgSnapshot); drops it when a queue is full.
     fn send(&self, to_node: u64, env: RaftEnvelope);
+    /// Starts streaming a MsgSnapshot (`head`) and the range's data from
+    /// `source`; calls `done` once with `Finish` (the receiver handed it to
+    /// raft) or `Failure`, possibly before returning.
+    fn send_snapshot(
+        &self,
+        to_node: u64,
+        head: RaftEnvelope,
+        source: SnapshotSource,
+        done: SnapshotDoneFn,
+    );
 }
 
 pub type SharedTransport = Arc<dyn RaftTransport>;
