@@ -161,15 +161,7 @@ pub fn schedule(
                 .filter(|(_, n)| !dead.contains(n) && !phantom(n))
                 .count();
             if real > (voters.len() - 1) / 2 {
-                ops.push(Op::RemovePeer {
-                    range: id,
-                    peer,
-                    node,
-                });
-                if let Some(c) = replicas.get_mut(&node) {
-                    *c -= 1;
-                }
-                touched.insert(id);
+                remove_peer(&mut ops, &mut replicas, &mut touched, id, peer, node);
                 continue;
             }
         }
@@ -199,15 +191,7 @@ pub fn schedule(
                 // Removing a live voter must leave a live quorum of the rest.
                 let after_live = live_voters - usize::from(!dead.contains(&node));
                 if after_live > (voters.len() - 1) / 2 {
-                    ops.push(Op::RemovePeer {
-                        range: id,
-                        peer,
-                        node,
-                    });
-                    if let Some(c) = replicas.get_mut(&node) {
-                        *c -= 1;
-                    }
-                    touched.insert(id);
+                    remove_peer(&mut ops, &mut replicas, &mut touched, id, peer, node);
                 }
             }
         }
@@ -363,6 +347,26 @@ fn load_swap(
             node: hot,
         },
     ])
+}
+
+/// Schedules the removal of `peer` (on `node`) from range `id`.
+fn remove_peer(
+    ops: &mut Vec<Op>,
+    replicas: &mut BTreeMap<u64, usize>,
+    touched: &mut HashSet<u64>,
+    id: u64,
+    peer: u64,
+    node: u64,
+) {
+    ops.push(Op::RemovePeer {
+        range: id,
+        peer,
+        node,
+    });
+    if let Some(c) = replicas.get_mut(&node) {
+        *c -= 1;
+    }
+    touched.insert(id);
 }
 
 #[cfg(test)]
