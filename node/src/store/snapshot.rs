@@ -143,7 +143,12 @@ impl Store {
             "sending a snapshot"
         );
         self.transport
-            .send_snapshot(to_node, env, source, Box::new(report));
+            .send_snapshot(crate::transport::OutgoingSnapshot {
+                to_node,
+                head: env,
+                source,
+                done: Box::new(report),
+            });
     }
 
     /// A received snapshot with all its data staged: stepped into raft,

@@ -16,7 +16,7 @@ use strata_proto::strata::node_client::NodeClient;
 use strata_proto::strata::{RaftBatch, RaftEnvelope};
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::snapshot::{Outgoing, SnapshotDoneFn, SnapshotSource, CHUNK_TIMEOUT, SENDS_MAX};
+use crate::snapshot::{Outgoing, SnapshotSource, CHUNK_TIMEOUT, SENDS_MAX};
 
 const QUEUE_CAP: usize = 8192;
 const BATCH_MAX: usize = 1024;
@@ -131,13 +131,13 @@ impl super::RaftTransport for GrpcTransport {
         self.queue(to_node, env);
     }
 
-    fn send_snapshot(
-        &self,
-        to_node: u64,
-        head: RaftEnvelope,
-        source: SnapshotSource,
-        done: SnapshotDoneFn,
-    ) {
+    fn send_snapshot(&self, snap: super::OutgoingSnapshot) {
+        let super::OutgoingSnapshot {
+            to_node,
+            head,
+            source,
+            done,
+        } = snap;
         let Ok(permit) = self.snapshot_sends.clone().try_acquire_owned() else {
             tracing::info!(
                 to = to_node,

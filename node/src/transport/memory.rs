@@ -29,8 +29,8 @@ use protobuf::Message as _;
 use raft::eraftpb::{Message as RaftMessage, MessageType};
 use strata_proto::strata::{RaftEnvelope, SnapshotChunk};
 
-use super::{Deliver, RaftTransport, SharedTransport};
-use crate::snapshot::{Outgoing, SnapshotDoneFn, SnapshotSource};
+use super::{Deliver, OutgoingSnapshot, RaftTransport, SharedTransport};
+use crate::snapshot::Outgoing;
 
 /// A snapshot transfer as its receiver sees it (what `Node.Snapshot` hands
 /// the service).
@@ -176,14 +176,13 @@ impl MemNetwork {
 
     /// Streams a snapshot into the destination's receiver. Filters see its
     /// MsgSnapshot: dropping it fails the transfer, delaying it delays it.
-    fn send_snapshot(
-        &self,
-        from_node: u64,
-        to_node: u64,
-        mut env: RaftEnvelope,
-        source: SnapshotSource,
-        done: SnapshotDoneFn,
-    ) {
+    fn send_snapshot(&self, from_node: u64, snap: OutgoingSnapshot) {
+        let OutgoingSnapshot {
+            to_node,
+            head: mut env,
+            source,
+            done,
+        } = snap;
         env.from_node = from_node;
         let action = self.action(from_node, to_node, &env);
         let deliver = self.0.snapshot_nodes.read().get(&to_node).cloned();
@@ -248,15 +247,8 @@ impl RaftTransport for MemTransport {
         self.net.send(self.from_node, to_node, env);
     }
 
-    fn send_snapshot(
-        &self,
-        to_node: u64,
-        head: RaftEnvelope,
-        source: SnapshotSource,
-        done: SnapshotDoneFn,
-    ) {
-        self.net
-            .send_snapshot(self.from_node, to_node, head, source, done);
+    fn send_snapshot(&self, snap: OutgoingSnapshot) {
+        self.net.send_snapshot(self.from_node, snap);
     }
 }
 
@@ -434,14 +426,14 @@ mod tests {
         };
         let send = |source: SnapshotSource| {
             let (tx, rx) = tokio::sync::oneshot::channel();
-            net.transport(1).send_snapshot(
-                2,
-                env(3, MessageType::MsgSnapshot),
+            net.transport(1).send_snapshot(OutgoingSnapshot {
+                to_node: 2,
+                head: env(3, MessageType::MsgSnapshot),
                 source,
-                Box::new(move |st| {
+                done: Box::new(move |st| {
                     let _ = tx.send(st);
                 }),
-            );
+            });
             rx
         };
         assert_eq!(send(source()).await.unwrap(), raft::SnapshotStatus::Finish);

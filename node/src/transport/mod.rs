@@ -36,16 +36,19 @@ pub trait RaftTransport: Send + Sync + 'static {
     /// Starts streaming a MsgSnapshot (`head`) and the range's data from
     /// `source`; calls `done` once with `Finish` (the receiver handed it to
     /// raft) or `Failure`, possibly before returning.
-    fn send_snapshot(
-        &self,
-        to_node: u64,
-        head: RaftEnvelope,
-        source: SnapshotSource,
-        done: SnapshotDoneFn,
-    );
+    fn send_snapshot(&self, snap: OutgoingSnapshot);
 }
 
 pub type SharedTransport = Arc<dyn RaftTransport>;
+
+/// A MsgSnapshot to stream (`head`), the range's data it was generated with,
+/// and who to tell, once, how the transfer ended.
+pub struct OutgoingSnapshot {
+    pub to_node: u64,
+    pub head: RaftEnvelope,
+    pub source: SnapshotSource,
+    pub done: SnapshotDoneFn,
+}
 
 /// Hands a message that arrived for this node to its raft thread.
 pub type Deliver = Arc<dyn Fn(RaftEnvelope) + Send + Sync>;
