@@ -1,0 +1,387 @@
+//! `strata dev`: a whole local cluster (placement, N nodes, one router) in one command.
+//!
+//! Every component runs as a child process of this executable (`strata placement`,
+//! `strata node`, `strata router`), each in its own process group so that a terminal
+//! Ctrl-C reaches `strata dev` alone, which then stops the children in order: SIGTERM,
+//! up to 10 s of grace, then SIGKILL. The layout of the cluster is written to
+//! `DATA_DIR/dev.json` so that tests can find, kill and restart components.
+//!
+//! This file holds the flags, `dev.json` types and the run loop; `plan.rs` computes
+//! what to start, `setup.rs` checks and writes files, `process.rs` spawns and stops
+//! children, `serving.rs` waits for the cluster to serve.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::component::Signals;
+use plan::plan;
+use process::{spawn, stop_all};
+use serving::{report_failure, wait_until_serving};
+use setup::{check_ports, find_on_path, lock_data_dir, write_dev_json};
+
+mod plan;
+mod process;
+mod serving;
+mod setup;
+#[cfg(test)]
+mod tests;
+
+/// Grace period between SIGTERM and SIGKILL when stopping a child.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Alert rules loaded by the Prometheus of `--prometheus` (DATA_DIR/prometheus/alerts.yml).
+const ALERT_RULES: &str = include_str!("../../deploy/prometheus/alerts.yml");
+/// Key read to check that the cluster serves clients (what `etcdctl endpoint health` reads).
+const PROBE_KEY: &str = "health";
+
+pub const DEV_LONG_ABOUT: &str = "\
+Start a local Strata cluster for development and tests: one placement service, N
+storage nodes and one router serving etcd's v3 API on --listen-client.
+
+Every component is a child process of this executable, with its own data under
+DATA_DIR (placement/, node-1/, ...) and its stdout/stderr in DATA_DIR/logs/NAME.log.
+Ports (all on 127.0.0.1): placement listens on BASE_PORT, node i on BASE_PORT+i,
+and component k (0 = placement, 1..N = nodes, N+1 = router) serves Prometheus
+metrics on BASE_PORT+10+k (BASE_PORT+N+1+k when N >= 10).
+
+DATA_DIR/dev.json describes the running cluster: the client endpoint and, for every
+component, its role, name, address, pid, metrics URL, log file and the full argv
+that started it (to restart a component that was killed).
+
+Once a client request succeeds, one line containing \"ready\" is printed on stdout.
+Ctrl-C or SIGTERM stops every component (SIGTERM, then SIGKILL after 10 s) and
+exits 0. A component that exits on its own is reported on stderr; the others keep
+running. Running again on the same DATA_DIR keeps the data of the last run.";
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DevArgs {
+    /// Number of storage nodes (ranges are replicated on min(3, N) of them).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub nodes: u16,
+
+    /// Directory for all data, logs and dev.json; reused, never wiped, if it exists.
+    #[arg(long, default_value = "./strata-data")]
+    pub data_dir: PathBuf,
+
+    /// Address of the etcd v3 endpoint (the router's client address).
+    #[arg(long, default_value = "127.0.0.1:2379")]
+    pub listen_client: SocketAddr,
+
+    /// First of the internal ports (placement BASE, node i BASE+i, metrics BASE+10+k).
+    #[arg(long, default_value_t = 23790)]
+    pub base_port: u16,
+
+    /// Router's interval of watch progress notifications (e.g. 500ms, 10s, 10m).
+    #[arg(long, value_parser = check_duration)]
+    pub watch_progress_notify_interval: Option<String>,
+
+    /// Nodes' raft tick interval in milliseconds (default: the node's own default).
+    #[arg(long)]
+    pub raft_tick_ms: Option<u64>,
+
+    /// Placement replaces the replicas of a node silent for this long (e.g. 30s,
+    /// 10m; default: placement's, 60s).
+    #[arg(long, value_parser = check_duration)]
+    pub node_down_after: Option<String>,
+
+    /// Idle ticks before a range quiesces (passed to every node; 0 disables;
+    /// default: the node's, 20).
+    #[arg(long)]
+    pub quiesce_after_ticks: Option<u32>,
+
+    /// Split a range once its data passes this many bytes (passed to every node;
+    /// default: the node's, 64 MiB).
+    #[arg(long)]
+    pub range_split_bytes: Option<u64>,
+
+    /// Split a range once it takes more writes per second than this (passed to
+    /// every node; 0 disables; default: the node's, 3000).
+    #[arg(long)]
+    pub range_split_write_rate: Option<f64>,
+
+    /// Split a range once it holds more than this many keys (passed to every
+    /// node; default: the node's, 500000).
+    #[arg(long)]
+    pub range_split_keys: Option<u64>,
+
+    /// How long to wait for the cluster to serve a client request before giving up.
+    #[arg(long, default_value = "60s", value_parser = strata_router::parse_duration)]
+    pub ready_timeout: Duration,
+
+    /// Also start a Prometheus server (the `prometheus` binary on PATH) scraping every
+    /// component; its data goes to DATA_DIR/prometheus.
+    #[arg(long)]
+    pub prometheus: bool,
+
+    /// Address of that Prometheus server's web UI [default: 127.0.0.1, the port after
+    /// the router's metrics port].
+    #[arg(long, requires = "prometheus")]
+    pub prometheus_listen: Option<SocketAddr>,
+}
+
+fn check_duration(s: &str) -> Result<String, String> {
+    strata_router::parse_duration(s).map(|_| s.to_string())
+}
+
+/// `DATA_DIR/dev.json`.
+#[derive(Serialize, Debug)]
+pub struct DevJson {
+    /// host:port of the etcd v3 endpoint (the router).
+    pub client_endpoint: String,
+    /// Absolute data directory.
+    pub data_dir: String,
+    /// Pid of `strata dev` itself (SIGTERM it to stop the cluster).
+    pub dev_pid: u32,
+    pub components: Vec<ComponentJson>,
+    /// Present when started with `--prometheus`.
+    pub prometheus: Option<PrometheusJson>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct ComponentJson {
+    /// "placement", "node" or "router".
+    pub role: &'static str,
+    /// "placement", "node-1", ..., "router".
+    pub name: String,
+    /// The node number for nodes (1..N), 0 for placement and the router.
+    pub id: u64,
+    /// The address it serves gRPC on (the client address for the router).
+    pub addr: String,
+    pub pid: u32,
+    pub metrics_url: String,
+    /// Full argv that started it; `args[0]` is the absolute path of the executable.
+    pub args: Vec<String>,
+    /// Absolute path of the file receiving its stdout and stderr.
+    pub log: String,
+}
+
+#[derive(Serialize, Debug)]
+pub struct PrometheusJson {
+    pub url: String,
+    pub pid: u32,
+    pub args: Vec<String>,
+    pub log: String,
+}
+
+/// One process to start.
+#[derive(Debug, Clone)]
+struct Spec {
+    role: &'static str,
+    name: String,
+    id: u64,
+    addr: String,
+    metrics_url: String,
+    args: Vec<String>,
+    log: PathBuf,
+    /// Ports it will listen on, with what they are for, checked before starting.
+    ports: Vec<(SocketAddr, String)>,
+}
+
+/// Everything `strata dev` will start.
+#[derive(Debug)]
+struct Plan {
+    client_endpoint: String,
+    components: Vec<Spec>,
+    prometheus: Option<(Spec, String)>,
+}
+
+/// A started child process.
+struct Running {
+    name: String,
+    pid: u32,
+    log: PathBuf,
+    /// `Some` once the process exited (and was reaped).
+    exited: watch::Receiver<Option<String>>,
+}
+
+impl Running {
+    fn is_running(&self) -> bool {
+        self.exited.borrow().is_none()
+    }
+}
+
+/// Entry point of `strata dev`.
+pub fn main(args: DevArgs) -> ExitCode {
+    // One thread: every child is spawned from the main thread, which lives as long as
+    // the process, so the children's parent-death signal fires only when we are gone.
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("strata dev: error: cannot start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("strata dev: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
+    let mut signals = Signals::new().context("installing signal handlers")?;
+    let exe = std::env::current_exe().context("finding the path of this executable")?;
+    let data_dir = std::path::absolute(&args.data_dir)
+        .with_context(|| format!("resolving --data-dir {}", args.data_dir.display()))?;
+    let plan = plan(&args, &exe, &data_dir)?;
+
+    // Data dir: created if missing, must be writable, one `strata dev` at a time.
+    let logs = data_dir.join("logs");
+    fs::create_dir_all(&logs).with_context(|| {
+        format!(
+            "data dir {} is not usable: cannot create {}",
+            data_dir.display(),
+            logs.display()
+        )
+    })?;
+    let _lock = lock_data_dir(&data_dir)?;
+    check_ports(&plan)?;
+
+    let prometheus_exe = if plan.prometheus.is_some() {
+        Some(find_on_path("prometheus").context(
+            "--prometheus needs the `prometheus` binary on PATH \
+             (Debian: apt-get install prometheus, or run scripts/install-deps.sh)",
+        )?)
+    } else {
+        None
+    };
+
+    let stopping = Arc::new(AtomicBool::new(false));
+    let mut children: Vec<Running> = Vec::new();
+    let mut json = DevJson {
+        client_endpoint: plan.client_endpoint.clone(),
+        data_dir: data_dir.to_string_lossy().into_owned(),
+        dev_pid: std::process::id(),
+        components: Vec::new(),
+        prometheus: None,
+    };
+
+    let started: anyhow::Result<()> = (|| {
+        for spec in &plan.components {
+            let r = spawn(spec, &stopping)?;
+            json.components.push(ComponentJson {
+                role: spec.role,
+                name: spec.name.clone(),
+                id: spec.id,
+                addr: spec.addr.clone(),
+                pid: r.pid,
+                metrics_url: spec.metrics_url.clone(),
+                args: spec.args.clone(),
+                log: spec.log.to_string_lossy().into_owned(),
+            });
+            children.push(r);
+        }
+        if let (Some((spec, config)), Some(prom)) = (&plan.prometheus, &prometheus_exe) {
+            let prom_dir = data_dir.join("prometheus");
+            fs::create_dir_all(&prom_dir)
+                .with_context(|| format!("creating {}", prom_dir.display()))?;
+            let config_path = prom_dir.join("prometheus.yml");
+            fs::write(&config_path, config)
+                .with_context(|| format!("writing {}", config_path.display()))?;
+            let rules_path = prom_dir.join("alerts.yml");
+            fs::write(&rules_path, ALERT_RULES)
+                .with_context(|| format!("writing {}", rules_path.display()))?;
+            let mut spec = spec.clone();
+            spec.args[0] = prom.to_string_lossy().into_owned();
+            let r = spawn(&spec, &stopping)?;
+            json.prometheus = Some(PrometheusJson {
+                url: format!("http://{}", spec.addr),
+                pid: r.pid,
+                args: spec.args.clone(),
+                log: spec.log.to_string_lossy().into_owned(),
+            });
+            children.push(r);
+        }
+        write_dev_json(&data_dir, &json)
+    })();
+    if let Err(e) = started {
+        eprintln!("strata dev: error: {e:#}");
+        stop_all(&children, &stopping, &mut signals).await;
+        return Ok(ExitCode::FAILURE);
+    }
+
+    eprintln!(
+        "strata dev: started placement, {} node{}, a router{} (pids {}); logs in {}; \
+         waiting up to {:?} for {} to answer a client request",
+        args.nodes,
+        if args.nodes == 1 { "" } else { "s" },
+        if json.prometheus.is_some() {
+            " and Prometheus"
+        } else {
+            ""
+        },
+        children
+            .iter()
+            .map(|c| c.pid.to_string())
+            .collect::<Vec<_>>()
+            .join(" "),
+        logs.display(),
+        args.ready_timeout,
+        plan.client_endpoint,
+    );
+
+    let outcome = tokio::select! {
+        r = wait_until_serving(&plan.client_endpoint, args.ready_timeout, &children) => Some(r),
+        sig = signals.recv() => {
+            eprintln!("strata dev: received {sig} while starting; stopping the cluster");
+            None
+        }
+    };
+    match outcome {
+        None => {
+            stop_all(&children, &stopping, &mut signals).await;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(Err(why)) => {
+            eprintln!("strata dev: error: {why}");
+            report_failure(&children);
+            stop_all(&children, &stopping, &mut signals).await;
+            return Ok(ExitCode::FAILURE);
+        }
+        Some(Ok(())) => {}
+    }
+
+    let metrics: Vec<&str> = json
+        .components
+        .iter()
+        .map(|c| c.metrics_url.as_str())
+        .collect();
+    let mut line = format!(
+        "strata dev ready: etcd endpoint {} ({} node{}, data in {}; metrics: {}",
+        plan.client_endpoint,
+        args.nodes,
+        if args.nodes == 1 { "" } else { "s" },
+        data_dir.display(),
+        metrics.join(" "),
+    );
+    if let Some(p) = &json.prometheus {
+        line.push_str(&format!("; prometheus: {}", p.url));
+    }
+    line.push(')');
+    {
+        // Exactly one line with "ready" on stdout; a closed stdout is not an error.
+        let mut out = io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+
+    let sig = signals.recv().await;
+    eprintln!("strata dev: received {sig}; stopping the cluster");
+    stop_all(&children, &stopping, &mut signals).await;
+    Ok(ExitCode::SUCCESS)
+}

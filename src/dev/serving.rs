@@ -1,0 +1,115 @@
+//! Waiting until the cluster serves clients, and reporting why it does not.
+
+use super::*;
+
+/// Retries a `get` through the router until it succeeds, the deadline passes, or a
+/// component without which the cluster cannot serve (placement, router) exits.
+pub(super) async fn wait_until_serving(
+    endpoint: &str,
+    timeout: Duration,
+    children: &[Running],
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let url = format!("http://{endpoint}");
+    let mut last_error = String::from("no attempt finished");
+    loop {
+        let essential_gone: Vec<&str> = children
+            .iter()
+            .filter(|c| (c.name == "placement" || c.name == "router") && !c.is_running())
+            .map(|c| c.name.as_str())
+            .collect();
+        if !essential_gone.is_empty() {
+            return Err(format!(
+                "{} exited before the cluster served a client request",
+                essential_gone.join(" and ")
+            ));
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(format!(
+                "the cluster did not serve a client request at {endpoint} within {timeout:?} \
+                 (last error: {last_error})"
+            ));
+        }
+        let attempt_budget = (deadline - now).min(Duration::from_secs(3));
+        let attempt = async {
+            let opts = etcd_client::ConnectOptions::new()
+                .with_connect_timeout(attempt_budget)
+                .with_timeout(attempt_budget);
+            let mut client = etcd_client::Client::connect([url.as_str()], Some(opts)).await?;
+            client.get(PROBE_KEY, None).await?;
+            Ok::<(), etcd_client::Error>(())
+        };
+        match tokio::time::timeout(attempt_budget, attempt).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => last_error = e.to_string(),
+            Err(_) => last_error = format!("no answer within {attempt_budget:?}"),
+        }
+        let pause =
+            Duration::from_millis(250).min(deadline.saturating_duration_since(Instant::now()));
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Prints which components are not running, with the end of their logs (or of every
+/// log when all are running but the cluster does not answer).
+pub(super) fn report_failure(children: &[Running]) {
+    let down: Vec<&Running> = children.iter().filter(|c| !c.is_running()).collect();
+    let mut err = io::stderr().lock();
+    if down.is_empty() {
+        let _ = writeln!(
+            err,
+            "strata dev: every component is still running; the end of each log follows"
+        );
+    } else {
+        let names: Vec<&str> = down.iter().map(|c| c.name.as_str()).collect();
+        let _ = writeln!(err, "strata dev: not running: {}", names.join(", "));
+    }
+    let show: Vec<&Running> = if down.is_empty() {
+        children.iter().collect()
+    } else {
+        down
+    };
+    for c in show {
+        let state = c
+            .exited
+            .borrow()
+            .clone()
+            .unwrap_or_else(|| "is running".into());
+        let _ = writeln!(
+            err,
+            "--- {} (pid {}) {}; last lines of {}:",
+            c.name,
+            c.pid,
+            state,
+            c.log.display()
+        );
+        match tail(&c.log, 20) {
+            Ok(lines) => {
+                for l in lines {
+                    let _ = writeln!(err, "    {l}");
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(err, "    (cannot read the log: {e})");
+            }
+        }
+    }
+}
+
+/// The last `n` lines of a file (reading at most its last 64 KiB).
+pub(super) fn tail(path: &Path, n: usize) -> io::Result<Vec<String>> {
+    let mut f = File::open(path)?;
+    let len = f.metadata()?.len();
+    let start = len.saturating_sub(64 * 1024);
+    f.seek(SeekFrom::Start(start))?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf);
+    let mut lines: Vec<&str> = text.lines().collect();
+    if start > 0 && !lines.is_empty() {
+        lines.remove(0); // probably a partial line
+    }
+    let skip = lines.len().saturating_sub(n);
+    Ok(lines[skip..].iter().map(|l| l.to_string()).collect())
+}

@@ -1,0 +1,215 @@
+//! Many watches on one stream, txn events, cancellation, explicit watch ids,
+//! deletes of nothing.
+
+use super::*;
+
+#[tokio::test]
+async fn watch_many_on_one_stream() {
+    let mut c = client().await;
+    // '~' sorts after every other test's prefix, so "from key" sees only ours.
+    let p = prefix("~watch_many");
+    let k = |s: &str| format!("{p}{s}");
+    let (mut s, w_a) = open(&mut c, &k("a"), None).await;
+    let w_b = add(&mut s, &k("b"), None).await;
+    let w_all = add(&mut s, &p, Some(WatchOptions::new().with_prefix())).await;
+    let w_range = add(
+        &mut s,
+        &k("a"),
+        Some(WatchOptions::new().with_range(k("c"))),
+    )
+    .await;
+    let w_from = add(&mut s, &k("b"), Some(WatchOptions::new().with_from_key())).await;
+    let ids = [w_a, w_b, w_all, w_range, w_from];
+    let mut sorted = ids.to_vec();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 5, "watch ids are distinct: {ids:?}");
+
+    let ra = put(&mut c, &k("a"), "1").await;
+    // a: w_a, w_all, w_range
+    let ev = events(&mut s, 3).await;
+    let mut got: Vec<i64> = ev.iter().map(|e| e.watch_id).collect();
+    got.sort();
+    let mut want = vec![w_a, w_all, w_range];
+    want.sort();
+    assert_eq!(got, want);
+    assert!(ev.iter().all(|e| e.modr == ra && e.key == k("a")));
+
+    let rc = put(&mut c, &k("c"), "1").await;
+    // c: w_all, w_from (outside [a, c))
+    let ev = events(&mut s, 2).await;
+    let mut got: Vec<i64> = ev.iter().map(|e| e.watch_id).collect();
+    got.sort();
+    let mut want = vec![w_all, w_from];
+    want.sort();
+    assert_eq!(got, want);
+    assert!(ev.iter().all(|e| e.modr == rc));
+
+    let rb = put(&mut c, &k("b"), "1").await;
+    // b: w_b, w_all, w_range, w_from
+    let ev = events(&mut s, 4).await;
+    let mut got: Vec<i64> = ev.iter().map(|e| e.watch_id).collect();
+    got.sort();
+    let mut want = vec![w_b, w_all, w_range, w_from];
+    want.sort();
+    assert_eq!(got, want);
+    assert!(ev.iter().all(|e| e.modr == rb));
+    assert_quiet(&mut s, Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn watch_txn_events_in_one_response() {
+    let mut c = client().await;
+    let p = prefix("watch_txn");
+    let k = |s: &str| format!("{p}{s}");
+    put(&mut c, &k("c"), "old").await;
+    let (mut s, w) = open(
+        &mut c,
+        &p,
+        Some(WatchOptions::new().with_prefix().with_prev_key()),
+    )
+    .await;
+    let r = c
+        .txn(
+            Txn::new()
+                .when([Compare::version(k("c"), CompareOp::Equal, 1)])
+                .and_then([
+                    TxnOp::put(k("b"), "1", None),
+                    TxnOp::put(k("a"), "1", None),
+                    TxnOp::delete(k("c"), None),
+                    TxnOp::put(k("d"), "1", None),
+                    TxnOp::get(k("a"), None),
+                ]),
+        )
+        .await
+        .unwrap();
+    assert!(r.succeeded());
+    let rt = rev_of(r.header());
+    let resp = recv(&mut s).await;
+    assert_eq!(resp.watch_id(), w);
+    let ev = flatten(&resp);
+    // One response, the ops' events in op order, all at the txn's revision.
+    assert_eq!(
+        short(&ev),
+        [
+            (PUT, k("b").as_str(), "1"),
+            (PUT, k("a").as_str(), "1"),
+            (DELETE, k("c").as_str(), ""),
+            (PUT, k("d").as_str(), "1"),
+        ]
+    );
+    assert!(ev.iter().all(|e| e.modr == rt));
+    assert_eq!(ev[2].prev.as_ref().map(|p| p.0.as_str()), Some("old"));
+
+    // A delete of a whole prefix is one revision too.
+    let rd = rev_of(
+        c.delete(p.as_str(), Some(DeleteOptions::new().with_prefix()))
+            .await
+            .unwrap()
+            .header(),
+    );
+    let resp = recv(&mut s).await;
+    let ev = flatten(&resp);
+    assert_eq!(
+        short(&ev),
+        [
+            (DELETE, k("a").as_str(), ""),
+            (DELETE, k("b").as_str(), ""),
+            (DELETE, k("d").as_str(), ""),
+        ]
+    );
+    assert!(ev.iter().all(|e| e.modr == rd));
+}
+
+#[tokio::test]
+async fn watch_cancel() {
+    let mut c = client().await;
+    let p = prefix("watch_cancel");
+    let k = |s: &str| format!("{p}{s}");
+    let (mut s, w1) = open(&mut c, &k("1"), None).await;
+    let w2 = add(&mut s, &k("2"), None).await;
+
+    s.cancel(w1).await.unwrap();
+    let r = recv(&mut s).await;
+    assert!(r.canceled(), "{r:?}");
+    assert_eq!(r.watch_id(), w1);
+    assert!(r.events().is_empty());
+    assert!(!r.created());
+    assert_eq!(r.compact_revision(), 0);
+
+    put(&mut c, &k("1"), "x").await;
+    let r2 = put(&mut c, &k("2"), "y").await;
+    let ev = events(&mut s, 1).await;
+    assert_eq!((ev[0].watch_id, ev[0].modr), (w2, r2));
+    assert_quiet(&mut s, Duration::from_millis(300)).await;
+
+    // The stream stays usable after a cancel.
+    let w3 = add(&mut s, &k("1"), None).await;
+    let r3 = put(&mut c, &k("1"), "z").await;
+    let ev = events(&mut s, 1).await;
+    assert_eq!((ev[0].watch_id, ev[0].modr), (w3, r3));
+
+    // Cancel the last watches; the stream itself stays open.
+    s.cancel(w2).await.unwrap();
+    let r = recv(&mut s).await;
+    assert!(r.canceled() && r.watch_id() == w2, "{r:?}");
+    s.cancel(w3).await.unwrap();
+    let r = recv(&mut s).await;
+    assert!(r.canceled() && r.watch_id() == w3, "{r:?}");
+    put(&mut c, &k("1"), "after").await;
+    put(&mut c, &k("2"), "after").await;
+    assert_quiet(&mut s, Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn watch_explicit_watch_id() {
+    let mut c = client().await;
+    let p = prefix("watch_explicit_id");
+    let (mut s, w) = open(&mut c, &p, Some(WatchOptions::new().with_watch_id(100))).await;
+    assert_eq!(w, 100);
+    // A duplicate id on the same stream is refused with a created+canceled response.
+    s.watch(p.as_str(), Some(WatchOptions::new().with_watch_id(100)))
+        .await
+        .unwrap();
+    let r = recv(&mut s).await;
+    assert!(r.created() && r.canceled(), "{r:?}");
+    assert_eq!(r.watch_id(), -1);
+    assert_eq!(
+        r.cancel_reason(),
+        "mvcc: duplicate watch ID provided on the WatchStream"
+    );
+    // Ids the server picks later skip the one in use.
+    let w2 = add(&mut s, &p, None).await;
+    assert_ne!(w2, 100);
+    let r1 = put(&mut c, &p, "v").await;
+    let ev = events(&mut s, 2).await;
+    let mut ids: Vec<i64> = ev.iter().map(|e| e.watch_id).collect();
+    ids.sort();
+    let mut want = vec![100, w2];
+    want.sort();
+    assert_eq!(ids, want);
+    assert!(ev.iter().all(|e| e.modr == r1));
+}
+
+#[tokio::test]
+async fn watch_delete_of_nothing_sends_no_event() {
+    let mut c = client().await;
+    let p = prefix("watch_delete_nothing");
+    let k = |s: &str| format!("{p}{s}");
+    let (mut s, w) = open(&mut c, &p, Some(WatchOptions::new().with_prefix())).await;
+    let r = c.delete(k("missing"), None).await.unwrap();
+    assert_eq!(r.deleted(), 0);
+    let r = c
+        .delete(k("none/"), Some(DeleteOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert_eq!(r.deleted(), 0);
+    // A txn whose only write deletes nothing.
+    c.txn(Txn::new().and_then([TxnOp::delete(k("missing2"), None)]))
+        .await
+        .unwrap();
+    let r1 = put(&mut c, &k("a"), "1").await;
+    let ev = events(&mut s, 1).await;
+    assert_eq!((ev[0].watch_id, ev[0].typ, ev[0].modr), (w, PUT, r1));
+    assert_quiet(&mut s, Duration::from_millis(300)).await;
+}
