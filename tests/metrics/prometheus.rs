@@ -176,29 +176,41 @@ async fn prometheus_scrapes_the_cluster_and_reports_the_write_rate() {
     // have data.
     let exprs = dashboard_exprs();
     assert!(exprs.len() >= 20, "only {} dashboard queries", exprs.len());
-    let mut empty = Vec::new();
-    for e in &exprs {
-        let q = instantiate(e);
-        let r = tokio::task::block_in_place(|| query(&base, &q))
-            .unwrap_or_else(|err| panic!("dashboard query {e:?} failed: {err}"));
-        if r.is_empty() {
-            empty.push(q);
-        }
-    }
-    for must in [
-        "strata_router_grpc_requests_total",
-        "strata_node_wal_fsync_duration_seconds_bucket",
-        "strata_node_range_leaders",
-        "strata_placement_oracle_revisions_total",
-    ] {
-        assert!(
-            exprs.iter().any(|e| e.contains(must))
-                && !empty
-                    .iter()
-                    .any(|q| q.contains(must) && !q.contains("code!=")),
-            "dashboard queries over {must} returned no data: {empty:#?}"
-        );
-    }
+    // Queries over a 10 s window need a few scrapes of every target: asked
+    // again (bounded) until the key ones have data.
+    wait_for_async(
+        Duration::from_secs(20),
+        "data for the key dashboard queries",
+        || {
+            let mut empty = Vec::new();
+            for e in &exprs {
+                let q = instantiate(e);
+                let r = tokio::task::block_in_place(|| query(&base, &q))
+                    .unwrap_or_else(|err| panic!("dashboard query {e:?} failed: {err}"));
+                if r.is_empty() {
+                    empty.push(q);
+                }
+            }
+            for must in [
+                "strata_router_grpc_requests_total",
+                "strata_node_wal_fsync_duration_seconds_bucket",
+                "strata_node_range_leaders",
+                "strata_placement_oracle_revisions_total",
+            ] {
+                let ok = exprs.iter().any(|e| e.contains(must))
+                    && !empty
+                        .iter()
+                        .any(|q| q.contains(must) && !q.contains("code!="));
+                if !ok {
+                    return Err(format!(
+                        "dashboard queries over {must} returned no data: {empty:#?}"
+                    ));
+                }
+            }
+            Ok(())
+        },
+    )
+    .await;
 
     // The alert rules evaluate without errors against the live metrics.
     wait_for_async(
