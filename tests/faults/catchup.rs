@@ -149,6 +149,20 @@ async fn caught_up(c: &Cluster, lagging: u64) -> Result<usize, String> {
     Ok(dir.ranges.len())
 }
 
+/// Writes the keys `k/15`..`k/29` (which the split will move to the new
+/// range) and waits until `node` applied them as `leader` did.
+async fn write_old_keys(c: &Cluster, kv: &mut etcd_client::Client, leader: u64, node: u64) {
+    for i in 15..30 {
+        put(kv, &format!("k/{i:02}"), "old").await;
+    }
+    eventually(
+        Duration::from_secs(10),
+        "node C to apply the writes",
+        || (c.applied_rev(node, 1) == c.applied_rev(leader, 1)).then_some(()),
+    )
+    .await;
+}
+
 /// Node C hears nothing while range 1 splits and its leader truncates its log
 /// past everything C has; C's copy of the keys that move to the new range is
 /// stale. Once healed, C must host every range that lists it, with exactly
@@ -168,15 +182,7 @@ async fn snapshot_catch_up_past_a_split_hosts_the_new_range() {
     let mut kv = c.client().await;
     // C holds these keys when it is cut off; they move to the new range and
     // change meanwhile, so C's copy is stale.
-    for i in 15..30 {
-        put(&mut kv, &format!("k/{i:02}"), "old").await;
-    }
-    eventually(
-        Duration::from_secs(10),
-        "node C to apply the writes",
-        || (c.applied_rev(lagging, 1) == c.applied_rev(leader, 1)).then_some(()),
-    )
-    .await;
+    write_old_keys(&c, &mut kv, leader, lagging).await;
 
     let cut = c.net.add(Rule::new().touching(lagging).drop());
     for i in 0..30 {
@@ -244,15 +250,7 @@ async fn a_split_applied_late_replaces_an_uninitialized_replica() {
     let leader = c.wait_leader(1).await;
     let slow = c.others(leader)[0];
     let mut kv = c.client().await;
-    for i in 15..30 {
-        put(&mut kv, &format!("k/{i:02}"), "old").await;
-    }
-    eventually(
-        Duration::from_secs(10),
-        "node C to apply the writes",
-        || (c.applied_rev(slow, 1) == c.applied_rev(leader, 1)).then_some(()),
-    )
-    .await;
+    write_old_keys(&c, &mut kv, leader, slow).await;
 
     let hold = c.net.add(Rule::new().range(1).touching(slow).drop());
     let offered = Arc::new(AtomicBool::new(false));
