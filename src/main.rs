@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 mod component;
 mod ctl;
 mod dev;
+mod robustness;
 
 const ABOUT: &str = "\
 Strata: a distributed, reliable key-value store that speaks etcd's v3 API.
@@ -39,6 +40,8 @@ enum Command {
     Router(strata_router::RouterConfig),
     #[command(about = ctl::CTL_ABOUT, long_about = ctl::CTL_LONG_ABOUT)]
     Ctl(ctl::CtlArgs),
+    #[command(about = robustness::ROBUSTNESS_ABOUT, long_about = robustness::ROBUSTNESS_LONG_ABOUT)]
+    Robustness(robustness::RobustnessArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,5 +51,6 @@ fn main() -> ExitCode {
         Command::Placement(cfg) => component::serve("strata placement", strata_placement::run(cfg)),
         Command::Router(cfg) => component::serve("strata router", strata_router::run(cfg)),
         Command::Ctl(args) => ctl::main(args),
+        Command::Robustness(args) => robustness::main(args),
     }
 }

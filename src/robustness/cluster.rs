@@ -1,0 +1,343 @@
+//! The cluster under test: real `strata placement|node|router` processes started
+//! from this executable, each with its own data directory, log file and failpoint
+//! file (`STRATA_FAILPOINTS_FILE`, read by processes built with the `failpoints`
+//! feature). The nemesis kills, restarts, pauses and partitions them.
+
+use std::fs::{File, OpenOptions};
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use strata_proto::strata::placement_client::PlacementClient;
+use strata_proto::strata::{GetRangesRequest, GetRangesResponse};
+
+/// What a component is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Placement,
+    Node,
+    Router,
+}
+
+/// One process of the cluster (running or not).
+pub struct Member {
+    pub role: Role,
+    pub name: String,
+    /// Its gRPC address (a router's: its client address).
+    pub addr: String,
+    args: Vec<String>,
+    log: PathBuf,
+    failpoints: PathBuf,
+    child: Option<Child>,
+    paused: bool,
+}
+
+/// How to start the cluster.
+pub struct Options {
+    pub nodes: usize,
+    pub routers: usize,
+    pub base_port: u16,
+    /// Split a range once it holds this many keys (tiny: splits during the run).
+    pub split_keys: u64,
+    pub raft_log_keep_entries: u64,
+    pub node_down_after: String,
+    pub progress_notify_interval: String,
+}
+
+pub struct Cluster {
+    pub members: Vec<Member>,
+    exe: PathBuf,
+}
+
+/// Finds `n` consecutive free ports from `base` (or the first free block after it).
+pub fn free_ports(base: u16, n: u16) -> anyhow::Result<u16> {
+    let mut start = base;
+    'outer: while u32::from(start) + u32::from(n) < 65000 {
+        for p in start..start + n {
+            if TcpListener::bind(("127.0.0.1", p)).is_err() {
+                start = p + 1;
+                continue 'outer;
+            }
+        }
+        return Ok(start);
+    }
+    bail!("no {n} free consecutive ports from {base}")
+}
+
+impl Cluster {
+    /// Lays out and starts every process; returns once a router answers.
+    pub fn start(dir: &Path, opts: &Options) -> anyhow::Result<Cluster> {
+        let exe = std::env::current_exe().context("find own executable")?;
+        std::fs::create_dir_all(dir.join("logs"))?;
+        let n_ports = 1 + opts.nodes + opts.routers;
+        let base = free_ports(opts.base_port, n_ports as u16)?;
+        let addr = |k: usize| format!("127.0.0.1:{}", base as usize + k);
+        let placement = addr(0);
+        let mut members = Vec::new();
+        let path = |s: &str| dir.join(s).to_string_lossy().into_owned();
+        members.push((
+            Role::Placement,
+            "placement".to_string(),
+            placement.clone(),
+            vec![
+                "placement".into(),
+                "--data-dir".into(),
+                path("placement"),
+                "--listen".into(),
+                placement.clone(),
+                "--replicas".into(),
+                opts.nodes.min(3).to_string(),
+                "--node-down-after".into(),
+                opts.node_down_after.clone(),
+            ],
+        ));
+        for i in 1..=opts.nodes {
+            let name = format!("node-{i}");
+            members.push((
+                Role::Node,
+                name.clone(),
+                addr(i),
+                vec![
+                    "node".into(),
+                    "--data-dir".into(),
+                    path(&name),
+                    "--listen".into(),
+                    addr(i),
+                    "--placement".into(),
+                    placement.clone(),
+                    "--range-split-keys".into(),
+                    opts.split_keys.to_string(),
+                    "--range-split-write-rate".into(),
+                    "0".into(),
+                    "--raft-log-keep-entries".into(),
+                    opts.raft_log_keep_entries.to_string(),
+                ],
+            ));
+        }
+        for r in 1..=opts.routers {
+            members.push((
+                Role::Router,
+                format!("router-{r}"),
+                addr(opts.nodes + r),
+                vec![
+                    "router".into(),
+                    "--listen-client".into(),
+                    addr(opts.nodes + r),
+                    "--placement".into(),
+                    placement.clone(),
+                    "--request-timeout".into(),
+                    "5s".into(),
+                    "--watch-progress-notify-interval".into(),
+                    opts.progress_notify_interval.clone(),
+                ],
+            ));
+        }
+        let mut cluster = Cluster {
+            exe,
+            members: members
+                .into_iter()
+                .map(|(role, name, addr, args)| Member {
+                    log: dir.join("logs").join(format!("{name}.log")),
+                    failpoints: dir.join(format!("failpoints-{name}")),
+                    role,
+                    name,
+                    addr,
+                    args,
+                    child: None,
+                    paused: false,
+                })
+                .collect(),
+        };
+        for i in 0..cluster.members.len() {
+            cluster.set_failpoints(i, &[])?;
+            cluster.spawn(i)?;
+        }
+        Ok(cluster)
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.of(Role::Router)
+            .map(|i| self.members[i].addr.clone())
+            .collect()
+    }
+
+    pub fn placement_addr(&self) -> String {
+        self.members[0].addr.clone()
+    }
+
+    /// Indexes of the members with `role`.
+    pub fn of(&self, role: Role) -> impl Iterator<Item = usize> + '_ {
+        (0..self.members.len()).filter(move |&i| self.members[i].role == role)
+    }
+
+    fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        let m = &mut self.members[i];
+        let log = open_log(&m.log)?;
+        let mut cmd = Command::new(&self.exe);
+        cmd.args(&m.args)
+            .env("STRATA_FAILPOINTS_FILE", &m.failpoints)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0);
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        m.child = Some(cmd.spawn().with_context(|| format!("start {}", m.name))?);
+        m.paused = false;
+        Ok(())
+    }
+
+    /// `kill -9`, and reaps the process.
+    pub fn kill(&mut self, i: usize) {
+        let m = &mut self.members[i];
+        if let Some(mut c) = m.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        m.paused = false;
+    }
+
+    /// Starts a member that is not running (after `kill`, or after it crashed).
+    pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        self.reap(i);
+        if self.members[i].child.is_none() {
+            self.spawn(i)?;
+        }
+        Ok(())
+    }
+
+    /// Forgets a member that exited on its own (a crash failpoint); true if it had.
+    pub fn reap(&mut self, i: usize) -> bool {
+        let m = &mut self.members[i];
+        if let Some(c) = m.child.as_mut() {
+            if matches!(c.try_wait(), Ok(Some(_))) {
+                m.child = None;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// SIGSTOP (`pause = true`) or SIGCONT.
+    pub fn signal_pause(&mut self, i: usize, pause: bool) {
+        let m = &mut self.members[i];
+        if let Some(c) = &m.child {
+            let sig = if pause { libc::SIGSTOP } else { libc::SIGCONT };
+            // SAFETY: plain syscall on our own child.
+            unsafe {
+                libc::kill(c.id() as libc::pid_t, sig);
+            }
+            m.paused = pause;
+        }
+    }
+
+    /// Replaces the member's failpoint file (`name=actions` lines); the process
+    /// picks the change up within ~100 ms.
+    pub fn set_failpoints(&self, i: usize, points: &[(&str, &str)]) -> anyhow::Result<()> {
+        let m = &self.members[i];
+        let text: String = points.iter().map(|(n, a)| format!("{n}={a}\n")).collect();
+        let tmp = m.failpoints.with_extension("tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, &m.failpoints)?;
+        Ok(())
+    }
+
+    /// Sets the same failpoints in every member of `role`.
+    pub fn set_failpoints_all(&self, role: Role, points: &[(&str, &str)]) -> anyhow::Result<()> {
+        for i in self.of(role) {
+            self.set_failpoints(i, points)?;
+        }
+        Ok(())
+    }
+
+    /// Resumes, restarts and clears the failpoints of everything (end of the faults).
+    pub fn heal(&mut self) -> anyhow::Result<()> {
+        for i in 0..self.members.len() {
+            self.set_failpoints(i, &[])?;
+            if self.members[i].paused {
+                self.signal_pause(i, false);
+            }
+            self.restart(i)?;
+        }
+        Ok(())
+    }
+
+    /// The tail of a member's log (for reports).
+    pub fn log_tail(&self, i: usize, max: usize) -> String {
+        let data = std::fs::read(&self.members[i].log).unwrap_or_default();
+        let start = data.len().saturating_sub(max);
+        String::from_utf8_lossy(&data[start..]).into_owned()
+    }
+
+    /// Placement's view: ranges, leaders, nodes.
+    pub async fn ranges(&self) -> anyhow::Result<GetRangesResponse> {
+        let url = format!("http://{}", self.placement_addr());
+        let fut = async {
+            let mut c = PlacementClient::connect(url).await?;
+            anyhow::Ok(c.get_ranges(GetRangesRequest::default()).await?.into_inner())
+        };
+        tokio::time::timeout(Duration::from_secs(3), fut)
+            .await
+            .context("placement did not answer in 3s")?
+    }
+
+    /// Member index of the node process whose address placement lists for `node_id`.
+    pub fn node_index(&self, resp: &GetRangesResponse, node_id: u64) -> Option<usize> {
+        let addr = &resp.nodes.iter().find(|n| n.id == node_id)?.addr;
+        self.of(Role::Node).find(|&i| &self.members[i].addr == addr)
+    }
+
+    /// Waits (bounded) until every router serves a linearizable read.
+    pub async fn wait_ready(&self, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        for ep in self.endpoints() {
+            loop {
+                let ok = async {
+                    let opts = etcd_client::ConnectOptions::new()
+                        .with_timeout(Duration::from_secs(2))
+                        .with_connect_timeout(Duration::from_secs(1));
+                    let mut c = etcd_client::Client::connect([ep.as_str()], Some(opts)).await?;
+                    c.get("ready-probe", None).await?;
+                    anyhow::Ok(())
+                }
+                .await;
+                match ok {
+                    Ok(()) => break,
+                    Err(e) if Instant::now() > deadline => {
+                        bail!("router {ep} did not serve within {limit:?}: {e}")
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            if self.members[i].paused {
+                self.signal_pause(i, false);
+            }
+            self.kill(i);
+        }
+    }
+}
+
+fn open_log(path: &Path) -> anyhow::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("open {}", path.display()))
+}
