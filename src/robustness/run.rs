@@ -46,11 +46,13 @@ pub async fn main(args: RobustnessArgs) -> anyhow::Result<bool> {
     let plan: Vec<(u32, u64, &str, &'static str)> = (0..args.runs)
         .map(|k| {
             let seed = first_seed + u64::from(k);
-            let p = profiles[k as usize % profiles.len()];
-            // Turn through nemeses first, then profiles, so a list of both
-            // covers every pair.
-            let n = nemeses[(k as usize / profiles.len()) % nemeses.len()];
-            (k, seed, p, n)
+            // Nemeses take turns, and so do profiles, shifted by one every
+            // round of nemeses: K runs cover every pair once K >= both counts
+            // multiplied.
+            let k = k as usize;
+            let n = nemeses[k % nemeses.len()];
+            let p = profiles[(k + k / nemeses.len()) % profiles.len()];
+            (k as u32, seed, p, n)
         })
         .collect();
     let parallel = args.parallel.max(1) as usize;
