@@ -131,3 +131,14 @@ pub async fn placement_reachable(node_id: u64) -> Result<(), Status> {
         "strata: placement unreachable (partition)",
     ))
 }
+
+/// An incoming snapshot stream while partitioned: nothing arrives, so the
+/// sender learns nothing until the partition ends (at most 30 s), then it is
+/// refused (Unavailable). `Ok` when not partitioned.
+pub async fn refuse_while_partitioned(node_id: u64) -> Result<(), Status> {
+    if !partitioned(node_id) {
+        return Ok(());
+    }
+    let _ = hold_while_partitioned(node_id).await;
+    Err(Status::unavailable("strata: node unreachable (partition)"))
+}

@@ -114,6 +114,7 @@ impl SplitChecker {
             peers: peers.len() as u64,
         });
         req.set_timeout(Duration::from_secs(5));
+        crate::failpoint::placement_reachable(self.sequencers.node_id).await?;
         let ids = self.placement.clone().alloc_ids(req).await?.into_inner();
         let new_peers = peers
             .iter()

@@ -8,6 +8,7 @@
 
 mod catchup;
 mod cluster;
+mod partition;
 mod reads;
 mod writes;
 

@@ -290,6 +290,9 @@ type FeedStream = Pin<Box<dyn Stream<Item = Result<FeedMessage, Status>> + Send>
 #[tonic::async_trait]
 impl Node for NodeService {
     async fn raft(&self, req: Request<RaftBatch>) -> Result<Response<RaftAck>, Status> {
+        if crate::failpoint::partitioned(self.node_id) {
+            return Ok(Response::new(RaftAck {})); // lost on the way
+        }
         let batch = req.into_inner();
         let from_node = batch.from_node;
         for mut env in batch.msgs {
@@ -305,11 +308,13 @@ impl Node for NodeService {
         &self,
         req: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<SnapshotAck>, Status> {
+        crate::failpoint::refuse_while_partitioned(self.node_id).await?;
         self.snapshots.receive(req.into_inner()).await?;
         Ok(Response::new(SnapshotAck {}))
     }
 
     async fn admin(&self, req: Request<AdminRequest>) -> Result<Response<AdminResponse>, Status> {
+        crate::failpoint::hold_while_partitioned(self.node_id).await?;
         let req = req.into_inner();
         let r = self.replica(req.range_id, req.epoch);
         let res = match &r {
@@ -340,6 +345,7 @@ impl Node for NodeService {
     }
 
     async fn kv(&self, req: Request<KvRequest>) -> Result<Response<KvResponse>, Status> {
+        crate::failpoint::hold_while_partitioned(self.node_id).await?;
         let req = req.into_inner();
         let r = match self.replica(req.range_id, req.epoch) {
             Ok(r) => r,
@@ -355,6 +361,7 @@ impl Node for NodeService {
     type FeedStream = FeedStream;
 
     async fn feed(&self, req: Request<FeedRequest>) -> Result<Response<FeedStream>, Status> {
+        crate::failpoint::hold_while_partitioned(self.node_id).await?;
         let req = req.into_inner();
         let (tx, rx) = mpsc::channel::<Result<FeedMessage, Status>>(64);
         let stream = |rx| -> Response<FeedStream> {
@@ -374,7 +381,8 @@ impl Node for NodeService {
             }
         };
         let seq = self.sequencers.get(r.desc.read().id);
-        let feed = feed::Feed::new(r, &req, tx, self.mvcc.clone(), self.oracle.clone(), seq);
+        let feed = feed::Feed::new(r, &req, tx, self.mvcc.clone(), self.oracle.clone(), seq)
+            .on_node(self.node_id);
         tokio::spawn(feed.run());
         Ok(stream(rx))
     }
@@ -383,6 +391,7 @@ impl Node for NodeService {
         &self,
         _: Request<NodeStatusRequest>,
     ) -> Result<Response<NodeStatusResponse>, Status> {
+        crate::failpoint::hold_while_partitioned(self.node_id).await?;
         let ranges = self
             .ranges
             .iter()

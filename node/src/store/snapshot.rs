@@ -123,6 +123,11 @@ impl Store {
             .get(&range_id)
             .and_then(|r| r.raw.store().take_generated(to_peer, m.get_snapshot()));
         let header = RangeSnapshotHeader::decode(&m.get_snapshot().data[..]);
+        if crate::failpoint::partitioned(self.node_id) {
+            // Dropped by the partition: raft tries again later.
+            report(raft::SnapshotStatus::Failure);
+            return;
+        }
         let (Some(view), Ok(header)) = (view, header) else {
             tracing::warn!(range = range_id, to = to_peer, "snapshot without its data");
             report(raft::SnapshotStatus::Failure);
