@@ -266,7 +266,7 @@ impl Store {
         };
         // Odd while the data is being replaced (see `RangeShared::data_gen`).
         r.shared.data_gen.fetch_add(1, Ordering::AcqRel);
-        let (db, events) = (self.db.clone(), self.snap_events.clone());
+        let (db, events, node_id) = (self.db.clone(), self.snap_events.clone(), self.node_id);
         tracing::info!(
             range = range_id,
             index = rec.index,
@@ -276,6 +276,9 @@ impl Store {
         let spawned = std::thread::Builder::new()
             .name("snapshot-install".into())
             .spawn(move || {
+                // Staged, its raft state and install record written: an
+                // install interrupted here is redone at start.
+                crate::failpoint::crash(node_id, "crash_mid_snapshot_install");
                 let result = stage::install(&*db, range_id, &rec);
                 events.push(SnapEvent::Installed { range_id, result });
             });
