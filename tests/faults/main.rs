@@ -9,6 +9,7 @@
 mod catchup;
 mod cluster;
 mod partition;
+mod planted;
 mod reads;
 mod writes;
 

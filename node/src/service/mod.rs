@@ -190,13 +190,15 @@ impl NodeService {
     }
 
     /// Reads at `read_rev` after a barrier (linearizable), or at the applied
-    /// revision (serializable, `read_rev == 0`).
+    /// revision (serializable, `read_rev == 0`). `stale_by` > 0 only with the
+    /// planted bug `plant_stale_read`: MVCC is read that many revisions
+    /// behind (never below the compaction floor).
     async fn read<T: Send + 'static>(
         &self,
         r: &Arc<RangeShared>,
         kind: KvKind,
         body: &[u8],
-        read_rev: i64,
+        (read_rev, stale_by): (i64, i64),
         f: impl FnOnce(&View<'_>) -> Result<T, Status> + Send + 'static,
     ) -> NodeResult<T> {
         let rev = if read_rev > 0 {
@@ -220,10 +222,15 @@ impl NodeService {
             // The compaction floor is raised before history is removed, so
             // checking it after the read tells whether the read may have
             // missed compacted versions.
+            let compacted = r2.compacted.load(Ordering::Acquire);
+            let rev = match stale_by {
+                0 => rev,
+                lag => (rev - lag).max(compacted).max(1),
+            };
             let view = View {
                 mvcc: &mvcc,
                 rev,
-                compacted: r2.compacted.load(Ordering::Acquire),
+                compacted,
                 overlay: None,
             };
             let out = f(&view)?;
@@ -253,14 +260,25 @@ impl NodeService {
         match checked {
             Checked::Read if kind == KvKind::KvRange => {
                 let rr: PbRangeRequest = decode(&request)?;
-                self.read(r, kind, &request, req.read_revision, move |v| {
-                    v.range(&rr).map(|x| x.encode_to_vec())
+                // Planted bug: a linearizable read of "now" answered from
+                // state 20 revisions old, reported at the revision asked.
+                let stale = linearizable
+                    && rr.revision == 0
+                    && crate::failpoint::on(self.node_id, "plant_stale_read");
+                let (asked, stale_by) = (req.read_revision, if stale { 20 } else { 0 });
+                self.read(r, kind, &request, (asked, stale_by), move |v| {
+                    v.range(&rr).map(|mut x| {
+                        if stale {
+                            x.header = crate::apply::header(asked);
+                        }
+                        x.encode_to_vec()
+                    })
                 })
                 .await
             }
             Checked::Read => {
                 let t: PbTxnRequest = decode(&request)?;
-                self.read(r, kind, &request, req.read_revision, move |v| {
+                self.read(r, kind, &request, (req.read_revision, 0), move |v| {
                     read_txn(v, &t).map(|x| x.encode_to_vec())
                 })
                 .await
