@@ -210,6 +210,7 @@ pub async fn run_with(cfg: NodeConfig, net: RaftNet) -> anyhow::Result<NodeHandl
         mvcc: mvcc::Mvcc::new(db.clone()),
         sequencers: sequencers.clone(),
         snapshots,
+        placement: placement.clone(),
     };
     let checker = split_check::SplitChecker {
         ranges: ranges.clone(),

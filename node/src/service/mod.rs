@@ -7,6 +7,7 @@
 //! anything is proposed; splits are never accepted from the network (only the
 //! node's own split checker proposes them).
 
+mod admin;
 mod feed;
 
 use std::pin::Pin;
@@ -49,6 +50,9 @@ pub struct NodeService {
     pub mvcc: Mvcc,
     pub sequencers: Sequencers,
     pub snapshots: Arc<crate::snapshot::SnapshotReceiver>,
+    /// For the ids of a range an `Admin` SPLIT creates.
+    pub placement:
+        strata_proto::strata::placement_client::PlacementClient<tonic::transport::Channel>,
 }
 
 fn route_err(kind: RouteErrorKind, leader_node: u64, msg: &str) -> RouteError {
@@ -335,11 +339,12 @@ impl Node for NodeService {
         crate::failpoint::hold_while_partitioned(self.node_id).await?;
         let req = req.into_inner();
         let r = self.replica(req.range_id, req.epoch);
+        let kind = AdminKind::try_from(req.kind).unwrap_or(AdminKind::AdminNone);
         let res = match &r {
             Err(e) => Err(e.clone()),
             Ok(r) if !r.is_leader() => Err(NodeError::NotLeader),
+            Ok(r) if kind == AdminKind::Split => self.admin_split(r, req.split_key).await,
             Ok(_) => {
-                let kind = AdminKind::try_from(req.kind).unwrap_or(AdminKind::AdminNone);
                 let peer = req.peer.unwrap_or_default();
                 let (tx, rx) = oneshot::channel();
                 self.store
