@@ -4,8 +4,9 @@
 //!
 //! The KV RPC takes requests from routers (on behalf of clients) and from
 //! placement (lease revocation). Every request is decoded and checked before
-//! anything is proposed; splits are never accepted from the network (only the
-//! node's own split checker proposes them).
+//! anything is proposed; a split command is never accepted as a KV request
+//! (the node's own split checker proposes them, and the leader on an `Admin`
+//! SPLIT, see `admin.rs`, choosing the key itself or checking the one asked).
 
 mod admin;
 mod feed;
