@@ -4,7 +4,18 @@
 //! `strata-placement` and `strata-router`. Those crates cannot depend on the root
 //! package (it depends on them), so they include this file with
 //! `#[path = "../../src/component.rs"] mod component;`: keep it free of anything but
-//! `std`, `tokio`, `tracing-subscriber` and `anyhow`, which every component crate has.
+//! `std`, `tokio`, `tracing`, `tracing-subscriber` and `anyhow`, which every component
+//! crate has, and `fail` under the `failpoints` feature, which every component crate
+//! (and the root package) defines.
+//!
+//! **Runtime fault injection** (built with `--features failpoints`): when
+//! `STRATA_FAILPOINTS_FILE` is set, a thread reads that file every 100 ms; each line
+//! `name=actions` (the `fail` crate's action syntax: `partition=return`,
+//! `crash_after_log_fsync=20%return`) is applied with `fail::cfg` when new or
+//! changed, and a name whose line disappeared is removed. Blank lines and `#`
+//! comments are ignored; a bad line is logged and skipped. The point names are listed
+//! in `node/src/failpoint.rs`, `router/src/failpoint.rs` and
+//! `placement/src/failpoint.rs`. Without the feature the variable is ignored.
 
 use std::future::Future;
 use std::process::ExitCode;
@@ -68,6 +79,7 @@ where
     F: Future<Output = anyhow::Result<H>>,
 {
     init_tracing();
+    watch_failpoints_file();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -110,6 +122,124 @@ where
     }
 }
 
+/// The environment variable naming the failpoints file.
+pub const FAILPOINTS_FILE_ENV: &str = "STRATA_FAILPOINTS_FILE";
+#[cfg(any(test, feature = "failpoints"))]
+const FAILPOINTS_POLL: Duration = Duration::from_millis(100);
+
+/// Starts the thread that applies `STRATA_FAILPOINTS_FILE` (see the module doc).
+fn watch_failpoints_file() {
+    let Some(path) = std::env::var_os(FAILPOINTS_FILE_ENV) else {
+        return;
+    };
+    #[cfg(feature = "failpoints")]
+    {
+        let path = std::path::PathBuf::from(path);
+        tracing::info!(file = %path.display(), "failpoints: watching");
+        let spawned = std::thread::Builder::new()
+            .name("failpoints".into())
+            .spawn(move || failpoints_loop(&path));
+        if let Err(e) = spawned {
+            tracing::warn!("failpoints: cannot start the watcher: {e}");
+        }
+    }
+    #[cfg(not(feature = "failpoints"))]
+    tracing::warn!(
+        file = ?path,
+        "{FAILPOINTS_FILE_ENV} is set but this binary was built without the \
+         `failpoints` feature: ignored"
+    );
+}
+
+#[cfg(feature = "failpoints")]
+fn failpoints_loop(path: &std::path::Path) -> ! {
+    let mut applied = Failpoints::new();
+    let mut last_text: Option<String> = None;
+    loop {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => Some(t),
+            // No file: no failpoints.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(String::new()),
+            Err(e) => {
+                if last_text.is_some() {
+                    tracing::warn!(file = %path.display(), "failpoints: cannot read: {e}");
+                }
+                None // keep what is applied
+            }
+        };
+        if let Some(text) = text {
+            if last_text.as_ref() != Some(&text) {
+                let (wanted, bad) = parse_failpoints(&text);
+                for line in bad {
+                    tracing::warn!("failpoints: ignoring bad line {line:?}");
+                }
+                let (set, removed) = diff_failpoints(&applied, &wanted);
+                for name in removed {
+                    fail::remove(&name);
+                    eprintln!("failpoint {name}: removed");
+                }
+                for (name, actions) in set {
+                    match fail::cfg(name.clone(), &actions) {
+                        Ok(()) => eprintln!("failpoint {name}: set to {actions}"),
+                        Err(e) => tracing::warn!("failpoints: bad actions for {name}: {e}"),
+                    }
+                }
+                applied = wanted;
+                last_text = Some(text);
+            }
+        }
+        std::thread::sleep(FAILPOINTS_POLL);
+    }
+}
+
+/// Failpoint names and their actions, as a failpoints file lists them.
+#[cfg(any(test, feature = "failpoints"))]
+type Failpoints = std::collections::BTreeMap<String, String>;
+
+/// Parses a failpoints file: one `name=actions` per line; blank lines and `#`
+/// comments are skipped. Returns the points (a later line for the same name wins)
+/// and the lines that are not of that form.
+#[cfg(any(test, feature = "failpoints"))]
+fn parse_failpoints(text: &str) -> (Failpoints, Vec<String>) {
+    let mut points = Failpoints::new();
+    let mut bad = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let parsed = line.split_once('=').and_then(|(name, actions)| {
+            let (name, actions) = (name.trim(), actions.trim());
+            let name_ok = !name.is_empty() && !name.contains(char::is_whitespace);
+            (name_ok && !actions.is_empty()).then(|| (name.to_string(), actions.to_string()))
+        });
+        match parsed {
+            Some((name, actions)) => {
+                points.insert(name, actions);
+            }
+            None => bad.push(line.to_string()),
+        }
+    }
+    (points, bad)
+}
+
+/// What changes from `old` to `new`: the points to (re)configure, new or with
+/// changed actions, and the names to remove.
+#[cfg(any(test, feature = "failpoints"))]
+fn diff_failpoints(old: &Failpoints, new: &Failpoints) -> (Vec<(String, String)>, Vec<String>) {
+    let set = new
+        .iter()
+        .filter(|(name, actions)| old.get(*name) != Some(*actions))
+        .map(|(n, a)| (n.clone(), a.clone()))
+        .collect();
+    let removed = old
+        .keys()
+        .filter(|name| !new.contains_key(*name))
+        .cloned()
+        .collect();
+    (set, removed)
+}
+
 /// The termination signals a component or `strata dev` reacts to.
 pub struct Signals {
     term: tokio::signal::unix::Signal,
@@ -135,5 +265,69 @@ impl Signals {
             _ = self.int.recv() => "SIGINT",
             _ = self.hup.recv() => "SIGHUP",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failpoints_file_lines_parse() {
+        let text = "\
+# a comment
+partition=return
+
+  crash_after_log_fsync = 20%return  
+plant_stale_read=return
+no equals sign
+=return
+name with space=return
+empty=
+partition=off
+";
+        let (points, bad) = parse_failpoints(text);
+        let got: Vec<(&str, &str)> = points
+            .iter()
+            .map(|(n, a)| (n.as_str(), a.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("crash_after_log_fsync", "20%return"),
+                ("partition", "off"),
+                ("plant_stale_read", "return"),
+            ]
+        );
+        assert_eq!(
+            bad,
+            vec![
+                "no equals sign",
+                "=return",
+                "name with space=return",
+                "empty="
+            ]
+        );
+        assert_eq!(FAILPOINTS_POLL, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn failpoints_diff_sets_changed_and_removes_gone() {
+        let (old, _) = parse_failpoints("a=return\nb=return\nc=1*return\n");
+        let (new, _) = parse_failpoints("a=return\nb=50%return\nd=return\n");
+        let (set, removed) = diff_failpoints(&old, &new);
+        assert_eq!(
+            set,
+            vec![
+                ("b".to_string(), "50%return".to_string()),
+                ("d".to_string(), "return".to_string())
+            ]
+        );
+        assert_eq!(removed, vec!["c".to_string()]);
+        let (set, removed) = diff_failpoints(&new, &new);
+        assert!(set.is_empty() && removed.is_empty());
+        let (set, removed) = diff_failpoints(&new, &Failpoints::new());
+        assert!(set.is_empty());
+        assert_eq!(removed, vec!["a", "b", "d"]);
     }
 }

@@ -1,5 +1,6 @@
 //! Crash tests with real processes: `kill -9` of a range leader's node under a
-//! write load, and of the whole cluster. Strata only (they kill Strata's own
+//! write load, and of the whole cluster; with the `failpoints` feature, a node
+//! aborting at a crash failpoint (`points`). Strata only (they kill Strata's own
 //! components); every loop is bounded in count and time.
 
 mod common;
@@ -279,4 +280,156 @@ async fn kill_whole_cluster_and_restart() {
         r.header().unwrap().revision() > before_rev,
         "new write must get a newer revision"
     );
+}
+
+/// The node's crash failpoints (built with the root feature `failpoints`;
+/// without it there is nothing to test): a node watching a failpoints file
+/// (`STRATA_FAILPOINTS_FILE`) aborts at the point once it is set, and after a
+/// restart without it every acknowledged write is there.
+#[cfg(feature = "failpoints")]
+mod points {
+    use std::os::unix::process::ExitStatusExt as _;
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+
+    use crate::common::{start, Background, Target};
+    use etcd_client::{Client, GetOptions};
+    use strata_proto::strata::node_client::NodeClient;
+    use strata_proto::strata::NodeStatusRequest;
+
+    /// Stops a node `strata dev` started (SIGTERM) and waits until it is gone.
+    fn stop_dev_node(pid: i32) {
+        // SAFETY: kill(2) on a pid read from dev.json, a child of our strata dev.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "SIGTERM node");
+        let start = Instant::now();
+        // SAFETY: signal 0 only checks that the process exists.
+        while unsafe { libc::kill(pid, 0) } == 0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "node {pid} did not exit"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// One put through the router, bounded; its revision if acknowledged.
+    async fn try_put(client: &mut Client, key: &str, value: &str) -> Option<i64> {
+        match tokio::time::timeout(Duration::from_secs(5), client.put(key, value, None)).await {
+            Ok(Ok(r)) => Some(r.header().expect("header").revision()),
+            _ => None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn crash_after_log_fsync_aborts_node_and_restart_keeps_acked_writes() {
+        if Target::from_env() != Target::Strata {
+            return;
+        }
+        let c = start();
+        let nodes = super::dev_nodes(&c);
+        let (pid, addr, args) = nodes.get(1).cloned().expect("a second node");
+        // Node 2 is restarted by this test, watching a failpoints file.
+        stop_dev_node(pid);
+        let fp_file = c.data_dir.join("node2.failpoints");
+        std::fs::write(&fp_file, "# nothing yet\n").expect("write failpoints file");
+        let node2 = |with_points: bool| {
+            let mut cmd = Command::new(&args[0]);
+            cmd.args(&args[1..]);
+            if with_points {
+                cmd.env("STRATA_FAILPOINTS_FILE", &fp_file);
+            }
+            Background::spawn(cmd)
+        };
+        let mut proc2 = node2(true);
+
+        let mut client = c.client().await;
+        let mut acked: Vec<(String, String, i64)> = Vec::new();
+        for i in 0..200 {
+            if acked.len() >= 20 {
+                break;
+            }
+            let (k, v) = (format!("fp/before/{i:03}"), format!("v{i}"));
+            if let Some(rev) = try_put(&mut client, &k, &v).await {
+                acked.push((k, v, rev));
+            }
+        }
+        assert_eq!(acked.len(), 20, "writes before the crash point");
+        assert!(proc2.try_wait().is_none(), "node 2 exited early");
+
+        std::fs::write(&fp_file, "crash_after_log_fsync=return\n").expect("set the point");
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = proc2.try_wait() {
+                break s;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "node 2 did not crash at crash_after_log_fsync"
+            );
+            let n = acked.len();
+            let (k, v) = (format!("fp/during/{n:04}"), format!("v{n}"));
+            if let Some(rev) = try_put(&mut client, &k, &v).await {
+                acked.push((k, v, rev));
+            }
+        };
+        let crashed_after = start.elapsed();
+        let (_, stderr) = proc2.finish();
+        assert!(!status.success(), "node 2 exited normally: {status:?}");
+        assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}");
+        assert!(
+            stderr.contains("failpoint crash_after_log_fsync: crashing"),
+            "no crash line in node 2's stderr"
+        );
+        eprintln!("node 2 aborted {crashed_after:?} after the point was set: {status:?}");
+
+        // Restarted without the point: it serves again and misses nothing.
+        let _proc2 = node2(false);
+        for i in 0..5 {
+            let (k, v) = (format!("fp/after/{i}"), format!("v{i}"));
+            let rev = try_put(&mut client, &k, &v)
+                .await
+                .expect("put after restart");
+            acked.push((k, v, rev));
+        }
+        let got = client
+            .get("fp/", Some(GetOptions::new().with_prefix()))
+            .await
+            .expect("read back");
+        for (k, v, rev) in &acked {
+            let kv = got.kvs().iter().find(|kv| kv.key() == k.as_bytes());
+            assert_eq!(
+                kv.map(|kv| (kv.value().to_vec(), kv.mod_revision())),
+                Some((v.clone().into_bytes(), *rev)),
+                "acknowledged write {k} lost or changed"
+            );
+        }
+        let last = acked.iter().map(|a| a.2).max().unwrap_or(0);
+        let start = Instant::now();
+        loop {
+            let applied = match NodeClient::connect(format!("http://{addr}")).await {
+                Ok(mut n) => match n.status(NodeStatusRequest {}).await {
+                    Ok(s) => s
+                        .into_inner()
+                        .ranges
+                        .iter()
+                        .map(|r| r.applied_revision)
+                        .max(),
+                    Err(_) => None,
+                },
+                Err(_) => None,
+            };
+            if applied.is_some_and(|a| a >= last) {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "node 2 did not catch up to revision {last} after its restart ({applied:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        eprintln!(
+            "{} acknowledged writes readable; node 2 caught up to revision {last}",
+            acked.len()
+        );
+    }
 }

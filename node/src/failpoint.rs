@@ -1,10 +1,48 @@
-//! Test-only pauses at chosen points of the node, through the `fail` crate.
+//! Test-only fault points of the node, through the `fail` crate (feature
+//! `failpoints`; without it every point compiles to nothing).
 //!
-//! A point is named `<name>.<node id>`, so a test running a whole cluster in
-//! one process can slow down one node; its action is `return(MS)` (pause
-//! that many milliseconds), e.g. `fail::cfg("sequencer_stamped.2",
-//! "1*return(1500)")`. Without the `failpoints` feature every point compiles
-//! to nothing.
+//! A point is evaluated under two names: the plain `name` (a process running
+//! one node, configured at runtime through `STRATA_FAILPOINTS_FILE`, see
+//! `src/component.rs`) and `name.<node id>` (a test running a whole cluster
+//! in one process, e.g. `fail::cfg("partition.2", "return")`). Pauses are
+//! only evaluated under `name.<node id>`.
+//!
+//! Pauses (action `return(MS)`: hold that many milliseconds):
+//! - `sequencer_stamped`: a write batch stamped, before it is proposed;
+//! - `read_before_mvcc`: a read, after its barrier, before it reads MVCC;
+//! - `apply_before_write`: applying a stamped write, before its batch is written.
+//!
+//! Crashes (action `return`: log `failpoint NAME: crashing`, then abort, as
+//! `kill -9` at that instant):
+//! - `crash_before_log_fsync`: the Ready round, before the synced batch of
+//!   raft log entries and hard state is written (`store/ready.rs`);
+//! - `crash_after_log_fsync`: right after that write, before persisted
+//!   messages are sent and the Ready is advanced;
+//! - `crash_mid_apply`: an entry's apply batch written, before its effects
+//!   are published (`store/exec.rs`);
+//! - `crash_mid_split`: a split's batch written, before the new range is
+//!   started (`store/exec.rs`);
+//! - `crash_mid_snapshot_install`: a received snapshot staged and its raft
+//!   state written, before its data is installed (`store/snapshot.rs`).
+//!
+//! Faults (action `return`, evaluated on every use):
+//! - `partition`: the node drops all raft traffic in and out (messages and
+//!   snapshots), holds incoming `Kv`, `Admin`, `Status` and new `Feed`
+//!   requests while it lasts (then Unavailable after 30 s), stalls open
+//!   feeds, and cannot reach placement (heartbeats, oracle, id allocation).
+//!
+//! Planted bugs (to prove checkers catch them; never on unless configured):
+//! - `plant_stale_read`: a linearizable read reads MVCC 20 revisions behind
+//!   the one it reports (`service/mod.rs`).
+
+use std::time::Duration;
+
+use tonic::Status;
+
+/// How often a held request looks at the partition again.
+const HOLD_POLL: Duration = Duration::from_millis(50);
+/// A held request gives up after this long.
+const HOLD_MAX: Duration = Duration::from_secs(30);
 
 #[cfg(feature = "failpoints")]
 fn pause_ms(node_id: u64, name: &str) -> Option<u64> {
@@ -33,4 +71,74 @@ pub fn pause_blocking(node_id: u64, name: &str) {
         std::thread::sleep(std::time::Duration::from_millis(ms));
     }
     let _ = (node_id, name);
+}
+
+/// Is `name` or `name.<node_id>` on (configured, and its action `return`
+/// this time)? Always false without the `failpoints` feature.
+#[inline]
+pub fn on(node_id: u64, name: &str) -> bool {
+    #[cfg(feature = "failpoints")]
+    {
+        fail::eval(name, |_| ()).is_some()
+            || fail::eval(&format!("{name}.{node_id}"), |_| ()).is_some()
+    }
+    #[cfg(not(feature = "failpoints"))]
+    {
+        let _ = (node_id, name);
+        false
+    }
+}
+
+/// Aborts the process (as `kill -9` would end it) when the point is on.
+#[inline]
+pub fn crash(node_id: u64, name: &str) {
+    if on(node_id, name) {
+        eprintln!("failpoint {name}: crashing");
+        std::process::abort();
+    }
+}
+
+/// Is the node cut off from the network (`partition`)?
+#[inline]
+pub fn partitioned(node_id: u64) -> bool {
+    on(node_id, "partition")
+}
+
+/// Holds an incoming request while the node is partitioned, like packets
+/// retransmitted until the network heals; Unavailable after 30 s.
+pub async fn hold_while_partitioned(node_id: u64) -> Result<(), Status> {
+    if !partitioned(node_id) {
+        return Ok(());
+    }
+    let start = tokio::time::Instant::now();
+    while partitioned(node_id) {
+        if start.elapsed() >= HOLD_MAX {
+            return Err(Status::unavailable("strata: node unreachable (partition)"));
+        }
+        tokio::time::sleep(HOLD_POLL).await;
+    }
+    Ok(())
+}
+
+/// A call to placement while partitioned: hangs a little, then fails as an
+/// unreachable peer does. `Ok` when not partitioned.
+pub async fn placement_reachable(node_id: u64) -> Result<(), Status> {
+    if !partitioned(node_id) {
+        return Ok(());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Err(Status::unavailable(
+        "strata: placement unreachable (partition)",
+    ))
+}
+
+/// An incoming snapshot stream while partitioned: nothing arrives, so the
+/// sender learns nothing until the partition ends (at most 30 s), then it is
+/// refused (Unavailable). `Ok` when not partitioned.
+pub async fn refuse_while_partitioned(node_id: u64) -> Result<(), Status> {
+    if !partitioned(node_id) {
+        return Ok(());
+    }
+    let _ = hold_while_partitioned(node_id).await;
+    Err(Status::unavailable("strata: node unreachable (partition)"))
 }

@@ -152,6 +152,9 @@ pub async fn run_with(cfg: NodeConfig, net: RaftNet) -> anyhow::Result<NodeHandl
         n.register(
             node_id,
             Arc::new(move |env| {
+                if failpoint::partitioned(node_id) {
+                    return; // lost on the way
+                }
                 // Full inbox: drop, raft retransmits.
                 let _ = inbox.try_send(StoreMsg::Raft(env));
             }),
@@ -162,6 +165,9 @@ pub async fn run_with(cfg: NodeConfig, net: RaftNet) -> anyhow::Result<NodeHandl
             Arc::new(move |stream| {
                 let rx = rx.clone();
                 Box::pin(async move {
+                    failpoint::refuse_while_partitioned(node_id)
+                        .await
+                        .map_err(|s| s.message().to_string())?;
                     rx.receive(stream)
                         .await
                         .map_err(|s| s.message().to_string())
@@ -204,6 +210,7 @@ pub async fn run_with(cfg: NodeConfig, net: RaftNet) -> anyhow::Result<NodeHandl
         mvcc: mvcc::Mvcc::new(db.clone()),
         sequencers: sequencers.clone(),
         snapshots,
+        placement: placement.clone(),
     };
     let checker = split_check::SplitChecker {
         ranges: ranges.clone(),
@@ -349,7 +356,11 @@ async fn heartbeat(
             hosted_range_ids,
         });
         req.set_timeout(Duration::from_secs(2));
-        match placement.heartbeat(req).await {
+        let answer = match failpoint::placement_reachable(node_id).await {
+            Ok(()) => placement.heartbeat(req).await,
+            Err(e) => Err(e),
+        };
+        match answer {
             Ok(resp) => {
                 sent.extend(pending);
                 for (id, stats) in pending_stats {

@@ -126,7 +126,11 @@ async fn run(range_id: u64, seqs: Sequencers, mut rx: mpsc::Receiver<SeqItem>) {
             (Err(e), _) => Err(e.clone()),
             (Ok(_), 0) => Ok(0),
             (Ok(_), n) => {
-                let stamped = seqs.oracle.alloc(n).await.and_then(|s| stamp_range(s, n));
+                let stamped = match crate::failpoint::placement_reachable(seqs.node_id).await {
+                    Ok(()) => seqs.oracle.alloc(n).await,
+                    Err(e) => Err(e),
+                }
+                .and_then(|s| stamp_range(s, n));
                 crate::failpoint::pause(seqs.node_id, "sequencer_stamped").await;
                 stamped.map_err(NodeError::from)
             }

@@ -1,6 +1,7 @@
 //! Split checks: a range leader whose range passed the key or byte threshold
 //! asks placement for ids and proposes a split command (applied by every
-//! replica in `store/split.rs`).
+//! replica in `store/split.rs`). [`propose_split`] is also how an `Admin`
+//! SPLIT request splits a range now.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use strata_proto::strata::{AllocIdsRequest, KvKind, Peer, SplitCommand};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
+use crate::error::NodeResult;
 use crate::mvcc::Mvcc;
 use crate::range::{desc_range, Ranges};
 use crate::sequencer::{SeqItem, Sequencers};
@@ -91,7 +93,8 @@ impl SplitChecker {
                 r.approx_keys.store(keys, Ordering::Relaxed);
                 r.approx_bytes.store(bytes, Ordering::Relaxed);
                 if let Some(k) = split_key {
-                    if let Err(e) = self.split(id, &r, k).await {
+                    let res = propose_split(&self.placement, &self.sequencers, &r, k).await;
+                    if let Err(e) = res {
                         tracing::warn!(range = id, "split failed: {e:#}");
                         seen.remove(&id); // try again next round
                     }
@@ -99,46 +102,54 @@ impl SplitChecker {
             }
         }
     }
+}
 
-    async fn split(
-        &self,
-        id: u64,
-        r: &crate::store::RangeShared,
-        split_key: Vec<u8>,
-    ) -> anyhow::Result<()> {
-        let peers = r.desc.read().peers.clone();
-        // Bounded: the checker handles one split at a time, so a placement
-        // that does not answer must not stall every other range's split.
-        let mut req = tonic::Request::new(AllocIdsRequest {
-            ranges: 1,
-            peers: peers.len() as u64,
-        });
-        req.set_timeout(Duration::from_secs(5));
-        let ids = self.placement.clone().alloc_ids(req).await?.into_inner();
-        let new_peers = peers
-            .iter()
-            .enumerate()
-            .map(|(i, p)| Peer {
-                id: ids.first_peer_id + i as u64,
-                node_id: p.node_id,
-                learner: p.learner,
-            })
-            .collect();
-        let cmd = SplitCommand {
-            split_key,
-            new_range_id: ids.first_range_id,
-            new_peers,
-        };
-        let seq = self.sequencers.get(id);
-        let (tx, rx) = oneshot::channel();
-        seq.submit(SeqItem::Unstamped {
-            kind: KvKind::KvSplit,
-            request: cmd.encode_to_vec(),
-            reply: tx,
-        })?;
-        tokio::time::timeout(Duration::from_secs(10), rx)
-            .await??
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(())
+/// Splits range `r` (led here) at `split_key`: asks placement for the new
+/// range's ids, then proposes the split and waits (bounded) until it applied
+/// here. The caller checked that the key is inside the range.
+pub async fn propose_split(
+    placement: &PlacementClient<Channel>,
+    sequencers: &Sequencers,
+    r: &crate::store::RangeShared,
+    split_key: Vec<u8>,
+) -> NodeResult<()> {
+    let (id, peers) = {
+        let d = r.desc.read();
+        (d.id, d.peers.clone())
+    };
+    // Bounded: the checker handles one split at a time, so a placement
+    // that does not answer must not stall every other range's split.
+    let mut req = tonic::Request::new(AllocIdsRequest {
+        ranges: 1,
+        peers: peers.len() as u64,
+    });
+    req.set_timeout(Duration::from_secs(5));
+    crate::failpoint::placement_reachable(sequencers.node_id).await?;
+    let ids = placement.clone().alloc_ids(req).await?.into_inner();
+    let new_peers = peers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Peer {
+            id: ids.first_peer_id + i as u64,
+            node_id: p.node_id,
+            learner: p.learner,
+        })
+        .collect();
+    let cmd = SplitCommand {
+        split_key,
+        new_range_id: ids.first_range_id,
+        new_peers,
+    };
+    let seq = sequencers.get(id);
+    let (tx, rx) = oneshot::channel();
+    seq.submit(SeqItem::Unstamped {
+        kind: KvKind::KvSplit,
+        request: cmd.encode_to_vec(),
+        reply: tx,
+    })?;
+    match tokio::time::timeout(Duration::from_secs(10), rx).await {
+        Ok(Ok(res)) => res.map(|_| ()),
+        Ok(Err(_)) => Err(strata_proto::errors::leader_changed().into()),
+        Err(_) => Err(strata_proto::errors::timeout().into()),
     }
 }

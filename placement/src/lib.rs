@@ -3,6 +3,7 @@
 //! placement's own raft group. See ARCHITECTURE.md.
 
 mod config;
+pub mod failpoint;
 pub mod hosting;
 mod lease;
 pub mod metrics;

@@ -171,6 +171,7 @@ async fn execute(svc: &PlacementService, op: &Op) -> anyhow::Result<()> {
         epoch: desc.epoch,
         kind: kind as i32,
         peer: Some(peer),
+        split_key: Vec::new(),
     });
     req.set_timeout(Duration::from_secs(5));
     let resp = NodeClient::new(ch).admin(req).await?.into_inner();

@@ -16,6 +16,9 @@ use crate::state::{Command, ORACLE_WINDOW};
 pub struct Oracle {
     /// The next revision to hand out (revisions start at 1).
     pub next: i64,
+    /// The start of the last allocation of n > 0 (for the planted bug
+    /// `plant_reuse_revision` only).
+    pub last_start: Option<i64>,
 }
 
 impl Oracle {
@@ -46,6 +49,13 @@ impl PlacementService {
     pub async fn alloc(&self, count: u64) -> Result<i64, Status> {
         let mut o = self.oracle.lock().await;
         let end = o.end_of(count)?;
+        if count > 0 && crate::failpoint::on("plant_reuse_revision") {
+            // Planted bug: the previous allocation's revisions again.
+            if let Some(start) = o.last_start {
+                crate::metrics::alloc(count as i64, o.next);
+                return Ok(start);
+            }
+        }
         let hw = self.rep.state().oracle_high_water;
         if end > hw {
             // Persist the new window before handing out anything in it.
@@ -57,6 +67,9 @@ impl PlacementService {
         }
         let start = o.next;
         o.next = end;
+        if count > 0 {
+            o.last_start = Some(start);
+        }
         crate::metrics::alloc(count as i64, o.next);
         Ok(start)
     }

@@ -60,7 +60,10 @@ impl PlacementService {
             .map(|(&id, &ttl)| (id, now + Duration::from_secs(ttl as u64)))
             .collect();
         Arc::new(Self {
-            oracle: tokio::sync::Mutex::new(Oracle { next: hw.max(1) }),
+            oracle: tokio::sync::Mutex::new(Oracle {
+                next: hw.max(1),
+                last_start: None,
+            }),
             rep,
             replicas,
             leaders: Mutex::new(HashMap::new()),

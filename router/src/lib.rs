@@ -2,6 +2,7 @@
 //! See ARCHITECTURE.md.
 
 mod config;
+pub mod failpoint;
 pub mod kv;
 pub mod metrics;
 pub mod misc;

@@ -410,7 +410,9 @@ impl WatchTask {
                             if *entry.key() > bound {
                                 break;
                             }
-                            let (rev, events) = entry.remove_entry();
+                            let (rev, mut events) = entry.remove_entry();
+                            // Planted bug: an event silently lost.
+                            events.retain(|_| !crate::failpoint::on("plant_drop_watch_event"));
                             crate::metrics::WATCH_EVENTS_SENT.inc_by(events.len() as u64);
                             if !events.is_empty() && !self.send(PbWatchResponse {
                                 header: self.hdr.h(rev),

@@ -67,6 +67,13 @@ impl Background {
         }
     }
 
+    /// The process's exit status, once it exited.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
     /// Kills the process and returns what it printed.
     pub fn finish(mut self) -> (String, String) {
         self.kill();

@@ -194,6 +194,7 @@ impl Cluster {
                     epoch: None,
                     kind: AdminKind::TransferLeader as i32,
                     peer: Some(peer),
+                    split_key: Vec::new(),
                 })
                 .await;
             let asked = Instant::now();

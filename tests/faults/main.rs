@@ -6,8 +6,11 @@
 //! Failpoints are process-wide, so every test holds a `fail::FailScenario`
 //! (which serializes them) for its whole run.
 
+mod admin_split;
 mod catchup;
 mod cluster;
+mod partition;
+mod planted;
 mod reads;
 mod writes;
 

@@ -37,6 +37,8 @@ pub(super) struct Feed {
     mvcc: Mvcc,
     oracle: Oracle,
     seq: Sequencer,
+    /// This node (for the `partition` failpoint).
+    node_id: u64,
 }
 
 /// What to do with a message from the range's broadcast.
@@ -65,7 +67,13 @@ impl Feed {
             mvcc,
             oracle,
             seq,
+            node_id: 0,
         }
+    }
+
+    pub(super) fn on_node(mut self, node_id: u64) -> Self {
+        self.node_id = node_id;
+        self
     }
 
     fn filter(&self, m: &FeedMessage) -> Option<FeedMessage> {
@@ -83,6 +91,13 @@ impl Feed {
     }
 
     async fn send(&self, m: FeedMessage) -> bool {
+        // A partitioned node's feed stalls (sends nothing) until it heals.
+        while crate::failpoint::partitioned(self.node_id) {
+            if self.tx.is_closed() {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
         self.tx.send(Ok(m)).await.is_ok()
     }
 
@@ -206,7 +221,11 @@ impl Feed {
                     // has applied (barrier), and was published before the barrier
                     // completed, so it is in `sub` now.
                     let asked = std::time::Instant::now();
-                    let c = match self.oracle.current().await {
+                    let current = match crate::failpoint::placement_reachable(self.node_id).await {
+                        Ok(()) => self.oracle.current().await,
+                        Err(e) => Err(e),
+                    };
+                    let c = match current {
                         Ok(c) => c,
                         Err(_) => continue,
                     };

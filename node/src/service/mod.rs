@@ -4,9 +4,11 @@
 //!
 //! The KV RPC takes requests from routers (on behalf of clients) and from
 //! placement (lease revocation). Every request is decoded and checked before
-//! anything is proposed; splits are never accepted from the network (only the
-//! node's own split checker proposes them).
+//! anything is proposed; a split command is never accepted as a KV request
+//! (the node's own split checker proposes them, and the leader on an `Admin`
+//! SPLIT, see `admin.rs`, choosing the key itself or checking the one asked).
 
+mod admin;
 mod feed;
 
 use std::pin::Pin;
@@ -49,6 +51,9 @@ pub struct NodeService {
     pub mvcc: Mvcc,
     pub sequencers: Sequencers,
     pub snapshots: Arc<crate::snapshot::SnapshotReceiver>,
+    /// For the ids of a range an `Admin` SPLIT creates.
+    pub placement:
+        strata_proto::strata::placement_client::PlacementClient<tonic::transport::Channel>,
 }
 
 fn route_err(kind: RouteErrorKind, leader_node: u64, msg: &str) -> RouteError {
@@ -190,13 +195,15 @@ impl NodeService {
     }
 
     /// Reads at `read_rev` after a barrier (linearizable), or at the applied
-    /// revision (serializable, `read_rev == 0`).
+    /// revision (serializable, `read_rev == 0`). `stale_by` > 0 only with the
+    /// planted bug `plant_stale_read`: MVCC is read that many revisions
+    /// behind (never below the compaction floor).
     async fn read<T: Send + 'static>(
         &self,
         r: &Arc<RangeShared>,
         kind: KvKind,
         body: &[u8],
-        read_rev: i64,
+        (read_rev, stale_by): (i64, i64),
         f: impl FnOnce(&View<'_>) -> Result<T, Status> + Send + 'static,
     ) -> NodeResult<T> {
         let rev = if read_rev > 0 {
@@ -220,10 +227,15 @@ impl NodeService {
             // The compaction floor is raised before history is removed, so
             // checking it after the read tells whether the read may have
             // missed compacted versions.
+            let compacted = r2.compacted.load(Ordering::Acquire);
+            let rev = match stale_by {
+                0 => rev,
+                lag => (rev - lag).max(compacted).max(1),
+            };
             let view = View {
                 mvcc: &mvcc,
                 rev,
-                compacted: r2.compacted.load(Ordering::Acquire),
+                compacted,
                 overlay: None,
             };
             let out = f(&view)?;
@@ -253,14 +265,25 @@ impl NodeService {
         match checked {
             Checked::Read if kind == KvKind::KvRange => {
                 let rr: PbRangeRequest = decode(&request)?;
-                self.read(r, kind, &request, req.read_revision, move |v| {
-                    v.range(&rr).map(|x| x.encode_to_vec())
+                // Planted bug: a linearizable read of "now" answered from
+                // state 20 revisions old, reported at the revision asked.
+                let stale = linearizable
+                    && rr.revision == 0
+                    && crate::failpoint::on(self.node_id, "plant_stale_read");
+                let (asked, stale_by) = (req.read_revision, if stale { 20 } else { 0 });
+                self.read(r, kind, &request, (asked, stale_by), move |v| {
+                    v.range(&rr).map(|mut x| {
+                        if stale {
+                            x.header = crate::apply::header(asked);
+                        }
+                        x.encode_to_vec()
+                    })
                 })
                 .await
             }
             Checked::Read => {
                 let t: PbTxnRequest = decode(&request)?;
-                self.read(r, kind, &request, req.read_revision, move |v| {
+                self.read(r, kind, &request, (req.read_revision, 0), move |v| {
                     read_txn(v, &t).map(|x| x.encode_to_vec())
                 })
                 .await
@@ -290,6 +313,9 @@ type FeedStream = Pin<Box<dyn Stream<Item = Result<FeedMessage, Status>> + Send>
 #[tonic::async_trait]
 impl Node for NodeService {
     async fn raft(&self, req: Request<RaftBatch>) -> Result<Response<RaftAck>, Status> {
+        if crate::failpoint::partitioned(self.node_id) {
+            return Ok(Response::new(RaftAck {})); // lost on the way
+        }
         let batch = req.into_inner();
         let from_node = batch.from_node;
         for mut env in batch.msgs {
@@ -305,18 +331,21 @@ impl Node for NodeService {
         &self,
         req: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<SnapshotAck>, Status> {
+        crate::failpoint::refuse_while_partitioned(self.node_id).await?;
         self.snapshots.receive(req.into_inner()).await?;
         Ok(Response::new(SnapshotAck {}))
     }
 
     async fn admin(&self, req: Request<AdminRequest>) -> Result<Response<AdminResponse>, Status> {
+        crate::failpoint::hold_while_partitioned(self.node_id).await?;
         let req = req.into_inner();
         let r = self.replica(req.range_id, req.epoch);
+        let kind = AdminKind::try_from(req.kind).unwrap_or(AdminKind::AdminNone);
         let res = match &r {
             Err(e) => Err(e.clone()),
             Ok(r) if !r.is_leader() => Err(NodeError::NotLeader),
+            Ok(r) if kind == AdminKind::Split => self.admin_split(r, req.split_key).await,
             Ok(_) => {
-                let kind = AdminKind::try_from(req.kind).unwrap_or(AdminKind::AdminNone);
                 let peer = req.peer.unwrap_or_default();
                 let (tx, rx) = oneshot::channel();
                 self.store
@@ -340,6 +369,7 @@ impl Node for NodeService {
     }
 
     async fn kv(&self, req: Request<KvRequest>) -> Result<Response<KvResponse>, Status> {
+        crate::failpoint::hold_while_partitioned(self.node_id).await?;
         let req = req.into_inner();
         let r = match self.replica(req.range_id, req.epoch) {
             Ok(r) => r,
@@ -355,6 +385,7 @@ impl Node for NodeService {
     type FeedStream = FeedStream;
 
     async fn feed(&self, req: Request<FeedRequest>) -> Result<Response<FeedStream>, Status> {
+        crate::failpoint::hold_while_partitioned(self.node_id).await?;
         let req = req.into_inner();
         let (tx, rx) = mpsc::channel::<Result<FeedMessage, Status>>(64);
         let stream = |rx| -> Response<FeedStream> {
@@ -374,7 +405,8 @@ impl Node for NodeService {
             }
         };
         let seq = self.sequencers.get(r.desc.read().id);
-        let feed = feed::Feed::new(r, &req, tx, self.mvcc.clone(), self.oracle.clone(), seq);
+        let feed = feed::Feed::new(r, &req, tx, self.mvcc.clone(), self.oracle.clone(), seq)
+            .on_node(self.node_id);
         tokio::spawn(feed.run());
         Ok(stream(rx))
     }
@@ -383,6 +415,7 @@ impl Node for NodeService {
         &self,
         _: Request<NodeStatusRequest>,
     ) -> Result<Response<NodeStatusResponse>, Status> {
+        crate::failpoint::hold_while_partitioned(self.node_id).await?;
         let ranges = self
             .ranges
             .iter()

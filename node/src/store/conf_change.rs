@@ -60,6 +60,10 @@ impl Store {
             AdminKind::AdminNone => {
                 return Err(Status::invalid_argument("strata: no admin kind").into())
             }
+            // Handled by the service (`service/admin.rs`), never sent here.
+            AdminKind::Split => {
+                return Err(Status::invalid_argument("strata: split is not a store admin").into())
+            }
         };
         r.raw
             .propose_conf_change(peer.encode_to_vec(), cc)

@@ -130,6 +130,10 @@ impl Store {
                 crate::failpoint::pause_blocking(self.node_id, "apply_before_write");
             }
             self.db.write(&wb, false)?;
+            if applied.child.is_some() {
+                crate::failpoint::crash(self.node_id, "crash_mid_split");
+            }
+            crate::failpoint::crash(self.node_id, "crash_mid_apply");
             // Published only now that the batch is written (see the module doc).
             let shared = r.shared.clone();
             shared.applied_index.store(e.index, Ordering::Release);

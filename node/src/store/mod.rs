@@ -478,6 +478,8 @@ impl Store {
             if m.get_msg_type() == MessageType::MsgSnapshot {
                 // Streamed with its data, never in the batched RPC.
                 self.send_snapshot(desc.id, to_node, &m, env);
+            } else if crate::failpoint::partitioned(self.node_id) {
+                crate::metrics::RAFT_DROPPED.inc();
             } else {
                 self.transport.send(to_node, env);
             }

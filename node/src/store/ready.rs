@@ -80,8 +80,10 @@ impl Store {
         }
         crate::metrics::ready_round(appended, readies.len(), wb.size_in_bytes());
         if !wb.is_empty() {
+            crate::failpoint::crash(self.node_id, "crash_before_log_fsync");
             let _fsync = crate::metrics::WAL_FSYNC.start_timer();
             self.db.write(&wb, true)?;
+            crate::failpoint::crash(self.node_id, "crash_after_log_fsync");
         }
         for (id, rec) in installs {
             self.start_install(id, rec);

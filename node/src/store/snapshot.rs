@@ -123,6 +123,11 @@ impl Store {
             .get(&range_id)
             .and_then(|r| r.raw.store().take_generated(to_peer, m.get_snapshot()));
         let header = RangeSnapshotHeader::decode(&m.get_snapshot().data[..]);
+        if crate::failpoint::partitioned(self.node_id) {
+            // Dropped by the partition: raft tries again later.
+            report(raft::SnapshotStatus::Failure);
+            return;
+        }
         let (Some(view), Ok(header)) = (view, header) else {
             tracing::warn!(range = range_id, to = to_peer, "snapshot without its data");
             report(raft::SnapshotStatus::Failure);
@@ -261,7 +266,7 @@ impl Store {
         };
         // Odd while the data is being replaced (see `RangeShared::data_gen`).
         r.shared.data_gen.fetch_add(1, Ordering::AcqRel);
-        let (db, events) = (self.db.clone(), self.snap_events.clone());
+        let (db, events, node_id) = (self.db.clone(), self.snap_events.clone(), self.node_id);
         tracing::info!(
             range = range_id,
             index = rec.index,
@@ -271,6 +276,9 @@ impl Store {
         let spawned = std::thread::Builder::new()
             .name("snapshot-install".into())
             .spawn(move || {
+                // Staged, its raft state and install record written: an
+                // install interrupted here is redone at start.
+                crate::failpoint::crash(node_id, "crash_mid_snapshot_install");
                 let result = stage::install(&*db, range_id, &rec);
                 events.push(SnapEvent::Installed { range_id, result });
             });

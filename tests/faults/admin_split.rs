@@ -1,0 +1,102 @@
+//! `Admin` SPLIT: the range leader splits its range on request.
+
+use std::time::Duration;
+
+use etcd_client::GetOptions;
+use strata_proto::strata::{AdminKind, AdminRequest, RouteErrorKind};
+
+use crate::cluster::{eventually, Cluster, Opts};
+use crate::{put, within};
+
+fn split_request(range_id: u64, split_key: &[u8]) -> AdminRequest {
+    AdminRequest {
+        range_id,
+        epoch: None,
+        kind: AdminKind::Split as i32,
+        peer: None,
+        split_key: split_key.to_vec(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admin_split_makes_two_ranges() {
+    let _fp = fail::FailScenario::setup();
+    let c = Cluster::start(Opts::default()).await;
+    let l = c.wait_leader(1).await;
+    let mut leader = c.node_client(l).await;
+
+    // Too small: one live key.
+    let mut kv = c.client().await;
+    put(&mut kv, "split/00", "v").await;
+    let small = within(
+        Duration::from_secs(20),
+        "split",
+        leader.admin(split_request(1, b"")),
+    )
+    .await
+    .expect_err("a range with one key does not split");
+    assert_eq!(small.code(), tonic::Code::FailedPrecondition, "{small:?}");
+    assert!(small.message().contains("too small"), "{small:?}");
+
+    for i in 1..10 {
+        put(&mut kv, &format!("split/{i:02}"), "v").await;
+    }
+    // Not the leader: a routing error, as for the other admin kinds.
+    let follower = c.others(l)[0];
+    let resp = c
+        .node_client(follower)
+        .await
+        .admin(split_request(1, b""))
+        .await
+        .expect("admin on a follower")
+        .into_inner();
+    assert_eq!(
+        resp.error.map(|e| e.kind),
+        Some(RouteErrorKind::NotLeader as i32)
+    );
+    let resp = leader.admin(split_request(1, b"")).await;
+    let resp = resp.expect("admin split").into_inner();
+    assert!(resp.error.is_none(), "{:?}", resp.error);
+
+    let ranges = eventually(Duration::from_secs(20), "two ranges on every node", || {
+        let all: Vec<Vec<_>> = c
+            .nodes
+            .iter()
+            .map(|n| {
+                let mut d: Vec<_> = n.ranges.iter().map(|r| r.desc.read().clone()).collect();
+                d.sort_by_key(|d| d.id);
+                d
+            })
+            .collect();
+        all.iter().all(|d| d.len() == 2).then(|| all[0].clone())
+    })
+    .await;
+    let split_key = ranges[0].end_key.clone();
+    assert_eq!(ranges[1].start_key, split_key);
+    assert!(
+        split_key.as_slice() > b"split/00".as_slice()
+            && split_key.as_slice() <= b"split/09".as_slice(),
+        "split at {:?}",
+        String::from_utf8_lossy(&split_key)
+    );
+    let got = within(
+        Duration::from_secs(15),
+        "read both ranges",
+        kv.get("split/", Some(GetOptions::new().with_prefix())),
+    )
+    .await
+    .expect("get");
+    assert_eq!(got.kvs().len(), 10);
+    // A key outside range 1 now.
+    let bad = leader.admin(split_request(1, b"zzz")).await;
+    assert!(
+        matches!(&bad, Err(s) if s.code() == tonic::Code::InvalidArgument),
+        "{bad:?}"
+    );
+    eprintln!(
+        "admin split: ranges {} and {} split at {:?}",
+        ranges[0].id,
+        ranges[1].id,
+        String::from_utf8_lossy(&split_key)
+    );
+}
