@@ -12,6 +12,8 @@ use clap::{Parser, Subcommand};
 mod component;
 mod ctl;
 mod dev;
+#[allow(dead_code)]
+mod robustness;
 
 const ABOUT: &str = "\
 Strata: a distributed, reliable key-value store that speaks etcd's v3 API.
