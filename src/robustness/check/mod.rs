@@ -14,6 +14,11 @@
 //! duplicates are dropped, and at most [`CAP_PER_KIND`] are kept per kind; a kind with
 //! more gets one extra violation of the same kind, last in its group, with no ops and
 //! the message "… N more …" saying how many were left out.
+//!
+//! What the replay cannot see: an unknown write or a lease delete that changed only
+//! keys no watcher covers and no read shows (by value) is not placed in the log, so a
+//! later read of those keys is reported as `linearizable.read_state`. Run at least one
+//! watcher over the whole keyspace.
 
 mod linear;
 mod model;
@@ -24,6 +29,8 @@ mod watch;
 mod testkit;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_random;
 #[cfg(test)]
 mod tests_watch;
 
