@@ -51,9 +51,15 @@ pub enum Request {
     /// DeleteRange over `[key, end)` (`end` empty: the single key).
     Delete(DeleteReq),
     Txn(TxnReq),
-    LeaseGrant { ttl: i64 },
-    LeaseRevoke { id: i64 },
-    Compact { revision: i64 },
+    LeaseGrant {
+        ttl: i64,
+    },
+    LeaseRevoke {
+        id: i64,
+    },
+    Compact {
+        revision: i64,
+    },
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -141,10 +147,17 @@ pub struct Response {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ResponseBody {
     Range(RangeResp),
-    Put { prev_kv: Option<Kv> },
+    Put {
+        prev_kv: Option<Kv>,
+    },
     Delete(DeleteResp),
-    Txn { succeeded: bool, responses: Vec<TxnOpResp> },
-    LeaseGrant { id: i64 },
+    Txn {
+        succeeded: bool,
+        responses: Vec<TxnOpResp>,
+    },
+    LeaseGrant {
+        id: i64,
+    },
     LeaseRevoke,
     Compact,
 }
