@@ -54,7 +54,14 @@ fn robustness(args: &[&str]) -> (bool, String) {
 
 fn planted(plant: &str, expected_kind: &str) {
     let (ok, out) = robustness(&[
-        "--plant", plant, "--nemesis", "none", "--duration", "10s", "--seed", "21",
+        "--plant",
+        plant,
+        "--nemesis",
+        "none",
+        "--duration",
+        "10s",
+        "--seed",
+        "21",
     ]);
     assert!(!ok, "the planted bug {plant} went unnoticed:\n{out}");
     assert!(

@@ -283,7 +283,11 @@ impl Cluster {
         let url = format!("http://{}", self.placement_addr());
         let fut = async {
             let mut c = PlacementClient::connect(url).await?;
-            anyhow::Ok(c.get_ranges(GetRangesRequest::default()).await?.into_inner())
+            anyhow::Ok(
+                c.get_ranges(GetRangesRequest::default())
+                    .await?
+                    .into_inner(),
+            )
         };
         tokio::time::timeout(Duration::from_secs(3), fut)
             .await

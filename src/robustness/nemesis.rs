@@ -9,8 +9,7 @@ use rand::{Rng, SeedableRng};
 use strata_proto::strata::node_client::NodeClient;
 use strata_proto::strata::{AdminKind, AdminRequest, GetRangesResponse, RangeInfo};
 
-/// `AdminKind::Split` (proto/proto/strata.proto).
-const SPLIT: i32 = 4;
+const SPLIT: i32 = AdminKind::Split as i32;
 const TRANSFER_LEADER: i32 = AdminKind::TransferLeader as i32;
 
 use super::cluster::{Cluster, Role};
@@ -245,7 +244,11 @@ impl Nemesis<'_> {
             }
             self.sleep_ms(100, 300).await;
         }
-        let what = if kind == SPLIT { "split" } else { "leader-transfer" };
+        let what = if kind == SPLIT {
+            "split"
+        } else {
+            "leader-transfer"
+        };
         self.fault(
             what,
             "ranges",

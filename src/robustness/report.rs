@@ -121,7 +121,9 @@ pub fn run_text(k: u32, runs: u32, r: &RunReport) -> String {
         r.seed, r.profile, r.nemesis, r.elapsed
     );
     if let Some(e) = &r.error {
-        s.push_str(&format!("  error: {e}\n  violations: unknown (the run failed)\n"));
+        s.push_str(&format!(
+            "  error: {e}\n  violations: unknown (the run failed)\n"
+        ));
         return s;
     }
     let faults: Vec<String> = r.faults.iter().map(|(k, n)| format!("{k}×{n}")).collect();
@@ -165,7 +167,9 @@ pub fn table(reports: &[RunReport]) -> String {
     }
     let mut rows: BTreeMap<(String, String), Row> = BTreeMap::new();
     for r in reports {
-        let row = rows.entry((r.profile.clone(), r.nemesis.clone())).or_default();
+        let row = rows
+            .entry((r.profile.clone(), r.nemesis.clone()))
+            .or_default();
         row.runs += 1;
         row.ops += r.ops;
         row.unknown += r.unknown;

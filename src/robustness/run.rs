@@ -17,8 +17,18 @@ use super::{check, nemesis, RobustnessArgs};
 /// Every planted bug: its name and the failpoints that plant it.
 pub const PLANTS: &[(&str, Role, &str, &str)] = &[
     ("stale-read", Role::Node, "plant_stale_read", "25%return"),
-    ("drop-watch-event", Role::Router, "plant_drop_watch_event", "3%return"),
-    ("reuse-revision", Role::Placement, "plant_reuse_revision", "10%return"),
+    (
+        "drop-watch-event",
+        Role::Router,
+        "plant_drop_watch_event",
+        "3%return",
+    ),
+    (
+        "reuse-revision",
+        Role::Placement,
+        "plant_reuse_revision",
+        "10%return",
+    ),
 ];
 
 pub async fn main(args: RobustnessArgs) -> anyhow::Result<bool> {
@@ -31,6 +41,17 @@ pub async fn main(args: RobustnessArgs) -> anyhow::Result<bool> {
         .split(',')
         .map(|n| nemesis::parse(n.trim()))
         .collect::<anyhow::Result<_>>()?;
+    let needs_failpoints = args.plant.is_some()
+        || nemeses
+            .iter()
+            .any(|n| matches!(*n, "partition" | "snapshot" | "failpoint" | "all"));
+    if needs_failpoints && !cfg!(feature = "failpoints") {
+        anyhow::bail!(
+            "this strata was built without the `failpoints` feature, which --plant and the \
+             partition, snapshot, failpoint and all nemeses need: use scripts/robustness.sh \
+             (or cargo build --features strata/failpoints)"
+        );
+    }
     for p in &profiles {
         Profile::parse(p, args.keys)?;
     }
@@ -40,9 +61,10 @@ pub async fn main(args: RobustnessArgs) -> anyhow::Result<bool> {
             anyhow::bail!("unknown --plant {p:?}; one of: {}", names.join(", "));
         }
     }
-    let first_seed = args.seed.unwrap_or_else(|| u64::from(rand::random::<u32>()));
-    std::fs::create_dir_all(&args.dir)
-        .with_context(|| format!("create {}", args.dir.display()))?;
+    let first_seed = args
+        .seed
+        .unwrap_or_else(|| u64::from(rand::random::<u32>()));
+    std::fs::create_dir_all(&args.dir).with_context(|| format!("create {}", args.dir.display()))?;
     let plan: Vec<(u32, u64, &str, &'static str)> = (0..args.runs)
         .map(|k| {
             let seed = first_seed + u64::from(k);
@@ -85,9 +107,18 @@ fn check_file(file: &Path) -> anyhow::Result<bool> {
     let text = std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
     let h: History = serde_json::from_str(&text).context("parse history")?;
     let v = check::check(&h);
-    println!("{} ops, {} watchers: violations: {}", h.ops.len(), h.watches.len(), v.len());
+    println!(
+        "{} ops, {} watchers: violations: {}",
+        h.ops.len(),
+        h.watches.len(),
+        v.len()
+    );
     if let Some(first) = v.first() {
-        println!("{}", report::violation_text(&h, first));
+        println!("{}\n{}", check::summary(&v), check::excerpt(&h, first));
+    }
+    // Every violation (capped per kind by the checker), one per paragraph.
+    for x in &v {
+        println!("\n{}", report::violation_text(&h, x));
     }
     Ok(v.is_empty())
 }
@@ -139,7 +170,14 @@ async fn run_once(
     let clients: Vec<_> = (0..args.clients)
         .map(|c| {
             let ep = endpoints[c as usize % endpoints.len()].clone();
-            tokio::spawn(traffic::client_loop(rec.clone(), c, ep, profile, seed, 1_000_000))
+            tokio::spawn(traffic::client_loop(
+                rec.clone(),
+                c,
+                ep,
+                profile,
+                seed,
+                1_000_000,
+            ))
         })
         .collect();
     let compactor = tokio::spawn(traffic::compactor(
@@ -164,7 +202,10 @@ async fn run_once(
     // every watcher catch up to it.
     cluster.wait_ready(Duration::from_secs(60)).await.ok();
     let final_read = traffic::final_read(&rec, &endpoints, profile.prefix()).await;
-    let target = final_read.as_ref().and_then(|o| o.resp.as_ref().ok()).map(|r| r.revision);
+    let target = final_read
+        .as_ref()
+        .and_then(|o| o.resp.as_ref().ok())
+        .map(|r| r.revision);
     let catch_up = Instant::now() + Duration::from_secs(30);
     while target.is_some_and(|t| rec.min_watch_progress() < t) && Instant::now() < catch_up {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -201,7 +242,13 @@ async fn run_once(
     if passed && !args.keep {
         remove_data(&dir);
     }
-    Ok(RunReport::new(&history, ranges, violations, path, started.elapsed()))
+    Ok(RunReport::new(
+        &history,
+        ranges,
+        violations,
+        path,
+        started.elapsed(),
+    ))
 }
 
 /// A panic in any process's log is a violation even if it was restarted.
@@ -211,7 +258,10 @@ fn panics_in_logs(cluster: &Cluster) -> Vec<Violation> {
         let log = cluster.log_tail(i, 64 << 20);
         if let Some(at) = log.find("panicked at") {
             let end = (at + 600).min(log.len());
-            let end = (at..=end).rev().find(|&e| log.is_char_boundary(e)).unwrap_or(at);
+            let end = (at..=end)
+                .rev()
+                .find(|&e| log.is_char_boundary(e))
+                .unwrap_or(at);
             out.push(Violation {
                 kind: "process.panic".into(),
                 message: format!("{} panicked: {}", m.name, &log[at..end]),

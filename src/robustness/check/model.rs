@@ -24,6 +24,21 @@ pub struct LogEvent {
 
 /// Whether `k` is in etcd's interval `[key, end)` (`end` empty: the key alone;
 /// `end == "\0"`: every key ≥ `key`).
+/// Errors the router gives before a request can take any effect (routing and
+/// validation refusals): a write failing with one of them did not apply, so it
+/// is not an unknown-outcome write.
+pub fn definitely_failed(err: &str) -> bool {
+    const BEFORE_ANY_EFFECT: &[&str] = &[
+        "spans several ranges",
+        "requested lease not found",
+        "too many operations in txn request",
+        "duplicate key given in txn request",
+        "required revision has been compacted",
+        "required revision is a future revision",
+    ];
+    BEFORE_ANY_EFFECT.iter().any(|m| err.contains(m))
+}
+
 pub fn in_interval(key: &str, end: &str, k: &str) -> bool {
     if end.is_empty() {
         k == key

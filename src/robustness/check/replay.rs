@@ -63,6 +63,10 @@ struct Rp<'a> {
     unknown_deleters: Vec<&'a Op>,
     used: HashSet<u64>,
     granted: HashSet<i64>,
+    /// Unfiltered watchers' intervals and the revisions they saw every event
+    /// of: an event at such a key and revision that no watcher reported did
+    /// not happen.
+    cover: Vec<(&'a str, &'a str, i64, i64)>,
     bound: &'a WriteBound,
 }
 
@@ -72,10 +76,20 @@ fn deletes_key(op: &Op, key: &str) -> bool {
         .any(|w| matches!(w, TxnOp::Delete(d) if in_interval(&d.key, &d.end, key)))
 }
 
-/// Every event in `w` is in `sim` with the same kind and kv, and every revealed
-/// (key, value) is one of its puts.
-fn matches(sim: &Sim, w: &BTreeMap<&str, WEv>, revealed: &BTreeSet<(&str, &str)>) -> bool {
+/// Every event in `w` is in `sim` with the same kind and kv, every revealed
+/// (key, value) is one of its puts, and every event of `sim` that a watcher
+/// would have seen (`covered`) is in `w`.
+fn matches(
+    sim: &Sim,
+    w: &BTreeMap<&str, WEv>,
+    revealed: &BTreeSet<(&str, &str)>,
+    covered: impl Fn(&str) -> bool,
+) -> bool {
     !sim.events.is_empty()
+        && sim
+            .events
+            .iter()
+            .all(|e| w.contains_key(e.kv.key.as_str()) || !covered(&e.kv.key))
         && w.values().all(|x| {
             sim.events
                 .iter()
@@ -86,6 +100,13 @@ fn matches(sim: &Sim, w: &BTreeMap<&str, WEv>, revealed: &BTreeSet<(&str, &str)>
                 .iter()
                 .any(|e| e.kind == EventKind::Put && e.kv.key == *k && e.kv.value == *v)
         })
+}
+
+/// Whether an unfiltered watcher saw every event of key `k` at revision `r`.
+fn covered(cover: &[(&str, &str, i64, i64)], k: &str, r: i64) -> bool {
+    cover
+        .iter()
+        .any(|&(key, end, lo, hi)| in_interval(key, end, k) && lo <= r && r <= hi)
 }
 
 pub fn replay(h: &History, bound: &WriteBound, out: &mut Vec<Violation>) -> Replay {
@@ -102,6 +123,7 @@ pub fn replay(h: &History, bound: &WriteBound, out: &mut Vec<Violation>) -> Repl
         unknown_deleters: Vec::new(),
         used: HashSet::new(),
         granted: HashSet::new(),
+        cover: Vec::new(),
         bound,
     };
     rp.collect_watched(h);
@@ -158,7 +180,7 @@ impl<'a> Rp<'a> {
         let revealed = self.revealed.remove(&r).unwrap_or_default();
         let pick = eff
             .iter()
-            .position(|(_, s)| matches(s, &w, &revealed))
+            .position(|(_, s)| matches(s, &w, &revealed, |k| covered(&self.cover, k, r)))
             .unwrap_or(0);
         let (op, sim) = eff.swap_remove(pick);
         let bad = w.values().find_map(|x| {
@@ -213,12 +235,20 @@ impl<'a> Rp<'a> {
             );
         }
         let mut late: Option<(&Op, Sim, (i64, u64))> = None;
+        // A write whose effects include events no watcher reported although one
+        // covered them: taken only when nothing else explains the revision
+        // (then the watch checks report what the watchers missed).
+        let mut partial: Option<(&Op, Sim)> = None;
         for op in cands {
             if self.used.contains(&op.id) {
                 continue;
             }
             let sim = simulate(&self.state, &op.req, r).expect("a write");
-            if !matches(&sim, &w, &revealed) {
+            if !matches(&sim, &w, &revealed, |_| false) {
+                continue;
+            }
+            if !matches(&sim, &w, &revealed, |k| covered(&self.cover, k, r)) {
+                partial.get_or_insert((op, sim));
                 continue;
             }
             match self.bound.before(op.invoke) {
@@ -246,6 +276,9 @@ impl<'a> Rp<'a> {
                 })
                 .collect();
             return self.take(u64::MAX, r, events);
+        }
+        if let Some((op, sim)) = partial.filter(|_| late.is_none()) {
+            return self.take(op.id, r, sim.events);
         }
         if let Some((op, sim, (b, bid))) = late {
             self.out.push(viol(

@@ -72,7 +72,7 @@ impl Hist {
         self.rev
     }
 
-    fn state(&self) -> &State {
+    pub fn state(&self) -> &State {
         self.states.last().expect("states")
     }
 

@@ -433,3 +433,50 @@ fn output_is_capped_per_kind() {
     );
     assert!(summary(&v).starts_with("21 violation(s) (linearizable.read_state: 21)"));
 }
+
+#[test]
+fn a_lease_expiry_is_not_taken_for_a_wider_unknown_delete() {
+    // Seen in a clean run: a lease expiry deleted one key, and an unknown
+    // DeleteRange over its neighbours was taken as the cause although the
+    // watcher covering them reported only that one delete.
+    let mut b = Hist::new();
+    let lease = b.grant(1);
+    b.put(1, "a1", "v1");
+    b.put_lease(1, "a2", "v2", lease);
+    b.put(1, "a3", "v3");
+    b.unknown(2, Request::Delete(del_req("a", "b")), false);
+    let r = b.rev() + 1;
+    let prev = b.state().get("a2").cloned();
+    b.commit(vec![super::model::LogEvent {
+        kind: crate::robustness::history::EventKind::Delete,
+        kv: super::model::delete_kv("a2", r),
+        prev,
+    }]);
+    b.get(1, "a1");
+    b.final_read();
+    b.watch("", "\0");
+    assert_clean(&b.build());
+}
+
+#[test]
+fn a_write_refused_before_routing_is_not_an_unknown_write() {
+    let mut b = Hist::new();
+    b.put(1, "a1", "v1");
+    b.put(1, "a2", "v2");
+    let id = b.unknown(2, Request::Delete(del_req("a", "b")), false);
+    b.get(1, "a1");
+    b.final_read();
+    b.watch("", "\0");
+    let mut h = b.build();
+    h.ops[id as usize].resp = Err("strata: a delete spans several ranges".into());
+    assert_clean(&h);
+    // Had it applied, the checker must say so instead of explaining it away.
+    let mut b = Hist::new();
+    b.put(1, "a1", "v1");
+    let id = b.unknown(2, Request::Delete(del_req("a", "b")), true);
+    b.final_read();
+    b.watch("", "\0");
+    let mut h = b.build();
+    h.ops[id as usize].resp = Err("strata: a delete spans several ranges".into());
+    assert!(kinds(&h).contains(&"linearizable.unexplained_event".to_string()));
+}

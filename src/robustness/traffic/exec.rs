@@ -2,8 +2,8 @@
 //! into the history's `Response`.
 
 use etcd_client::{
-    Client, Compare as ECompare, CompareOp, DeleteOptions, GetOptions, KeyValue, PutOptions,
-    Txn, TxnOp as ETxnOp, TxnOpResponse,
+    Client, Compare as ECompare, CompareOp, DeleteOptions, GetOptions, KeyValue, PutOptions, Txn,
+    TxnOp as ETxnOp, TxnOpResponse,
 };
 
 use crate::robustness::history::*;

@@ -145,8 +145,8 @@ impl ClientState {
                 Request::Put(p) => drop(self.known.remove(&p.key)),
                 Request::Txn(t) => {
                     for op in t.success.iter().chain(&t.failure) {
-                        if let TxnOp::Put(PutReq { key, .. }) | TxnOp::Delete(DeleteReq { key, .. }) =
-                            op
+                        if let TxnOp::Put(PutReq { key, .. })
+                        | TxnOp::Delete(DeleteReq { key, .. }) = op
                         {
                             self.known.remove(key);
                         }
@@ -165,7 +165,11 @@ impl ClientState {
                     (true, Some(last)) if r.limit > 0 => Some((
                         format!("{}\0", last.key),
                         r.end.clone(),
-                        if r.revision > 0 { r.revision } else { resp.revision },
+                        if r.revision > 0 {
+                            r.revision
+                        } else {
+                            resp.revision
+                        },
                     )),
                     _ => None,
                 };
@@ -176,7 +180,13 @@ impl ClientState {
             (Request::Delete(d), _) if d.end.is_empty() => {
                 self.known.insert(d.key.clone(), 0);
             }
-            (Request::Txn(t), ResponseBody::Txn { succeeded, responses }) => {
+            (
+                Request::Txn(t),
+                ResponseBody::Txn {
+                    succeeded,
+                    responses,
+                },
+            ) => {
                 let ops = if *succeeded { &t.success } else { &t.failure };
                 for (op, r) in ops.iter().zip(responses) {
                     match (op, r) {
@@ -256,7 +266,10 @@ pub async fn compactor(rec: Arc<Recorder>, endpoint: String, every: Duration) {
         }
         let Some(c) = client.as_mut() else { continue };
         let req = Request::Compact { revision: target };
-        if record(&rec, c, COMPACTOR_CLIENT, &endpoint, req).await.is_ok() {
+        if record(&rec, c, COMPACTOR_CLIENT, &endpoint, req)
+            .await
+            .is_ok()
+        {
             last = target;
         }
     }

@@ -141,7 +141,11 @@ pub async fn watch_loop(
             })
             .max()
             .unwrap_or(0);
-        if let Some(c) = stream.responses.iter().find(|r| r.canceled && r.compact_revision > 0) {
+        if let Some(c) = stream
+            .responses
+            .iter()
+            .find(|r| r.canceled && r.compact_revision > 0)
+        {
             next_start = next_start.max(c.compact_revision);
         }
         if last > 0 {

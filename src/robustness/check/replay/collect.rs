@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use super::{ReadItem, Rp, WEv};
-use crate::robustness::check::model::{claims_effect, fmt_event, is_write};
+use crate::robustness::check::model::{claims_effect, definitely_failed, fmt_event, is_write};
 use crate::robustness::check::viol;
 use crate::robustness::history::{History, Request, ResponseBody, TxnOp, TxnOpResp};
 
@@ -39,6 +39,22 @@ fn put_values(req: &Request) -> Vec<&str> {
 
 impl<'a> Rp<'a> {
     pub(super) fn collect_watched(&mut self, h: &'a History) {
+        for wl in h.watches.iter().filter(|w| !w.no_put && !w.no_delete) {
+            let lo = wl.streams.first().map_or(0, |s| s.start_revision.max(1));
+            let hi = wl
+                .streams
+                .iter()
+                .flat_map(|s| &s.responses)
+                .flat_map(|r| {
+                    let p = if r.progress { r.revision } else { 0 };
+                    r.events.iter().map(|e| e.kv.mod_revision).chain([p])
+                })
+                .max()
+                .unwrap_or(0);
+            if lo > 0 && hi >= lo {
+                self.cover.push((wl.key.as_str(), wl.end.as_str(), lo, hi));
+            }
+        }
         for wl in &h.watches {
             for (si, st) in wl.streams.iter().enumerate() {
                 for ev in st.responses.iter().flat_map(|r| &r.events) {
@@ -84,6 +100,9 @@ impl<'a> Rp<'a> {
     pub(super) fn classify(&mut self, h: &'a History) {
         let mut owner: HashMap<&'a str, u64> = HashMap::new();
         for op in &h.ops {
+            if op.resp.as_ref().is_err_and(|e| definitely_failed(e)) {
+                continue;
+            }
             for v in put_values(&op.req) {
                 if let Some(&first) = owner.get(v) {
                     self.out.push(viol(
