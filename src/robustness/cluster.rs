@@ -72,7 +72,8 @@ impl Cluster {
     pub fn start(dir: &Path, opts: &Options) -> anyhow::Result<Cluster> {
         let exe = std::env::current_exe().context("find own executable")?;
         std::fs::create_dir_all(dir.join("logs"))?;
-        let n_ports = 1 + opts.nodes + opts.routers;
+        // placement, nodes, routers, then the nodes' metrics ports.
+        let n_ports = 1 + opts.nodes + opts.routers + opts.nodes;
         let base = free_ports(opts.base_port, n_ports as u16)?;
         let addr = |k: usize| format!("127.0.0.1:{}", base as usize + k);
         let placement = addr(0);
@@ -114,6 +115,8 @@ impl Cluster {
                     "0".into(),
                     "--raft-log-keep-entries".into(),
                     opts.raft_log_keep_entries.to_string(),
+                    "--metrics-addr".into(),
+                    addr(opts.nodes + opts.routers + i),
                 ],
             ));
         }
@@ -278,6 +281,21 @@ impl Cluster {
         String::from_utf8_lossy(&data[start..]).into_owned()
     }
 
+    /// The sum of a counter or gauge (every label set) on a node's /metrics,
+    /// since that process started; None when it does not answer.
+    pub fn node_metric(&self, i: usize, name: &str) -> Option<f64> {
+        let m = &self.members[i];
+        let pos = m.args.iter().position(|a| a == "--metrics-addr")?;
+        let addr = m.args.get(pos + 1)?;
+        let text = http_get(addr, "/metrics").ok()?;
+        Some(
+            text.lines()
+                .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum(),
+        )
+    }
+
     /// Placement's view: ranges, leaders, nodes.
     pub async fn ranges(&self) -> anyhow::Result<GetRangesResponse> {
         let url = format!("http://{}", self.placement_addr());
@@ -336,6 +354,21 @@ impl Drop for Cluster {
             self.kill(i);
         }
     }
+}
+
+/// A plain HTTP/1.0 GET on loopback (bounded by socket timeouts).
+fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let sock: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|_| std::io::Error::other("bad address"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(1))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.set_write_timeout(Some(Duration::from_secs(2)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut body = String::new();
+    s.take(16 << 20).read_to_string(&mut body)?;
+    Ok(body)
 }
 
 fn open_log(path: &Path) -> anyhow::Result<File> {

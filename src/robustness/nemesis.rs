@@ -205,17 +205,39 @@ impl Nemesis<'_> {
                 // has to catch up from a snapshot across the split.
                 let i = self.pick(Role::Node);
                 let name = self.cluster.members[i].name.clone();
+                let before = self.snapshots(i);
                 self.cluster.set_failpoints(i, &[("partition", "return")])?;
                 self.fault("partition", &name, "for a snapshot catch-up");
                 self.storm(SPLIT).await;
                 self.sleep_ms(3000, 5000).await;
                 self.cluster.set_failpoints(i, &[])?;
                 self.fault("heal", &name, "");
+                // Bounded wait for the catch-up, to report how it happened.
+                let mut got = 0.0;
+                for _ in 0..25 {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    got = self.snapshots(i) - before;
+                    if got > 0.0 {
+                        break;
+                    }
+                }
+                self.fault(
+                    "snapshot",
+                    &name,
+                    &format!("{got} snapshot(s) applied after the heal"),
+                );
             }
             "failpoint" => self.crash_at_failpoint().await?,
             other => anyhow::bail!("unknown nemesis {other}"),
         }
         Ok(())
+    }
+
+    /// Snapshots node `i` applied since it started (0 when it does not answer).
+    fn snapshots(&self, i: usize) -> f64 {
+        self.cluster
+            .node_metric(i, "strata_node_snapshots_applied_total")
+            .unwrap_or(0.0)
     }
 
     async fn partition(&mut self, i: usize, lo: u64, hi: u64) -> anyhow::Result<()> {
@@ -309,11 +331,17 @@ impl Nemesis<'_> {
         let i = self.pick_node().await;
         let name = self.cluster.members[i].name.clone();
         if point == "crash_mid_snapshot_install" {
-            // Fall behind first, so that healing sends it a snapshot.
-            self.partition(i, 3000, 4000).await?;
+            // Fall behind first (with splits), armed, so that the heal sends it a
+            // snapshot that it crashes installing.
+            self.cluster
+                .set_failpoints(i, &[("partition", "return"), (point, "return")])?;
+            self.fault("partition", &name, "to need a snapshot");
+            self.storm(SPLIT).await;
+            self.sleep_ms(2000, 3000).await;
+            self.fault("heal", &name, "");
         }
         self.cluster.set_failpoints(i, &[(point, "return")])?;
-        self.fault("failpoint", &name, point);
+        self.fault("arm", &name, point);
         if point == "crash_mid_split" {
             for _ in 0..5 {
                 if let Some((resp, r, leader)) = self.leader_of_random_range().await {
@@ -335,15 +363,12 @@ impl Nemesis<'_> {
             self.cluster.kill(i);
         }
         self.cluster.set_failpoints(i, &[])?;
-        self.fault(
-            "crash",
-            &name,
-            if crashed {
-                "crashed at the failpoint"
-            } else {
-                "not hit in 10 s: killed instead"
-            },
-        );
+        let how = if crashed {
+            format!("crashed at {point}")
+        } else {
+            format!("{point} not hit in 10 s: killed instead")
+        };
+        self.fault("crash", &name, &how);
         self.sleep_ms(200, 1000).await;
         self.cluster.restart(i)?;
         self.fault("restart", &name, "");

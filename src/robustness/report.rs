@@ -20,6 +20,8 @@ pub struct RunReport {
     pub watch_events: usize,
     pub watch_streams: usize,
     pub ranges: usize,
+    /// Raft snapshots applied by nodes (catch-ups), as far as counted.
+    pub snapshots: u64,
     pub faults: BTreeMap<String, usize>,
     pub violations: Vec<Violation>,
     /// The first violation with its history excerpt.
@@ -50,7 +52,10 @@ impl RunReport {
             .count();
         let mut faults = BTreeMap::new();
         for f in &h.faults {
-            if !matches!(f.kind.as_str(), "restart" | "resume" | "heal") {
+            if !matches!(
+                f.kind.as_str(),
+                "restart" | "resume" | "heal" | "arm" | "snapshot"
+            ) {
                 *faults.entry(f.kind.clone()).or_default() += 1;
             }
         }
@@ -72,6 +77,7 @@ impl RunReport {
                 .sum(),
             watch_streams: h.watches.iter().map(|w| w.streams.len()).sum(),
             ranges,
+            snapshots: 0,
             faults,
             violations,
             first,
@@ -93,6 +99,7 @@ impl RunReport {
             watch_events: 0,
             watch_streams: 0,
             ranges: 0,
+            snapshots: 0,
             faults: BTreeMap::new(),
             violations: vec![],
             first: None,
@@ -132,9 +139,10 @@ pub fn run_text(k: u32, runs: u32, r: &RunReport) -> String {
         r.ops, r.ok, r.failed, r.unknown, r.watch_events, r.watch_streams
     ));
     s.push_str(&format!(
-        "  ranges at the end: {} ({} splits); faults: {} [{}]\n",
+        "  ranges at the end: {} ({} splits); snapshots applied: {}; faults: {} [{}]\n",
         r.ranges,
         r.ranges.saturating_sub(1),
+        r.snapshots,
         r.fault_count(),
         faults.join(" ")
     ));

@@ -141,7 +141,7 @@ async fn run_once(
         routers: args.routers.max(1),
         base_port,
         split_keys: args.split_keys,
-        raft_log_keep_entries: 50,
+        raft_log_keep_entries: 20,
         node_down_after: "20s".into(),
         progress_notify_interval: "1s".into(),
     };
@@ -216,6 +216,13 @@ async fn run_once(
         watches.push(w.await?);
     }
     let ranges = cluster.ranges().await.map(|r| r.ranges.len()).unwrap_or(0);
+    // Snapshot catch-ups the snapshot nemesis reported, plus what the nodes
+    // applied since their last restart.
+    let snapshots = history_snapshots(&outcome.faults)
+        + cluster
+            .of(Role::Node)
+            .filter_map(|i| cluster.node_metric(i, "strata_node_snapshots_applied_total"))
+            .sum::<f64>() as u64;
     let mut violations: Vec<Violation> = outcome.violations;
     violations.extend(panics_in_logs(&cluster));
     drop(cluster);
@@ -242,13 +249,19 @@ async fn run_once(
     if passed && !args.keep {
         remove_data(&dir);
     }
-    Ok(RunReport::new(
-        &history,
-        ranges,
-        violations,
-        path,
-        started.elapsed(),
-    ))
+    let mut report = RunReport::new(&history, ranges, violations, path, started.elapsed());
+    report.snapshots = snapshots;
+    Ok(report)
+}
+
+/// Snapshots applied by nodes the snapshot nemesis healed (their counters
+/// may restart later, so they are taken from its fault records).
+fn history_snapshots(faults: &[super::history::Fault]) -> u64 {
+    faults
+        .iter()
+        .filter(|f| f.kind == "snapshot")
+        .filter_map(|f| f.detail.split(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 /// A panic in any process's log is a violation even if it was restarted.
