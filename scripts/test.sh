@@ -67,5 +67,19 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 status=0
-STRATA_TEST_RUN=$run_id cargo test --workspace --all-targets --no-fail-fast "$@" || status=$?
+# `failpoints`: the fault tests and the robustness suite inject faults into real
+# processes through it (the same build serves both, so nothing is built twice).
+STRATA_TEST_RUN=$run_id cargo test --workspace --all-targets --no-fail-fast \
+    --features strata/failpoints "$@" || status=$?
+
+# The robustness suite: a fixed-seed short run of every nemesis, both traffic
+# profiles; any violation fails the build (scripts/robustness.sh --help).
+rb_dir=$(mktemp -d /tmp/strata-robustness-ci.XXXXXX)
+if STRATA_TEST_RUN=$run_id STRATA_ROBUSTNESS_NO_INSTALL=1 \
+    scripts/robustness.sh --ci --dir "$rb_dir"; then
+    rm -rf "$rb_dir"
+else
+    echo "test.sh: the robustness suite failed; histories and logs are in $rb_dir" >&2
+    status=1
+fi
 exit "$status"

@@ -69,7 +69,7 @@ pub fn grant(
     range_id: u64,
     request: &[u8],
     wb: &mut WriteBatch,
-) -> anyhow::Result<Result<Vec<u8>, Status>> {
+) -> anyhow::Result<Result<(), Status>> {
     let req = match PbLeaseGrantRequest::decode(request) {
         Ok(r) => r,
         Err(e) => {
@@ -79,7 +79,7 @@ pub fn grant(
         }
     };
     Revoked::of(db, range_id).stage_forget(wb, req.id)?;
-    Ok(Ok(Vec::new()))
+    Ok(Ok(()))
 }
 
 /// Whether a list of revocations (oldest first) and the next `seq` could be

@@ -17,9 +17,8 @@ use std::time::{Duration, Instant};
 use prost::Message as _;
 use strata_proto::errors;
 use strata_proto::etcd::{PbLeaseGrantRequest, PbLeaseRevokeRequest};
-use strata_proto::strata::node_client::NodeClient;
-use strata_proto::strata::{KvKind, KvRequest, LeaseGrantResponse, LeaseInfo};
-use tonic::{Code, Request, Status};
+use strata_proto::strata::{KvKind, LeaseGrantResponse, LeaseInfo};
+use tonic::{Code, Status};
 
 use crate::service::PlacementService;
 use crate::state::{Command, Outcome};
@@ -103,62 +102,6 @@ impl PlacementService {
         self.to_every_range(KvKind::KvLeaseRevoke, body).await?;
         self.rep.propose(Command::LeaseRevoke { id }).await?;
         self.lease_deadlines.lock().remove(&id);
-        Ok(())
-    }
-
-    /// Applies one internal command in every range (via its leader, retried
-    /// on any replica for a few seconds).
-    async fn to_every_range(&self, kind: KvKind, body: Vec<u8>) -> Result<(), Status> {
-        let (ranges, nodes) = {
-            let st = self.rep.state();
-            (
-                st.ranges
-                    .values()
-                    .map(|r| r.descriptor())
-                    .collect::<Vec<_>>(),
-                st.nodes.clone(),
-            )
-        };
-        for desc in ranges {
-            let mut candidates: Vec<u64> = desc.peers.iter().map(|p| p.node_id).collect();
-            let hint = self.leader_of(desc.id);
-            candidates.sort_by_key(|n| *n != hint);
-            let mut done = false;
-            'attempts: for _ in 0..20 {
-                for n in &candidates {
-                    let Some(addr) = nodes.get(n) else { continue };
-                    let Ok(ep) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                    else {
-                        continue;
-                    };
-                    let Ok(ch) = ep
-                        .connect_timeout(Duration::from_millis(500))
-                        .connect()
-                        .await
-                    else {
-                        continue;
-                    };
-                    let mut req = Request::new(KvRequest {
-                        range_id: desc.id,
-                        epoch: desc.epoch,
-                        kind: kind as i32,
-                        request: body.clone(),
-                        read_revision: 0,
-                    });
-                    req.set_timeout(Duration::from_secs(5));
-                    if let Ok(resp) = NodeClient::new(ch).kv(req).await {
-                        if resp.into_inner().error.is_none() {
-                            done = true;
-                            break 'attempts;
-                        }
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            if !done {
-                return Err(errors::no_leader());
-            }
-        }
         Ok(())
     }
 

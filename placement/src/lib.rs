@@ -12,6 +12,7 @@ mod oracle;
 pub mod replica;
 pub mod scheduler;
 pub mod service;
+mod span_walk;
 pub mod state;
 
 use std::net::SocketAddr;

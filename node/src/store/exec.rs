@@ -271,10 +271,11 @@ impl Store {
                 .map(|r| r.encode_to_vec()),
             KvKind::KvLeaseRevoke => match PbLeaseRevokeRequest::decode(&cmd.request[..]) {
                 Ok(l) => crate::lease::revoke(&mut ex, &*self.db, range_id, &kr, l.id, wb)?
-                    .map(|n| (n as u64).to_be_bytes().to_vec()),
+                    .map(|n| span_applied(&kr, n as u64)),
                 Err(e) => Err(bad_request(e)),
             },
-            _ => crate::lease::grant(&*self.db, range_id, &cmd.request, wb)?,
+            _ => crate::lease::grant(&*self.db, range_id, &cmd.request, wb)?
+                .map(|()| span_applied(&kr, 0)),
         };
         shared.writes.fetch_add(1, Ordering::Relaxed);
         let mut out = Applied::default();
@@ -295,6 +296,17 @@ impl Store {
         out.applied_rev = Some(rev);
         Ok(out)
     }
+}
+
+/// The answer of a command placement sends to every range: what this range
+/// covered when it applied (proto `SpanApplied`).
+fn span_applied(kr: &KeyRange, deleted: u64) -> Vec<u8> {
+    strata_proto::strata::SpanApplied {
+        start_key: kr.start.clone(),
+        end_key: kr.end.clone().unwrap_or_default(),
+        deleted,
+    }
+    .encode_to_vec()
 }
 
 fn bad_request(e: prost::DecodeError) -> Status {
