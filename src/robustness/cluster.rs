@@ -55,14 +55,11 @@ pub struct Cluster {
 /// Finds `n` consecutive free ports from `base` (or the first free block after it).
 pub fn free_ports(base: u16, n: u16) -> anyhow::Result<u16> {
     let mut start = base;
-    'outer: while u32::from(start) + u32::from(n) < 65000 {
-        for p in start..start + n {
-            if TcpListener::bind(("127.0.0.1", p)).is_err() {
-                start = p + 1;
-                continue 'outer;
-            }
+    while u32::from(start) + u32::from(n) < 65000 {
+        match (start..start + n).find(|&p| TcpListener::bind(("127.0.0.1", p)).is_err()) {
+            Some(taken) => start = taken + 1,
+            None => return Ok(start),
         }
-        return Ok(start);
     }
     bail!("no {n} free consecutive ports from {base}")
 }

@@ -302,7 +302,7 @@ impl Nemesis<'_> {
             if others.is_empty() {
                 anyhow::bail!("no other voter");
             }
-            Some(others[self.rng.random_range(0..others.len())].clone())
+            Some(others[self.rng.random_range(0..others.len())])
         } else {
             None
         };

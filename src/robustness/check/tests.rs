@@ -319,7 +319,7 @@ fn revoked_lease_key_visible() {
         lease: 7001,
     });
     r.count = 1;
-    assert!(kinds(&h).contains(&"lease.revoked_key_visible".to_string()));
+    assert_finds(&h, "lease.revoked_key_visible");
 }
 
 #[test]
@@ -478,5 +478,5 @@ fn a_write_refused_before_routing_is_not_an_unknown_write() {
     b.watch("", "\0");
     let mut h = b.build();
     h.ops[id as usize].resp = Err("strata: a delete spans several ranges".into());
-    assert!(kinds(&h).contains(&"linearizable.unexplained_event".to_string()));
+    assert_finds(&h, "linearizable.unexplained_event");
 }

@@ -120,11 +120,9 @@ pub async fn watch_loop(
         streams: Vec::new(),
     };
     let mut next_start = initial;
-    let mut attempt = 0usize;
     // Bounded: at most one stream per 100 ms for a whole run's length.
-    for _ in 0..100_000 {
+    for attempt in 0..100_000usize {
         let endpoint = endpoints[(index + attempt) % endpoints.len()].clone();
-        attempt += 1;
         let mut stream = WatchStream {
             endpoint: endpoint.clone(),
             opened: rec.now(),
