@@ -77,16 +77,8 @@ pub fn pause_blocking(node_id: u64, name: &str) {
 /// this time)? Always false without the `failpoints` feature.
 #[inline]
 pub fn on(node_id: u64, name: &str) -> bool {
-    #[cfg(feature = "failpoints")]
-    {
-        fail::eval(name, |_| ()).is_some()
-            || fail::eval(&format!("{name}.{node_id}"), |_| ()).is_some()
-    }
-    #[cfg(not(feature = "failpoints"))]
-    {
-        let _ = (node_id, name);
-        false
-    }
+    use strata_proto::failpoint::on as on_named;
+    on_named(name) || (cfg!(feature = "failpoints") && on_named(&format!("{name}.{node_id}")))
 }
 
 /// Aborts the process (as `kill -9` would end it) when the point is on.

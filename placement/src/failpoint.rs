@@ -7,17 +7,4 @@
 //! - `plant_reuse_revision`: an oracle allocation of n > 0 revisions hands
 //!   out the previous allocation's start again (revisions reused).
 
-/// Is `name` on (configured, and its action `return` this time)? Always
-/// false without the `failpoints` feature.
-#[inline]
-pub fn on(name: &str) -> bool {
-    #[cfg(feature = "failpoints")]
-    {
-        fail::eval(name, |_| ()).is_some()
-    }
-    #[cfg(not(feature = "failpoints"))]
-    {
-        let _ = name;
-        false
-    }
-}
+pub use strata_proto::failpoint::on;

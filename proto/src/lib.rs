@@ -14,5 +14,6 @@ pub use prost::Message;
 
 pub mod errors;
 pub mod etcdutil;
+pub mod failpoint;
 pub mod oracle;
 pub mod telemetry;

@@ -7,17 +7,4 @@
 //! - `plant_drop_watch_event`: the watch path silently drops an event it
 //!   would deliver; evaluated per event (`10%return` drops about one in ten).
 
-/// Is `name` on (configured, and its action `return` this time)? Always
-/// false without the `failpoints` feature.
-#[inline]
-pub fn on(name: &str) -> bool {
-    #[cfg(feature = "failpoints")]
-    {
-        fail::eval(name, |_| ()).is_some()
-    }
-    #[cfg(not(feature = "failpoints"))]
-    {
-        let _ = name;
-        false
-    }
-}
+pub use strata_proto::failpoint::on;
