@@ -141,20 +141,28 @@ pub fn replay(h: &History, bound: &WriteBound, out: &mut Vec<Violation>) -> Repl
 }
 
 impl<'a> Rp<'a> {
+    /// What the ok write `op` does at revision `r` on the current state; a
+    /// response that differs from it is a `linearizable.write_effect` (`at`
+    /// says which state it was checked on).
+    fn simulate_checked(&mut self, op: &Op, r: i64, at: &str) -> Sim {
+        let sim = simulate(&self.state, &op.req, r).expect("a write");
+        let got = &op.resp.as_ref().expect("ok").body;
+        if let Some(d) = diff_body(&op.req, &sim.body, got) {
+            self.out.push(viol(
+                "linearizable.write_effect",
+                vec![op.id],
+                format!("#{} {at}: {d}", op.id),
+            ));
+        }
+        sim
+    }
+
     fn events_at(&mut self, r: i64) {
         let w = self.watched.remove(&r).unwrap_or_default();
         let claims = self.claims.remove(&r).unwrap_or_default();
         let mut eff: Vec<(&Op, Sim)> = Vec::new();
         for op in claims {
-            let sim = simulate(&self.state, &op.req, r).expect("a write");
-            let got = &op.resp.as_ref().expect("ok").body;
-            if let Some(d) = diff_body(&op.req, &sim.body, got) {
-                self.out.push(viol(
-                    "linearizable.write_effect",
-                    vec![op.id],
-                    format!("#{} at rev {r} (state at rev {}): {d}", op.id, r - 1),
-                ));
-            }
+            let sim = self.simulate_checked(op, r, &format!("at rev {r} (state at rev {})", r - 1));
             if !sim.events.is_empty() {
                 eff.push((op, sim));
             }
@@ -379,18 +387,8 @@ impl<'a> Rp<'a> {
                     }
                 }
                 ReadItem::Noop(op) => {
-                    let sim = simulate(&self.state, &op.req, r).expect("a write");
-                    let got = &op.resp.as_ref().expect("ok").body;
-                    if let Some(d) = diff_body(&op.req, &sim.body, got) {
-                        self.out.push(viol(
-                            "linearizable.write_effect",
-                            vec![op.id],
-                            format!(
-                                "#{} (no change, rev {r}) on the state at rev {r}: {d}",
-                                op.id
-                            ),
-                        ));
-                    }
+                    let at = format!("(no change, rev {r}) on the state at rev {r}");
+                    self.simulate_checked(op, r, &at);
                 }
             }
         }

@@ -151,9 +151,8 @@ fn big_history_is_fast() {
     eprintln!("checked {} ops in {:?}", h.ops.len(), t.elapsed());
 }
 
-/// `cargo test --bin strata robustness::check -- --ignored`: the size of a long run.
+/// A history the size of a long run checks clean (and in about a second).
 #[test]
-#[ignore]
 fn big_history_100k() {
     let h = big_history(100_000);
     let t = std::time::Instant::now();
