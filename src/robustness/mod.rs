@@ -102,8 +102,12 @@ pub struct RobustnessArgs {
     /// Split a range once it holds this many keys
     #[arg(long, default_value_t = 24)]
     pub split_keys: u64,
-    /// First port to try (each run takes 1 + nodes + routers consecutive free ports)
-    #[arg(long, default_value_t = 34000)]
+    /// First port to try (each run takes 1 + 2×nodes + routers consecutive free
+    /// ports; parallel runs start 20 apart). Keep them below the kernel's
+    /// ephemeral range (ip_local_port_range, usually from 32768): an outgoing
+    /// connection may take a port there while its process is down, and the
+    /// restarted process could not listen on it again
+    #[arg(long, default_value_t = 21000)]
     pub base_port: u16,
     /// Plant a known bug to prove the checkers catch it: stale-read,
     /// drop-watch-event, reuse-revision

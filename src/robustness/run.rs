@@ -78,6 +78,13 @@ pub async fn main(args: RobustnessArgs) -> anyhow::Result<bool> {
         })
         .collect();
     let parallel = args.parallel.max(1) as usize;
+    let top = u32::from(args.base_port) + 20 * parallel as u32;
+    if let Some(low) = ephemeral_low().filter(|&low| top >= low) {
+        eprintln!(
+            "strata robustness: warning: ports up to {top} reach the ephemeral range (from {low}): \
+             a restarted process may find its port taken; use a lower --base-port"
+        );
+    }
     let mut reports = Vec::new();
     for chunk in plan.chunks(parallel) {
         let mut tasks = Vec::new();
@@ -101,6 +108,12 @@ pub async fn main(args: RobustnessArgs) -> anyhow::Result<bool> {
         println!("{}", report::table(&reports));
     }
     Ok(reports.iter().all(RunReport::passed))
+}
+
+/// The first port of the kernel's ephemeral range (outgoing connections).
+fn ephemeral_low() -> Option<u32> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    text.split_whitespace().next()?.parse().ok()
 }
 
 fn check_file(file: &Path) -> anyhow::Result<bool> {
