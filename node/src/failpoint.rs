@@ -10,7 +10,9 @@
 //! Pauses (action `return(MS)`: hold that many milliseconds):
 //! - `sequencer_stamped`: a write batch stamped, before it is proposed;
 //! - `read_before_mvcc`: a read, after its barrier, before it reads MVCC;
-//! - `apply_before_write`: applying a stamped write, before its batch is written.
+//! - `apply_before_write`: applying a stamped write, before its batch is written;
+//! - `feed_before_subscribe`: a range feed, after its request was checked,
+//!   before it subscribes to the range's events.
 //!
 //! Crashes (action `return`: log `failpoint NAME: crashing`, then abort, as
 //! `kill -9` at that instant):

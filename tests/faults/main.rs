@@ -9,6 +9,7 @@
 mod admin_split;
 mod catchup;
 mod cluster;
+mod feeds;
 mod leases;
 mod partition;
 mod planted;

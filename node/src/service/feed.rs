@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use strata_proto::oracle::Oracle;
-use strata_proto::strata::{FeedEvent, FeedMessage, FeedRequest, RouteErrorKind};
+use strata_proto::strata::{Epoch, FeedEvent, FeedMessage, FeedRequest, RouteErrorKind};
 use tokio::sync::{broadcast, mpsc};
 use tonic::Status;
 
@@ -31,7 +31,10 @@ const HISTORY_MAX: usize = 1_000_000;
 
 pub(super) struct Feed {
     r: Arc<RangeShared>,
+    /// The keys asked for; clamped to the range once the feed subscribed.
     kr: KeyRange,
+    /// The range's epoch the request was checked against.
+    epoch: Epoch,
     start: i64,
     tx: mpsc::Sender<Result<FeedMessage, Status>>,
     mvcc: Mvcc,
@@ -56,12 +59,12 @@ impl Feed {
         oracle: Oracle,
         seq: Sequencer,
     ) -> Self {
-        let own = desc_range(&r.desc.read());
-        let kr = KeyRange::from_etcd(&req.key, &req.range_end)
-            .clamp(&own.start, own.end.as_deref().unwrap_or(&[]));
+        let kr = KeyRange::from_etcd(&req.key, &req.range_end);
+        let epoch = req.epoch.unwrap_or_else(|| r.epoch());
         Self {
             r,
             kr,
+            epoch,
             start: req.start_revision,
             tx,
             mvcc,
@@ -188,10 +191,21 @@ impl Feed {
         }
     }
 
-    pub(super) async fn run(self) {
+    pub(super) async fn run(mut self) {
         let _open = crate::metrics::feed();
+        crate::failpoint::pause(self.node_id, "feed_before_subscribe").await;
         // Subscribe before reading the applied revision (see the module doc).
         let mut sub = self.r.feed.subscribe();
+        // ... and before reading the descriptor: a split that applied since
+        // the request was checked ended this range's feeds before this one
+        // listened, so it must be seen here (apply changes the descriptor
+        // before it ends the feeds). Else the feed would go on over keys the
+        // new range now owns, its checkpoints promising events it never sees.
+        if self.r.epoch() != self.epoch {
+            return self.end(RouteErrorKind::EpochNotMatch, "range split").await;
+        }
+        let own = desc_range(&self.r.desc.read());
+        self.kr = self.kr.clamp(&own.start, own.end.as_deref().unwrap_or(&[]));
         let head = self.r.applied_rev.load(Ordering::Acquire);
         let compacted = self.r.compacted.load(Ordering::Acquire);
         if self.start > 0 && self.start < compacted {

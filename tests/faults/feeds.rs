@@ -1,0 +1,85 @@
+//! A range feed opened while its range splits must not go on over the keys
+//! the new range took.
+//!
+//! Found by the robustness suite (seed 6016, kill nemesis, etcd profile): a
+//! watch on [e/k0, e/k1) never delivered an acknowledged put while later
+//! revisions arrived. The node checked the feed request's epoch, then
+//! subscribed to the range's events; a split applying in between ended the
+//! range's feeds before this one listened, so it kept serving the old, wider
+//! interval: its checkpoints promised revisions whose events for the moved
+//! keys only the new range published.
+
+use std::time::Duration;
+
+use etcd_client::{EventType, WatchOptions};
+use strata_proto::strata::{AdminKind, AdminRequest};
+
+use crate::cluster::{Cluster, Opts};
+use crate::{put, within};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_feed_opened_during_a_split_does_not_lose_the_new_ranges_events() {
+    let _fp = fail::FailScenario::setup();
+    let c = Cluster::start(Opts::default()).await;
+    let l = c.wait_leader(1).await;
+    let mut kv = c.client().await;
+    for i in 0..10 {
+        put(&mut kv, &format!("w/{i:02}"), "v").await;
+    }
+    // The feed the watch opens on range 1 waits between its epoch check and
+    // its subscription; the split applies meanwhile.
+    fail::cfg(format!("feed_before_subscribe.{l}"), "1*return(1500)").unwrap();
+    let mut watch_client = c.client().await;
+    let opts = WatchOptions::new().with_prefix();
+    let mut stream = within(
+        Duration::from_secs(10),
+        "watch",
+        watch_client.watch("w/", Some(opts)),
+    )
+    .await
+    .expect("watch");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let split = c
+        .node_client(l)
+        .await
+        .admin(AdminRequest {
+            range_id: 1,
+            epoch: None,
+            kind: AdminKind::Split as i32,
+            peer: None,
+            split_key: b"w/05".to_vec(),
+        })
+        .await
+        .expect("admin split")
+        .into_inner();
+    assert!(split.error.is_none(), "split: {:?}", split.error);
+    // Let the paused feed subscribe, then write to both halves.
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    let left = put(&mut kv, "w/01", "after-split").await;
+    let right = put(&mut kv, "w/08", "after-split").await;
+
+    let mut seen = Vec::new();
+    let got_both = async {
+        while let Some(resp) = stream.message().await.expect("watch stream") {
+            for e in resp.events() {
+                if e.event_type() == EventType::Put {
+                    let kv = e.kv().expect("kv");
+                    seen.push((
+                        String::from_utf8_lossy(kv.key()).into_owned(),
+                        kv.mod_revision(),
+                    ));
+                }
+            }
+            if seen.iter().any(|(_, r)| *r == right) && seen.iter().any(|(_, r)| *r == left) {
+                return true;
+            }
+        }
+        false
+    };
+    let got_both = tokio::time::timeout(Duration::from_secs(15), got_both).await;
+    assert!(
+        matches!(got_both, Ok(true)),
+        "the watch missed a put: w/01 at {left} and w/08 (in the new range) at {right} \
+         were acknowledged, the watch delivered {seen:?}"
+    );
+}
