@@ -14,7 +14,7 @@ use std::time::Duration;
 use etcd_client::{EventType, WatchOptions};
 use strata_proto::strata::{AdminKind, AdminRequest};
 
-use crate::cluster::{Cluster, Opts};
+use crate::cluster::{eventually, Cluster, Opts};
 use crate::{put, within};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -81,5 +81,77 @@ async fn a_feed_opened_during_a_split_does_not_lose_the_new_ranges_events() {
         matches!(got_both, Ok(true)),
         "the watch missed a put: w/01 at {left} and w/08 (in the new range) at {right} \
          were acknowledged, the watch delivered {seen:?}"
+    );
+}
+
+/// Found by the robustness suite (seed 7079, `all` nemesis): a single-key
+/// watch never delivered a put while later revisions arrived. The range's
+/// leader was cut off (its feed held, unable to checkpoint), the others elected
+/// a new leader and took the put; once healed, the old leader caught up by a
+/// snapshot — which replaced the entries whose events its still-open feed
+/// would have forwarded — and the feed went on with the events it applied
+/// after the snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_feed_ends_when_its_replica_catches_up_by_snapshot() {
+    let _fp = fail::FailScenario::setup();
+    let c = Cluster::start(Opts {
+        raft_log_keep_entries: 10,
+        ..Opts::default()
+    })
+    .await;
+    let l = c.wait_leader(1).await;
+    let mut kv = c.client().await;
+    put(&mut kv, "s/0", "v").await;
+    let mut watch_client = c.client().await;
+    let opts = WatchOptions::new().with_prefix();
+    let mut stream = within(
+        Duration::from_secs(10),
+        "watch",
+        watch_client.watch("s/", Some(opts)),
+    )
+    .await
+    .expect("watch");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The feed's node is cut off; the others elect a leader and go on, far
+    // enough for the cut-off replica to need a snapshot.
+    fail::cfg(format!("partition.{l}"), "return").unwrap();
+    eventually(Duration::from_secs(20), "a leader on another node", || {
+        c.leader_of(1).filter(|&n| n != l)
+    })
+    .await;
+    let lost = crate::partition::put_retrying(&c, "s/lost", "v").await;
+    let mut last = lost;
+    for i in 0..40 {
+        last = crate::partition::put_retrying(&c, &format!("t/{i}"), "v").await;
+    }
+    fail::remove(format!("partition.{l}"));
+    eventually(Duration::from_secs(30), "the old leader caught up", || {
+        (c.applied_rev(l, 1) >= last).then_some(())
+    })
+    .await;
+    let after = put(&mut kv, "s/after", "v").await;
+
+    let mut seen = Vec::new();
+    let got = async {
+        while let Some(resp) = stream.message().await.expect("watch stream") {
+            for e in resp.events() {
+                let kv = e.kv().expect("kv");
+                seen.push((
+                    String::from_utf8_lossy(kv.key()).into_owned(),
+                    kv.mod_revision(),
+                ));
+            }
+            if seen.iter().any(|(_, r)| *r == after) {
+                return seen.iter().any(|(_, r)| *r == lost);
+            }
+        }
+        false
+    };
+    let got = tokio::time::timeout(Duration::from_secs(20), got).await;
+    assert!(
+        matches!(got, Ok(true)),
+        "the watch skipped s/lost (acknowledged at {lost}) but delivered s/after at {after}: \
+         {seen:?} ({got:?})"
     );
 }

@@ -266,6 +266,20 @@ impl Store {
         };
         // Odd while the data is being replaced (see `RangeShared::data_gen`).
         r.shared.data_gen.fetch_add(1, Ordering::AcqRel);
+        // Feeds of this replica end: the snapshot replaces the entries between
+        // its applied state and the snapshot's, whose events a feed would
+        // never see (a deposed leader's feed, kept open while it was cut off,
+        // would go on with the events applied after the snapshot and skip
+        // those). The router resumes them from MVCC history at the leader.
+        let end = strata_proto::strata::FeedMessage {
+            error: Some(strata_proto::strata::RouteError {
+                kind: strata_proto::strata::RouteErrorKind::NotLeader as i32,
+                message: "snapshot installed".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let _ = r.shared.feed.send(std::sync::Arc::new(end));
         let (db, events, node_id) = (self.db.clone(), self.snap_events.clone(), self.node_id);
         tracing::info!(
             range = range_id,
