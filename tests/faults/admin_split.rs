@@ -8,7 +8,8 @@ use strata_proto::strata::{AdminKind, AdminRequest, RouteErrorKind};
 use crate::cluster::{eventually, Cluster, Opts};
 use crate::{put, within};
 
-fn split_request(range_id: u64, split_key: &[u8]) -> AdminRequest {
+/// An admin split of `range_id` at `split_key` (empty: its median key).
+pub fn split_request(range_id: u64, split_key: &[u8]) -> AdminRequest {
     AdminRequest {
         range_id,
         epoch: None,

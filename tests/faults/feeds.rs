@@ -11,8 +11,8 @@
 
 use std::time::Duration;
 
+use crate::admin_split::split_request;
 use etcd_client::{EventType, WatchOptions};
-use strata_proto::strata::{AdminKind, AdminRequest};
 
 use crate::cluster::{eventually, Cluster, Opts};
 use crate::{put, within};
@@ -42,13 +42,7 @@ async fn a_feed_opened_during_a_split_does_not_lose_the_new_ranges_events() {
     let split = c
         .node_client(l)
         .await
-        .admin(AdminRequest {
-            range_id: 1,
-            epoch: None,
-            kind: AdminKind::Split as i32,
-            peer: None,
-            split_key: b"w/05".to_vec(),
-        })
+        .admin(split_request(1, b"w/05"))
         .await
         .expect("admin split")
         .into_inner();

@@ -9,10 +9,10 @@
 
 use std::time::Duration;
 
+use crate::admin_split::split_request;
 use etcd_client::{GetOptions, PutOptions};
 use raft::eraftpb::MessageType;
 use strata_node::transport::memory::Rule;
-use strata_proto::strata::{AdminKind, AdminRequest};
 
 use crate::cluster::{Cluster, Opts};
 use crate::within;
@@ -48,17 +48,7 @@ async fn a_revoke_racing_a_split_deletes_the_keys_of_both_halves() {
             .drop(),
     );
     let mut leader = c.node_client(l).await;
-    let split = tokio::spawn(async move {
-        leader
-            .admin(AdminRequest {
-                range_id: 1,
-                epoch: None,
-                kind: AdminKind::Split as i32,
-                peer: None,
-                split_key: b"lz/05".to_vec(),
-            })
-            .await
-    });
+    let split = tokio::spawn(async move { leader.admin(split_request(1, b"lz/05")).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     // The revoke passes the epoch check (the split has not applied) and is
     // appended behind the split.
