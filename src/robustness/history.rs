@@ -237,6 +237,20 @@ pub struct WatchResp {
     pub events: Vec<Event>,
 }
 
+impl WatchResp {
+    /// The revision this response shows the watcher has reached: its last
+    /// event's, or a progress notification's (0: neither).
+    pub fn reached(&self) -> i64 {
+        let p = if self.progress { self.revision } else { 0 };
+        self.events
+            .iter()
+            .map(|e| e.kv.mod_revision)
+            .chain([p])
+            .max()
+            .unwrap_or(0)
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Event {
     pub kind: EventKind,

@@ -133,10 +133,7 @@ pub async fn watch_loop(
         let last = stream
             .responses
             .iter()
-            .flat_map(|r| {
-                let p = if r.progress { r.revision } else { 0 };
-                r.events.iter().map(|e| e.kv.mod_revision).chain([p])
-            })
+            .map(WatchResp::reached)
             .max()
             .unwrap_or(0);
         if let Some(c) = stream
@@ -238,14 +235,7 @@ async fn run_stream(
                 }
                 Ok(Ok(Some(r))) => {
                     let resp = response(rec, &r);
-                    let seen = resp
-                        .events
-                        .iter()
-                        .map(|e| e.kv.mod_revision)
-                        .chain([if resp.progress { resp.revision } else { 0 }])
-                        .max()
-                        .unwrap_or(0);
-                    rec.watch_progress[index].fetch_max(seen, Ordering::Relaxed);
+                    rec.watch_progress[index].fetch_max(resp.reached(), Ordering::Relaxed);
                     let canceled = resp.canceled;
                     stream.responses.push(resp);
                     if canceled {

@@ -45,10 +45,7 @@ impl<'a> Rp<'a> {
                 .streams
                 .iter()
                 .flat_map(|s| &s.responses)
-                .flat_map(|r| {
-                    let p = if r.progress { r.revision } else { 0 };
-                    r.events.iter().map(|e| e.kv.mod_revision).chain([p])
-                })
+                .map(|r| r.reached())
                 .max()
                 .unwrap_or(0);
             if lo > 0 && hi >= lo {
