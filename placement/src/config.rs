@@ -23,9 +23,26 @@ pub struct PlacementConfig {
     /// Directory for placement's RocksDB (its raft log and state).
     #[arg(long, default_value = "./strata-placement-data")]
     pub data_dir: PathBuf,
-    /// Address to serve the placement gRPC API on.
+    /// Address to serve the placement gRPC API on (clients and the other
+    /// placement replicas).
     #[arg(long, default_value = "127.0.0.1:7100")]
     pub listen: SocketAddr,
+    /// This replica's id in placement's raft group (1.. ; unique, never reused).
+    /// With --join and no --id, the group assigns one.
+    #[arg(long, default_value_t = 0)]
+    pub id: u64,
+    /// The initial members of placement's raft group, `ID=HOST:PORT,...`
+    /// (this replica among them), the same on every initial replica; only
+    /// read when the data directory is new. Default: this replica alone
+    /// (`1=LISTEN`).
+    #[arg(long, value_delimiter = ',')]
+    pub peers: Vec<String>,
+    /// Join a running placement group through any of these replicas
+    /// (`HOST:PORT,...`) as a new member, with a new data directory: it is
+    /// added as a learner, sent the state, and promoted to voter once caught
+    /// up. Ignored when the data directory already holds this replica.
+    #[arg(long, value_delimiter = ',')]
+    pub join: Vec<String>,
     /// Replicas per range; the first range is created once this many nodes registered.
     #[arg(long, default_value_t = 3)]
     pub replicas: usize,

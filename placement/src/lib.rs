@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod operator;
 mod oracle;
 pub mod replica;
+pub mod routers;
 pub mod scheduler;
 pub mod service;
 mod span_walk;

@@ -66,6 +66,23 @@ impl Replicated {
         Ok(Self { tx, state })
     }
 
+    /// Temporary (multi-voter group in progress).
+    pub async fn receive(
+        &self,
+        _s: tonic::Streaming<strata_proto::strata::PlacementRaftMessage>,
+    ) -> Result<(), Status> {
+        Err(Status::unimplemented("strata: placement raft transport"))
+    }
+    pub fn members(&self) -> strata_proto::strata::MembersResponse {
+        Default::default()
+    }
+    pub async fn add_member(&self, _id: u64, _addr: String) -> Result<u64, Status> {
+        Err(Status::unimplemented("strata: placement membership"))
+    }
+    pub async fn remove_member(&self, _id: u64) -> Result<(), Status> {
+        Err(Status::unimplemented("strata: placement membership"))
+    }
+
     pub fn state(&self) -> parking_lot::RwLockReadGuard<'_, State> {
         self.state.read()
     }

@@ -39,6 +39,8 @@ pub struct PlacementService {
     pub hosting: Mutex<Hosting>,
     /// Lease id → deadline (leader-local, reset on restart as in etcd).
     pub lease_deadlines: Mutex<HashMap<i64, Instant>>,
+    /// Routers that announced themselves (leader-local soft state).
+    pub routers: Mutex<crate::routers::Routers>,
     /// Bumped whenever a range's leader hint names another node.
     leader_version: std::sync::atomic::AtomicU64,
     /// Bumped whenever a reported range's stats change.
@@ -71,6 +73,7 @@ impl PlacementService {
             stats: Mutex::new(HashMap::new()),
             hosting: Mutex::new(Hosting::default()),
             lease_deadlines: Mutex::new(leases),
+            routers: Mutex::default(),
             leader_version: Default::default(),
             stats_version: Default::default(),
             nonce: rand::random(),
@@ -106,6 +109,11 @@ impl PlacementService {
             self.stats_version
                 .load(std::sync::atomic::Ordering::Acquire),
         )
+    }
+
+    /// Ok while this replica leads and may serve (temporary: always).
+    pub fn serving(&self) -> Result<u64, Status> {
+        Ok(0)
     }
 
     pub(crate) fn leader_of(&self, range_id: u64) -> u64 {
@@ -395,6 +403,62 @@ impl Placement for Svc {
     ) -> Result<Response<LeaseListResponse>, Status> {
         let ids = self.0.rep.state().leases.keys().copied().collect();
         Ok(Response::new(LeaseListResponse { ids }))
+    }
+
+    async fn raft(
+        &self,
+        req: Request<tonic::Streaming<PlacementRaftMessage>>,
+    ) -> Result<Response<PlacementRaftDone>, Status> {
+        self.0.rep.receive(req.into_inner()).await?;
+        Ok(Response::new(PlacementRaftDone {}))
+    }
+
+    async fn members(
+        &self,
+        _: Request<MembersRequest>,
+    ) -> Result<Response<MembersResponse>, Status> {
+        Ok(Response::new(self.0.rep.members()))
+    }
+
+    async fn add_member(
+        &self,
+        req: Request<AddMemberRequest>,
+    ) -> Result<Response<AddMemberResponse>, Status> {
+        let r = req.into_inner();
+        let id = self.0.rep.add_member(r.id, r.addr).await?;
+        Ok(Response::new(AddMemberResponse {
+            id,
+            members: self.0.rep.members().members,
+        }))
+    }
+
+    async fn remove_member(
+        &self,
+        req: Request<RemoveMemberRequest>,
+    ) -> Result<Response<MembersResponse>, Status> {
+        self.0.rep.remove_member(req.into_inner().id).await?;
+        Ok(Response::new(self.0.rep.members()))
+    }
+
+    async fn router_heartbeat(
+        &self,
+        req: Request<RouterHeartbeatRequest>,
+    ) -> Result<Response<RouterHeartbeatResponse>, Status> {
+        self.0.serving()?;
+        self.0
+            .routers
+            .lock()
+            .heartbeat(req.into_inner(), Instant::now())?;
+        Ok(Response::new(RouterHeartbeatResponse {}))
+    }
+
+    async fn list_routers(
+        &self,
+        _: Request<ListRoutersRequest>,
+    ) -> Result<Response<ListRoutersResponse>, Status> {
+        self.0.serving()?;
+        let routers = self.0.routers.lock().live(Instant::now());
+        Ok(Response::new(ListRoutersResponse { routers }))
     }
 }
 

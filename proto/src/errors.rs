@@ -69,3 +69,32 @@ pub fn value_provided() -> Status {
 pub fn lease_provided() -> Status {
     s(Code::InvalidArgument, "etcdserver: lease is provided")
 }
+
+/// The metadata key of a placement replica's "not the leader" answer: the
+/// leader's placement address, or empty when the replica knows none.
+pub const PLACEMENT_LEADER_HINT: &str = "strata-placement-leader";
+
+/// A placement replica that does not lead (or leads but cannot serve yet)
+/// refuses every request, unexecuted, with Unavailable and a hint naming the
+/// leader it knows of; placement clients (see `placement_client.rs`) retry
+/// there. Safe to retry: nothing was done.
+pub fn placement_not_leader(replica: u64, leader: Option<&str>) -> Status {
+    let mut st = s(
+        Code::Unavailable,
+        &format!(
+            "strata: placement replica {replica} is not the leader (leader: {})",
+            leader.unwrap_or("unknown")
+        ),
+    );
+    if let Ok(v) = leader.unwrap_or("").parse() {
+        st.metadata_mut().insert(PLACEMENT_LEADER_HINT, v);
+    }
+    st
+}
+
+/// Is `st` a placement replica's "not the leader" answer? Returns the hinted
+/// leader address (empty when unknown).
+pub fn placement_leader_hint(st: &Status) -> Option<String> {
+    let v = st.metadata().get(PLACEMENT_LEADER_HINT)?;
+    Some(v.to_str().unwrap_or("").to_string())
+}

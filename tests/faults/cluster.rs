@@ -70,6 +70,9 @@ impl Cluster {
         let placement = strata_placement::run(PlacementConfig {
             data_dir: dir.path().to_path_buf(),
             listen: loopback(),
+            id: 1,
+            peers: Vec::new(),
+            join: Vec::new(),
             replicas: opts.nodes.min(3) as usize,
             node_down_after: Duration::from_secs(600),
             metrics_addr: None,
