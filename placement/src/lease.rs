@@ -133,6 +133,10 @@ impl PlacementService {
         let mut iv = tokio::time::interval(Duration::from_millis(250));
         loop {
             iv.tick().await;
+            // Deadlines are the serving leader's: a follower expires nothing.
+            if self.serving().is_err() {
+                continue;
+            }
             let now = Instant::now();
             let expired: Vec<i64> = self
                 .lease_deadlines

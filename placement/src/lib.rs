@@ -5,6 +5,7 @@
 mod config;
 pub mod failpoint;
 pub mod hosting;
+mod identity;
 mod lease;
 pub mod metrics;
 pub mod operator;
@@ -36,12 +37,15 @@ pub async fn run(cfg: PlacementConfig) -> anyhow::Result<PlacementHandle> {
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
-    let rep = replica::Replicated::open(db)?;
-    // Wait until the log is replayed and this replica leads, so the oracle
-    // starts from the persisted high-water mark.
-    rep.propose(state::Command::OracleWindow { high_water: 0 })
-        .await
-        .map_err(|e| anyhow::anyhow!("placement raft group did not start: {}", e.message()))?;
+    let me = identity::identify(&cfg, &*db, &addr.to_string()).await?;
+    let rep = replica::Replicated::open(db, me)?;
+    if rep.single_voter() {
+        // A group of one leads at once: serve before returning, as callers
+        // (tests, `strata dev`) expect of a single placement.
+        rep.wait_serving(std::time::Duration::from_secs(30))
+            .await
+            .map_err(|e| anyhow::anyhow!("placement raft group did not start: {}", e.message()))?;
+    }
     let svc = service::PlacementService::new(rep, cfg.replicas);
     metrics::watch_state(svc.clone());
     tokio::spawn(svc.clone().expire_leases());
@@ -50,7 +54,11 @@ pub async fn run(cfg: PlacementConfig) -> anyhow::Result<PlacementHandle> {
     }
     let server = tonic::transport::Server::builder()
         .layer(metrics::grpc_layer())
-        .add_service(PlacementServer::new(service::Svc(svc)))
+        .add_service(
+            PlacementServer::new(service::Svc(svc))
+                .max_decoding_message_size(replica::MAX_MESSAGE)
+                .max_encoding_message_size(replica::MAX_MESSAGE),
+        )
         .serve_with_incoming(
             // Small request/response messages: Nagle + delayed ACKs would add ~40 ms.
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),

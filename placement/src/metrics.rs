@@ -123,6 +123,57 @@ pub static BATCH_SIZE: LazyLock<Histogram> = LazyLock::new(|| {
     .expect("register")
 });
 
+pub static ALLOC_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "strata_placement_oracle_alloc_duration_seconds",
+        "Time placement takes to answer one Alloc request (a window persisted through \
+         the raft log included, when one is).",
+        prometheus::exponential_buckets(0.000_05, 2.0, 16).expect("buckets")
+    )
+    .expect("register")
+});
+
+pub static LEADER_CHANGES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "strata_placement_leader_changes_total",
+        "Times this placement replica became the serving leader."
+    )
+    .expect("register")
+});
+
+pub static IS_LEADER: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "strata_placement_is_leader",
+        "1 while this placement replica is the serving leader (leads, holds its lease), else 0."
+    )
+    .expect("register")
+});
+
+pub static HAS_LEADER: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "strata_placement_has_leader",
+        "1 while this placement replica knows a leader of its raft group, else 0."
+    )
+    .expect("register")
+});
+
+pub static MEMBERS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "strata_placement_members",
+        "Members of placement's raft group as this replica sees them, by role (voter, learner).",
+        &["role"]
+    )
+    .expect("register")
+});
+
+pub static CHECKPOINTS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "strata_placement_state_checkpoints_total",
+        "Placement state checkpoints written (each lets the raft log be truncated)."
+    )
+    .expect("register")
+});
+
 pub static WINDOWS: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "strata_placement_oracle_windows_persisted_total",
@@ -164,7 +215,8 @@ pub async fn operator<T, E>(
 
 /// Counts one oracle allocation of `count` revisions, after which `next` is the
 /// next revision to hand out.
-pub fn alloc(count: i64, next: i64) {
+pub fn alloc(count: i64, next: i64, began: std::time::Instant) {
+    ALLOC_SECONDS.observe(began.elapsed().as_secs_f64());
     ALLOCATIONS.inc();
     REVISIONS.inc_by(count.max(0) as u64);
     BATCH_SIZE.observe(count as f64);
@@ -184,6 +236,12 @@ pub static PLACEMENT_METHODS: &[GrpcMethod] = &[
     ("strata.Placement", "LeaseKeepAlive", false),
     ("strata.Placement", "LeaseTimeToLive", false),
     ("strata.Placement", "LeaseList", false),
+    ("strata.Placement", "Raft", true),
+    ("strata.Placement", "Members", false),
+    ("strata.Placement", "AddMember", false),
+    ("strata.Placement", "RemoveMember", false),
+    ("strata.Placement", "RouterHeartbeat", false),
+    ("strata.Placement", "ListRouters", false),
 ];
 
 /// `strata_placement_grpc_requests_total{service,method,code}` and
@@ -218,10 +276,23 @@ pub fn init() {
     ] {
         LazyLock::force(g);
     }
-    for c in [&ALLOCATIONS, &REVISIONS, &WINDOWS] {
+    for c in [
+        &ALLOCATIONS,
+        &REVISIONS,
+        &WINDOWS,
+        &LEADER_CHANGES,
+        &CHECKPOINTS,
+    ] {
         LazyLock::force(c);
     }
+    for g in [&IS_LEADER, &HAS_LEADER] {
+        LazyLock::force(g);
+    }
+    for role in ["voter", "learner"] {
+        MEMBERS.with_label_values(&[role]);
+    }
     LazyLock::force(&BATCH_SIZE);
+    LazyLock::force(&ALLOC_SECONDS);
     for kind in OPERATOR_KINDS {
         for outcome in ["success", "failure"] {
             OPERATORS.with_label_values(&[kind, outcome]);
@@ -231,6 +302,32 @@ pub fn init() {
 
 /// Refreshes the gauges computed from placement's state (runs before each scrape).
 fn refresh(svc: &PlacementService) {
+    let serving = svc.serving().is_ok();
+    let lead = svc.rep.leadership();
+    IS_LEADER.set(serving as i64);
+    HAS_LEADER.set((lead.leader_id != 0) as i64);
+    MEMBERS
+        .with_label_values(&["voter"])
+        .set(lead.voters as i64);
+    MEMBERS
+        .with_label_values(&["learner"])
+        .set(lead.learners as i64);
+    if !serving {
+        // The cluster gauges come from the leader's view (followers hold no
+        // heartbeats): 0 here, so sums and maxima over replicas stay right.
+        for g in [
+            &RANGES,
+            &UNDER_REPLICATED,
+            &UNAVAILABLE,
+            &LEADERLESS,
+            &REPLICAS_MISSING,
+        ] {
+            g.set(0);
+        }
+        NODES.with_label_values(&["up"]).set(0);
+        NODES.with_label_values(&["down"]).set(0);
+        return;
+    }
     let up: std::collections::HashSet<u64> = svc
         .last_seen
         .lock()

@@ -34,8 +34,11 @@ pub async fn run(svc: Arc<PlacementService>, node_down_after: Duration, max_ops:
     let mut settled: Option<((u64, u64), Vec<NodeView>)> = None;
     loop {
         iv.tick().await;
-        // Give nodes a chance to heartbeat after a placement restart.
-        if started.elapsed() < NODE_UP_WINDOW {
+        // Only the serving leader schedules, and it gives nodes a chance to
+        // heartbeat after a restart or a failover first.
+        if started.elapsed() < NODE_UP_WINDOW
+            || svc.serving_for().is_none_or(|d| d < NODE_UP_WINDOW)
+        {
             continue;
         }
         recent.retain(|_, t| t.elapsed() < OP_COOLDOWN);

@@ -7,6 +7,19 @@
 //! would pass `i64::MAX` is refused with InvalidArgument and changes nothing.
 //! `next` only ever grows, so no revision is handed out twice and none goes
 //! back.
+//!
+//! # Across leaders
+//! Only a serving leader answers (`replica/lead.rs`: leader, holding its
+//! lease, its term's first entry applied). Each leader hands out revisions
+//! only below a high-water mark it committed through the raft log *before*
+//! handing out any revision under it. A new leader, once it serves, has
+//! applied every committed entry — every window any earlier leader handed
+//! revisions out of — and starts at the committed high-water mark, above all
+//! of them: no revision repeats. No earlier leader answers any more by then
+//! (its lease ended before a new leader could be elected), and each answer
+//! is checked against the lease after it is computed: so every revision a
+//! new leader hands out comes after, in real time, every one an old leader
+//! did — none goes back, `alloc(0)` included.
 
 use tonic::Status;
 
@@ -16,6 +29,8 @@ use crate::state::{Command, ORACLE_WINDOW};
 pub struct Oracle {
     /// The next revision to hand out (revisions start at 1).
     pub next: i64,
+    /// The leader term `next` was set up in (0: never).
+    pub term: u64,
     /// The start of the last allocation of n > 0 (for the planted bug
     /// `plant_reuse_revision` only).
     pub last_start: Option<i64>,
@@ -46,13 +61,28 @@ pub fn window_after(end: i64) -> i64 {
 }
 
 impl PlacementService {
-    pub async fn alloc(&self, count: u64) -> Result<i64, Status> {
+    /// The oracle, set up for this leader's term: a new term starts at the
+    /// committed high-water mark.
+    async fn oracle_in(&self, term: u64) -> tokio::sync::MutexGuard<'_, Oracle> {
         let mut o = self.oracle.lock().await;
+        if o.term != term {
+            let hw = self.rep.state().oracle_high_water;
+            o.next = o.next.max(hw).max(1);
+            o.term = term;
+            o.last_start = None;
+        }
+        o
+    }
+
+    pub async fn alloc(&self, count: u64) -> Result<i64, Status> {
+        let began = std::time::Instant::now();
+        let term = self.serving()?;
+        let mut o = self.oracle_in(term).await;
         let end = o.end_of(count)?;
         if count > 0 && crate::failpoint::on("plant_reuse_revision") {
             // Planted bug: the previous allocation's revisions again.
             if let Some(start) = o.last_start {
-                crate::metrics::alloc(count as i64, o.next);
+                crate::metrics::alloc(count as i64, o.next, began);
                 return Ok(start);
             }
         }
@@ -65,19 +95,28 @@ impl PlacementService {
                 .propose(Command::OracleWindow { high_water })
                 .await?;
         }
+        // Still the serving leader of the same term, now that the answer is
+        // known: no newer leader can have handed out anything yet.
+        if self.serving()? != term {
+            return Err(strata_proto::errors::placement_not_leader(
+                self.rep.id(),
+                None,
+            ));
+        }
         let start = o.next;
         o.next = end;
         if count > 0 {
             o.last_start = Some(start);
         }
-        crate::metrics::alloc(count as i64, o.next);
+        crate::metrics::alloc(count as i64, o.next, began);
         Ok(start)
     }
 
     /// Refuses to compact at a revision not handed out yet (`ErrFutureRev`):
     /// a compaction record above every revision would refuse every read.
     pub async fn check_compact(&self, revision: i64) -> Result<(), Status> {
-        if revision >= self.oracle.lock().await.next {
+        let term = self.serving()?;
+        if revision >= self.oracle_in(term).await.next {
             return Err(strata_proto::errors::future_rev());
         }
         Ok(())

@@ -36,7 +36,8 @@ impl Routers {
                 "strata: router announcement too large",
             ));
         }
-        self.seen.retain(|_, (_, t)| now.duration_since(*t) < ROUTER_TTL);
+        self.seen
+            .retain(|_, (_, t)| now.duration_since(*t) < ROUTER_TTL);
         if !self.seen.contains_key(&r.id) && self.seen.len() >= MAX_ROUTERS {
             return Err(Status::resource_exhausted("strata: too many routers"));
         }

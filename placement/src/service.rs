@@ -39,6 +39,8 @@ pub struct PlacementService {
     pub hosting: Mutex<Hosting>,
     /// Lease id → deadline (leader-local, reset on restart as in etcd).
     pub lease_deadlines: Mutex<HashMap<i64, Instant>>,
+    /// The term this replica last served in, and since when.
+    served_term: Mutex<(u64, Instant)>,
     /// Routers that announced themselves (leader-local soft state).
     pub routers: Mutex<crate::routers::Routers>,
     /// Bumped whenever a range's leader hint names another node.
@@ -52,19 +54,11 @@ pub struct PlacementService {
 
 impl PlacementService {
     pub fn new(rep: Replicated, replicas: usize) -> Arc<Self> {
-        // A restarted oracle starts above the last persisted window.
-        let hw = rep.state().oracle_high_water;
-        let now = Instant::now();
-        let leases = rep
-            .state()
-            .leases
-            .iter()
-            .map(|(&id, &ttl)| (id, now + Duration::from_secs(ttl as u64)))
-            .collect();
         Arc::new(Self {
             oracle: tokio::sync::Mutex::new(Oracle {
-                next: hw.max(1),
+                next: 1,
                 last_start: None,
+                term: 0,
             }),
             rep,
             replicas,
@@ -72,12 +66,66 @@ impl PlacementService {
             last_seen: Mutex::new(HashMap::new()),
             stats: Mutex::new(HashMap::new()),
             hosting: Mutex::new(Hosting::default()),
-            lease_deadlines: Mutex::new(leases),
+            lease_deadlines: Mutex::new(HashMap::new()),
             routers: Mutex::default(),
+            served_term: Mutex::new((0, Instant::now())),
             leader_version: Default::default(),
             stats_version: Default::default(),
             nonce: rand::random(),
         })
+    }
+
+    /// The term in which this replica serves, or the refusal placement
+    /// clients follow to the leader. Every RPC (but the group's own and
+    /// `Members`) and every leader-only loop (lease expiry, the scheduler)
+    /// asks first.
+    pub fn serving(&self) -> Result<u64, Status> {
+        let term = self.rep.serving()?;
+        let mut served = self.served_term.lock();
+        if served.0 != term {
+            self.promote(term);
+            *served = (term, Instant::now());
+        }
+        Ok(term)
+    }
+
+    /// How long this replica has served in its current term.
+    pub fn serving_for(&self) -> Option<Duration> {
+        let term = self.serving().ok()?;
+        let served = self.served_term.lock();
+        (served.0 == term).then(|| served.1.elapsed())
+    }
+
+    /// A new term of leadership: what earlier leaders kept in memory is
+    /// rebuilt. Nodes count as up (they heartbeat ten times a second, so the
+    /// dead are down again after `--node-down-after`); leader hints, stats and
+    /// hosting are learned from the next heartbeats; every lease gets its
+    /// whole TTL again from now, as etcd's lessor does when a member is
+    /// promoted (a lease is never expired early by a failover — at worst it
+    /// lives up to one TTL longer than it would have).
+    fn promote(&self, term: u64) {
+        // Lock order: state, then last_seen, leaders, stats, hosting.
+        let st = self.rep.state();
+        let now = Instant::now();
+        *self.last_seen.lock() = st.nodes.keys().map(|&id| (id, now)).collect();
+        self.leaders.lock().clear();
+        self.stats.lock().clear();
+        *self.hosting.lock() = Hosting::default();
+        *self.lease_deadlines.lock() = st
+            .leases
+            .iter()
+            .map(|(&id, &ttl)| (id, now + Duration::from_secs(ttl.max(0) as u64)))
+            .collect();
+        *self.routers.lock() = Default::default();
+        drop(st);
+        self.leader_version
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        crate::metrics::LEADER_CHANGES.inc();
+        tracing::info!(
+            term,
+            replica = self.rep.id(),
+            "placement replica leads and serves"
+        );
     }
 
     /// What `GetRanges` calls its version: changes whenever anything a router
@@ -109,11 +157,6 @@ impl PlacementService {
             self.stats_version
                 .load(std::sync::atomic::Ordering::Acquire),
         )
-    }
-
-    /// Ok while this replica leads and may serve (temporary: always).
-    pub fn serving(&self) -> Result<u64, Status> {
-        Ok(0)
     }
 
     pub(crate) fn leader_of(&self, range_id: u64) -> u64 {
@@ -152,6 +195,7 @@ impl Placement for Svc {
         &self,
         req: Request<RegisterNodeRequest>,
     ) -> Result<Response<RegisterNodeResponse>, Status> {
+        self.0.serving()?;
         let r = req.into_inner();
         if r.addr.is_empty() {
             return Err(Status::invalid_argument("strata: node address is required"));
@@ -181,6 +225,7 @@ impl Placement for Svc {
         &self,
         req: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
+        self.0.serving()?;
         let r = req.into_inner();
         self.0.last_seen.lock().insert(r.node_id, Instant::now());
         self.0.hosting.lock().report(
@@ -277,6 +322,7 @@ impl Placement for Svc {
         &self,
         req: Request<GetRangesRequest>,
     ) -> Result<Response<GetRangesResponse>, Status> {
+        self.0.serving()?;
         let st = self.0.rep.state();
         let version = self.0.routing_version(st.routing_version);
         if req.get_ref().known_version == version {
@@ -307,6 +353,7 @@ impl Placement for Svc {
     }
 
     async fn alloc(&self, req: Request<AllocRequest>) -> Result<Response<AllocResponse>, Status> {
+        self.0.serving()?;
         let start = self.0.alloc(req.into_inner().count).await?;
         Ok(Response::new(AllocResponse { start }))
     }
@@ -315,6 +362,7 @@ impl Placement for Svc {
         &self,
         req: Request<AllocIdsRequest>,
     ) -> Result<Response<AllocIdsResponse>, Status> {
+        self.0.serving()?;
         let r = req.into_inner();
         for (what, n) in [("range", r.ranges), ("peer", r.peers)] {
             if n > MAX_ALLOC_IDS {
@@ -346,6 +394,7 @@ impl Placement for Svc {
         &self,
         req: Request<CompactRequest>,
     ) -> Result<Response<CompactResponse>, Status> {
+        self.0.serving()?;
         let rev = req.into_inner().revision;
         self.0.check_compact(rev).await?;
         match self
@@ -365,6 +414,7 @@ impl Placement for Svc {
         &self,
         req: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
+        self.0.serving()?;
         let r = req.into_inner();
         Ok(Response::new(self.0.grant(r.id, r.ttl).await?))
     }
@@ -373,6 +423,7 @@ impl Placement for Svc {
         &self,
         req: Request<LeaseIdRequest>,
     ) -> Result<Response<LeaseInfo>, Status> {
+        self.0.serving()?;
         let id = req.into_inner().id;
         self.0.revoke(id).await?;
         Ok(Response::new(LeaseInfo {
@@ -387,6 +438,7 @@ impl Placement for Svc {
         &self,
         req: Request<LeaseIdRequest>,
     ) -> Result<Response<LeaseInfo>, Status> {
+        self.0.serving()?;
         Ok(Response::new(self.0.keep_alive(req.into_inner().id).await?))
     }
 
@@ -394,6 +446,7 @@ impl Placement for Svc {
         &self,
         req: Request<LeaseIdRequest>,
     ) -> Result<Response<LeaseInfo>, Status> {
+        self.0.serving()?;
         Ok(Response::new(self.0.lease_info(req.into_inner().id)))
     }
 
@@ -401,6 +454,7 @@ impl Placement for Svc {
         &self,
         _: Request<LeaseListRequest>,
     ) -> Result<Response<LeaseListResponse>, Status> {
+        self.0.serving()?;
         let ids = self.0.rep.state().leases.keys().copied().collect();
         Ok(Response::new(LeaseListResponse { ids }))
     }
@@ -417,7 +471,7 @@ impl Placement for Svc {
         &self,
         _: Request<MembersRequest>,
     ) -> Result<Response<MembersResponse>, Status> {
-        Ok(Response::new(self.0.rep.members()))
+        Ok(Response::new(self.0.rep.members().await?))
     }
 
     async fn add_member(
@@ -425,10 +479,16 @@ impl Placement for Svc {
         req: Request<AddMemberRequest>,
     ) -> Result<Response<AddMemberResponse>, Status> {
         let r = req.into_inner();
-        let id = self.0.rep.add_member(r.id, r.addr).await?;
+        let id = self.0.rep.add_member(r.addr).await?;
+        if r.id != 0 && r.id != id {
+            return Err(Status::invalid_argument(format!(
+                "strata: that address is placement replica {id}, not {}",
+                r.id
+            )));
+        }
         Ok(Response::new(AddMemberResponse {
             id,
-            members: self.0.rep.members().members,
+            members: self.0.rep.members().await?.members,
         }))
     }
 
@@ -437,7 +497,7 @@ impl Placement for Svc {
         req: Request<RemoveMemberRequest>,
     ) -> Result<Response<MembersResponse>, Status> {
         self.0.rep.remove_member(req.into_inner().id).await?;
-        Ok(Response::new(self.0.rep.members()))
+        Ok(Response::new(self.0.rep.members().await?))
     }
 
     async fn router_heartbeat(
@@ -511,10 +571,19 @@ pub(crate) mod tests {
     /// oracle high-water mark is `high_water` (no network, no expiry loop).
     pub(crate) async fn service(dir: &tempfile::TempDir, high_water: i64) -> Arc<PlacementService> {
         let db = strata_node::engine::open_db(dir.path()).expect("open db");
-        let rep = Replicated::open(db).expect("open raft group");
-        rep.propose(Command::OracleWindow { high_water })
+        let cfg = crate::replica::ReplicaConfig {
+            id: 1,
+            addr: "127.0.0.1:1".into(),
+            peers: vec![(1, "127.0.0.1:1".into())],
+            voters: vec![1],
+        };
+        let rep = Replicated::open(db, cfg).expect("open raft group");
+        rep.wait_serving(Duration::from_secs(10))
             .await
             .expect("raft group started");
+        rep.propose(Command::OracleWindow { high_water })
+            .await
+            .expect("window");
         PlacementService::new(rep, 1)
     }
 }

@@ -39,6 +39,11 @@ pub enum Command {
     UpdateRange {
         range: StoredRange,
     },
+    /// Addresses of placement replicas the state lacks (the initial members,
+    /// known from `--peers`); members added later carry theirs.
+    MemberAddrs {
+        addrs: Vec<(u64, String)>,
+    },
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -78,7 +83,9 @@ impl StoredRange {
     }
 }
 
-#[derive(Default, Debug, Clone)]
+/// Checkpointed as JSON (`replica/raft_loop.rs`) and sent to followers as a
+/// raft snapshot; fields added later need `#[serde(default)]`.
+#[derive(Default, Debug, Clone, Serialize, Deserialize)]
 pub struct State {
     pub nodes: BTreeMap<u64, String>,
     pub ranges: BTreeMap<u64, StoredRange>,
@@ -94,6 +101,12 @@ pub struct State {
     /// ranges, the compaction revision); lets `GetRanges` answer "unchanged".
     /// Derived, not part of the replicated state's meaning.
     pub routing_version: u64,
+    /// Placement replicas (raft ids) → their addresses.
+    #[serde(default)]
+    pub members: BTreeMap<u64, String>,
+    /// The largest placement replica id ever used (ids are never reused).
+    #[serde(default)]
+    pub last_member_id: u64,
 }
 
 /// What applying a command answers.
@@ -140,6 +153,18 @@ impl StoredRange {
 }
 
 impl State {
+    /// A membership change added replica `id` (at `addr`, when known).
+    pub fn member_added(&mut self, id: u64, addr: Option<String>) {
+        if let Some(a) = addr {
+            self.members.insert(id, a);
+        }
+        self.last_member_id = self.last_member_id.max(id);
+    }
+
+    pub fn member_removed(&mut self, id: u64) {
+        self.members.remove(&id);
+    }
+
     pub fn apply(&mut self, cmd: &Command) -> Outcome {
         if matches!(
             cmd,
@@ -246,6 +271,13 @@ impl State {
                 self.last_range_id = last_range;
                 self.next_peer_id = last_peer;
                 out
+            }
+            Command::MemberAddrs { addrs } => {
+                for (id, addr) in addrs {
+                    self.members.entry(*id).or_insert_with(|| addr.clone());
+                    self.last_member_id = self.last_member_id.max(*id);
+                }
+                Outcome::Ok
             }
             Command::UpdateRange { range } => {
                 let newer = match self.ranges.get(&range.id) {

@@ -67,6 +67,11 @@ impl Background {
         }
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// The process's exit status, once it exited.
     pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
         self.child
