@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
-use crate::strata::placement_client::PlacementClient;
+pub use crate::placement_client::{placement_client, PlacementConn};
 use crate::strata::AllocRequest;
 
 const QUEUE_CAP: usize = 65_536;
@@ -36,7 +36,7 @@ pub struct Oracle {
 }
 
 impl Oracle {
-    pub fn new(placement: PlacementClient<tonic::transport::Channel>) -> Self {
+    pub fn new(placement: PlacementConn) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE_CAP);
         tokio::spawn(run(placement, rx));
         Self { tx }
@@ -62,10 +62,7 @@ impl Oracle {
     }
 }
 
-async fn run(
-    mut client: PlacementClient<tonic::transport::Channel>,
-    mut rx: mpsc::Receiver<Waiter>,
-) {
+async fn run(mut client: PlacementConn, mut rx: mpsc::Receiver<Waiter>) {
     // A waiter that did not fit into the previous RPC's batch.
     let mut carried: Option<Waiter> = None;
     loop {
@@ -176,15 +173,6 @@ fn hand_out(start: i64, counts: &[u64]) -> Result<Vec<i64>, Status> {
             }
         })
         .collect())
-}
-
-/// Connects lazily to a placement address (`host:port`).
-pub fn placement_client(addr: &str) -> Result<PlacementClient<tonic::transport::Channel>, Status> {
-    let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| Status::invalid_argument(format!("bad placement address {addr}: {e}")))?
-        .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true);
-    Ok(PlacementClient::new(ep.connect_lazy()))
 }
 
 #[cfg(test)]
