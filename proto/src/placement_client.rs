@@ -101,6 +101,29 @@ fn check_addr(addr: &str) -> Result<(), Status> {
     }
 }
 
+/// The addresses of the comma-separated list `addrs` (`HOST:PORT[,HOST:PORT...]`),
+/// each checked, without repeats, at most [`MAX_ADDRS`].
+pub fn parse_addrs(addrs: &str) -> Result<Vec<String>, Status> {
+    let mut list: Vec<String> = Vec::new();
+    for addr in addrs.split(',').map(str::trim) {
+        if addr.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "bad placement address list {addrs:?}: expected HOST:PORT[,HOST:PORT...]"
+            )));
+        }
+        check_addr(addr)?;
+        if !list.iter().any(|a| a == addr) {
+            list.push(addr.to_string());
+        }
+    }
+    if list.len() > MAX_ADDRS {
+        return Err(Status::invalid_argument(format!(
+            "too many placement addresses (at most {MAX_ADDRS})"
+        )));
+    }
+    Ok(list)
+}
+
 /// A lazily connected channel to `addr` (checked).
 fn connect(addr: &str) -> Result<Channel, Status> {
     check_addr(addr)?;
@@ -116,24 +139,11 @@ impl FailoverChannel {
     /// most [`MAX_ADDRS`]); the first is believed to lead. Connects lazily,
     /// but needs a tokio runtime.
     pub fn new(addrs: &str) -> Result<Self, Status> {
-        let mut list: Vec<Replica> = Vec::new();
-        for addr in addrs.split(',').map(str::trim) {
-            if addr.is_empty() {
-                return Err(Status::invalid_argument(format!(
-                    "bad placement address list {addrs:?}: expected HOST:PORT[,HOST:PORT...]"
-                )));
-            }
-            if list.iter().any(|r| r.addr == addr) {
-                continue;
-            }
-            if list.len() == MAX_ADDRS {
-                return Err(Status::invalid_argument(format!(
-                    "too many placement addresses (at most {MAX_ADDRS})"
-                )));
-            }
+        let mut list = Vec::new();
+        for addr in parse_addrs(addrs)? {
             list.push(Replica {
-                addr: addr.to_string(),
-                channel: connect(addr)?,
+                channel: connect(&addr)?,
+                addr,
                 given: true,
             });
         }
