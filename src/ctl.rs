@@ -3,8 +3,8 @@
 //! `strata ctl ranges` lists every range (its keys, epoch, replicas, leader and
 //! stats) and `strata ctl nodes` every storage node, both from one `GetRanges` call
 //! to placement: an aligned table by default, JSON lines with `--json`. Placement is
-//! found from `--placement ADDR`, else from the `dev.json` that `strata dev` writes
-//! in its data directory.
+//! found from `--placement ADDR[,ADDR...]`, else from the `dev.json` that `strata
+//! dev` writes in its data directory.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -32,7 +32,8 @@ object per range or node (the first range starts at \"\", the last ends at \"\")
 Keys are shown as UTF-8 when printable, otherwise escaped (\\\\ for a backslash,
 \\xNN for other bytes); the JSON also carries their exact bytes in hex.
 
-Placement is found from --placement HOST:PORT, else from DIR/dev.json (written by
+Placement is found from --placement HOST:PORT[,HOST:PORT...] (any of its
+replicas; requests follow its leader), else from DIR/dev.json (written by
 `strata dev --data-dir DIR`), DIR defaulting to ./strata-data.";
 
 const CTL_AFTER_HELP: &str = "\
@@ -48,9 +49,9 @@ pub struct CtlArgs {
     #[command(subcommand)]
     command: CtlCommand,
 
-    /// Address (HOST:PORT) of the placement service to ask; takes precedence over
-    /// --data-dir.
-    #[arg(long, global = true, value_name = "ADDR")]
+    /// Address (HOST:PORT) of the placement service to ask, or a comma-separated list
+    /// of its replicas' addresses; takes precedence over --data-dir.
+    #[arg(long, global = true, value_name = "ADDR[,ADDR...]")]
     placement: Option<String>,
 
     /// Data directory of a `strata dev` cluster: placement's address is read from
@@ -138,7 +139,7 @@ async fn run(args: &CtlArgs) -> anyhow::Result<String> {
 /// Placement's address and where it came from (for error messages).
 #[derive(Debug, PartialEq, Eq)]
 struct Target {
-    /// `HOST:PORT`.
+    /// `HOST:PORT[,HOST:PORT...]`.
     addr: String,
     /// "--placement" or "DIR/dev.json".
     from: String,
@@ -146,8 +147,11 @@ struct Target {
 
 fn find_placement(flag: Option<&str>, data_dir: &Path) -> anyhow::Result<Target> {
     if let Some(addr) = flag {
-        let addr = addr.trim();
-        let addr = addr.strip_prefix("http://").unwrap_or(addr);
+        let addr = addr
+            .split(',')
+            .map(|a| a.trim().strip_prefix("http://").unwrap_or(a.trim()))
+            .collect::<Vec<_>>()
+            .join(",");
         if addr.is_empty() {
             bail!("--placement is empty: give placement's address as HOST:PORT");
         }
@@ -198,7 +202,9 @@ const GRPC_UNAVAILABLE: i32 = 14;
 async fn get_ranges(target: &Target, timeout: Duration) -> anyhow::Result<GetRangesResponse> {
     let Target { addr, from } = target;
     let mut client = strata_proto::oracle::placement_client(addr).map_err(|_| {
-        anyhow!("invalid placement address {addr:?} (from {from}): expected HOST:PORT")
+        anyhow!(
+            "invalid placement address {addr:?} (from {from}): expected HOST:PORT[,HOST:PORT...]"
+        )
     })?;
     let unreachable = |why: String| {
         let hint = if from == "--placement" {
@@ -208,7 +214,11 @@ async fn get_ranges(target: &Target, timeout: Duration) -> anyhow::Result<GetRan
         };
         anyhow!("cannot reach placement at {addr} (from {from}): {why}; {hint}")
     };
-    match tokio::time::timeout(timeout, client.get_ranges(GetRangesRequest::default())).await {
+    // Retried within the request's timeout, then answers why; the outer bound guards a hang.
+    let mut req = tonic::Request::new(GetRangesRequest::default());
+    req.set_timeout(timeout);
+    let bound = timeout + Duration::from_secs(2);
+    match tokio::time::timeout(bound, client.get_ranges(req)).await {
         Ok(Ok(resp)) => Ok(resp.into_inner()),
         Ok(Err(status)) => {
             // The transport error behind an `Unavailable` says why (refused, timed out).

@@ -10,8 +10,15 @@ pub struct NodeConfig {
     /// Address to serve the internal gRPC API (raft transport, routed KV, feeds) on.
     #[arg(long, default_value = "127.0.0.1:7000")]
     pub listen: SocketAddr,
-    /// Placement service address (host:port).
-    #[arg(long, default_value = "127.0.0.1:7100")]
+    /// Placement service addresses: a comma-separated list of placement's
+    /// replicas (HOST:PORT[,HOST:PORT...]); requests follow its leader from any
+    /// of them.
+    #[arg(
+        long,
+        value_name = "HOST:PORT[,HOST:PORT...]",
+        default_value = "127.0.0.1:7100",
+        value_parser = placement_addrs
+    )]
     pub placement: String,
     /// Address to serve Prometheus /metrics, /health and /ready on (optional).
     #[arg(long)]
@@ -37,4 +44,11 @@ pub struct NodeConfig {
     /// further behind catches up from a snapshot.
     #[arg(long, default_value_t = 5000)]
     pub raft_log_keep_entries: u64,
+}
+
+/// Checks a `--placement` list (see `strata_proto::placement_client::parse_addrs`).
+fn placement_addrs(s: &str) -> Result<String, String> {
+    strata_proto::placement_client::parse_addrs(s)
+        .map(|_| s.to_string())
+        .map_err(|e| e.message().to_string())
 }

@@ -259,9 +259,7 @@ pub async fn run_with(cfg: NodeConfig, net: RaftNet) -> anyhow::Result<NodeHandl
 /// must host.
 async fn heartbeat(
     node_id: u64,
-    mut placement: strata_proto::strata::placement_client::PlacementClient<
-        tonic::transport::Channel,
-    >,
+    mut placement: strata_proto::oracle::PlacementConn,
     ranges: Ranges,
     addrs: Arc<DashMap<u64, String>>,
     store: mpsc::Sender<StoreMsg>,

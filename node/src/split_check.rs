@@ -7,10 +7,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use prost::Message as _;
-use strata_proto::strata::placement_client::PlacementClient;
+use strata_proto::oracle::PlacementConn;
 use strata_proto::strata::{AllocIdsRequest, KvKind, Peer, SplitCommand};
 use tokio::sync::oneshot;
-use tonic::transport::Channel;
 
 use crate::error::NodeResult;
 use crate::mvcc::Mvcc;
@@ -22,7 +21,7 @@ const CHECK_EVERY: Duration = Duration::from_millis(500);
 pub struct SplitChecker {
     pub ranges: Ranges,
     pub mvcc: Mvcc,
-    pub placement: PlacementClient<Channel>,
+    pub placement: PlacementConn,
     pub sequencers: Sequencers,
     pub max_keys: u64,
     pub max_bytes: u64,
@@ -108,7 +107,7 @@ impl SplitChecker {
 /// range's ids, then proposes the split and waits (bounded) until it applied
 /// here. The caller checked that the key is inside the range.
 pub async fn propose_split(
-    placement: &PlacementClient<Channel>,
+    placement: &PlacementConn,
     sequencers: &Sequencers,
     r: &crate::store::RangeShared,
     split_key: Vec<u8>,

@@ -16,4 +16,5 @@ pub mod errors;
 pub mod etcdutil;
 pub mod failpoint;
 pub mod oracle;
+pub mod placement_client;
 pub mod telemetry;

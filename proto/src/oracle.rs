@@ -11,17 +11,28 @@
 //! asks for more than that either — waiters that would push a batch past it
 //! wait for the next RPC. Every sum of revisions here is checked: an answer
 //! whose range would pass `i64::MAX` fails its waiters instead of wrapping.
+//!
+//! An RPC that failed for want of placement (Unavailable, a deadline, a
+//! transport error) is retried with the same count for up to [`RETRY_FOR`]:
+//! an allocation that ran but whose answer was lost only leaves a gap, which
+//! revisions may have. So a placement leader failover delays writes instead
+//! of failing them. Any other error (InvalidArgument, ...) fails the batch.
 
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
-use tonic::Status;
+use tokio::time::Instant;
+use tonic::{Code, Status};
 
-use crate::strata::placement_client::PlacementClient;
+pub use crate::placement_client::{placement_client, PlacementConn};
 use crate::strata::AllocRequest;
 
 const QUEUE_CAP: usize = 65_536;
 const RPC_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one batch's RPC is retried (a placement leader failover takes 1–3 s).
+pub const RETRY_FOR: Duration = Duration::from_secs(4);
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_millis(400);
 
 /// The most revisions one `alloc` call (and one oracle RPC) may ask for.
 /// Placement refuses a larger count with InvalidArgument; a range's write
@@ -36,7 +47,7 @@ pub struct Oracle {
 }
 
 impl Oracle {
-    pub fn new(placement: PlacementClient<tonic::transport::Channel>) -> Self {
+    pub fn new(placement: PlacementConn) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE_CAP);
         tokio::spawn(run(placement, rx));
         Self { tx }
@@ -62,10 +73,7 @@ impl Oracle {
     }
 }
 
-async fn run(
-    mut client: PlacementClient<tonic::transport::Channel>,
-    mut rx: mpsc::Receiver<Waiter>,
-) {
+async fn run(mut client: PlacementConn, mut rx: mpsc::Receiver<Waiter>) {
     // A waiter that did not fit into the previous RPC's batch.
     let mut carried: Option<Waiter> = None;
     loop {
@@ -79,12 +87,8 @@ async fn run(
         let (waiters, total, carry) = gather(first, &mut rx);
         carried = carry;
         crate::telemetry::ORACLE_BATCH.observe(waiters.len() as f64);
-        let mut req = tonic::Request::new(AllocRequest { count: total });
-        req.set_timeout(RPC_TIMEOUT);
-        match client.alloc(req).await {
-            Ok(resp) => {
-                crate::telemetry::oracle_rpc_done(true);
-                let start = resp.into_inner().start;
+        match alloc_rpc(&mut client, total).await {
+            Ok(start) => {
                 let counts: Vec<u64> = waiters.iter().map(|w| w.0).collect();
                 match hand_out(start, &counts) {
                     Ok(starts) => {
@@ -101,7 +105,6 @@ async fn run(
                 }
             }
             Err(e) => {
-                crate::telemetry::oracle_rpc_done(false);
                 let st = Status::unavailable(format!(
                     "strata: revision oracle unavailable: {}",
                     e.message()
@@ -113,6 +116,41 @@ async fn run(
             }
         }
     }
+}
+
+/// One batch's RPC for `total` revisions, retried while placement is
+/// unavailable, for up to [`RETRY_FOR`]. Returns the allocation's start.
+async fn alloc_rpc(client: &mut PlacementConn, total: u64) -> Result<i64, Status> {
+    let give_up = Instant::now() + RETRY_FOR;
+    let mut backoff = RETRY_FIRST;
+    loop {
+        let left = give_up.saturating_duration_since(Instant::now());
+        let mut req = tonic::Request::new(AllocRequest { count: total });
+        req.set_timeout(RPC_TIMEOUT.min(left.max(Duration::from_millis(200))));
+        let err = match client.alloc(req).await {
+            Ok(resp) => {
+                crate::telemetry::oracle_rpc_done(true);
+                return Ok(resp.into_inner().start);
+            }
+            Err(e) => e,
+        };
+        crate::telemetry::oracle_rpc_done(false);
+        if !retryable(&err) || Instant::now() + backoff >= give_up {
+            return Err(err);
+        }
+        tracing::debug!("revision oracle: {}; retrying", err.message());
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(RETRY_MAX);
+    }
+}
+
+/// Did an oracle RPC fail for want of placement (rather than being refused)?
+/// A status with a source was made here from a transport error.
+fn retryable(st: &Status) -> bool {
+    matches!(
+        st.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled
+    ) || std::error::Error::source(st).is_some()
 }
 
 /// Refuses a count above [`MAX_ALLOC_COUNT`] (as placement does).
@@ -178,15 +216,6 @@ fn hand_out(start: i64, counts: &[u64]) -> Result<Vec<i64>, Status> {
         .collect())
 }
 
-/// Connects lazily to a placement address (`host:port`).
-pub fn placement_client(addr: &str) -> Result<PlacementClient<tonic::transport::Channel>, Status> {
-    let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| Status::invalid_argument(format!("bad placement address {addr}: {e}")))?
-        .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true);
-    Ok(PlacementClient::new(ep.connect_lazy()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,6 +246,25 @@ mod tests {
                 "start {start} with counts {counts:?} must be refused"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn unavailable_placement_is_retried_and_refusals_are_not() {
+        use crate::placement_client::fake::serve;
+        use crate::strata::AllocResponse;
+        let flaky = serve(|n| match n {
+            0 | 1 => Err(Status::unavailable("electing")),
+            _ => Ok(AllocResponse { start: 100 }),
+        })
+        .await;
+        let oracle = Oracle::new(placement_client(&flaky.addr).unwrap());
+        assert_eq!(oracle.alloc(5).await.unwrap(), 100);
+        assert_eq!(flaky.calls(), 3);
+
+        let refusing = serve(|_| Err(Status::invalid_argument("no"))).await;
+        let oracle = Oracle::new(placement_client(&refusing.addr).unwrap());
+        assert!(oracle.alloc(5).await.is_err());
+        assert_eq!(refusing.calls(), 1);
     }
 
     #[tokio::test]

@@ -7,8 +7,15 @@ pub struct RouterConfig {
     /// Address clients (etcdctl, etcd client libraries) connect to.
     #[arg(long, default_value = "127.0.0.1:2379")]
     pub listen_client: SocketAddr,
-    /// Placement service address (host:port).
-    #[arg(long, default_value = "127.0.0.1:7100")]
+    /// Placement service addresses: a comma-separated list of placement's
+    /// replicas (HOST:PORT[,HOST:PORT...]); requests follow its leader from any
+    /// of them.
+    #[arg(
+        long,
+        value_name = "HOST:PORT[,HOST:PORT...]",
+        default_value = "127.0.0.1:7100",
+        value_parser = placement_addrs
+    )]
     pub placement: String,
     /// Address to serve Prometheus /metrics, /health and /ready on (optional).
     #[arg(long)]
@@ -42,6 +49,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(n * mult_ms))
 }
 
+/// Checks a `--placement` list (see `strata_proto::placement_client::parse_addrs`).
+fn placement_addrs(s: &str) -> Result<String, String> {
+    strata_proto::placement_client::parse_addrs(s)
+        .map(|_| s.to_string())
+        .map_err(|e| e.message().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,5 +66,14 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
         assert!(parse_duration("x1").is_err());
+    }
+
+    #[test]
+    fn placement_lists() {
+        assert!(placement_addrs("127.0.0.1:7100").is_ok());
+        assert!(placement_addrs("p1:7100,p2:7100, p3:7100").is_ok());
+        for bad in ["", "p1", "p1:7100,", "p1:7100;p2:7100"] {
+            assert!(placement_addrs(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -11,8 +11,8 @@ use dashmap::DashMap;
 use parking_lot::RwLock;
 use strata_proto::errors;
 use strata_proto::etcdutil::KeyRange;
+use strata_proto::oracle::PlacementConn;
 use strata_proto::strata::node_client::NodeClient;
-use strata_proto::strata::placement_client::PlacementClient;
 use strata_proto::strata::{
     GetRangesRequest, KvKind, KvRequest, RangeDescriptor, RouteError, RouteErrorKind,
 };
@@ -107,7 +107,7 @@ impl RangeCache {
 }
 
 pub struct Router {
-    pub placement: PlacementClient<Channel>,
+    pub placement: PlacementConn,
     ranges: RwLock<RangeCache>,
     nodes: RwLock<HashMap<u64, String>>,
     clients: DashMap<u64, NodeClient<Channel>>,
@@ -150,7 +150,7 @@ fn connect_failure(s: &Status) -> bool {
 }
 
 impl Router {
-    pub fn new(placement: PlacementClient<Channel>, request_timeout: Duration) -> Arc<Self> {
+    pub fn new(placement: PlacementConn, request_timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
             placement,
             ranges: RwLock::new(RangeCache::default()),

@@ -11,7 +11,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use strata_proto::strata::placement_client::PlacementClient;
 use strata_proto::strata::{GetRangesRequest, GetRangesResponse};
 
 /// What a component is.
@@ -295,9 +294,9 @@ impl Cluster {
 
     /// Placement's view: ranges, leaders, nodes.
     pub async fn ranges(&self) -> anyhow::Result<GetRangesResponse> {
-        let url = format!("http://{}", self.placement_addr());
+        let mut c = strata_proto::oracle::placement_client(&self.placement_addr())
+            .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
         let fut = async {
-            let mut c = PlacementClient::connect(url).await?;
             anyhow::Ok(
                 c.get_ranges(GetRangesRequest::default())
                     .await?

@@ -52,8 +52,7 @@ pub struct NodeService {
     pub sequencers: Sequencers,
     pub snapshots: Arc<crate::snapshot::SnapshotReceiver>,
     /// For the ids of a range an `Admin` SPLIT creates.
-    pub placement:
-        strata_proto::strata::placement_client::PlacementClient<tonic::transport::Channel>,
+    pub placement: strata_proto::oracle::PlacementConn,
 }
 
 fn route_err(kind: RouteErrorKind, leader_node: u64, msg: &str) -> RouteError {

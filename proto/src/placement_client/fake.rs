@@ -1,0 +1,94 @@
+//! A fake placement replica for tests: a real tonic server on 127.0.0.1:0
+//! whose `Alloc` answers what a closure says (given the call's number, from
+//! 0); every other method is unimplemented.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::strata::placement_server::{Placement, PlacementServer};
+use crate::strata::*;
+
+type Answer = Box<dyn Fn(usize) -> Result<AllocResponse, Status> + Send + Sync>;
+
+struct Fake {
+    calls: Arc<AtomicUsize>,
+    answer: Answer,
+}
+
+/// A running fake: its address and how many `Alloc` calls it got.
+pub(crate) struct Served {
+    pub addr: String,
+    pub calls: Arc<AtomicUsize>,
+}
+
+impl Served {
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+/// Serves a fake whose `Alloc` answers `answer(call number)`, until the test
+/// ends.
+pub(crate) async fn serve(
+    answer: impl Fn(usize) -> Result<AllocResponse, Status> + Send + Sync + 'static,
+) -> Served {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let fake = Fake {
+        calls: calls.clone(),
+        answer: Box::new(answer),
+    };
+    let server = tonic::transport::Server::builder()
+        .add_service(PlacementServer::new(fake))
+        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
+    tokio::spawn(server);
+    Served { addr, calls }
+}
+
+/// An address nothing listens on (bound, then closed).
+pub(crate) fn dead_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+macro_rules! unimplemented_rest {
+    ($($name:ident($req:ty) -> $resp:ty;)*) => {
+        #[tonic::async_trait]
+        impl Placement for Fake {
+            async fn alloc(
+                &self,
+                _req: Request<AllocRequest>,
+            ) -> Result<Response<AllocResponse>, Status> {
+                let n = self.calls.fetch_add(1, Ordering::SeqCst);
+                (self.answer)(n).map(Response::new)
+            }
+            $(
+                async fn $name(&self, _req: Request<$req>) -> Result<Response<$resp>, Status> {
+                    Err(Status::unimplemented("fake placement"))
+                }
+            )*
+        }
+    };
+}
+
+unimplemented_rest! {
+    register_node(RegisterNodeRequest) -> RegisterNodeResponse;
+    heartbeat(HeartbeatRequest) -> HeartbeatResponse;
+    get_ranges(GetRangesRequest) -> GetRangesResponse;
+    alloc_ids(AllocIdsRequest) -> AllocIdsResponse;
+    compact(CompactRequest) -> CompactResponse;
+    lease_grant(LeaseGrantRequest) -> LeaseGrantResponse;
+    lease_revoke(LeaseIdRequest) -> LeaseInfo;
+    lease_keep_alive(LeaseIdRequest) -> LeaseInfo;
+    lease_time_to_live(LeaseIdRequest) -> LeaseInfo;
+    lease_list(LeaseListRequest) -> LeaseListResponse;
+    raft(tonic::Streaming<PlacementRaftMessage>) -> PlacementRaftDone;
+    members(MembersRequest) -> MembersResponse;
+    add_member(AddMemberRequest) -> AddMemberResponse;
+    remove_member(RemoveMemberRequest) -> MembersResponse;
+    router_heartbeat(RouterHeartbeatRequest) -> RouterHeartbeatResponse;
+    list_routers(ListRoutersRequest) -> ListRoutersResponse;
+}
