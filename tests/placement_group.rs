@@ -30,8 +30,17 @@ impl Replica {
             .arg("--data-dir")
             .arg(&self.dir)
             .args(&self.args)
+            .env(
+                "STRATA_FAILPOINTS_FILE",
+                self.dir.with_extension("failpoints"),
+            )
             .env("RUST_LOG", "info");
         self.proc = Some(Background::spawn(cmd));
+    }
+
+    /// Sets this replica's failpoints (the process polls the file).
+    fn failpoints(&self, lines: &str) {
+        std::fs::write(self.dir.with_extension("failpoints"), lines).unwrap();
     }
 
     /// SIGSTOP for `d`, then SIGCONT: a leader that wakes up believing it
@@ -124,9 +133,14 @@ async fn client(addr: &str) -> Option<PlacementClient<Channel>> {
     ep.connect().await.ok().map(PlacementClient::new)
 }
 
-/// Calls `addr` (reads and writes) every 100 ms for `during`, over one
+/// Calls `addr` (reads and writes, or only reads) every `every` for `during`, over one
 /// connection made now, each waiting up to 6 s; returns the answered ones.
-async fn sticky_calls(addr: &str, during: Duration) -> tokio::task::JoinHandle<Vec<Op>> {
+async fn sticky_calls(
+    addr: &str,
+    during: Duration,
+    every: Duration,
+    reads_only: bool,
+) -> tokio::task::JoinHandle<Vec<Op>> {
     let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .timeout(Duration::from_secs(6));
@@ -136,9 +150,9 @@ async fn sticky_calls(addr: &str, during: Duration) -> tokio::task::JoinHandle<V
         let end = Instant::now() + during;
         let mut n = 0u64;
         while Instant::now() < end {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(every).await;
             let mut c = c.clone();
-            let count = n % 2;
+            let count = if reads_only { 0 } else { n % 2 };
             n += 1;
             calls.push(tokio::spawn(async move {
                 let invoked = Instant::now();
@@ -349,7 +363,13 @@ async fn the_oracle_survives_five_leader_kills_without_repeating_or_going_back()
             // A client that sticks to it meanwhile: its calls, made after
             // the new leader answered others, wait in the socket until the
             // old leader wakes up.
-            let sticky = sticky_calls(&r.addr, Duration::from_millis(2500)).await;
+            let sticky = sticky_calls(
+                &r.addr,
+                Duration::from_millis(2500),
+                Duration::from_millis(100),
+                false,
+            )
+            .await;
             let r = &*r;
             tokio::task::block_in_place(|| r.pause(Duration::from_millis(2500)));
             extra.extend(sticky.await.unwrap());
@@ -533,4 +553,72 @@ async fn a_dead_replica_is_replaced_by_a_fresh_one_while_the_oracle_serves() {
     for r in &mut g.replicas {
         r.kill9();
     }
+}
+
+/// A leader cut off from its group (raft messages dropped both ways) while
+/// clients still reach it: it must stop answering before the others elect a
+/// new leader, or an answer of its could fall below one the new leader gave.
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_cut_off_from_its_group_stops_answering_before_a_new_one_serves() {
+    let g = Group::start(3);
+    let addrs = g.addrs();
+    assert!(
+        leader(&addrs, Duration::from_secs(20)).await.is_some(),
+        "no placement leader elected"
+    );
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let running = load(addrs.clone(), 3, stop.clone());
+    let mut sticky_ops = Vec::new();
+    for round in 0..4 {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let id = leader(&addrs, Duration::from_secs(10))
+            .await
+            .expect("a leader");
+        let r = g
+            .replicas
+            .iter()
+            .find(|r| r.id == id)
+            .expect("leader replica");
+        // Reads (`alloc(0)`: answered from memory, no window to persist)
+        // to it alone, every 10 ms, through the cut and after.
+        let sticky = sticky_calls(
+            &r.addr,
+            Duration::from_millis(3500),
+            Duration::from_millis(10),
+            true,
+        )
+        .await;
+        r.failpoints("placement_partition=return\n");
+        eprintln!("round {round}: cut placement leader {id} off its group");
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        r.failpoints("");
+        let answered = sticky.await.unwrap();
+        eprintln!(
+            "  it answered {} calls made to it during the cut",
+            answered.len()
+        );
+        sticky_ops.extend(answered);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ops, errs) = running.await.unwrap();
+    eprintln!(
+        "{} answered allocations, {} failed calls",
+        ops.len(),
+        errs.len()
+    );
+    ops.extend(sticky_ops);
+    let bad = order_violations(&ops);
+    assert!(
+        bad.is_empty(),
+        "{} order violations, first: {:?}",
+        bad.len(),
+        &bad[..bad.len().min(5)]
+    );
+    assert!(
+        errs.is_empty(),
+        "calls failed for 8 s in a row: {:?}",
+        &errs[..errs.len().min(5)]
+    );
 }

@@ -130,7 +130,13 @@ fn connect(addr: &str) -> Result<Channel, Status> {
     let ep = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| Status::invalid_argument(format!("bad placement address {addr:?}: {e}")))?
         .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        // A replica whose host is cut off (not just its process gone) breaks
+        // the connection within 3 s, failing what waits on it, instead of
+        // leaving calls hanging there.
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(Duration::from_secs(2))
+        .keep_alive_while_idle(true);
     Ok(ep.connect_lazy())
 }
 

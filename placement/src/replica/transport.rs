@@ -72,7 +72,7 @@ impl Transport {
 
     /// Queues `msg` for its peer (never blocks the raft thread).
     pub fn send(&mut self, msg: &Message) {
-        if msg.to == self.me || msg.to == 0 {
+        if msg.to == self.me || msg.to == 0 || crate::failpoint::on("placement_partition") {
             return;
         }
         let bytes = match msg.write_to_bytes() {
@@ -175,6 +175,9 @@ async fn connect(addr: &str) -> anyhow::Result<PlacementClient<tonic::transport:
 
 /// Decodes a received raft message; `None` for garbage or one not for `me`.
 pub fn decode(env: &PlacementRaftMessage, me: u64) -> Option<Message> {
+    if crate::failpoint::on("placement_partition") {
+        return None;
+    }
     let m = Message::parse_from_bytes(&env.message).ok()?;
     (m.to == me && m.from == env.from && m.from != 0).then_some(m)
 }
