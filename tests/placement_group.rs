@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::Background;
 use strata_proto::strata::placement_client::PlacementClient;
-use strata_proto::strata::{AllocRequest, MembersRequest, RemoveMemberRequest};
+use strata_proto::strata::{AllocRequest, MembersRequest};
 use tonic::transport::Channel;
 
 /// One placement replica process.
@@ -444,41 +444,24 @@ async fn a_dead_replica_is_replaced_by_a_fresh_one_while_the_oracle_serves() {
         .find(|r| r.id == victim)
         .unwrap()
         .kill9();
-    let mut c = None;
-    for a in &addrs {
-        if let Some(cl) = client(a).await {
-            c = Some(cl);
-            break;
-        }
-    }
-    let mut c = c.expect("a live replica");
-    // Remove it (through any replica: a follower's refusal names the leader).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let addrs_live: Vec<&String> = addrs.iter().collect();
-        let mut done = false;
-        for a in addrs_live {
-            if let Some(mut cl) = client(a).await {
-                if cl
-                    .remove_member(RemoveMemberRequest { id: victim })
-                    .await
-                    .is_ok()
-                {
-                    done = true;
-                    break;
-                }
-            }
-        }
-        if done {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "could not remove replica {victim}"
+    let ctl = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_strata"))
+            .arg("ctl")
+            .args(args)
+            .args(["--placement", &addrs.join(","), "--timeout", "10s"])
+            .output()
+            .unwrap();
+        let (o, e) = (
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // A fresh replica joins through the survivors.
+        assert!(out.status.success(), "strata ctl {args:?} failed: {e}");
+        o
+    };
+    // Remove it (the list starts with the dead one: the client moves on).
+    let out = tokio::task::block_in_place(|| ctl(&["placement", "remove", &victim.to_string()]));
+    eprintln!("{out}");
+    // Add a fresh replica's address, then start it as `add` says.
     let tmp = tempfile::tempdir().unwrap();
     let survivors: Vec<String> = g
         .replicas
@@ -486,11 +469,26 @@ async fn a_dead_replica_is_replaced_by_a_fresh_one_while_the_oracle_serves() {
         .filter(|r| r.id != victim)
         .map(|r| r.addr.clone())
         .collect();
+    let fresh_addr = format!("127.0.0.1:{}", free_port());
+    let out = tokio::task::block_in_place(|| ctl(&["placement", "add", &fresh_addr]));
+    eprintln!("{out}");
+    let id: u64 = out
+        .split("--id ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no id in {out:?}"));
+    assert!(
+        out.contains(&format!("--join {}", survivors.join(","))) || out.contains("--join "),
+        "{out}"
+    );
     let mut fresh = Replica {
-        id: 0,
-        addr: format!("127.0.0.1:{}", free_port()),
+        id,
+        addr: fresh_addr,
         dir: tmp.path().join("fresh"),
         args: vec![
+            "--id".into(),
+            id.to_string(),
             "--join".into(),
             survivors.join(","),
             "--replicas".into(),
@@ -500,6 +498,7 @@ async fn a_dead_replica_is_replaced_by_a_fresh_one_while_the_oracle_serves() {
         proc: None,
     };
     fresh.start();
+    let mut c = client(&survivors[0]).await.expect("a live replica");
     // It becomes a voter once caught up.
     let deadline = Instant::now() + Duration::from_secs(30);
     let members = loop {
