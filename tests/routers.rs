@@ -104,6 +104,15 @@ async fn member_list_lists_every_router() {
     c.restart_router(2);
     let again = wait_members(&mut client1, &urls, Duration::from_secs(5)).await;
     assert_eq!(again, seen[0], "same ids after the restart");
+
+    // Placement unreachable: a router lists itself alone; back, both again.
+    assert_eq!(c.placement_addrs(), [c.placement_addr()]);
+    c.kill_placement(1);
+    let (alone, _) = members(&mut client1).await;
+    assert_eq!(alone.keys().collect::<Vec<_>>(), [&urls[0]], "{alone:?}");
+    c.restart_placement(1);
+    let back = wait_members(&mut client1, &urls, Duration::from_secs(5)).await;
+    assert_eq!(back, seen[0]);
 }
 
 /// What a sequential put+get load saw.
