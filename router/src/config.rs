@@ -26,6 +26,11 @@ pub struct RouterConfig {
     /// Deadline for one client request, retries included.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub request_timeout: Duration,
+    /// URLs clients may reach this router at, comma-separated, as `MemberList`
+    /// lists them (the first also derives its member id) [default: http:// +
+    /// --listen-client].
+    #[arg(long, value_delimiter = ',')]
+    pub advertise_client_urls: Vec<String>,
 }
 
 /// Parses `500ms`, `10s`, `10m` or a plain number of seconds.

@@ -1,6 +1,7 @@
 //! strata-router: a stateless etcd v3 gRPC front end over Strata's ranges.
 //! See ARCHITECTURE.md.
 
+pub mod announce;
 mod config;
 pub mod failpoint;
 pub mod kv;
@@ -37,20 +38,16 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<RouterHandle> {
     let _ = router.refresh().await;
     tokio::spawn(router.clone().refresh_loop());
     let oracle = Oracle::new(placement);
-    // A member id derived from the address, stable across restarts.
-    let member_id = {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        addr.hash(&mut h);
-        h.finish() | 1
-    };
+    let me = announce::Me::new(&cfg.advertise_client_urls, addr);
+    let member_id = me.id;
+    tokio::spawn(announce::run(router.placement.clone(), me.clone()));
     let cluster_id = 0x5354_5241_5441_0001; // "STRATA" 1
     let common = misc::Common {
         router: router.clone(),
         oracle: oracle.clone(),
         member_id,
         cluster_id,
-        client_url: format!("http://{addr}"),
+        me,
     };
     let kv = std::sync::Arc::new(kv::Kv {
         router: router.clone(),

@@ -24,7 +24,8 @@ pub struct Common {
     pub oracle: Oracle,
     pub member_id: u64,
     pub cluster_id: u64,
-    pub client_url: String,
+    /// This router as an etcd member (`MemberList`).
+    pub me: crate::announce::Me,
 }
 
 impl Common {
@@ -188,18 +189,6 @@ impl PbLeaseService for Lease {
 
 pub struct Cluster(pub Common);
 
-impl Cluster {
-    fn member(&self) -> PbMember {
-        PbMember {
-            id: self.0.member_id,
-            name: "strata-router".into(),
-            peer_ur_ls: Vec::new(),
-            client_ur_ls: vec![self.0.client_url.clone()],
-            is_learner: false,
-        }
-    }
-}
-
 fn unimplemented(what: &str) -> Status {
     Status::unimplemented(format!(
         "strata: {what} is not supported; routers and nodes are managed by placement"
@@ -230,9 +219,21 @@ impl PbClusterService for Cluster {
         &self,
         _: Request<PbMemberListRequest>,
     ) -> Result<Response<PbMemberListResponse>, Status> {
+        // Every live router (placement's list), always with this one.
+        let routers = crate::announce::members(&self.0.router.placement, &self.0.me).await;
+        let members = routers
+            .into_iter()
+            .map(|r| PbMember {
+                id: r.id,
+                name: r.name,
+                peer_ur_ls: Vec::new(),
+                client_ur_ls: r.client_urls,
+                is_learner: false,
+            })
+            .collect();
         Ok(Response::new(PbMemberListResponse {
             header: self.0.header().await,
-            members: vec![self.member()],
+            members,
         }))
     }
     async fn member_promote(

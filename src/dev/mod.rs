@@ -1,4 +1,4 @@
-//! `strata dev`: a whole local cluster (placement, N nodes, one router) in one command.
+//! `strata dev`: a whole local cluster (placement replicas, N nodes, routers) in one command.
 //!
 //! Every component runs as a child process of this executable (`strata placement`,
 //! `strata node`, `strata router`), each in its own process group so that a terminal
@@ -9,6 +9,12 @@
 //! This file holds the flags, `dev.json` types and the run loop; `plan.rs` computes
 //! what to start, `setup.rs` checks and writes files, `process.rs` spawns and stops
 //! children, `serving.rs` waits for the cluster to serve.
+//!
+//! The cluster cannot serve without a quorum of placement replicas or without any
+//! router: while starting, `strata dev` gives up (and stops everything) when that
+//! many of them exited; one placement replica or one router of several exiting is
+//! reported and the cluster goes on. Once ready, an exit is reported and the others
+//! keep running (tests kill and restart components through `dev.json`).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -28,7 +34,7 @@ use crate::component::Signals;
 use plan::plan;
 use process::{spawn, stop_all};
 use serving::{report_failure, wait_until_serving};
-use setup::{check_ports, find_on_path, lock_data_dir, write_dev_json};
+use setup::{check_placement_dirs, check_ports, find_on_path, lock_data_dir, write_dev_json};
 
 mod plan;
 mod process;
@@ -45,23 +51,34 @@ const ALERT_RULES: &str = include_str!("../../deploy/prometheus/alerts.yml");
 const PROBE_KEY: &str = "health";
 
 pub const DEV_LONG_ABOUT: &str = "\
-Start a local Strata cluster for development and tests: one placement service, N
-storage nodes and one router serving etcd's v3 API on --listen-client.
+Start a local Strata cluster for development and tests: a placement service of
+--placement-replicas replicas (one raft group), N storage nodes and --routers routers
+serving etcd's v3 API, the first on --listen-client.
 
 Every component is a child process of this executable, with its own data under
-DATA_DIR (placement/, node-1/, ...) and its stdout/stderr in DATA_DIR/logs/NAME.log.
-Ports (all on 127.0.0.1): placement listens on BASE_PORT, node i on BASE_PORT+i,
-and component k (0 = placement, 1..N = nodes, N+1 = router) serves Prometheus
-metrics on BASE_PORT+10+k (BASE_PORT+N+1+k when N >= 10).
+DATA_DIR (placement-1/, node-1/, ...) and its stdout/stderr in DATA_DIR/logs/NAME.log.
+Ports, with P placement replicas, N nodes and R routers:
+  placement replica i (1..P)  127.0.0.1:BASE_PORT+i-1
+  node i (1..N)               127.0.0.1:BASE_PORT+P-1+i
+  router 1                    --listen-client (default 127.0.0.1:2379)
+  router j (2..R)             the port j-1 after --listen-client, same IP (2380, ...)
+  metrics of component k      127.0.0.1:BASE_PORT+M+k, M = max(10, P+N), k counting
+                              placement replicas, nodes, then routers from 0
+  prometheus                  the port after the last metrics port
+Every node and router is given every placement replica (--placement A,B,C).
 
-DATA_DIR/dev.json describes the running cluster: the client endpoint and, for every
+DATA_DIR/dev.json describes the running cluster: the client endpoints and, for every
 component, its role, name, address, pid, metrics URL, log file and the full argv
 that started it (to restart a component that was killed).
 
-Once a client request succeeds, one line containing \"ready\" is printed on stdout.
+Once every router answers a client request, one line containing \"ready\" is printed
+on stdout, with the endpoints (and the etcdctl --endpoints= flag naming them all).
 Ctrl-C or SIGTERM stops every component (SIGTERM, then SIGKILL after 10 s) and
-exits 0. A component that exits on its own is reported on stderr; the others keep
-running. Running again on the same DATA_DIR keeps the data of the last run.";
+exits 0. While starting, the cluster is stopped when a quorum of placement replicas
+or every router exited; one of several exiting is reported and the rest go on. Once
+ready, a component that exits on its own is reported on stderr; the others keep
+running. Running again on the same DATA_DIR keeps the data of the last run (with
+the same --placement-replicas).";
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DevArgs {
@@ -73,11 +90,21 @@ pub struct DevArgs {
     #[arg(long, default_value = "./strata-data")]
     pub data_dir: PathBuf,
 
-    /// Address of the etcd v3 endpoint (the router's client address).
+    /// Address of the etcd v3 endpoint (router 1's client address; router j
+    /// listens on the port j-1 after it).
     #[arg(long, default_value = "127.0.0.1:2379")]
     pub listen_client: SocketAddr,
 
-    /// First of the internal ports (placement BASE, node i BASE+i, metrics BASE+10+k).
+    /// Number of routers (etcd endpoints; every one serves the whole keyspace).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=100))]
+    pub routers: u16,
+
+    /// Replicas of placement's raft group: 1, 3 or 5 (a quorum of them must run).
+    #[arg(long, default_value_t = 3, value_parser = parse_placement_replicas)]
+    pub placement_replicas: u8,
+
+    /// First of the internal ports (placement replica i BASE+i-1, node i BASE+P-1+i,
+    /// metrics from BASE+max(10, P+N); see above).
     #[arg(long, default_value_t = 23790)]
     pub base_port: u16,
 
@@ -129,6 +156,18 @@ pub struct DevArgs {
     pub prometheus_listen: Option<SocketAddr>,
 }
 
+fn parse_placement_replicas(s: &str) -> Result<u8, String> {
+    match s.trim() {
+        "1" => Ok(1),
+        "3" => Ok(3),
+        "5" => Ok(5),
+        _ => Err(format!(
+            "{s:?} is not a supported size of placement's raft group: use 1, 3 or 5 \
+             (an odd number, so that a majority survives the loss of 0, 1 or 2 replicas)"
+        )),
+    }
+}
+
 fn check_duration(s: &str) -> Result<String, String> {
     strata_router::parse_duration(s).map(|_| s.to_string())
 }
@@ -136,8 +175,10 @@ fn check_duration(s: &str) -> Result<String, String> {
 /// `DATA_DIR/dev.json`.
 #[derive(Serialize, Debug)]
 pub struct DevJson {
-    /// host:port of the etcd v3 endpoint (the router).
+    /// host:port of the first etcd v3 endpoint (router 1).
     pub client_endpoint: String,
+    /// host:port of every router, router 1 first.
+    pub client_endpoints: Vec<String>,
     /// Absolute data directory.
     pub data_dir: String,
     /// Pid of `strata dev` itself (SIGTERM it to stop the cluster).
@@ -151,9 +192,10 @@ pub struct DevJson {
 pub struct ComponentJson {
     /// "placement", "node" or "router".
     pub role: &'static str,
-    /// "placement", "node-1", ..., "router".
+    /// "placement-1", ..., "node-1", ..., "router-1", ...
     pub name: String,
-    /// The node number for nodes (1..N), 0 for placement and the router.
+    /// The placement replica's raft id (1..P), the node number (1..N), the router
+    /// number (1..R).
     pub id: u64,
     /// The address it serves gRPC on (the client address for the router).
     pub addr: String,
@@ -190,13 +232,15 @@ struct Spec {
 /// Everything `strata dev` will start.
 #[derive(Debug)]
 struct Plan {
-    client_endpoint: String,
+    /// host:port of every router, router 1 first.
+    client_endpoints: Vec<String>,
     components: Vec<Spec>,
     prometheus: Option<(Spec, String)>,
 }
 
 /// A started child process.
 struct Running {
+    role: &'static str,
     name: String,
     pid: u32,
     log: PathBuf,
@@ -250,6 +294,7 @@ async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         )
     })?;
     let _lock = lock_data_dir(&data_dir)?;
+    check_placement_dirs(&data_dir, usize::from(args.placement_replicas))?;
     check_ports(&plan)?;
 
     let prometheus_exe = if plan.prometheus.is_some() {
@@ -264,7 +309,8 @@ async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     let stopping = Arc::new(AtomicBool::new(false));
     let mut children: Vec<Running> = Vec::new();
     let mut json = DevJson {
-        client_endpoint: plan.client_endpoint.clone(),
+        client_endpoint: plan.client_endpoints[0].clone(),
+        client_endpoints: plan.client_endpoints.clone(),
         data_dir: data_dir.to_string_lossy().into_owned(),
         dev_pid: std::process::id(),
         components: Vec::new(),
@@ -316,10 +362,14 @@ async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     }
 
     eprintln!(
-        "strata dev: started placement, {} node{}, a router{} (pids {}); logs in {}; \
-         waiting up to {:?} for {} to answer a client request",
+        "strata dev: started {} placement replica{}, {} node{}, {} router{}{} (pids {}); \
+         logs in {}; waiting up to {:?} for {} to answer a client request",
+        args.placement_replicas,
+        plural(args.placement_replicas.into()),
         args.nodes,
-        if args.nodes == 1 { "" } else { "s" },
+        plural(args.nodes),
+        args.routers,
+        plural(args.routers),
         if json.prometheus.is_some() {
             " and Prometheus"
         } else {
@@ -332,11 +382,11 @@ async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             .join(" "),
         logs.display(),
         args.ready_timeout,
-        plan.client_endpoint,
+        plan.client_endpoints.join(" and "),
     );
 
     let outcome = tokio::select! {
-        r = wait_until_serving(&plan.client_endpoint, args.ready_timeout, &children) => Some(r),
+        r = wait_until_serving(&plan.client_endpoints, args.ready_timeout, &children) => Some(r),
         sig = signals.recv() => {
             eprintln!("strata dev: received {sig} while starting; stopping the cluster");
             None
@@ -356,23 +406,7 @@ async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         Some(Ok(())) => {}
     }
 
-    let metrics: Vec<&str> = json
-        .components
-        .iter()
-        .map(|c| c.metrics_url.as_str())
-        .collect();
-    let mut line = format!(
-        "strata dev ready: etcd endpoint {} ({} node{}, data in {}; metrics: {}",
-        plan.client_endpoint,
-        args.nodes,
-        if args.nodes == 1 { "" } else { "s" },
-        data_dir.display(),
-        metrics.join(" "),
-    );
-    if let Some(p) = &json.prometheus {
-        line.push_str(&format!("; prometheus: {}", p.url));
-    }
-    line.push(')');
+    let line = ready_line(&plan, &args, &data_dir, &json);
     {
         // Exactly one line with "ready" on stdout; a closed stdout is not an error.
         let mut out = io::stdout().lock();
@@ -384,4 +418,43 @@ async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     eprintln!("strata dev: received {sig}; stopping the cluster");
     stop_all(&children, &stopping, &mut signals).await;
     Ok(ExitCode::SUCCESS)
+}
+
+fn plural(n: u16) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+/// The one stdout line saying the cluster is ready: every router endpoint, the
+/// etcdctl flag naming them all, then where data and metrics are.
+fn ready_line(plan: &Plan, args: &DevArgs, data_dir: &Path, json: &DevJson) -> String {
+    let metrics: Vec<&str> = json
+        .components
+        .iter()
+        .map(|c| c.metrics_url.as_str())
+        .collect();
+    let eps = &plan.client_endpoints;
+    let mut line = format!(
+        "strata dev ready: etcd endpoint{} {} (etcdctl --endpoints={}) ({} placement \
+         replica{}, {} node{}, {} router{}; data in {}; metrics: {}",
+        if eps.len() == 1 { "" } else { "s" },
+        eps.join(" "),
+        eps.join(","),
+        args.placement_replicas,
+        plural(args.placement_replicas.into()),
+        args.nodes,
+        plural(args.nodes),
+        args.routers,
+        plural(args.routers),
+        data_dir.display(),
+        metrics.join(" "),
+    );
+    if let Some(p) = &json.prometheus {
+        line.push_str(&format!("; prometheus: {}", p.url));
+    }
+    line.push(')');
+    line
 }

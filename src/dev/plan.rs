@@ -1,4 +1,17 @@
 //! The plan of a `strata dev` cluster: processes, ports and argvs (pure).
+//!
+//! Ports, with P placement replicas, N nodes and R routers (all internal ones
+//! on 127.0.0.1):
+//! - placement replica i (1..=P): BASE+i−1;
+//! - node i (1..=N): BASE+P−1+i;
+//! - router 1: --listen-client; router j (2..=R): the port j−1 after it, on
+//!   the same IP;
+//! - metrics of component k (0-based, in the order placement replicas, nodes,
+//!   routers): BASE+M+k with M = max(10, P+N);
+//! - Prometheus (`--prometheus`): the port after the last metrics port.
+//!
+//! With one placement replica and one router this is the plan of the single
+//! placement days (placement BASE, node i BASE+i, metrics from BASE+10).
 
 use super::*;
 
@@ -6,61 +19,100 @@ fn localhost(port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
 }
 
+/// A router listening on 0.0.0.0 or [::] is reached through loopback.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        localhost(addr.port())
+    } else {
+        addr
+    }
+}
+
+/// The replicas of placement's group a quorum needs, of `replicas`.
+pub(super) fn quorum(replicas: usize) -> usize {
+    replicas / 2 + 1
+}
+
 /// Computes the processes, ports and argvs; pure, so it is unit-tested.
 pub(super) fn plan(args: &DevArgs, exe: &Path, data_dir: &Path) -> anyhow::Result<Plan> {
     let n = u32::from(args.nodes);
+    let p = u32::from(args.placement_replicas);
+    let r = u32::from(args.routers);
     let base = u32::from(args.base_port);
-    let metrics_offset = 10.max(n + 1);
-    // The highest port: the router's metrics (or Prometheus right after it).
-    let top = base + metrics_offset + n + 2;
+    let metrics_offset = 10.max(p + n);
+    // The highest internal port: Prometheus, right after the last metrics port.
+    let top = base + metrics_offset + p + n + r;
     if top > u32::from(u16::MAX) {
-        bail!("--base-port {base} is too high for {n} nodes: ports {base}..={top} are needed");
+        bail!(
+            "--base-port {base} is too high for {p} placement replicas, {n} nodes and {r} \
+             routers: ports {base}..={top} are needed"
+        );
     }
-    let port = |p: u32| localhost(p as u16);
+    let client_top = u32::from(args.listen_client.port()) + r - 1;
+    if client_top > u32::from(u16::MAX) {
+        bail!(
+            "--listen-client port {} is too high for {r} routers: router j listens on the \
+             port j-1 after it (up to {client_top})",
+            args.listen_client.port()
+        );
+    }
+    let port = |q: u32| localhost(q as u16);
     let exe = exe.to_string_lossy().into_owned();
     let dir = |name: &str| data_dir.join(name).to_string_lossy().into_owned();
     let log = |name: &str| data_dir.join("logs").join(format!("{name}.log"));
-    let placement_addr = port(base);
     let metrics = |k: u32| port(base + metrics_offset + k);
     let metrics_url = |a: SocketAddr| format!("http://{a}/metrics");
+    let placement_addrs: Vec<SocketAddr> = (0..p).map(|i| port(base + i)).collect();
+    let placement_list = placement_addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let peers = placement_addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
 
     let mut components = Vec::new();
-    let m = metrics(0);
-    components.push(Spec {
-        role: "placement",
-        name: "placement".into(),
-        id: 0,
-        addr: placement_addr.to_string(),
-        metrics_url: metrics_url(m),
-        args: vec![
+    for (i, addr) in (1..=p).zip(&placement_addrs) {
+        let name = format!("placement-{i}");
+        let m = metrics(i - 1);
+        let mut argv = vec![
             exe.clone(),
             "placement".into(),
+            "--id".into(),
+            i.to_string(),
+            "--peers".into(),
+            peers.clone(),
             "--data-dir".into(),
-            dir("placement"),
+            dir(&name),
             "--listen".into(),
-            placement_addr.to_string(),
+            addr.to_string(),
             "--replicas".into(),
             n.min(3).to_string(),
             "--metrics-addr".into(),
             m.to_string(),
-        ]
-        .into_iter()
-        .chain(
-            args.node_down_after
-                .iter()
-                .flat_map(|d| ["--node-down-after".to_string(), d.clone()]),
-        )
-        .collect(),
-        log: log("placement"),
-        ports: vec![
-            (placement_addr, "placement".into()),
-            (m, "placement metrics".into()),
-        ],
-    });
+        ];
+        if let Some(d) = &args.node_down_after {
+            argv.extend(["--node-down-after".into(), d.clone()]);
+        }
+        components.push(Spec {
+            role: "placement",
+            name: name.clone(),
+            id: u64::from(i),
+            addr: addr.to_string(),
+            metrics_url: metrics_url(m),
+            args: argv,
+            log: log(&name),
+            ports: vec![(*addr, name.clone()), (m, format!("{name} metrics"))],
+        });
+    }
     for i in 1..=n {
         let name = format!("node-{i}");
-        let addr = port(base + i);
-        let m = metrics(i);
+        let addr = port(base + p - 1 + i);
+        let m = metrics(p - 1 + i);
         let mut argv = vec![
             exe.clone(),
             "node".into(),
@@ -69,7 +121,7 @@ pub(super) fn plan(args: &DevArgs, exe: &Path, data_dir: &Path) -> anyhow::Resul
             "--listen".into(),
             addr.to_string(),
             "--placement".into(),
-            placement_addr.to_string(),
+            placement_list.clone(),
             "--metrics-addr".into(),
             m.to_string(),
         ];
@@ -99,43 +151,48 @@ pub(super) fn plan(args: &DevArgs, exe: &Path, data_dir: &Path) -> anyhow::Resul
             ports: vec![(addr, name.clone()), (m, format!("{name} metrics"))],
         });
     }
-    let m = metrics(n + 1);
-    let mut argv = vec![
-        exe,
-        "router".into(),
-        "--listen-client".into(),
-        args.listen_client.to_string(),
-        "--placement".into(),
-        placement_addr.to_string(),
-        "--metrics-addr".into(),
-        m.to_string(),
-    ];
-    if let Some(d) = &args.watch_progress_notify_interval {
-        argv.extend(["--watch-progress-notify-interval".into(), d.clone()]);
+    let mut client_endpoints = Vec::new();
+    for j in 1..=r {
+        let name = format!("router-{j}");
+        let listen = SocketAddr::new(
+            args.listen_client.ip(),
+            (u32::from(args.listen_client.port()) + j - 1) as u16,
+        );
+        let endpoint = reachable(listen);
+        let m = metrics(p + n + j - 1);
+        let mut argv = vec![
+            exe.clone(),
+            "router".into(),
+            "--listen-client".into(),
+            listen.to_string(),
+            "--advertise-client-urls".into(),
+            format!("http://{endpoint}"),
+            "--placement".into(),
+            placement_list.clone(),
+            "--metrics-addr".into(),
+            m.to_string(),
+        ];
+        if let Some(d) = &args.watch_progress_notify_interval {
+            argv.extend(["--watch-progress-notify-interval".into(), d.clone()]);
+        }
+        components.push(Spec {
+            role: "router",
+            name: name.clone(),
+            id: u64::from(j),
+            addr: listen.to_string(),
+            metrics_url: metrics_url(m),
+            args: argv,
+            log: log(&name),
+            ports: vec![
+                (listen, format!("{name} client endpoint")),
+                (m, format!("{name} metrics")),
+            ],
+        });
+        client_endpoints.push(endpoint.to_string());
     }
-    components.push(Spec {
-        role: "router",
-        name: "router".into(),
-        id: 0,
-        addr: args.listen_client.to_string(),
-        metrics_url: metrics_url(m),
-        args: argv,
-        log: log("router"),
-        ports: vec![
-            (args.listen_client, "router client endpoint".into()),
-            (m, "router metrics".into()),
-        ],
-    });
-
-    // A router listening on 0.0.0.0 or [::] is reached through loopback.
-    let client = match args.listen_client.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => localhost(args.listen_client.port()),
-        IpAddr::V6(ip) if ip.is_unspecified() => localhost(args.listen_client.port()),
-        _ => args.listen_client,
-    };
 
     let prometheus = if args.prometheus {
-        let listen = args.prometheus_listen.unwrap_or_else(|| metrics(n + 2));
+        let listen = args.prometheus_listen.unwrap_or_else(|| metrics(p + n + r));
         let prom_dir = data_dir.join("prometheus");
         let spec = Spec {
             role: "prometheus",
@@ -155,29 +212,57 @@ pub(super) fn plan(args: &DevArgs, exe: &Path, data_dir: &Path) -> anyhow::Resul
             log: log("prometheus"),
             ports: vec![(listen, "prometheus".into())],
         };
-        let mut config = String::from(
-            "# Written by `strata dev --prometheus`; rewritten on every start.\n\
-             global:\n  scrape_interval: 5s\n  evaluation_interval: 5s\n\
-             rule_files:\n  - alerts.yml\nscrape_configs:\n",
-        );
-        for role in ["placement", "node", "router"] {
-            config.push_str(&format!(
-                "  - job_name: strata-{role}\n    static_configs:\n      - targets:\n"
-            ));
-            for c in components.iter().filter(|c| c.role == role) {
-                let target = c.metrics_url.trim_start_matches("http://");
-                let target = target.trim_end_matches("/metrics");
-                config.push_str(&format!("          - '{target}'\n"));
-            }
-        }
-        Some((spec, config))
+        Some((spec, prometheus_config(&components)))
     } else {
         None
     };
 
-    Ok(Plan {
-        client_endpoint: client.to_string(),
+    let plan = Plan {
+        client_endpoints,
         components,
         prometheus,
-    })
+    };
+    check_distinct_ports(&plan)?;
+    Ok(plan)
+}
+
+fn prometheus_config(components: &[Spec]) -> String {
+    let mut config = String::from(
+        "# Written by `strata dev --prometheus`; rewritten on every start.\n\
+         global:\n  scrape_interval: 5s\n  evaluation_interval: 5s\n\
+         rule_files:\n  - alerts.yml\nscrape_configs:\n",
+    );
+    for role in ["placement", "node", "router"] {
+        config.push_str(&format!(
+            "  - job_name: strata-{role}\n    static_configs:\n      - targets:\n"
+        ));
+        for c in components.iter().filter(|c| c.role == role) {
+            let target = c.metrics_url.trim_start_matches("http://");
+            let target = target.trim_end_matches("/metrics");
+            config.push_str(&format!("          - '{target}'\n"));
+        }
+    }
+    config
+}
+
+/// No port is planned twice (e.g. routers after --listen-client running into
+/// --base-port's block): the binding check before the start could not see it.
+fn check_distinct_ports(plan: &Plan) -> anyhow::Result<()> {
+    let mut seen: std::collections::HashMap<u16, &str> = std::collections::HashMap::new();
+    let specs = plan
+        .components
+        .iter()
+        .chain(plan.prometheus.as_ref().map(|(s, _)| s));
+    for spec in specs {
+        for (addr, what) in &spec.ports {
+            if let Some(first) = seen.insert(addr.port(), what) {
+                bail!(
+                    "port {} would be used twice, by {first} and by {what}; choose other \
+                     ports with --listen-client, --base-port or --prometheus-listen",
+                    addr.port()
+                );
+            }
+        }
+    }
+    Ok(())
 }

@@ -68,6 +68,7 @@ pub(super) fn spawn(spec: &Spec, stopping: &Arc<AtomicBool>) -> anyhow::Result<R
         let _ = tx.send(Some(status));
     });
     Ok(Running {
+        role: spec.role,
         name: spec.name.clone(),
         pid,
         log: spec.log.clone(),

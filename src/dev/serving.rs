@@ -1,29 +1,61 @@
 //! Waiting until the cluster serves clients, and reporting why it does not.
 
+use super::plan::quorum;
 use super::*;
 
-/// Retries a `get` through the router until it succeeds, the deadline passes, or a
-/// component without which the cluster cannot serve (placement, router) exits.
+/// Why the cluster cannot serve, if it cannot any more: a quorum of placement
+/// replicas or every router exited (one of several is not enough).
+pub(super) fn cannot_serve(children: &[Running]) -> Option<String> {
+    let gone = |role: &str| -> (usize, Vec<&str>) {
+        let all = children.iter().filter(|c| c.role == role).count();
+        let gone = children
+            .iter()
+            .filter(|c| c.role == role && !c.is_running())
+            .map(|c| c.name.as_str())
+            .collect();
+        (all, gone)
+    };
+    let (placements, placements_gone) = gone("placement");
+    let (routers, routers_gone) = gone("router");
+    if placements > 0 && placements - placements_gone.len() < quorum(placements) {
+        return Some(format!(
+            "{} exited: fewer than a quorum ({} of {placements}) of placement replicas run",
+            placements_gone.join(", "),
+            quorum(placements)
+        ));
+    }
+    if routers > 0 && routers_gone.len() == routers {
+        return Some(format!(
+            "{} exited: no router runs",
+            routers_gone.join(", ")
+        ));
+    }
+    None
+}
+
+/// Retries a `get` through each router until every running router answered one,
+/// the deadline passes, or the cluster cannot serve any more ([`cannot_serve`]).
 pub(super) async fn wait_until_serving(
-    endpoint: &str,
+    endpoints: &[String],
     timeout: Duration,
     children: &[Running],
 ) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
-    let url = format!("http://{endpoint}");
+    let routers: Vec<&Running> = children.iter().filter(|c| c.role == "router").collect();
+    let mut answered = vec![false; endpoints.len()];
     let mut last_error = String::from("no attempt finished");
     loop {
-        let essential_gone: Vec<&str> = children
-            .iter()
-            .filter(|c| (c.name == "placement" || c.name == "router") && !c.is_running())
-            .map(|c| c.name.as_str())
-            .collect();
-        if !essential_gone.is_empty() {
-            return Err(format!(
-                "{} exited before the cluster served a client request",
-                essential_gone.join(" and ")
-            ));
+        if let Some(why) = cannot_serve(children) {
+            return Err(format!("{why}, before the cluster served a client request"));
         }
+        // Routers that exited are not waited for (reported; the others serve).
+        let pending: Vec<usize> = (0..endpoints.len())
+            .filter(|&i| !answered[i] && routers.get(i).is_none_or(|r| r.is_running()))
+            .collect();
+        let Some(&i) = pending.first() else {
+            return Ok(());
+        };
+        let endpoint = &endpoints[i];
         let now = Instant::now();
         if now >= deadline {
             return Err(format!(
@@ -32,6 +64,7 @@ pub(super) async fn wait_until_serving(
             ));
         }
         let attempt_budget = (deadline - now).min(Duration::from_secs(3));
+        let url = format!("http://{endpoint}");
         let attempt = async {
             let opts = etcd_client::ConnectOptions::new()
                 .with_connect_timeout(attempt_budget)
@@ -41,9 +74,12 @@ pub(super) async fn wait_until_serving(
             Ok::<(), etcd_client::Error>(())
         };
         match tokio::time::timeout(attempt_budget, attempt).await {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(e)) => last_error = e.to_string(),
-            Err(_) => last_error = format!("no answer within {attempt_budget:?}"),
+            Ok(Ok(())) => {
+                answered[i] = true;
+                continue;
+            }
+            Ok(Err(e)) => last_error = format!("{endpoint}: {e}"),
+            Err(_) => last_error = format!("{endpoint}: no answer within {attempt_budget:?}"),
         }
         let pause =
             Duration::from_millis(250).min(deadline.saturating_duration_since(Instant::now()));

@@ -78,3 +78,44 @@ pub(super) fn write_dev_json(data_dir: &Path, json: &DevJson) -> anyhow::Result<
     fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
+
+/// The placement data of DATA_DIR matches `replicas`: placement's group is
+/// fixed when its data directories are made, so a data dir made with another
+/// --placement-replicas would start a group that cannot elect a leader (or
+/// two groups). The single placement of earlier versions (`placement/`)
+/// becomes replica 1 (`placement-1/`, id 1, as it was).
+pub(super) fn check_placement_dirs(data_dir: &Path, replicas: usize) -> anyhow::Result<()> {
+    let old = data_dir.join("placement");
+    let first = data_dir.join("placement-1");
+    if old.is_dir() && !first.exists() {
+        if replicas != 1 {
+            bail!(
+                "data dir {} holds a single placement (placement/); run it with \
+                 --placement-replicas 1, or use another --data-dir",
+                data_dir.display()
+            );
+        }
+        fs::rename(&old, &first)
+            .with_context(|| format!("renaming {} to {}", old.display(), first.display()))?;
+    }
+    if !first.exists() {
+        return Ok(()); // a new cluster
+    }
+    let made: Vec<usize> = (1..=5)
+        .filter(|i| data_dir.join(format!("placement-{i}")).exists())
+        .collect();
+    let expected: Vec<usize> = (1..=replicas).collect();
+    if made != expected {
+        bail!(
+            "data dir {} was made with {} placement replica(s) (placement-{}/), not {replicas}; \
+             run it with that --placement-replicas, or use another --data-dir",
+            data_dir.display(),
+            made.len(),
+            made.iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join("/, placement-"),
+        );
+    }
+    Ok(())
+}

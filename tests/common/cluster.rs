@@ -1,6 +1,7 @@
 //! `Cluster`: starting, restarting and stopping the server under test (strata
 //! dev or etcd), the shared per-binary server, and clients and etcdctl against it.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -14,7 +15,7 @@ use super::*;
 
 /// A running server under test.
 pub struct Cluster {
-    /// Client endpoint, `127.0.0.1:PORT`.
+    /// Client endpoint, `127.0.0.1:PORT` (router 1's; see `router_endpoints`).
     pub endpoint: String,
     pub target: Target,
     /// The server's data directory.
@@ -23,11 +24,17 @@ pub struct Cluster {
     pub log_dir: PathBuf,
     child: Mutex<Option<Child>>,
     tmp: Mutex<Option<tempfile::TempDir>>,
-    ports: (u16, u16),
+    /// The reserved block: client ports first, then `strata dev`'s internal ones.
+    pub(super) ports: (u16, u16),
+    /// How many placement replicas and routers `strata dev` runs.
+    pub(super) layout: Layout,
+    /// Components the test restarted itself (`restart_placement`, `restart_router`),
+    /// by name; the others are `strata dev`'s children.
+    pub(super) restarted: Mutex<HashMap<String, Child>>,
     /// Value of `MARKER_VAR` in the environment of the server and everything it
     /// starts (children that leave the process group included): how leftovers are
     /// found on stop.
-    marker: String,
+    pub(super) marker: String,
     /// Extra `strata dev` flags, kept for `restart`.
     extra: Vec<String>,
 }
@@ -39,7 +46,9 @@ pub fn start() -> Cluster {
 }
 
 /// Starts a fresh `strata dev` cluster with extra `strata dev` flags (for
-/// example `--nodes 5 --range-split-keys 500`). Strata only.
+/// example `--nodes 5 --range-split-keys 500`, or `--routers 2
+/// --placement-replicas 3`; the harness runs 1 placement replica and 1 router
+/// unless told otherwise). Strata only.
 pub fn start_strata_with(extra: &[&str]) -> Cluster {
     Cluster::start_strata_args(extra.iter().map(|s| s.to_string()).collect())
 }
@@ -134,6 +143,8 @@ impl Cluster {
             child: Mutex::new(Some(child)),
             tmp: Mutex::new(Some(tmp)),
             ports: (base, 2),
+            layout: Layout::default(),
+            restarted: Mutex::new(HashMap::new()),
             marker,
             extra: Vec::new(),
         };
@@ -167,10 +178,11 @@ impl Cluster {
         let tmp = tempdir();
         let data_dir = tmp.path().join("data");
         let log_dir = tmp.path().to_path_buf();
-        let span = STRATA_PORT_SPAN + 1;
+        let layout = Layout::of(&extra);
+        let span = layout.port_span();
         let first = reserve_ports(span);
         let marker = new_marker();
-        let (child, rx) = launch_strata(&data_dir, &log_dir, first, &marker, &extra);
+        let (child, rx) = launch_strata(&data_dir, &log_dir, first, &layout, &marker, &extra);
         let cluster = Cluster {
             endpoint: format!("127.0.0.1:{first}"),
             target: Target::Strata,
@@ -179,6 +191,8 @@ impl Cluster {
             child: Mutex::new(Some(child)),
             tmp: Mutex::new(Some(tmp)),
             ports: (first, span),
+            layout,
+            restarted: Mutex::new(HashMap::new()),
             marker,
             extra,
         };
@@ -220,13 +234,15 @@ impl Cluster {
         }
     }
 
-    /// The placement service of a `strata dev` cluster.
+    /// The placement service of a `strata dev` cluster (replica 1; all of them:
+    /// `placement_addrs`).
     pub fn placement_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.ports.0 + 1)
+        format!("127.0.0.1:{}", self.layout.base_port(self.ports.0))
     }
 
     /// `kill -9` of every process of this server at once: no graceful shutdown.
     pub fn kill9(&self) {
+        self.kill_restarted();
         let mut g = self.child.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(mut child) = g.take() {
             // SAFETY: signals to the process group we created for the child.
@@ -247,6 +263,7 @@ impl Cluster {
             &self.data_dir,
             &self.log_dir,
             self.ports.0,
+            &self.layout,
             &self.marker,
             &self.extra,
         );
@@ -340,6 +357,7 @@ impl Cluster {
     }
 
     fn stop_process(&self) {
+        self.kill_restarted();
         let mut g = self.child.lock().unwrap_or_else(|e| e.into_inner());
         let Some(mut child) = g.take() else { return };
         let pid = child.id() as libc::pid_t;
@@ -398,16 +416,72 @@ impl Drop for Cluster {
     }
 }
 
-/// Spawns `strata dev` with its client port at `first` and internal ports after it;
-/// returns the child and a channel of its stdout lines.
+/// The shape of a `strata dev` cluster, read from its flags (harness defaults:
+/// 3 nodes, 1 placement replica, 1 router).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Layout {
+    pub nodes: u16,
+    pub placements: u16,
+    pub routers: u16,
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Layout {
+            nodes: 3,
+            placements: 1,
+            routers: 1,
+        }
+    }
+}
+
+impl Layout {
+    fn of(extra: &[String]) -> Layout {
+        let get = |name: &str, default: u16| {
+            extra
+                .iter()
+                .position(|a| a == name)
+                .and_then(|i| extra.get(i + 1))
+                .map_or(default, |v| {
+                    v.parse()
+                        .unwrap_or_else(|_| panic!("harness: {name} {v} is not a number"))
+                })
+        };
+        let d = Layout::default();
+        Layout {
+            nodes: get("--nodes", d.nodes),
+            placements: get("--placement-replicas", d.placements),
+            routers: get("--routers", d.routers),
+        }
+    }
+
+    /// `--base-port` for a block starting at `first`: the routers' client ports
+    /// (router j at `first + j - 1`) come first.
+    pub(super) fn base_port(&self, first: u16) -> u16 {
+        first + self.routers
+    }
+
+    /// Ports to reserve: the client ports, then `strata dev`'s internal plan
+    /// (src/dev/plan.rs: placement, nodes, metrics from BASE+max(10, P+N), one
+    /// for Prometheus); at least `STRATA_PORT_SPAN + 1`, as before routers.
+    fn port_span(&self) -> u16 {
+        let (p, n, r) = (self.placements, self.nodes, self.routers);
+        let internal = 10.max(p + n) + p + n + r + 1;
+        (r + internal).max(STRATA_PORT_SPAN + 1)
+    }
+}
+
+/// Spawns `strata dev` with its client ports from `first` and internal ports after
+/// them; returns the child and a channel of its stdout lines.
 fn launch_strata(
     data_dir: &Path,
     log_dir: &Path,
     first: u16,
+    layout: &Layout,
     marker: &str,
     extra: &[String],
 ) -> (Child, mpsc::Receiver<String>) {
-    let (client_port, base_port) = (first, first + 1);
+    let (client_port, base_port) = (first, layout.base_port(first));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata"));
     cmd.arg("dev")
         .arg("--data-dir")
@@ -419,8 +493,14 @@ fn launch_strata(
             &format!("{PROGRESS_NOTIFY_INTERVAL_SECS}s"),
         ])
         .args(extra);
-    if !extra.iter().any(|a| a == "--nodes") {
-        cmd.args(["--nodes", "3"]);
+    for (flag, value) in [
+        ("--nodes", layout.nodes),
+        ("--placement-replicas", layout.placements),
+        ("--routers", layout.routers),
+    ] {
+        if !extra.iter().any(|a| a == flag) {
+            cmd.args([flag, &value.to_string()]);
+        }
     }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())

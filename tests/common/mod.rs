@@ -14,12 +14,15 @@
 //! `STRATA_TEST_KEEP=1` keeps the temporary directories (logs, data) for debugging;
 //! their paths are printed.
 //!
-//! Servers are in `cluster.rs`, child-process plumbing in `process.rs` (both
+//! Servers are in `cluster.rs` (`components.rs`: one placement replica or router
+//! killed and restarted), child-process plumbing in `process.rs` (both
 //! re-exported here); this file holds the shared constants and test helpers.
 
 #![allow(dead_code)]
 
 mod cluster;
+mod components;
+pub mod failover;
 mod process;
 
 // Not every test binary uses every item.

@@ -110,6 +110,7 @@ impl Cluster {
             metrics_addr: None,
             watch_progress_notify_interval: Duration::from_secs(600),
             request_timeout: Duration::from_secs(10),
+            advertise_client_urls: Vec::new(),
         })
         .await
         .expect("router starts")
