@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use strata_proto::strata::placement_client::PlacementClient;
 use strata_proto::strata::{ListRoutersRequest, RouterHeartbeatRequest, RouterMember};
-use tonic::transport::Channel;
 use tonic::Status;
 
 /// How often a router announces itself (placement forgets it after 3 s).
@@ -83,7 +82,7 @@ pub trait RouterRegistry: Clone + Send + Sync + 'static {
 }
 
 #[tonic::async_trait]
-impl RouterRegistry for PlacementClient<Channel> {
+impl RouterRegistry for strata_proto::oracle::PlacementConn {
     async fn router_heartbeat(&self, req: RouterHeartbeatRequest) -> Result<(), Status> {
         let mut req = tonic::Request::new(req);
         req.set_timeout(CALL_TIMEOUT);
