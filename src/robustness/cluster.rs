@@ -2,6 +2,10 @@
 //! from this executable, each with its own data directory, log file and failpoint
 //! file (`STRATA_FAILPOINTS_FILE`, read by processes built with the `failpoints`
 //! feature). The nemesis kills, restarts, pauses and partitions them.
+//!
+//! Ports from the run's base B (the first free block of [`Options::ports`]):
+//! placement replica i at B+i−1, node i after them, then the routers, then the
+//! nodes' metrics. Nodes and routers are given every placement replica.
 
 use std::fs::{File, OpenOptions};
 use std::net::TcpListener;
@@ -11,7 +15,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use strata_proto::strata::{GetRangesRequest, GetRangesResponse};
+use strata_proto::strata::placement_client::PlacementClient;
+use strata_proto::strata::{GetRangesRequest, GetRangesResponse, MembersRequest};
 
 /// What a component is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +41,8 @@ pub struct Member {
 
 /// How to start the cluster.
 pub struct Options {
+    /// Replicas of placement's raft group (1, 3 or 5).
+    pub placements: usize,
     pub nodes: usize,
     pub routers: usize,
     pub base_port: u16,
@@ -49,6 +56,14 @@ pub struct Options {
 pub struct Cluster {
     pub members: Vec<Member>,
     exe: PathBuf,
+}
+
+impl Options {
+    /// Consecutive ports a cluster takes: placement replicas, nodes, routers,
+    /// the nodes' metrics.
+    pub fn ports(&self) -> usize {
+        self.placements + self.nodes + self.routers + self.nodes
+    }
 }
 
 /// Finds `n` consecutive free ports from `base` (or the first free block after it).
@@ -68,41 +83,54 @@ impl Cluster {
     pub fn start(dir: &Path, opts: &Options) -> anyhow::Result<Cluster> {
         let exe = std::env::current_exe().context("find own executable")?;
         std::fs::create_dir_all(dir.join("logs"))?;
-        // placement, nodes, routers, then the nodes' metrics ports.
-        let n_ports = 1 + opts.nodes + opts.routers + opts.nodes;
-        let base = free_ports(opts.base_port, n_ports as u16)?;
+        let base = free_ports(opts.base_port, opts.ports() as u16)?;
         let addr = |k: usize| format!("127.0.0.1:{}", base as usize + k);
-        let placement = addr(0);
+        let (p, n) = (opts.placements, opts.nodes);
+        let placements: Vec<String> = (0..p).map(addr).collect();
+        let placement = placements.join(",");
+        let peers = placements
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{}={a}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
         let mut members = Vec::new();
         let path = |s: &str| dir.join(s).to_string_lossy().into_owned();
-        members.push((
-            Role::Placement,
-            "placement".to_string(),
-            placement.clone(),
-            vec![
-                "placement".into(),
-                "--data-dir".into(),
-                path("placement"),
-                "--listen".into(),
-                placement.clone(),
-                "--replicas".into(),
-                opts.nodes.min(3).to_string(),
-                "--node-down-after".into(),
-                opts.node_down_after.clone(),
-            ],
-        ));
+        for (i, listen) in placements.iter().enumerate() {
+            let name = format!("placement-{}", i + 1);
+            members.push((
+                Role::Placement,
+                name.clone(),
+                listen.clone(),
+                vec![
+                    "placement".into(),
+                    "--id".into(),
+                    (i + 1).to_string(),
+                    "--peers".into(),
+                    peers.clone(),
+                    "--data-dir".into(),
+                    path(&name),
+                    "--listen".into(),
+                    listen.clone(),
+                    "--replicas".into(),
+                    n.min(3).to_string(),
+                    "--node-down-after".into(),
+                    opts.node_down_after.clone(),
+                ],
+            ));
+        }
         for i in 1..=opts.nodes {
             let name = format!("node-{i}");
             members.push((
                 Role::Node,
                 name.clone(),
-                addr(i),
+                addr(p + i - 1),
                 vec![
                     "node".into(),
                     "--data-dir".into(),
                     path(&name),
                     "--listen".into(),
-                    addr(i),
+                    addr(p + i - 1),
                     "--placement".into(),
                     placement.clone(),
                     "--range-split-keys".into(),
@@ -112,7 +140,7 @@ impl Cluster {
                     "--raft-log-keep-entries".into(),
                     opts.raft_log_keep_entries.to_string(),
                     "--metrics-addr".into(),
-                    addr(opts.nodes + opts.routers + i),
+                    addr(p + n + opts.routers + i - 1),
                 ],
             ));
         }
@@ -120,11 +148,11 @@ impl Cluster {
             members.push((
                 Role::Router,
                 format!("router-{r}"),
-                addr(opts.nodes + r),
+                addr(p + n + r - 1),
                 vec![
                     "router".into(),
                     "--listen-client".into(),
-                    addr(opts.nodes + r),
+                    addr(p + n + r - 1),
                     "--placement".into(),
                     placement.clone(),
                     "--request-timeout".into(),
@@ -163,8 +191,48 @@ impl Cluster {
             .collect()
     }
 
-    pub fn placement_addr(&self) -> String {
-        self.members[0].addr.clone()
+    /// Placement's raft id of placement member `i` (`--id`).
+    fn placement_id(&self, i: usize) -> Option<u64> {
+        let m = &self.members[i];
+        let pos = m.args.iter().position(|a| a == "--id")?;
+        m.args.get(pos + 1)?.parse().ok()
+    }
+
+    /// The member index of placement's current leader, as the first replica
+    /// that answers `Members` (bounded) knows it; None when none answers, or
+    /// none knows (also while `Members` is not implemented).
+    pub async fn placement_leader(&self) -> Option<usize> {
+        for i in self.of(Role::Placement) {
+            let m = &self.members[i];
+            if m.child.is_none() || m.paused {
+                continue;
+            }
+            let url = format!("http://{}", m.addr);
+            let fut = async {
+                let mut c = PlacementClient::connect(url).await?;
+                anyhow::Ok(c.members(MembersRequest {}).await?.into_inner())
+            };
+            let Ok(Ok(resp)) = tokio::time::timeout(Duration::from_secs(1), fut).await else {
+                continue;
+            };
+            if resp.leader_id == 0 {
+                continue;
+            }
+            // By the address the leader has in the group, else by `--id`.
+            let addr = resp
+                .members
+                .iter()
+                .find(|x| x.id == resp.leader_id)
+                .map(|x| x.addr.clone());
+            let found = self.of(Role::Placement).find(|&j| {
+                addr.as_ref() == Some(&self.members[j].addr)
+                    || self.placement_id(j) == Some(resp.leader_id)
+            });
+            if found.is_some() {
+                return found;
+            }
+        }
+        None
     }
 
     /// Indexes of the members with `role`.
@@ -292,20 +360,30 @@ impl Cluster {
         )
     }
 
-    /// Placement's view: ranges, leaders, nodes.
+    /// Placement's view: ranges, leaders, nodes (from the first replica that
+    /// answers: only the leader serves).
     pub async fn ranges(&self) -> anyhow::Result<GetRangesResponse> {
-        let mut c = strata_proto::oracle::placement_client(&self.placement_addr())
-            .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
-        let fut = async {
-            anyhow::Ok(
-                c.get_ranges(GetRangesRequest::default())
-                    .await?
-                    .into_inner(),
-            )
-        };
-        tokio::time::timeout(Duration::from_secs(3), fut)
-            .await
-            .context("placement did not answer in 3s")?
+        let mut last = anyhow::anyhow!("no placement replica");
+        for i in self.of(Role::Placement) {
+            if self.members[i].paused {
+                continue; // would only time out
+            }
+            let url = format!("http://{}", self.members[i].addr);
+            let fut = async {
+                let mut c = PlacementClient::connect(url).await?;
+                anyhow::Ok(
+                    c.get_ranges(GetRangesRequest::default())
+                        .await?
+                        .into_inner(),
+                )
+            };
+            match tokio::time::timeout(Duration::from_secs(3), fut).await {
+                Ok(Ok(r)) => return Ok(r),
+                Ok(Err(e)) => last = e.context(self.members[i].name.clone()),
+                Err(_) => last = anyhow::anyhow!("{} did not answer in 3s", self.members[i].name),
+            }
+        }
+        Err(last)
     }
 
     /// Member index of the node process whose address placement lists for `node_id`.

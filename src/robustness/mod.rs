@@ -25,15 +25,18 @@ pub const ROBUSTNESS_ABOUT: &str =
 pub const ROBUSTNESS_LONG_ABOUT: &str = "\
 Check etcd's guarantees under faults, as etcd's own robustness tests do.
 
-Each run starts a fresh cluster from this executable (placement, --nodes storage
-nodes, --routers routers, on 127.0.0.1 from --base-port up) under --dir, with tiny
+Each run starts a fresh cluster from this executable (--placement-replicas placement
+replicas, --nodes storage nodes, --routers routers, on 127.0.0.1 from --base-port up)
+under --dir, with tiny
 split thresholds so the keyspace splits into many ranges during the run. Clients
 (--clients, spread over the routers) send the --profile's requests and record each
 one with its invoke and return time and outcome; watchers record every watch
 response. Meanwhile the --nemesis injects faults, chosen and timed by the seed:
 
-  kill             kill -9 and restart a node, a range leader's node, a router or placement
-  pause            SIGSTOP a node, router or placement for 1-4 s, then SIGCONT
+  kill             kill -9 and restart a node, a range leader's node, a router, or a
+                   placement replica (half the time placement's leader)
+  pause            SIGSTOP a node, router or placement replica (half the time the
+                   leader) for 1-4 s, then SIGCONT
   partition        drop every packet to and from one node for 2-5 s (failpoint)
   leader-transfer  a storm of leader transfers of random ranges
   split            a storm of splits of random ranges, under load
@@ -90,6 +93,9 @@ pub struct RobustnessArgs {
     /// Storage nodes per cluster
     #[arg(long, default_value_t = 3)]
     pub nodes: usize,
+    /// Replicas of placement's raft group per cluster: 1, 3 or 5
+    #[arg(long, default_value_t = 3, value_parser = parse_placement_replicas)]
+    pub placement_replicas: usize,
     /// Routers per cluster (clients and watchers spread over them)
     #[arg(long, default_value_t = 2)]
     pub routers: usize,
@@ -102,8 +108,9 @@ pub struct RobustnessArgs {
     /// Split a range once it holds this many keys
     #[arg(long, default_value_t = 24)]
     pub split_keys: u64,
-    /// First port to try (each run takes 1 + 2×nodes + routers consecutive free
-    /// ports; parallel runs start 20 apart). Keep them below the kernel's
+    /// First port to try (each run takes placement replicas + 2×nodes + routers
+    /// consecutive free ports; parallel runs start that many, at least 20,
+    /// apart). Keep them below the kernel's
     /// ephemeral range (ip_local_port_range, usually from 32768): an outgoing
     /// connection may take a port there while its process is down, and the
     /// restarted process could not listen on it again
@@ -119,6 +126,17 @@ pub struct RobustnessArgs {
     /// Check a recorded history (a history.json) instead of running
     #[arg(long, value_name = "FILE")]
     pub check: Option<PathBuf>,
+}
+
+fn parse_placement_replicas(s: &str) -> Result<usize, String> {
+    match s.trim() {
+        "1" => Ok(1),
+        "3" => Ok(3),
+        "5" => Ok(5),
+        _ => Err(format!(
+            "{s:?}: placement's raft group has 1, 3 or 5 replicas"
+        )),
+    }
 }
 
 pub fn main(args: RobustnessArgs) -> ExitCode {

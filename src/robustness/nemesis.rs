@@ -155,6 +155,26 @@ impl Nemesis<'_> {
         Some((resp, r, i))
     }
 
+    /// A placement replica: half the time the leader (when a replica says which
+    /// it is), else any; and whether it is the leader, for the report.
+    async fn pick_placement(&mut self) -> (usize, &'static str) {
+        if self.rng.random_bool(0.5) {
+            if let Some(i) = self.cluster.placement_leader().await {
+                return (i, " (placement leader)");
+            }
+        }
+        (self.pick(Role::Placement), "")
+    }
+
+    /// A node, router or placement replica for `kill` and `pause` (6:2:2).
+    async fn pick_process(&mut self) -> (usize, &'static str) {
+        match self.rng.random_range(0..10) {
+            0..=5 => (self.pick_node().await, ""),
+            6..=7 => (self.pick(Role::Router), ""),
+            _ => self.pick_placement().await,
+        }
+    }
+
     /// A node: half the time the leader of a random range, else any node.
     async fn pick_node(&mut self) -> usize {
         if self.rng.random_bool(0.5) {
@@ -169,27 +189,19 @@ impl Nemesis<'_> {
         match kind {
             "none" => {}
             "kill" => {
-                let i = match self.rng.random_range(0..10) {
-                    0..=5 => self.pick_node().await,
-                    6..=7 => self.pick(Role::Router),
-                    _ => self.pick(Role::Placement),
-                };
+                let (i, which) = self.pick_process().await;
                 let name = self.cluster.members[i].name.clone();
                 self.cluster.kill(i);
-                self.fault("kill", &name, "SIGKILL");
+                self.fault("kill", &name, &format!("SIGKILL{which}"));
                 self.sleep_ms(300, 2000).await;
                 self.cluster.restart(i)?;
                 self.fault("restart", &name, "");
             }
             "pause" => {
-                let i = match self.rng.random_range(0..10) {
-                    0..=5 => self.pick_node().await,
-                    6..=7 => self.pick(Role::Router),
-                    _ => self.pick(Role::Placement),
-                };
+                let (i, which) = self.pick_process().await;
                 let name = self.cluster.members[i].name.clone();
                 self.cluster.signal_pause(i, true);
-                self.fault("pause", &name, "SIGSTOP");
+                self.fault("pause", &name, &format!("SIGSTOP{which}"));
                 self.sleep_ms(1000, 4000).await;
                 self.cluster.signal_pause(i, false);
                 self.fault("resume", &name, "SIGCONT");

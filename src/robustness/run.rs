@@ -78,7 +78,9 @@ pub async fn main(args: RobustnessArgs) -> anyhow::Result<bool> {
         })
         .collect();
     let parallel = args.parallel.max(1) as usize;
-    let top = u32::from(args.base_port) + 20 * parallel as u32;
+    // Parallel runs' port blocks: far enough apart not to overlap.
+    let spacing = (args.placement_replicas + 2 * args.nodes + args.routers.max(1)).max(20);
+    let top = u32::from(args.base_port) + (spacing * parallel) as u32;
     if let Some(low) = ephemeral_low().filter(|&low| top >= low) {
         eprintln!(
             "strata robustness: warning: ports up to {top} reach the ephemeral range (from {low}): \
@@ -91,7 +93,7 @@ pub async fn main(args: RobustnessArgs) -> anyhow::Result<bool> {
         for (slot, &(k, seed, p, n)) in chunk.iter().enumerate() {
             let args = args.clone();
             let p = p.to_string();
-            let base = args.base_port.saturating_add(slot as u16 * 20);
+            let base = args.base_port.saturating_add((slot * spacing) as u16);
             tasks.push(tokio::spawn(async move {
                 let r = run_once(&args, seed, &p, n, base).await;
                 (k, seed, p, n, r)
@@ -150,6 +152,7 @@ async fn run_once(
         std::fs::remove_dir_all(&dir).with_context(|| format!("clear {}", dir.display()))?;
     }
     let opts = Options {
+        placements: args.placement_replicas,
         nodes: args.nodes,
         routers: args.routers.max(1),
         base_port,
