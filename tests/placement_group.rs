@@ -216,7 +216,7 @@ impl Op {
 /// the others, for up to `limit`.
 async fn alloc(
     addrs: &[String],
-    conns: &mut Vec<Option<PlacementClient<Channel>>>,
+    conns: &mut [Option<PlacementClient<Channel>>],
     count: u64,
     limit: Duration,
 ) -> Result<i64, String> {
