@@ -10,7 +10,9 @@ use strata_proto::strata::AllocRequest;
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let mut args = std::env::args().skip(1);
-    let addrs = args.next().expect("usage: oracle_latency ADDR[,ADDR...] [CALLS]");
+    let addrs = args
+        .next()
+        .expect("usage: oracle_latency ADDR[,ADDR...] [CALLS]");
     let calls: usize = args.next().map_or(5000, |n| n.parse().expect("CALLS"));
     let mut c = strata_proto::oracle::placement_client(&addrs).expect("address");
     for count in [1u64, 0] {

@@ -9,6 +9,7 @@
 //! - `transport.rs`: raft messages between replicas over gRPC.
 
 mod lead;
+mod membership;
 mod raft_loop;
 mod transport;
 
