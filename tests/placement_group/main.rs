@@ -125,6 +125,17 @@ impl Group {
         }
     }
 
+    /// The position in `replicas` of the current leader (bounded wait).
+    pub(crate) async fn leader_pos(&self) -> usize {
+        let id = leader(&self.addrs(), Duration::from_secs(10))
+            .await
+            .expect("a leader");
+        self.replicas
+            .iter()
+            .position(|r| r.id == id)
+            .expect("leader replica")
+    }
+
     pub(crate) fn addrs(&self) -> Vec<String> {
         self.replicas.iter().map(|r| r.addr.clone()).collect()
     }

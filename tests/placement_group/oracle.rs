@@ -23,14 +23,9 @@ async fn the_oracle_survives_five_leader_kills_without_repeating_or_going_back()
     let mut extra = Vec::new();
     for round in 0..8 {
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        let id = leader(&addrs, Duration::from_secs(10))
-            .await
-            .expect("a leader");
-        let r = g
-            .replicas
-            .iter_mut()
-            .find(|r| r.id == id)
-            .expect("leader replica");
+        let pos = g.leader_pos().await;
+        let r = &mut g.replicas[pos];
+        let id = r.id;
         if round % 3 == 2 {
             // Paused past its lease: the others elect a leader, and it must
             // not answer from its old oracle state when it wakes up.
@@ -246,14 +241,8 @@ async fn a_leader_cut_off_from_its_group_stops_answering_before_a_new_one_serves
     let mut sticky_ops = Vec::new();
     for round in 0..4 {
         tokio::time::sleep(Duration::from_millis(1000)).await;
-        let id = leader(&addrs, Duration::from_secs(10))
-            .await
-            .expect("a leader");
-        let r = g
-            .replicas
-            .iter()
-            .find(|r| r.id == id)
-            .expect("leader replica");
+        let r = &g.replicas[g.leader_pos().await];
+        let id = r.id;
         // Reads (`alloc(0)`: answered from memory, no window to persist)
         // to it alone, every 10 ms, through the cut and after.
         let sticky = sticky_calls(
