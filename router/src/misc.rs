@@ -30,7 +30,15 @@ pub struct Common {
 
 impl Common {
     async fn header(&self) -> Option<PbResponseHeader> {
-        let revision = self.oracle.current().await.unwrap_or(0);
+        // Cluster and Maintenance answers do not wait for a placement
+        // failover (the oracle client retries for seconds): past 1 s the
+        // header says 0.
+        let revision =
+            tokio::time::timeout(std::time::Duration::from_secs(1), self.oracle.current())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or(0);
         Some(PbResponseHeader {
             cluster_id: self.cluster_id,
             member_id: self.member_id,

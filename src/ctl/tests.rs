@@ -18,8 +18,8 @@ fn keys_are_text_when_printable_else_escaped() {
 #[test]
 fn placement_is_found_in_dev_json() {
     let text = r#"{"client_endpoint":"127.0.0.1:2379","components":[
-        {"role":"node","name":"node-1","addr":"127.0.0.1:23791"},
-        {"role":"placement","name":"placement","addr":"127.0.0.1:23790"}]}"#;
+            {"role":"node","name":"node-1","addr":"127.0.0.1:23791"},
+            {"role":"placement","name":"placement","addr":"127.0.0.1:23790"}]}"#;
     assert_eq!(
         placement_addr_from_dev_json(text).unwrap(),
         "127.0.0.1:23790"
@@ -94,16 +94,16 @@ fn tables_are_aligned_and_sorted() {
         ranges_table(&rows),
         "\
 RANGE  START    END    EPOCH(CONF/VER)  REPLICAS  LEADER     SIZE  KEYS  WRITES/S
-1  (start)  m      1/1              1,2,3          2  4.9 KiB   120       2.5
-2  m        (end)  1/2              1,2,3          -        -     -         -
+    1  (start)  m      1/1              1,2,3          2  4.9 KiB   120       2.5
+    2  m        (end)  1/2              1,2,3          -        -     -         -
 "
     );
     assert_eq!(
         json_lines(&rows[1..]).unwrap(),
         "{\"range_id\":2,\"start_key\":\"m\",\"end_key\":\"\",\"start_key_hex\":\"6d\",\
-         \"end_key_hex\":\"\",\"epoch\":{\"conf_ver\":1,\"version\":2},\"replicas\":[1,2,3],\
-         \"leader_node\":null,\"approx_bytes\":null,\"approx_keys\":null,\
-         \"writes_per_sec\":null}\n"
+             \"end_key_hex\":\"\",\"epoch\":{\"conf_ver\":1,\"version\":2},\"replicas\":[1,2,3],\
+             \"leader_node\":null,\"approx_bytes\":null,\"approx_keys\":null,\
+             \"writes_per_sec\":null}\n"
     );
     assert_eq!(
         nodes_table(&nodes(&resp)),
@@ -121,4 +121,16 @@ fn sizes_are_human() {
     assert_eq!(human_bytes(1536), "1.5 KiB");
     assert_eq!(human_bytes(3 << 30), "3.0 GiB");
     assert_eq!(truncate("abcdef", 4), "abc…");
+}
+
+#[test]
+fn every_placement_replica_is_found_in_dev_json() {
+    let text = r#"{"components":[
+        {"role":"placement","name":"placement-1","addr":"127.0.0.1:23790"},
+        {"role":"placement","name":"placement-2","addr":"127.0.0.1:23791"},
+        {"role":"node","name":"node-1","addr":"127.0.0.1:23792"}]}"#;
+    assert_eq!(
+        placement_addr_from_dev_json(text).unwrap(),
+        "127.0.0.1:23790,127.0.0.1:23791"
+    );
 }
