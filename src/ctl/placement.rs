@@ -69,10 +69,26 @@ pub async fn run(
     }
     match cmd {
         PlacementCommand::Members => {
-            let r = ask!(
+            let mut r = ask!(
                 "members",
                 client.members(with_timeout(MembersRequest {}, timeout))
             );
+            // Only the leader knows how far each member has replicated: ask it
+            // when another replica answered (best effort).
+            if r.leader_id != 0 && r.leader_id != r.responder_id {
+                let leader = r
+                    .members
+                    .iter()
+                    .find(|m| m.id == r.leader_id)
+                    .map(|m| m.addr.clone());
+                if let Some(Ok(mut lc)) = leader.map(|a| strata_proto::oracle::placement_client(&a))
+                {
+                    let req = with_timeout(MembersRequest {}, timeout);
+                    if let Ok(Ok(lr)) = tokio::time::timeout(timeout, lc.members(req)).await {
+                        r = lr.into_inner();
+                    }
+                }
+            }
             let rows = rows(&r);
             if json {
                 return json_lines(&rows);

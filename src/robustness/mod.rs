@@ -37,7 +37,9 @@ response. Meanwhile the --nemesis injects faults, chosen and timed by the seed:
                    placement replica (half the time placement's leader)
   pause            SIGSTOP a node, router or placement replica (half the time the
                    leader) for 1-4 s, then SIGCONT
-  partition        drop every packet to and from one node for 2-5 s (failpoint)
+  partition        drop every packet to and from one node for 2-5 s (failpoint); one
+                   time in four, cut the placement leader off its raft group instead
+                   (clients still reach it: it must stop serving once its lease ends)
   leader-transfer  a storm of leader transfers of random ranges
   split            a storm of splits of random ranges, under load
   snapshot         cut a node off while its ranges split, so it catches up by snapshot

@@ -207,8 +207,13 @@ impl Nemesis<'_> {
                 self.fault("resume", &name, "SIGCONT");
             }
             "partition" => {
-                let i = self.pick_node().await;
-                self.partition(i, 2000, 5000).await?;
+                let placement = self.cluster.of(Role::Placement).count() > 1;
+                if placement && self.rng.random_range(0..4) == 0 {
+                    self.cut_placement_leader().await?;
+                } else {
+                    let i = self.pick_node().await;
+                    self.partition(i, 2000, 5000).await?;
+                }
             }
             "leader-transfer" => self.storm(TRANSFER_LEADER).await,
             "split" => self.storm(SPLIT).await,
@@ -257,6 +262,20 @@ impl Nemesis<'_> {
         self.cluster.set_failpoints(i, &[("partition", "return")])?;
         self.fault("partition", &name, "all its traffic dropped");
         self.sleep_ms(lo, hi).await;
+        self.cluster.set_failpoints(i, &[])?;
+        self.fault("heal", &name, "");
+        Ok(())
+    }
+
+    /// The placement leader cut off its raft group for 2-5 s (its clients
+    /// still reach it; the others elect a new leader).
+    async fn cut_placement_leader(&mut self) -> anyhow::Result<()> {
+        let (i, which) = self.pick_placement().await;
+        let name = self.cluster.members[i].name.clone();
+        self.cluster
+            .set_failpoints(i, &[("placement_partition", "return")])?;
+        self.fault("partition", &name, &format!("raft group cut off{which}"));
+        self.sleep_ms(2000, 5000).await;
         self.cluster.set_failpoints(i, &[])?;
         self.fault("heal", &name, "");
         Ok(())
