@@ -74,6 +74,19 @@ impl Replica {
     }
 }
 
+/// `strata ctl ARGS --placement ADDRS`; its stdout (it must succeed).
+pub(crate) fn ctl(addrs: &[String], args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .arg("ctl")
+        .args(args)
+        .args(["--placement", &addrs.join(","), "--timeout", "10s"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "strata ctl {args:?} failed: {err}");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
 pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()

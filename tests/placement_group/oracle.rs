@@ -1,7 +1,6 @@
 //! The oracle across leader kills, pauses and partitions, and a replica
 //! replaced while it serves.
 
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -114,20 +113,7 @@ async fn a_dead_replica_is_replaced_by_a_fresh_one_while_the_oracle_serves() {
         .find(|r| r.id == victim)
         .unwrap()
         .kill9();
-    let ctl = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_strata"))
-            .arg("ctl")
-            .args(args)
-            .args(["--placement", &addrs.join(","), "--timeout", "10s"])
-            .output()
-            .unwrap();
-        let (o, e) = (
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        );
-        assert!(out.status.success(), "strata ctl {args:?} failed: {e}");
-        o
-    };
+    let ctl = |args: &[&str]| ctl(&addrs, args);
     // Remove it (the list starts with the dead one: the client moves on).
     let out = tokio::task::block_in_place(|| ctl(&["placement", "remove", &victim.to_string()]));
     eprintln!("{out}");
@@ -284,4 +270,54 @@ async fn a_leader_cut_off_from_its_group_stops_answering_before_a_new_one_serves
         "calls failed for 8 s in a row: {:?}",
         &errs[..errs.len().min(5)]
     );
+}
+
+/// Removing the leader itself: it hands its lead to another voter first
+/// (the caller retries there), then the new leader removes it; the oracle
+/// serves throughout, its answers in order, and the removed replica refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn removing_the_leader_hands_its_lead_over_first() {
+    let g = Group::start(3);
+    let addrs = g.addrs();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let running = load(addrs.clone(), 2, stop.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let old = g.replicas[g.leader_pos().await].id;
+    let out =
+        tokio::task::block_in_place(|| ctl(&addrs, &["placement", "remove", &old.to_string()]));
+    eprintln!("{out}");
+    let new = leader(&addrs, Duration::from_secs(10))
+        .await
+        .expect("a leader");
+    assert_ne!(new, old, "the removed replica still leads");
+    let members = tokio::task::block_in_place(|| ctl(&addrs, &["placement", "members", "--json"]));
+    assert!(!members.contains(&format!("\"id\":{old},")), "{members}");
+    assert_eq!(members.lines().count(), 2, "{members}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ops, errs) = running.await.unwrap();
+    eprintln!(
+        "{} answered allocations, {} failed calls",
+        ops.len(),
+        errs.len()
+    );
+    assert!(
+        errs.is_empty(),
+        "client errors: {:?}",
+        &errs[..errs.len().min(5)]
+    );
+    let bad = order_violations(&ops);
+    assert!(
+        bad.is_empty(),
+        "{} order violations, first: {:?}",
+        bad.len(),
+        &bad[..bad.len().min(5)]
+    );
+    // The removed replica answers nothing any more.
+    let removed = &g.replicas.iter().find(|r| r.id == old).unwrap().addr;
+    let mut c = client(removed).await.expect("connect");
+    let got = c
+        .alloc(strata_proto::strata::AllocRequest { count: 0 })
+        .await;
+    assert!(got.is_err(), "a removed replica answered: {got:?}");
 }

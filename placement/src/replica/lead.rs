@@ -22,8 +22,12 @@
 //!   vote requests for an election timeout after it starts
 //!   (`raft_loop.rs`), longer than any lease granted before it went down;
 //! - a leader transfer makes the target campaign with votes forced past the
-//!   timers: the leader gives up its lease when it starts a transfer and
-//!   ignores acknowledgements of heartbeats sent before (`no_lease_before`).
+//!   timers — possibly late: a target paused with the `TimeoutNow` in its
+//!   socket campaigns when it wakes up, after the transfer was given up. So a
+//!   leader that starts a transfer never serves again in that term
+//!   (`tainted_term`); if the transfer is given up it steps down
+//!   (`raft_loop.rs`), and serving again takes an election in a new term,
+//!   which a late forced campaign can no longer win over a lease.
 //!
 //! # A new leader's state
 //! A leader serves only once it has applied an entry of its own term
@@ -65,6 +69,9 @@ pub struct Leadership {
     /// Acknowledgements of lease requests sent before this are ignored.
     pub no_lease_before: Instant,
     pub transferring: bool,
+    /// A term in which this replica began a leader transfer: it never serves
+    /// in it again.
+    pub tainted_term: u64,
     /// This replica was removed from the group.
     pub removed: bool,
     pub commit: u64,
@@ -85,6 +92,7 @@ impl Leadership {
             lease_until: None,
             no_lease_before: now,
             transferring: false,
+            tainted_term: 0,
             removed: false,
             commit: 0,
             applied: 0,
@@ -99,6 +107,7 @@ impl Leadership {
         (self.is_leader
             && !self.removed
             && !self.transferring
+            && self.tainted_term != self.term
             && self.ready_term == self.term
             && lease)
             .then_some(self.term)
@@ -134,6 +143,9 @@ impl Leadership {
         self.term = term;
         self.leader_id = leader_id;
         self.transferring = transferring;
+        if transferring {
+            self.tainted_term = term;
+        }
     }
 }
 
@@ -211,6 +223,24 @@ mod tests {
         assert_eq!(l.serving_term(t0), None);
         l.renew(4, t0);
         assert_eq!(l.lease_until, None, "a follower holds no lease");
+    }
+
+    #[test]
+    fn a_leader_that_began_a_transfer_never_serves_again_in_that_term() {
+        let t0 = Instant::now();
+        let mut l = leader(t0);
+        l.observe(true, 3, 1, true, t0);
+        // The transfer is given up; acknowledgements of later heartbeats come in.
+        let later = t0 + Duration::from_millis(5);
+        l.observe(true, 3, 1, false, later);
+        l.renew(3, later);
+        assert_eq!(l.serving_term(later), None, "term 3 is tainted");
+        // Leading again after an election, in a new term: serves.
+        l.observe(false, 4, 0, false, later);
+        l.observe(true, 5, 1, false, later);
+        l.ready_term = 5;
+        l.renew(5, later);
+        assert_eq!(l.serving_term(later), Some(5));
     }
 
     #[test]

@@ -114,6 +114,7 @@ impl Loop {
             for m in msgs {
                 self.handle(m);
                 self.observe();
+                self.step_down_after_a_given_up_transfer();
             }
             if let Err(e) = self.ready() {
                 tracing::error!("placement raft storage failed: {e:#}");
@@ -145,6 +146,20 @@ impl Loop {
         let conf = r.prs().conf();
         l.voters = conf.voters().ids().len();
         l.learners = conf.learners().len();
+    }
+
+    /// A leader whose transfer was given up (the target did not take over
+    /// within an election timeout) steps down: it may not serve in this term
+    /// again (`lead.rs`), and an election gives the group a leader that can.
+    fn step_down_after_a_given_up_transfer(&mut self) {
+        let r = &self.raw.raft;
+        let tainted = self.sh.lead.lock().tainted_term == r.term;
+        if tainted && r.state == StateRole::Leader && r.lead_transferee.is_none() {
+            tracing::warn!(term = r.term, "leader transfer given up; stepping down");
+            let term = r.term;
+            self.raw.raft.become_follower(term, raft::INVALID_ID);
+            self.observe();
+        }
     }
 
     fn handle(&mut self, m: Msg) {
