@@ -349,6 +349,35 @@ pub(crate) fn load(
     })
 }
 
+/// Lets the load run 1 s more, stops it, and checks it: no call failed for
+/// 8 s in a row, every answer in real-time order. Returns the answers.
+pub(crate) async fn stop_and_check(
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    running: tokio::task::JoinHandle<(Vec<Op>, Vec<String>)>,
+) -> Vec<Op> {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ops, errs) = running.await.unwrap();
+    eprintln!(
+        "{} answered allocations, {} failed calls",
+        ops.len(),
+        errs.len()
+    );
+    assert!(
+        errs.is_empty(),
+        "client errors: {:?}",
+        &errs[..errs.len().min(5)]
+    );
+    let bad = order_violations(&ops);
+    assert!(
+        bad.is_empty(),
+        "{} order violations, first: {:?}",
+        bad.len(),
+        &bad[..bad.len().min(5)]
+    );
+    ops
+}
+
 /// For each instant in `at`, how long until the first op invoked after it
 /// was answered.
 pub(crate) fn gaps_after(ops: &[Op], at: &[Instant]) -> Vec<Duration> {
