@@ -257,23 +257,25 @@ pub fn grpc_layer() -> GrpcMetricsLayer {
     LAYER.clone()
 }
 
+/// The gauges computed from the leader's view of the cluster.
+static CLUSTER_GAUGES: [&LazyLock<IntGauge>; 5] = [
+    &RANGES,
+    &UNDER_REPLICATED,
+    &UNAVAILABLE,
+    &LEADERLESS,
+    &REPLICAS_MISSING,
+];
+
 /// Registers every placement metric (so all appear from the first scrape).
 pub fn init() {
     grpc_layer();
     for s in ["up", "down"] {
         NODES.with_label_values(&[s]);
     }
-    for g in [
-        &RANGES,
-        &UNDER_REPLICATED,
-        &UNAVAILABLE,
-        &LEADERLESS,
-        &REPLICAS_MISSING,
-        &REPLICATION_FACTOR,
-        &LEASES,
-        &REVISION,
-        &COMPACTED,
-    ] {
+    for g in CLUSTER_GAUGES
+        .into_iter()
+        .chain([&REPLICATION_FACTOR, &LEASES, &REVISION, &COMPACTED])
+    {
         LazyLock::force(g);
     }
     for c in [
@@ -315,13 +317,7 @@ fn refresh(svc: &PlacementService) {
     if !serving {
         // The cluster gauges come from the leader's view (followers hold no
         // heartbeats): 0 here, so sums and maxima over replicas stay right.
-        for g in [
-            &RANGES,
-            &UNDER_REPLICATED,
-            &UNAVAILABLE,
-            &LEADERLESS,
-            &REPLICAS_MISSING,
-        ] {
+        for g in CLUSTER_GAUGES {
             g.set(0);
         }
         NODES.with_label_values(&["up"]).set(0);

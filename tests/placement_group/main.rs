@@ -349,6 +349,23 @@ pub(crate) fn load(
     })
 }
 
+/// Every answer in real-time order, and no call that failed for 8 s in a
+/// row.
+pub(crate) fn check(ops: &[Op], errs: &[String]) {
+    let bad = order_violations(ops);
+    assert!(
+        bad.is_empty(),
+        "{} order violations, first: {:?}",
+        bad.len(),
+        &bad[..bad.len().min(5)]
+    );
+    assert!(
+        errs.is_empty(),
+        "calls failed for 8 s in a row: {:?}",
+        &errs[..errs.len().min(5)]
+    );
+}
+
 /// Lets the load run 1 s more, stops it, and checks it: no call failed for
 /// 8 s in a row, every answer in real-time order. Returns the answers.
 pub(crate) async fn stop_and_check(
@@ -363,18 +380,7 @@ pub(crate) async fn stop_and_check(
         ops.len(),
         errs.len()
     );
-    assert!(
-        errs.is_empty(),
-        "client errors: {:?}",
-        &errs[..errs.len().min(5)]
-    );
-    let bad = order_violations(&ops);
-    assert!(
-        bad.is_empty(),
-        "{} order violations, first: {:?}",
-        bad.len(),
-        &bad[..bad.len().min(5)]
-    );
+    check(&ops, &errs);
     ops
 }
 
