@@ -4,7 +4,8 @@
 //! 1. send `messages()` at once (they do not depend on our persistence);
 //! 2. stage every replica's log appends, hard state and received snapshot's
 //!    raft state (with its install record) into ONE write batch and write it
-//!    with ONE fsync (group commit);
+//!    with ONE fsync (group commit) — none when only commit indexes moved
+//!    (raft-rs `must_sync`);
 //! 3. start installing a received snapshot's data (in the background; the
 //!    replica stays paused and publishes it when done, see `snapshot.rs`),
 //!    send `persisted_messages()` (votes, append acks) — only after that
@@ -42,9 +43,16 @@ impl Store {
         let mut readies = Vec::with_capacity(ids.len());
         let mut installs = Vec::new();
         let mut appended = 0;
+        // Only entries, a snapshot, or a new term or vote need the fsync: a
+        // HardState whose commit alone moved may be lost in a crash (raft
+        // learns the commit index again), and RocksDB's WAL recovers a
+        // prefix, so an apply batch (which persists the commit index it
+        // covers) never survives without it.
+        let mut must_sync = false;
         for id in ids {
             let r = self.replicas.get_mut(&id).expect("replica");
             let mut rd = r.raw.ready();
+            must_sync |= rd.must_sync();
             let msgs = rd.take_messages();
             let shared = r.shared.clone();
             if let Some(ss) = rd.ss() {
@@ -79,11 +87,13 @@ impl Store {
             readies.push((id, rd));
         }
         crate::metrics::ready_round(appended, readies.len(), wb.size_in_bytes());
-        if !wb.is_empty() {
+        if !wb.is_empty() && must_sync {
             crate::failpoint::crash(self.node_id, "crash_before_log_fsync");
             let _fsync = crate::metrics::WAL_FSYNC.start_timer();
             self.db.write(&wb, true)?;
             crate::failpoint::crash(self.node_id, "crash_after_log_fsync");
+        } else if !wb.is_empty() {
+            self.db.write(&wb, false)?;
         }
         for (id, rec) in installs {
             self.start_install(id, rec);

@@ -275,7 +275,9 @@ impl Loop {
             .store()
             .stage_append(&mut wb, rd.entries(), rd.hs())?;
         if !wb.is_empty() {
-            self.db.write(&wb, true)?;
+            // No fsync when only the commit index moved (raft-rs
+            // `must_sync`): raft learns it again after a crash.
+            self.db.write(&wb, rd.must_sync())?;
         }
         self.raw.store().on_persisted(rd.entries(), rd.hs());
         self.send(rd.take_persisted_messages());
