@@ -93,7 +93,7 @@ histogram!(
 histogram!(
     WAL_FSYNC,
     "strata_node_wal_fsync_duration_seconds",
-    "Time to write and fsync one Ready round's batch to the RocksDB WAL.",
+    "Time to write and fsync one Ready round's batch to the RocksDB WAL (rounds that only moved commit indexes are written without fsync and not counted).",
     LATENCY_BUCKETS.to_vec()
 );
 
@@ -108,6 +108,12 @@ counter!(
     APPLIED_ENTRIES,
     "strata_node_applied_entries_total",
     "Committed raft entries applied (every replica counts its own)."
+);
+
+counter!(
+    APPLY_WRITES,
+    "strata_node_apply_writes_total",
+    "Storage writes of applied entries: consecutive Puts on distinct keys share one."
 );
 
 // --- raft transport --------------------------------------------------------------
@@ -341,6 +347,7 @@ pub fn init() {
     for c in [
         &PROPOSALS,
         &APPLIED_ENTRIES,
+        &APPLY_WRITES,
         &RAFT_SENT,
         &RAFT_SENT_BYTES,
         &RAFT_DROPPED,

@@ -7,6 +7,7 @@
 //! (which serializes them) for its whole run.
 
 mod admin_split;
+mod batching;
 mod catchup;
 mod cluster;
 mod feeds;
