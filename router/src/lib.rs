@@ -7,6 +7,7 @@ pub mod failpoint;
 pub mod kv;
 pub mod metrics;
 pub mod misc;
+mod mux;
 pub mod routing;
 pub mod watch;
 

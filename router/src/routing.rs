@@ -17,6 +17,8 @@ use strata_proto::strata::{
     GetRangesRequest, KvKind, KvRequest, RangeDescriptor, RouteError, RouteErrorKind,
 };
 use tokio::time::Instant;
+
+use crate::mux::NodeMux;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
@@ -111,6 +113,7 @@ pub struct Router {
     ranges: RwLock<RangeCache>,
     nodes: RwLock<HashMap<u64, String>>,
     clients: DashMap<u64, NodeClient<Channel>>,
+    muxes: DashMap<u64, NodeMux>,
     feed_clients: DashMap<u64, NodeClient<Channel>>,
     pub compacted: std::sync::atomic::AtomicI64,
     pub request_timeout: Duration,
@@ -142,7 +145,7 @@ pub fn is_stale(s: &Status) -> bool {
     s.code() == Code::Aborted && s.message() == "strata: stale range descriptor"
 }
 
-fn connect_failure(s: &Status) -> bool {
+pub(crate) fn connect_failure(s: &Status) -> bool {
     let m = s.message().to_ascii_lowercase();
     s.code() == Code::Unavailable
         && !m.starts_with("etcdserver")
@@ -156,6 +159,7 @@ impl Router {
             ranges: RwLock::new(RangeCache::default()),
             nodes: RwLock::new(HashMap::new()),
             clients: DashMap::new(),
+            muxes: DashMap::new(),
             feed_clients: DashMap::new(),
             compacted: Default::default(),
             request_timeout,
@@ -267,6 +271,21 @@ impl Router {
         self.client_in(&self.clients, node)
     }
 
+    /// The multiplexed Kv stream to `node` (see `mux.rs`), on the same
+    /// connection as [`Router::client`].
+    pub fn mux(&self, node: u64) -> Option<NodeMux> {
+        if let Some(m) = self.muxes.get(&node) {
+            return Some(m.clone());
+        }
+        let client = self.client(node)?;
+        Some(
+            self.muxes
+                .entry(node)
+                .or_insert_with(|| NodeMux::start(node, client))
+                .clone(),
+        )
+    }
+
     /// A client on a separate connection for range feeds: watches cancel feed
     /// streams often (splits, leader moves), and HTTP/2 limits how many streams
     /// one connection may reset, so feeds must not share KV's connection.
@@ -369,24 +388,22 @@ impl Router {
                 break;
             }
             let node = self.target(&range, attempt);
-            let Some(mut client) = self.client(node) else {
+            let Some(mux) = self.mux(node) else {
                 crate::metrics::retry("node_unknown");
                 let _ = self.refresh().await;
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 range = self.cached(range.desc.id).unwrap_or(range);
                 continue;
             };
-            let mut req = tonic::Request::new(KvRequest {
+            let req = KvRequest {
                 range_id: range.desc.id,
                 epoch: range.desc.epoch,
                 kind: kind as i32,
                 request: request.clone(),
                 read_revision,
-            });
-            req.set_timeout(deadline.saturating_duration_since(Instant::now()));
-            match client.kv(req).await {
+            };
+            match mux.call(req, deadline).await {
                 Ok(resp) => {
-                    let resp = resp.into_inner();
                     match resp.error {
                         None => {
                             if range.leader_node != node {

@@ -10,6 +10,7 @@
 
 mod admin;
 mod feed;
+mod stream;
 
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -27,9 +28,9 @@ use strata_proto::etcdutil::txn_writes;
 use strata_proto::oracle::Oracle;
 use strata_proto::strata::node_server::Node;
 use strata_proto::strata::{
-    AdminKind, AdminRequest, AdminResponse, Epoch, FeedMessage, FeedRequest, KvKind, KvRequest,
-    KvResponse, NodeStatusRequest, NodeStatusResponse, RaftAck, RaftBatch, RangeStatus, RouteError,
-    RouteErrorKind, SnapshotAck, SnapshotChunk,
+    AdminKind, AdminRequest, AdminResponse, Epoch, FeedMessage, FeedRequest, KvCalls, KvKind,
+    KvRequest, KvResponse, NodeStatusRequest, NodeStatusResponse, RaftAck, RaftBatch, RangeStatus,
+    RouteError, RouteErrorKind, SnapshotAck, SnapshotChunk,
 };
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status, Streaming};
@@ -43,6 +44,7 @@ use crate::store::{keys_within, StoreMsg};
 
 const WRITE_TIMEOUT: Duration = Duration::from_secs(8);
 
+#[derive(Clone)]
 pub struct NodeService {
     pub node_id: u64,
     pub ranges: Ranges,
@@ -84,15 +86,12 @@ fn route_error(r: Option<&RangeShared>, e: NodeError) -> Result<RouteError, Stat
     })
 }
 
-fn kv_answer(
-    r: Option<&RangeShared>,
-    res: NodeResult<Vec<u8>>,
-) -> Result<Response<KvResponse>, Status> {
+fn kv_answer(r: Option<&RangeShared>, res: NodeResult<Vec<u8>>) -> Result<KvResponse, Status> {
     let (response, error) = match res {
         Ok(body) => (body, None),
         Err(e) => (Vec::new(), Some(route_error(r, e)?)),
     };
-    Ok(Response::new(KvResponse { response, error }))
+    Ok(KvResponse { response, error })
 }
 
 fn decode<M: prost::Message + Default>(b: &[u8]) -> NodeResult<M> {
@@ -307,6 +306,23 @@ impl NodeService {
     }
 }
 
+impl NodeService {
+    /// One KV request, as the unary `Kv` and every call of a `KvStream`
+    /// run it.
+    async fn kv_unary(&self, req: KvRequest) -> Result<KvResponse, Status> {
+        crate::failpoint::hold_while_partitioned(self.node_id).await?;
+        let r = match self.replica(req.range_id, req.epoch) {
+            Ok(r) => r,
+            Err(e) => {
+                let r = self.ranges.get(&req.range_id).map(|r| r.clone());
+                return kv_answer(r.as_deref(), Err(e));
+            }
+        };
+        let res = self.kv_request(&r, req).await;
+        kv_answer(Some(&r), res)
+    }
+}
+
 type FeedStream = Pin<Box<dyn Stream<Item = Result<FeedMessage, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -368,17 +384,16 @@ impl Node for NodeService {
     }
 
     async fn kv(&self, req: Request<KvRequest>) -> Result<Response<KvResponse>, Status> {
-        crate::failpoint::hold_while_partitioned(self.node_id).await?;
-        let req = req.into_inner();
-        let r = match self.replica(req.range_id, req.epoch) {
-            Ok(r) => r,
-            Err(e) => {
-                let r = self.ranges.get(&req.range_id).map(|r| r.clone());
-                return kv_answer(r.as_deref(), Err(e));
-            }
-        };
-        let res = self.kv_request(&r, req).await;
-        kv_answer(Some(&r), res)
+        self.kv_unary(req.into_inner()).await.map(Response::new)
+    }
+
+    type KvStreamStream = stream::KvReplyStream;
+
+    async fn kv_stream(
+        &self,
+        req: Request<Streaming<KvCalls>>,
+    ) -> Result<Response<Self::KvStreamStream>, Status> {
+        Ok(Response::new(self.serve_kv_stream(req.into_inner())))
     }
 
     type FeedStream = FeedStream;
