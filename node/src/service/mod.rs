@@ -195,13 +195,15 @@ impl NodeService {
     /// Reads at `read_rev` after a barrier (linearizable), or at the applied
     /// revision (serializable, `read_rev == 0`). `stale_by` > 0 only with the
     /// planted bug `plant_stale_read`: MVCC is read that many revisions
-    /// behind (never below the compaction floor).
+    /// behind (never below the compaction floor). A `point` read (one key)
+    /// runs on this task; others on a blocking thread.
     async fn read<T: Send + 'static>(
         &self,
         r: &Arc<RangeShared>,
         kind: KvKind,
         body: &[u8],
         (read_rev, stale_by): (i64, i64),
+        point: bool,
         f: impl FnOnce(&View<'_>) -> Result<T, Status> + Send + 'static,
     ) -> NodeResult<T> {
         let rev = if read_rev > 0 {
@@ -219,9 +221,8 @@ impl NodeService {
         // that began meanwhile is refused after the fact (the router retries
         // either elsewhere).
         let gen = r.data_stable().ok_or(NodeError::NotLeader)?;
-        let (mvcc, r2, node_id) = (self.mvcc.clone(), r.clone(), self.node_id);
-        tokio::task::spawn_blocking(move || {
-            crate::failpoint::pause_blocking(node_id, "read_before_mvcc");
+        let (mvcc, r2) = (self.mvcc.clone(), r.clone());
+        let job = move || {
             // The compaction floor is raised before history is removed, so
             // checking it after the read tells whether the read may have
             // missed compacted versions.
@@ -241,14 +242,26 @@ impl NodeService {
                 return Err(errors::compacted());
             }
             Ok(out)
-        })
-        .await
-        .map_err(|e| Status::internal(format!("strata: read task failed: {e}")))?
-        .map_err(NodeError::from)
-        .and_then(|out| match r.data_stable() {
-            Some(g) if g == gen => Ok(out),
-            _ => Err(NodeError::NotLeader),
-        })
+        };
+        let out = if point {
+            // One key: a few memtable or block-cache lookups, cheaper than
+            // the hop to a blocking thread and back.
+            crate::failpoint::pause(self.node_id, "read_before_mvcc").await;
+            job()
+        } else {
+            let node_id = self.node_id;
+            tokio::task::spawn_blocking(move || {
+                crate::failpoint::pause_blocking(node_id, "read_before_mvcc");
+                job()
+            })
+            .await
+            .map_err(|e| Status::internal(format!("strata: read task failed: {e}")))?
+        };
+        out.map_err(NodeError::from)
+            .and_then(|out| match r.data_stable() {
+                Some(g) if g == gen => Ok(out),
+                _ => Err(NodeError::NotLeader),
+            })
     }
 
     async fn kv_request(&self, r: &Arc<RangeShared>, req: KvRequest) -> NodeResult<Vec<u8>> {
@@ -269,7 +282,8 @@ impl NodeService {
                     && rr.revision == 0
                     && crate::failpoint::on(self.node_id, "plant_stale_read");
                 let (asked, stale_by) = (req.read_revision, if stale { 20 } else { 0 });
-                self.read(r, kind, &request, (asked, stale_by), move |v| {
+                let point = rr.range_end.is_empty();
+                self.read(r, kind, &request, (asked, stale_by), point, move |v| {
                     v.range(&rr).map(|mut x| {
                         if stale {
                             x.header = crate::apply::header(asked);
@@ -281,7 +295,7 @@ impl NodeService {
             }
             Checked::Read => {
                 let t: PbTxnRequest = decode(&request)?;
-                self.read(r, kind, &request, (req.read_revision, 0), move |v| {
+                self.read(r, kind, &request, (req.read_revision, 0), false, move |v| {
                     read_txn(v, &t).map(|x| x.encode_to_vec())
                 })
                 .await
@@ -307,6 +321,20 @@ impl NodeService {
 }
 
 impl NodeService {
+    /// Hands a batch of raft messages to the store (a full inbox drops
+    /// them: raft retransmits).
+    fn deliver(&self, batch: RaftBatch) {
+        if crate::failpoint::partitioned(self.node_id) {
+            return; // lost on the way
+        }
+        let from_node = batch.from_node;
+        for mut env in batch.msgs {
+            env.from_node = from_node;
+            crate::metrics::raft_in(env.message.len());
+            let _ = self.store.try_send(StoreMsg::Raft(env));
+        }
+    }
+
     /// One KV request, as the unary `Kv` and every call of a `KvStream`
     /// run it.
     async fn kv_unary(&self, req: KvRequest) -> Result<KvResponse, Status> {
@@ -328,16 +356,17 @@ type FeedStream = Pin<Box<dyn Stream<Item = Result<FeedMessage, Status>> + Send>
 #[tonic::async_trait]
 impl Node for NodeService {
     async fn raft(&self, req: Request<RaftBatch>) -> Result<Response<RaftAck>, Status> {
-        if crate::failpoint::partitioned(self.node_id) {
-            return Ok(Response::new(RaftAck {})); // lost on the way
-        }
-        let batch = req.into_inner();
-        let from_node = batch.from_node;
-        for mut env in batch.msgs {
-            env.from_node = from_node;
-            crate::metrics::raft_in(env.message.len());
-            // Full inbox: drop, raft retransmits.
-            let _ = self.store.try_send(StoreMsg::Raft(env));
+        self.deliver(req.into_inner());
+        Ok(Response::new(RaftAck {}))
+    }
+
+    async fn raft_stream(
+        &self,
+        req: Request<Streaming<RaftBatch>>,
+    ) -> Result<Response<RaftAck>, Status> {
+        let mut batches = req.into_inner();
+        while let Some(batch) = batches.message().await? {
+            self.deliver(batch);
         }
         Ok(Response::new(RaftAck {}))
     }

@@ -1,6 +1,8 @@
 //! The gRPC raft transport: one sender task per destination node batches every
-//! message queued for it into one `Raft` RPC (at most [`BATCH_MAX`] messages
-//! and about [`BATCH_BYTES_MAX`] bytes, under the receiver's decode limit).
+//! message queued for it into one `RaftBatch` (at most [`BATCH_MAX`] messages
+//! and about [`BATCH_BYTES_MAX`] bytes, under the receiver's decode limit) and
+//! sends it on one long-lived `RaftStream` to that node (re-opened when it
+//! breaks; no per-batch call and answer).
 //! Queues are bounded; when one is full the message is dropped (raft
 //! retransmits), never buffered without limit.
 //!
@@ -9,7 +11,7 @@
 //! their 2 s deadline); at most [`crate::snapshot::SENDS_MAX`] at once.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use strata_proto::strata::node_client::NodeClient;
@@ -23,6 +25,10 @@ const BATCH_MAX: usize = 1024;
 /// A batch stops growing past this many message bytes (the receiver
 /// refuses RPCs over 64 MiB; a raft append carries up to about 1 MiB).
 const BATCH_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Batches queued on a stream before newer ones are dropped.
+const STREAM_CAP: usize = 256;
+/// A broken stream is re-opened at most this often.
+const REOPEN_EVERY: Duration = Duration::from_millis(50);
 
 #[derive(Clone)]
 pub struct GrpcTransport {
@@ -61,7 +67,8 @@ impl GrpcTransport {
     }
 
     async fn sender(self, node_id: u64, mut rx: mpsc::Receiver<RaftEnvelope>) {
-        let mut client: Option<NodeClient<tonic::transport::Channel>> = None;
+        let mut stream: Option<mpsc::Sender<RaftBatch>> = None;
+        let mut next_open = Instant::now();
         while let Some(first) = rx.recv().await {
             let mut bytes = first.message.len();
             let mut msgs = vec![first];
@@ -74,35 +81,55 @@ impl GrpcTransport {
                     Err(_) => break,
                 }
             }
-            if client.is_none() {
-                let Some(addr) = self.addrs.get(&node_id).map(|a| a.clone()) else {
-                    crate::metrics::RAFT_DROPPED.inc_by(msgs.len() as u64);
-                    continue; // address not known yet: drop, raft retries
-                };
-                match tonic::transport::Endpoint::from_shared(format!("http://{addr}")) {
-                    Ok(ep) => {
-                        let ep = ep
-                            .connect_timeout(Duration::from_millis(500))
-                            .timeout(Duration::from_secs(2))
-                            .tcp_nodelay(true);
-                        client = Some(NodeClient::new(ep.connect_lazy()));
+            if stream.as_ref().is_none_or(|s| s.is_closed()) {
+                stream = None;
+                // At most one attempt per REOPEN_EVERY: a dead peer costs
+                // dropped messages (raft retries), not a connect loop.
+                let addr = self.addrs.get(&node_id).map(|a| a.clone());
+                match addr {
+                    Some(addr) if Instant::now() >= next_open => {
+                        next_open = Instant::now() + REOPEN_EVERY;
+                        stream = open_stream(&addr);
                     }
-                    Err(_) => continue,
+                    _ => {}
                 }
             }
-            let c = client.as_mut().expect("client");
+            let n = msgs.len() as u64;
             let batch = RaftBatch {
                 from_node: self.from_node,
                 msgs,
             };
-            if let Err(e) = c.raft(batch).await {
-                tracing::debug!(to = node_id, "raft send failed: {e}");
-                client = None;
-                // Back off a little so a dead peer does not spin this task.
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            // Full or broken: dropped, raft retransmits.
+            if stream.as_ref().is_none_or(|s| s.try_send(batch).is_err()) {
+                crate::metrics::RAFT_DROPPED.inc_by(n);
             }
         }
     }
+}
+
+/// Opens a `RaftStream` to `addr`: batches sent into the returned queue go
+/// out in order on one HTTP/2 stream until it breaks (the queue then
+/// reports closed, and the sender opens another).
+fn open_stream(addr: &str) -> Option<mpsc::Sender<RaftBatch>> {
+    let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true)
+        // A peer that stopped answering (paused, cut off) breaks the
+        // stream within a few seconds instead of holding it.
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(Duration::from_secs(2));
+    let (tx, rx) = mpsc::channel(STREAM_CAP);
+    tokio::spawn(async move {
+        let mut client = NodeClient::new(ep.connect_lazy());
+        if let Err(e) = client
+            .raft_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+        {
+            tracing::debug!(%e, "raft stream ended");
+        }
+    });
+    Some(tx)
 }
 
 /// Streams one snapshot to the node at `addr`, on a new connection.

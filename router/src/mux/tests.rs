@@ -59,6 +59,12 @@ impl Node for Stub {
     async fn raft(&self, _: Request<RaftBatch>) -> Result<Response<RaftAck>, Status> {
         Err(Status::unimplemented("stub"))
     }
+    async fn raft_stream(
+        &self,
+        _: Request<Streaming<RaftBatch>>,
+    ) -> Result<Response<RaftAck>, Status> {
+        Err(Status::unimplemented("stub"))
+    }
     async fn snapshot(
         &self,
         _: Request<Streaming<SnapshotChunk>>,
