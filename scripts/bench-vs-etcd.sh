@@ -16,7 +16,8 @@
 # build in $CARGO_TARGET_DIR or ./target; build them with
 # `cargo build --release -p strata -p strata-bench --bins`), etcd from $ETCD_BIN
 # (default /usr/bin/etcd). Outputs (per-row JSON and Markdown, the table) go to
-# --out (default: a new directory under /tmp). etcd's own `benchmark` tool is not
+# --out (default: a new directory under /tmp), with each row's latency CDF and
+# throughput over time as PNG. etcd's own `benchmark` tool is not
 # needed: strata-bench takes its subcommands and flags. A figure, not a test.
 set -euo pipefail
 
@@ -66,7 +67,7 @@ for row in "${rows[@]}"; do
   # shellcheck disable=SC2086 # the workload is a word list
   STRATA_BIN="$bin_dir/strata" "$bin_dir/strata-bench" --no-progress --json "$out/$name.json" \
     compare --a strata --b etcd --rounds "$rounds" --etcd-bin "$etcd_bin" \
-    --markdown "$out/$name.md" -- $workload >&2
+    --markdown "$out/$name.md" --plot "$out/$name.png" -- $workload >&2
   jq -r --arg d "$desc" '
     def m(k): .table[] | select(.metric == k);
     def f0: . * 1 | round | tostring;

@@ -33,7 +33,7 @@ target_dir="${CARGO_TARGET_DIR:-$(cd "$(dirname "$0")/.." && pwd)/target}"
 bin_dir="${STRATA_BIN_DIR:-$target_dir/release}"
 etcd_bin="${ETCD_BIN:-/usr/bin/etcd}"
 for b in "$bin_dir/strata" "$bin_dir/strata-bench"; do
-  [ -x "$b" ] || { echo "cpu-per-write: $b missing: cargo build --release --bin strata -p strata-bench" >&2; exit 1; }
+  [ -x "$b" ] || { echo "cpu-per-write: $b missing: cargo build --release -p strata -p strata-bench --bins" >&2; exit 1; }
 done
 clk=$(getconf CLK_TCK)
 tmp=$(mktemp -d /tmp/strata-cpu.XXXXXX)

@@ -322,8 +322,10 @@ pub fn raft_in(bytes: usize) {
 /// The node's internal gRPC methods (called by routers, placement and other nodes).
 pub static NODE_METHODS: &[strata_proto::telemetry::GrpcMethod] = &[
     ("strata.Node", "Raft", false),
+    ("strata.Node", "RaftStream", true),
     ("strata.Node", "Snapshot", true),
     ("strata.Node", "Kv", false),
+    ("strata.Node", "KvStream", true),
     ("strata.Node", "Feed", true),
     ("strata.Node", "Status", false),
 ];
