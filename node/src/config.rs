@@ -34,7 +34,10 @@ pub struct NodeConfig {
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     pub range_split_bytes: u64,
     /// Split a range (at its median key) once it takes more than this many
-    /// writes per second; 0 disables load-based splits.
+    /// writes per second; 0 disables this threshold. Independently, a node
+    /// that has used 80% of its CPU (cgroup quota, else every CPU) for a
+    /// second splits the hottest range it leads if that range takes a
+    /// quarter or more of the writes it leads.
     #[arg(long, default_value_t = 3000.0)]
     pub range_split_write_rate: f64,
     /// Split a range once it holds more than this many live keys.

@@ -12,6 +12,7 @@
 
 pub mod apply;
 mod config;
+pub mod cpu;
 pub mod engine;
 pub mod error;
 pub mod failpoint;

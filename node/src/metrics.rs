@@ -110,6 +110,18 @@ counter!(
     "Committed raft entries applied (every replica counts its own)."
 );
 
+gauge!(
+    SATURATED,
+    "strata_node_saturated",
+    "1 while this node has used at least 80% of the CPU it may use (cgroup quota, else every CPU) for a second."
+);
+
+counter!(
+    SATURATION_SPLITS,
+    "strata_node_saturation_splits_total",
+    "Splits of a node's hottest range because the node was saturated (see strata_node_saturated)."
+);
+
 counter!(
     APPLY_WRITES,
     "strata_node_apply_writes_total",
@@ -350,6 +362,7 @@ pub fn init() {
         &PROPOSALS,
         &APPLIED_ENTRIES,
         &APPLY_WRITES,
+        &SATURATION_SPLITS,
         &RAFT_SENT,
         &RAFT_SENT_BYTES,
         &RAFT_DROPPED,
@@ -368,7 +381,14 @@ pub fn init() {
     ] {
         LazyLock::force(c);
     }
-    for g in [&PROPOSALS_PENDING, &RANGES, &LEADERS, &NO_LEADER, &FEEDS] {
+    for g in [
+        &SATURATED,
+        &PROPOSALS_PENDING,
+        &RANGES,
+        &LEADERS,
+        &NO_LEADER,
+        &FEEDS,
+    ] {
         LazyLock::force(g);
     }
     for h in [

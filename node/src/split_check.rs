@@ -1,6 +1,9 @@
-//! Split checks: a range leader whose range passed the key or byte threshold
-//! asks placement for ids and proposes a split command (applied by every
-//! replica in `store/split.rs`). [`propose_split`] is also how an `Admin`
+//! Split checks: a range leader whose range passed the key or byte threshold,
+//! or the `--range-split-write-rate`, or whose node is saturated (it has used
+//! [`SATURATED`] of the CPU it may use for a second, see `cpu.rs`) while the
+//! range takes a good share of the writes it leads, asks placement for ids
+//! and proposes a split command (applied by every replica in
+//! `store/split.rs`); placement's scheduler then spreads the leaders. [`propose_split`] is also how an `Admin`
 //! SPLIT request splits a range now.
 
 use std::sync::atomic::Ordering;
@@ -29,6 +32,20 @@ pub struct SplitChecker {
     pub max_write_rate: f64,
 }
 
+/// A node using at least this share of the CPU it may use is saturated…
+const SATURATED: f64 = 0.8;
+/// …when it stayed so this many checks in a row.
+const SATURATED_CHECKS: u32 = 2;
+/// A saturated leader splits its hottest range only if that range takes at
+/// least this share of the writes of every range it leads (once it leads
+/// several similar ones, moving leaders helps and splitting does not)…
+const SATURATED_SHARE: f64 = 0.25;
+/// …and at least this many writes per second (idle ranges never split).
+const SATURATED_MIN_RATE: f64 = 50.0;
+/// After a split by saturation, the next waits this long, so that placement
+/// can move a leader and the CPU figure shows the new state.
+const SATURATED_COOLDOWN: Duration = Duration::from_secs(3);
+
 impl SplitChecker {
     pub async fn run(self) {
         let mut iv = tokio::time::interval(CHECK_EVERY);
@@ -38,6 +55,9 @@ impl SplitChecker {
         let mut seen: std::collections::HashMap<u64, (u64, u64, std::time::Instant)> =
             Default::default();
         let mut rounds = 0u64;
+        let mut cpu = crate::cpu::CpuGauge::default();
+        let mut saturated_for = 0u32;
+        let mut last_saturated_split: Option<std::time::Instant> = None;
         loop {
             iv.tick().await;
             rounds += 1;
@@ -45,12 +65,18 @@ impl SplitChecker {
                 // Forget ranges no longer here (moved away, removed).
                 seen.retain(|id, _| self.ranges.contains_key(id));
             }
+            saturated_for = match cpu.sample() {
+                Some(u) if u >= SATURATED => saturated_for.saturating_add(1),
+                _ => 0,
+            };
+            crate::metrics::SATURATED.set(i64::from(saturated_for >= SATURATED_CHECKS));
             let leaders: Vec<_> = self
                 .ranges
                 .iter()
                 .filter(|r| r.is_leader())
                 .map(|r| r.clone())
                 .collect();
+            let mut rated = Vec::with_capacity(leaders.len());
             for r in leaders {
                 let id = r.desc.read().id;
                 if r.desc.read().peers.iter().any(|p| p.learner) {
@@ -71,7 +97,21 @@ impl SplitChecker {
                 } else {
                     0.0
                 };
-                let hot = self.max_write_rate > 0.0 && rate > self.max_write_rate;
+                rated.push((r, rate));
+            }
+            // Saturated: the hottest range, if it carries enough of the load.
+            let total: f64 = rated.iter().map(|(_, rate)| rate).sum();
+            let cooled = last_saturated_split.is_none_or(|t| t.elapsed() >= SATURATED_COOLDOWN);
+            let hottest = rated
+                .iter()
+                .filter(|_| saturated_for >= SATURATED_CHECKS && cooled)
+                .filter(|(_, rate)| *rate >= SATURATED_MIN_RATE && *rate >= SATURATED_SHARE * total)
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .map(|(r, _)| r.desc.read().id);
+            for (r, rate) in rated {
+                let id = r.desc.read().id;
+                let by_rate = self.max_write_rate > 0.0 && rate > self.max_write_rate;
+                let hot = by_rate || hottest == Some(id);
                 let kr = desc_range(&r.desc.read());
                 let (mvcc, mk, mb) = (self.mvcc.clone(), self.max_keys, self.max_bytes);
                 let scan = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
@@ -92,6 +132,16 @@ impl SplitChecker {
                 r.approx_keys.store(keys, Ordering::Relaxed);
                 r.approx_bytes.store(bytes, Ordering::Relaxed);
                 if let Some(k) = split_key {
+                    if hottest == Some(id) && !by_rate {
+                        last_saturated_split = Some(std::time::Instant::now());
+                        crate::metrics::SATURATION_SPLITS.inc();
+                        tracing::info!(
+                            range = id,
+                            rate,
+                            total,
+                            "saturated: splitting the hottest range"
+                        );
+                    }
                     let res = propose_split(&self.placement, &self.sequencers, &r, k).await;
                     if let Err(e) = res {
                         tracing::warn!(range = id, "split failed: {e:#}");

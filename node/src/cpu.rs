@@ -1,0 +1,148 @@
+//! How much of the CPU it may use this process is using: the signal the
+//! split checker reads to tell a saturated leader from a merely busy one.
+//!
+//! The limit is the process's cgroup CPU quota (cgroup v2 `cpu.max`, or v1
+//! `cpu.cfs_quota_us` / `cpu.cfs_period_us`), re-read at every sample (a
+//! process may be moved into a cgroup after it started), else the number of
+//! CPUs. Usage is `utime + stime` from `/proc/self/stat`. Linux only; where
+//! either cannot be read, [`CpuGauge::sample`] says nothing (no load split by
+//! saturation, the fixed `--range-split-write-rate` still applies).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Clock ticks per second of `/proc/self/stat` (`USER_HZ`, 100 on every
+/// Linux ABI Strata builds for).
+const USER_HZ: f64 = 100.0;
+
+#[derive(Default)]
+pub struct CpuGauge {
+    last: Option<(Instant, f64)>,
+}
+
+impl CpuGauge {
+    /// The share of its CPU limit this process used since the last call
+    /// (1.0 = all of it), or `None` on the first call or when unreadable.
+    pub fn sample(&mut self) -> Option<f64> {
+        let now = Instant::now();
+        let used = process_cpu_secs()?;
+        let last = self.last.replace((now, used));
+        let (then, used_then) = last?;
+        let wall = now.duration_since(then).as_secs_f64();
+        let limit = cpu_limit();
+        (wall > 0.0 && limit > 0.0).then(|| (used - used_then).max(0.0) / wall / limit)
+    }
+}
+
+/// CPU seconds this process has used (user + system).
+fn process_cpu_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    parse_stat_cpu(&stat)
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/PID/stat` line, in seconds.
+/// The command name (field 2) may hold spaces and parentheses, so fields are
+/// counted after its last `)`.
+fn parse_stat_cpu(stat: &str) -> Option<f64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut f = rest.split_ascii_whitespace().skip(11); // field 3 is the first here
+    let utime: u64 = f.next()?.parse().ok()?;
+    let stime: u64 = f.next()?.parse().ok()?;
+    Some(utime.saturating_add(stime) as f64 / USER_HZ)
+}
+
+/// CPUs this process may use: its cgroup's quota, else every CPU.
+pub fn cpu_limit() -> f64 {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    quota(&cgroups, Path::new("/sys/fs/cgroup")).map_or(cpus, |q| q.min(cpus))
+}
+
+/// The CPU quota (in CPUs) of the cgroup a `/proc/self/cgroup` text names,
+/// under the cgroup filesystem mounted at `root`.
+fn quota(cgroups: &str, root: &Path) -> Option<f64> {
+    for line in cgroups.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let rel = path.trim_start_matches('/');
+        if controllers.is_empty() {
+            // v2: "0::/path", quota in cpu.max as "QUOTA PERIOD" or "max PERIOD".
+            let text = std::fs::read_to_string(root.join(rel).join("cpu.max")).unwrap_or_default();
+            let mut it = text.split_ascii_whitespace();
+            if let Some(r) = it.next().zip(it.next()).and_then(|(q, p)| ratio(q, p)) {
+                return Some(r);
+            }
+            continue; // no quota here; a v1 line may still have one
+        }
+        if controllers.split(',').any(|c| c == "cpu") {
+            for mount in ["cpu", "cpu,cpuacct", "cpuacct,cpu"] {
+                let dir: PathBuf = root.join(mount).join(rel);
+                let q = std::fs::read_to_string(dir.join("cpu.cfs_quota_us"));
+                let p = std::fs::read_to_string(dir.join("cpu.cfs_period_us"));
+                if let (Ok(q), Ok(p)) = (q, p) {
+                    return ratio(q.trim(), p.trim());
+                }
+            }
+        }
+    }
+    None
+}
+
+/// `quota / period`, or `None` for no quota ("max", or v1's -1).
+fn ratio(quota: &str, period: &str) -> Option<f64> {
+    let q: f64 = quota.parse().ok().filter(|q: &f64| *q > 0.0)?;
+    let p: f64 = period.parse().ok().filter(|p: &f64| *p > 0.0)?;
+    Some(q / p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_are_counted_after_the_command_name() {
+        let stat = "4242 (a (weird) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 9 0";
+        assert_eq!(parse_stat_cpu(stat), Some(3.0));
+        assert_eq!(parse_stat_cpu("garbage"), None);
+        assert_eq!(parse_stat_cpu("1 (x) S 1 2"), None);
+    }
+
+    #[test]
+    fn quotas_from_cgroup_v1_and_v2() {
+        let root = tempfile::tempdir().unwrap();
+        let v2 = root.path().join("bench/node-1");
+        std::fs::create_dir_all(&v2).unwrap();
+        std::fs::write(v2.join("cpu.max"), "15000 100000\n").unwrap();
+        assert_eq!(quota("0::/bench/node-1\n", root.path()), Some(0.15));
+        std::fs::write(v2.join("cpu.max"), "max 100000\n").unwrap();
+        assert_eq!(quota("0::/bench/node-1\n", root.path()), None);
+
+        let v1 = root.path().join("cpu,cpuacct/bench/node-2");
+        std::fs::create_dir_all(&v1).unwrap();
+        std::fs::write(v1.join("cpu.cfs_quota_us"), "30000\n").unwrap();
+        std::fs::write(v1.join("cpu.cfs_period_us"), "100000\n").unwrap();
+        let text = "12:memory:/x\n4:cpu,cpuacct:/bench/node-2\n";
+        assert_eq!(quota(text, root.path()), Some(0.3));
+        std::fs::write(v1.join("cpu.cfs_quota_us"), "-1\n").unwrap();
+        assert_eq!(quota(text, root.path()), None);
+        assert_eq!(quota("", root.path()), None);
+    }
+
+    #[test]
+    fn a_busy_loop_shows_as_usage() {
+        let mut g = CpuGauge::default();
+        if g.sample().is_none() && process_cpu_secs().is_none() {
+            return; // no /proc here
+        }
+        let start = Instant::now();
+        let mut x = 0u64;
+        while start.elapsed().as_millis() < 300 {
+            x = x.wrapping_mul(31).wrapping_add(7);
+        }
+        std::hint::black_box(x);
+        let used = g.sample().expect("second sample");
+        // One thread spinning: at least a sliver of the limit, whatever the
+        // machine's other load (a figure, not a timing assertion).
+        assert!(used > 0.0, "{used}");
+    }
+}
