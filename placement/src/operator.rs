@@ -62,13 +62,20 @@ pub async fn run(svc: Arc<PlacementService>, node_down_after: Duration, max_ops:
             },
         );
         settled = (ops.is_empty() && busy.is_empty()).then_some((version, nodes));
-        for op in ops {
+        // One operator per range, so they are independent: run at once (a
+        // burst of split children gets its leaders spread in one round,
+        // not one transfer after another).
+        let svc_ref = &svc;
+        let runs = ops.into_iter().map(|op| {
             recent.insert(op.range(), Instant::now());
             tracing::info!(?op, "scheduling");
-            if let Err(e) = crate::metrics::operator(&op, execute(&svc, &op)).await {
-                tracing::warn!(?op, "operator failed: {e:#}");
+            async move {
+                if let Err(e) = crate::metrics::operator(&op, execute(svc_ref, &op)).await {
+                    tracing::warn!(?op, "operator failed: {e:#}");
+                }
             }
-        }
+        });
+        futures::future::join_all(runs).await;
     }
 }
 
