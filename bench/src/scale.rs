@@ -20,14 +20,17 @@ use crate::runner::Progress;
 use crate::targets::{strata_bin, Target};
 use crate::workloads::{self, RunReport};
 
+/// Enough clients that the load, not each request's latency, limits a
+/// 9-node cluster: a closed loop of 100 clients measures latency at every
+/// size and so cannot show scaling.
 const DEFAULT_WORKLOAD: &[&str] = &[
     "put",
     "--conns",
-    "10",
-    "--clients",
     "100",
+    "--clients",
+    "1000",
     "--total",
-    "20000",
+    "30000",
     "--key-space-size",
     "100000",
     "--key-size",
@@ -50,6 +53,11 @@ pub struct ScaleArgs {
     /// Runs of the workload per cluster size (the median is reported).
     #[arg(long, default_value_t = 1)]
     pub rounds: usize,
+    /// Unmeasured runs of the workload first, per cluster size: each cluster
+    /// starts as one range and must find and split its hot ranges and spread
+    /// their leaders itself; the measured rounds show where that got it.
+    #[arg(long, default_value_t = 1)]
+    pub warmup_rounds: usize,
     /// strata binary (default: $STRATA_BIN, then next to this executable, then PATH).
     #[arg(long)]
     pub strata_bin: Option<PathBuf>,
@@ -57,7 +65,7 @@ pub struct ScaleArgs {
     #[arg(long, value_name = "FILE")]
     pub markdown: Option<PathBuf>,
     /// The write workload, after `--` (default:
-    /// `put --conns 10 --clients 100 --total 20000 --key-space-size 100000 --key-size 16 --val-size 256`).
+    /// `put --conns 100 --clients 1000 --total 30000 --key-space-size 100000 --key-size 16 --val-size 256`).
     #[arg(last = true)]
     pub workload: Vec<String>,
 }
@@ -252,7 +260,13 @@ pub async fn run(g: &GlobalArgs, a: &ScaleArgs, argv: Vec<String>) -> Result<Exi
         }
         let cli = workload_cli(&workload, &t.endpoints)?;
         let mut runs = Vec::new();
-        for round in 1..=a.rounds {
+        for i in 0..a.warmup_rounds + a.rounds {
+            let warmup = i < a.warmup_rounds;
+            let round = if warmup {
+                i + 1
+            } else {
+                i + 1 - a.warmup_rounds
+            };
             let mut inner = vec![
                 "strata-bench".to_string(),
                 "--endpoints".into(),
@@ -264,12 +278,15 @@ pub async fn run(g: &GlobalArgs, a: &ScaleArgs, argv: Vec<String>) -> Result<Exi
                 .with_context(|| format!("{n} nodes, round {round}"))?;
             let s = &rep.results[0];
             println!(
-                "  {n} nodes, round {round}: {:.1} req/s, p99 {:.3} ms, {} errors",
+                "  {n} nodes, {} {round}: {:.1} req/s, p99 {:.3} ms, {} errors",
+                if warmup { "warm-up" } else { "round" },
                 s.requests_per_sec,
                 s.pctl(99.0) * 1e3,
                 s.errors
             );
-            runs.push(rep);
+            if !warmup {
+                runs.push(rep);
+            }
         }
         drop(t);
         if let Some(c) = cg.as_mut() {
