@@ -99,15 +99,15 @@ impl SplitChecker {
                 };
                 rated.push((r, rate));
             }
-            // Saturated: the hottest range, if it carries enough of the load.
-            let total: f64 = rated.iter().map(|(_, rate)| rate).sum();
             let cooled = last_saturated_split.is_none_or(|t| t.elapsed() >= SATURATED_COOLDOWN);
-            let hottest = rated
+            let rates: Vec<(u64, f64)> = rated
                 .iter()
-                .filter(|_| saturated_for >= SATURATED_CHECKS && cooled)
-                .filter(|(_, rate)| *rate >= SATURATED_MIN_RATE && *rate >= SATURATED_SHARE * total)
-                .max_by(|a, b| a.1.total_cmp(&b.1))
-                .map(|(r, _)| r.desc.read().id);
+                .map(|(r, rate)| (r.desc.read().id, *rate))
+                .collect();
+            let hottest = (saturated_for >= SATURATED_CHECKS && cooled)
+                .then(|| split_when_saturated(&rates))
+                .flatten();
+            let total: f64 = rates.iter().map(|(_, rate)| rate).sum();
             for (r, rate) in rated {
                 let id = r.desc.read().id;
                 let by_rate = self.max_write_rate > 0.0 && rate > self.max_write_rate;
@@ -151,6 +151,18 @@ impl SplitChecker {
             }
         }
     }
+}
+
+/// On a saturated node, the range to split: the hottest it leads, if that
+/// one takes at least [`SATURATED_SHARE`] of the writes of all of them and
+/// [`SATURATED_MIN_RATE`]. `rates` are (range id, writes/s).
+fn split_when_saturated(rates: &[(u64, f64)]) -> Option<u64> {
+    let total: f64 = rates.iter().map(|(_, rate)| rate).sum();
+    rates
+        .iter()
+        .filter(|(_, rate)| *rate >= SATURATED_MIN_RATE && *rate >= SATURATED_SHARE * total)
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(id, _)| *id)
 }
 
 /// Splits range `r` (led here) at `split_key`: asks placement for the new
@@ -200,5 +212,27 @@ pub async fn propose_split(
         Ok(Ok(res)) => res.map(|_| ()),
         Ok(Err(_)) => Err(strata_proto::errors::leader_changed().into()),
         Err(_) => Err(strata_proto::errors::timeout().into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_when_saturated;
+
+    #[test]
+    fn a_saturated_node_splits_only_a_range_that_carries_its_load() {
+        // One hot range: split it.
+        assert_eq!(split_when_saturated(&[(1, 900.0), (2, 10.0)]), Some(1));
+        // Several similar ranges: the hottest still carries a quarter.
+        assert_eq!(
+            split_when_saturated(&[(1, 260.0), (2, 250.0), (3, 240.0), (4, 230.0)]),
+            Some(1)
+        );
+        // Many similar ranges: none does, splitting would not help.
+        let many: Vec<(u64, f64)> = (1..=8).map(|i| (i, 100.0 + i as f64)).collect();
+        assert_eq!(split_when_saturated(&many), None);
+        // Idle ranges never split, nor does a node leading nothing.
+        assert_eq!(split_when_saturated(&[(1, 20.0)]), None);
+        assert_eq!(split_when_saturated(&[]), None);
     }
 }
