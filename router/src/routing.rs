@@ -119,6 +119,11 @@ pub struct Router {
     pub request_timeout: Duration,
     /// Placement's version of the cached answer (see `GetRangesRequest`).
     version: std::sync::atomic::AtomicU64,
+    /// One refresh at a time: callers that waited for another's take its
+    /// answer (a split fails every request in flight on the range at once;
+    /// they must not each ask placement).
+    refreshing: tokio::sync::Mutex<()>,
+    refreshes: std::sync::atomic::AtomicU64,
 }
 
 /// Is this request safe to send twice? Reads are; a write is only when it
@@ -164,10 +169,24 @@ impl Router {
             compacted: Default::default(),
             request_timeout,
             version: Default::default(),
+            refreshing: tokio::sync::Mutex::new(()),
+            refreshes: Default::default(),
         })
     }
 
     pub async fn refresh(&self) -> Result<(), Status> {
+        use std::sync::atomic::Ordering;
+        let asked = self.refreshes.load(Ordering::Acquire);
+        let _one = self.refreshing.lock().await;
+        if self.refreshes.load(Ordering::Acquire) != asked {
+            return Ok(()); // another caller refreshed after we asked
+        }
+        let res = self.refresh_now().await;
+        self.refreshes.fetch_add(1, Ordering::AcqRel);
+        res
+    }
+
+    async fn refresh_now(&self) -> Result<(), Status> {
         let known_version = self.version.load(std::sync::atomic::Ordering::Acquire);
         let mut req = tonic::Request::new(GetRangesRequest { known_version });
         req.set_timeout(Duration::from_secs(2));
@@ -186,12 +205,19 @@ impl Router {
                 })
             })
             .collect();
-        let cache = RangeCache::build(ranges, &self.ranges.read());
-        *self.ranges.write() = cache;
+        // Descriptors learned from nodes (see `learn`) stay where they are
+        // newer than placement's: placement hears of a split a heartbeat
+        // later.
+        let mut cache = self.ranges.write();
+        let mut ranges = ranges;
+        ranges.extend(cache.by_start.iter().cloned());
+        *cache = RangeCache::build(ranges, &cache);
+        drop(cache);
         let mut nodes = self.nodes.write();
         for n in resp.nodes {
             if nodes.get(&n.id) != Some(&n.addr) {
                 self.clients.remove(&n.id);
+                self.muxes.remove(&n.id);
                 self.feed_clients.remove(&n.id);
             }
             nodes.insert(n.id, n.addr);
@@ -254,6 +280,25 @@ impl Router {
                 _ => return Err(errors::cross_range(what)),
             }
         }
+    }
+
+    /// Takes the current descriptors a node sent with `EpochNotMatch` (the
+    /// range asked and the ranges split off it) into the cache; where they
+    /// overlap cached ones, the newest epoch wins.
+    pub fn learn(&self, descs: &[RangeDescriptor]) {
+        if descs.is_empty() {
+            return;
+        }
+        let mut cache = self.ranges.write();
+        let mut all: Vec<CachedRange> = descs
+            .iter()
+            .map(|d| CachedRange {
+                desc: d.clone(),
+                leader_node: 0,
+            })
+            .collect();
+        all.extend(cache.by_start.iter().cloned());
+        *cache = RangeCache::build(all, &cache);
     }
 
     fn set_leader(&self, range_id: u64, node: u64) {
@@ -336,6 +381,10 @@ impl Router {
                     Duration::ZERO
                 }
             }
+            RouteErrorKind::EpochNotMatch if !e.ranges.is_empty() => {
+                self.learn(&e.ranges);
+                Duration::ZERO
+            }
             RouteErrorKind::EpochNotMatch | RouteErrorKind::RangeNotFound => {
                 let _ = self.refresh().await;
                 Duration::from_millis(20)
@@ -356,14 +405,20 @@ impl Router {
         retry: Retry,
     ) -> Result<Vec<u8>, Status> {
         let deadline = Instant::now() + self.request_timeout;
+        let mut attempt = 0usize;
         loop {
+            attempt += 1;
             let range = self.single_range(kr, what).await?;
             match self
                 .call(&range, kind, request.clone(), read_revision, retry)
                 .await
             {
+                // The first retry goes at once: the error usually brought
+                // the new descriptors (see `learn`).
                 Err(s) if is_stale(&s) && Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    if attempt > 1 {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
                 }
                 Err(s) if is_stale(&s) => return Err(errors::timeout()),
                 other => return other,
@@ -485,6 +540,30 @@ mod tests {
 
     fn ids(rs: &[CachedRange]) -> Vec<u64> {
         rs.iter().map(|r| r.desc.id).collect()
+    }
+
+    #[test]
+    fn learned_split_halves_survive_a_stale_placement_answer() {
+        let old = RangeCache::build(vec![range(1, "", "", 1, 7)], &RangeCache::default());
+        // A node's EpochNotMatch names the left half and the range split off
+        // (what `Router::learn` merges in, ahead of the cache).
+        let mut learned = vec![range(1, "", "m", 2, 0), range(2, "m", "", 2, 0)];
+        learned.extend(old.by_start.iter().cloned());
+        let cache = RangeCache::build(learned, &old);
+        let n = KeyRange::from_etcd(b"n", &[]);
+        assert_eq!(ids(&cache.overlapping(&n)), vec![2]);
+        assert_eq!(
+            cache.get(1).map(|r| r.leader_node),
+            Some(7),
+            "the left half keeps its leader"
+        );
+        // Placement has not heard of the split yet and answers the old
+        // descriptor (what `refresh` merges, placement's list first).
+        let mut stale = vec![range(1, "", "", 1, 7)];
+        stale.extend(cache.by_start.iter().cloned());
+        let after = RangeCache::build(stale, &cache);
+        assert_eq!(ids(&after.by_start), vec![1, 2]);
+        assert_eq!(ids(&after.overlapping(&n)), vec![2]);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use etcd_client::GetOptions;
-use strata_proto::strata::{AdminKind, AdminRequest, RouteErrorKind};
+use strata_proto::strata::{AdminKind, AdminRequest, KvKind, KvRequest, RouteErrorKind};
 
 use crate::cluster::{eventually, Cluster, Opts};
 use crate::{put, within};
@@ -55,6 +55,7 @@ async fn admin_split_makes_two_ranges() {
         resp.error.map(|e| e.kind),
         Some(RouteErrorKind::NotLeader as i32)
     );
+    let old_epoch = c.node(l).ranges.get(&1).expect("range 1").epoch();
     let resp = leader.admin(split_request(1, b"")).await;
     let resp = resp.expect("admin split").into_inner();
     assert!(resp.error.is_none(), "{:?}", resp.error);
@@ -79,6 +80,31 @@ async fn admin_split_makes_two_ranges() {
             && split_key.as_slice() <= b"split/09".as_slice(),
         "split at {:?}",
         String::from_utf8_lossy(&split_key)
+    );
+    // A request under the old epoch learns both halves from the answer
+    // (routers then need not wait for placement to hear of the split).
+    let put_body = strata_proto::etcd::PbPutRequest {
+        key: b"split/05".to_vec(),
+        value: b"v".to_vec(),
+        ..Default::default()
+    };
+    let stale = leader
+        .kv(KvRequest {
+            range_id: 1,
+            epoch: Some(old_epoch),
+            kind: KvKind::KvPut as i32,
+            request: prost::Message::encode_to_vec(&put_body),
+            read_revision: 0,
+        })
+        .await
+        .expect("kv under the old epoch")
+        .into_inner();
+    let e = stale.error.expect("refused under the old epoch");
+    assert_eq!(e.kind, RouteErrorKind::EpochNotMatch as i32);
+    assert_eq!(
+        e.ranges.iter().map(|d| d.id).collect::<Vec<_>>(),
+        vec![ranges[0].id, ranges[1].id],
+        "the answer names the range as it is now and the range split off it"
     );
     let got = within(
         Duration::from_secs(15),

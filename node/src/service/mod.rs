@@ -29,8 +29,8 @@ use strata_proto::oracle::Oracle;
 use strata_proto::strata::node_server::Node;
 use strata_proto::strata::{
     AdminKind, AdminRequest, AdminResponse, Epoch, FeedMessage, FeedRequest, KvCalls, KvKind,
-    KvRequest, KvResponse, NodeStatusRequest, NodeStatusResponse, RaftAck, RaftBatch, RangeStatus,
-    RouteError, RouteErrorKind, SnapshotAck, SnapshotChunk,
+    KvRequest, KvResponse, NodeStatusRequest, NodeStatusResponse, RaftAck, RaftBatch,
+    RangeDescriptor, RangeStatus, RouteError, RouteErrorKind, SnapshotAck, SnapshotChunk,
 };
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status, Streaming};
@@ -43,6 +43,8 @@ use crate::sequencer::{SeqItem, Sequencers};
 use crate::store::{keys_within, StoreMsg};
 
 const WRITE_TIMEOUT: Duration = Duration::from_secs(8);
+/// At most this many ranges split off are named in one `EpochNotMatch`.
+const SPLIT_OFF_MAX: usize = 16;
 
 #[derive(Clone)]
 pub struct NodeService {
@@ -339,15 +341,52 @@ impl NodeService {
     /// run it.
     async fn kv_unary(&self, req: KvRequest) -> Result<KvResponse, Status> {
         crate::failpoint::hold_while_partitioned(self.node_id).await?;
-        let r = match self.replica(req.range_id, req.epoch) {
-            Ok(r) => r,
+        let mut answer = match self.replica(req.range_id, req.epoch) {
+            Ok(r) => {
+                let res = self.kv_request(&r, req).await;
+                kv_answer(Some(&r), res)?
+            }
             Err(e) => {
                 let r = self.ranges.get(&req.range_id).map(|r| r.clone());
-                return kv_answer(r.as_deref(), Err(e));
+                kv_answer(r.as_deref(), Err(e))?
             }
         };
-        let res = self.kv_request(&r, req).await;
-        kv_answer(Some(&r), res)
+        if let Some(e) = answer.error.as_mut() {
+            if e.kind == RouteErrorKind::EpochNotMatch as i32 {
+                self.add_split_off(&mut e.ranges);
+            }
+        }
+        Ok(answer)
+    }
+
+    /// To an `EpochNotMatch` that names a range, adds the ranges hosted here
+    /// that continue it to the right (the halves a split gave it: a split's
+    /// new range starts where the old one now ends, on the same nodes), up
+    /// to [`SPLIT_OFF_MAX`], so the router learns where the keys went
+    /// without asking placement, which hears of a split a heartbeat later.
+    fn add_split_off(&self, ranges: &mut Vec<RangeDescriptor>) {
+        let Some(first) = ranges.first() else {
+            return;
+        };
+        let by_start: std::collections::BTreeMap<Vec<u8>, RangeDescriptor> = self
+            .ranges
+            .iter()
+            .map(|r| {
+                let d = r.desc.read().clone();
+                (d.start_key.clone(), d)
+            })
+            .collect();
+        let mut end = first.end_key.clone();
+        for _ in 0..SPLIT_OFF_MAX {
+            if end.is_empty() {
+                break;
+            }
+            let Some(next) = by_start.get(&end) else {
+                break;
+            };
+            end = next.end_key.clone();
+            ranges.push(next.clone());
+        }
     }
 }
 
