@@ -6,12 +6,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use etcd_client::PutOptions;
-use prost::Message as _;
-use strata_proto::etcd::{PbRangeRequest, PbRangeResponse};
-use strata_proto::strata::{KvKind, KvRequest};
+use strata_proto::etcd::PbRangeRequest;
 
 use crate::cluster::{eventually, Cluster, Opts};
-use crate::{put, within};
+use crate::{node_range, put, within};
 
 const KEYS: usize = 6;
 
@@ -107,19 +105,8 @@ async fn puts_sharing_an_apply_batch_see_each_other() {
             range_end: b"l".to_vec(),
             ..Default::default()
         };
-        let resp = node
-            .kv(KvRequest {
-                range_id: 1,
-                epoch: None,
-                kind: KvKind::KvRange as i32,
-                request: req.encode_to_vec(),
-                read_revision: 0,
-            })
+        let got: Vec<(i64, i64)> = node_range(&mut node, 1, &req)
             .await
-            .expect("read")
-            .into_inner();
-        let got: Vec<(i64, i64)> = PbRangeResponse::decode(&resp.response[..])
-            .expect("range response")
             .kvs
             .iter()
             .map(|kv| (kv.mod_revision, kv.version))

@@ -51,3 +51,25 @@ pub async fn get_at(c: &mut Client, key: &str, revision: i64) -> (Vec<String>, i
         .collect();
     (values, r.header().expect("header").revision())
 }
+
+/// A serializable read of `req` on one node's replica of `range_id`.
+pub async fn node_range(
+    node: &mut strata_proto::strata::node_client::NodeClient<tonic::transport::Channel>,
+    range_id: u64,
+    req: &strata_proto::etcd::PbRangeRequest,
+) -> strata_proto::etcd::PbRangeResponse {
+    use prost::Message as _;
+    let resp = node
+        .kv(strata_proto::strata::KvRequest {
+            range_id,
+            epoch: None,
+            kind: strata_proto::strata::KvKind::KvRange as i32,
+            request: req.encode_to_vec(),
+            read_revision: 0,
+        })
+        .await
+        .expect("node read")
+        .into_inner();
+    assert!(resp.error.is_none(), "node read: {:?}", resp.error);
+    strata_proto::etcd::PbRangeResponse::decode(&resp.response[..]).expect("range response")
+}
