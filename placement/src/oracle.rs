@@ -21,6 +21,12 @@
 //! new leader hands out comes after, in real time, every one an old leader
 //! did — none goes back, `alloc(0)` included.
 
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use strata_proto::strata::{AllocAnswer, AllocRequest};
+use tokio::sync::mpsc;
 use tonic::Status;
 
 use crate::service::PlacementService;
@@ -230,5 +236,38 @@ mod tests {
             .expect("compact")
             .into_inner();
         assert_eq!(got.compact_revision, rev);
+    }
+}
+
+/// The answers of one `AllocStream`.
+pub type AllocAnswers = Pin<Box<dyn Stream<Item = Result<AllocAnswer, Status>> + Send>>;
+
+impl PlacementService {
+    /// Serves one `AllocStream`: each request is run as a unary `Alloc` is
+    /// (the serving check, the lease re-check after the answer), one at a
+    /// time, in order; the first refusal ends the stream.
+    pub fn alloc_stream(self: Arc<Self>, mut reqs: tonic::Streaming<AllocRequest>) -> AllocAnswers {
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            while let Ok(Some(r)) = reqs.message().await {
+                let answer = match self.alloc(r.count).await {
+                    Ok(start) => AllocAnswer {
+                        start,
+                        code: 0,
+                        message: String::new(),
+                    },
+                    Err(s) => AllocAnswer {
+                        start: 0,
+                        code: s.code() as i32,
+                        message: s.message().to_string(),
+                    },
+                };
+                let refused = answer.code != 0;
+                if tx.send(Ok(answer)).await.is_err() || refused {
+                    return;
+                }
+            }
+        });
+        Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
     }
 }

@@ -358,6 +358,16 @@ impl Placement for Svc {
         Ok(Response::new(AllocResponse { start }))
     }
 
+    type AllocStreamStream = crate::oracle::AllocAnswers;
+
+    async fn alloc_stream(
+        &self,
+        req: Request<tonic::Streaming<AllocRequest>>,
+    ) -> Result<Response<Self::AllocStreamStream>, Status> {
+        self.0.serving()?;
+        Ok(Response::new(self.0.clone().alloc_stream(req.into_inner())))
+    }
+
     async fn alloc_ids(
         &self,
         req: Request<AllocIdsRequest>,

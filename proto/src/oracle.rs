@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use tonic::{Code, Status};
 
 pub use crate::placement_client::{placement_client, PlacementConn};
-use crate::strata::AllocRequest;
+use crate::strata::{AllocAnswer, AllocRequest};
 
 const QUEUE_CAP: usize = 65_536;
 const RPC_TIMEOUT: Duration = Duration::from_secs(3);
@@ -76,6 +76,7 @@ impl Oracle {
 async fn run(mut client: PlacementConn, mut rx: mpsc::Receiver<Waiter>) {
     // A waiter that did not fit into the previous RPC's batch.
     let mut carried: Option<Waiter> = None;
+    let mut stream = FastPath::default();
     loop {
         let first = match carried.take() {
             Some(w) => w,
@@ -87,7 +88,11 @@ async fn run(mut client: PlacementConn, mut rx: mpsc::Receiver<Waiter>) {
         let (waiters, total, carry) = gather(first, &mut rx);
         carried = carry;
         crate::telemetry::ORACLE_BATCH.observe(waiters.len() as f64);
-        match alloc_rpc(&mut client, total).await {
+        let answer = match stream.alloc(&mut client, total).await {
+            Some(answer) => answer,
+            None => alloc_rpc(&mut client, total).await,
+        };
+        match answer {
             Ok(start) => {
                 let counts: Vec<u64> = waiters.iter().map(|w| w.0).collect();
                 match hand_out(start, &counts) {
@@ -113,6 +118,71 @@ async fn run(mut client: PlacementConn, mut rx: mpsc::Receiver<Waiter>) {
                     let _ = tx.send(Err(st.clone()));
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// How long an answer on the stream may take before the stream is dropped
+/// and the batch goes to the unary path (an allocation takes well under a
+/// millisecond; one that commits a new window, a raft round).
+const STREAM_ANSWER_WITHIN: Duration = Duration::from_secs(1);
+/// After the stream failed, the unary path alone for this long.
+const STREAM_RETRY_AFTER: Duration = Duration::from_millis(200);
+
+/// The fast path: allocations one after another on one `AllocStream` to the
+/// replica the placement client believes leads (no call set-up per
+/// allocation). Any refusal, break or slow answer drops the stream, and that
+/// batch goes to [`alloc_rpc`], which follows the leader and retries; an
+/// allocation that ran on the stream but whose answer was lost only leaves
+/// a gap (see the module doc).
+#[derive(Default)]
+struct FastPath {
+    open: Option<(mpsc::Sender<AllocRequest>, tonic::Streaming<AllocAnswer>)>,
+    retry_at: Option<Instant>,
+}
+
+impl FastPath {
+    /// The stream's answer, or `None`: use the unary path. A refusal other
+    /// than "not the serving leader" is the answer (the unary call would be
+    /// refused the same way).
+    async fn alloc(
+        &mut self,
+        client: &mut PlacementConn,
+        total: u64,
+    ) -> Option<Result<i64, Status>> {
+        if self.open.is_none() && self.retry_at.is_none_or(|t| Instant::now() >= t) {
+            let (tx, rx) = mpsc::channel(4);
+            let opened = tokio::time::timeout(
+                STREAM_ANSWER_WITHIN,
+                client.alloc_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+            )
+            .await;
+            match opened {
+                Ok(Ok(resp)) => self.open = Some((tx, resp.into_inner())),
+                _ => self.retry_at = Some(Instant::now() + STREAM_RETRY_AFTER),
+            }
+        }
+        let (tx, answers) = self.open.as_mut()?;
+        let asked = async {
+            tx.send(AllocRequest { count: total }).await.ok()?;
+            answers.message().await.ok().flatten()
+        };
+        let answer = tokio::time::timeout(STREAM_ANSWER_WITHIN, asked)
+            .await
+            .ok()
+            .flatten();
+        match answer {
+            Some(a) if a.code == 0 => {
+                crate::telemetry::oracle_rpc_done(true);
+                Some(Ok(a.start))
+            }
+            other => {
+                self.open = None;
+                self.retry_at = Some(Instant::now() + STREAM_RETRY_AFTER);
+                crate::telemetry::oracle_rpc_done(false);
+                let refused = other.map(|a| Status::new(Code::from(a.code), a.message));
+                refused.filter(|s| !retryable(s)).map(Err)
             }
         }
     }
@@ -265,6 +335,36 @@ mod tests {
         let oracle = Oracle::new(placement_client(&refusing.addr).unwrap());
         assert!(oracle.alloc(5).await.is_err());
         assert_eq!(refusing.calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn allocations_share_one_stream_and_a_refusal_goes_back_to_unary() {
+        use crate::placement_client::fake::serve;
+        use crate::strata::AllocResponse;
+        // Answers 10, 20, ...; the 4th allocation is refused as "not the
+        // leader" (the stream ends), and the unary retry gets the next.
+        let fake = serve(|n| match n {
+            3 => Err(Status::unavailable("strata: not the placement leader")),
+            n => Ok(AllocResponse {
+                start: 10 * (n as i64 + 1),
+            }),
+        })
+        .await;
+        let oracle = Oracle::new(placement_client(&fake.addr).unwrap());
+        for want in [10, 20, 30] {
+            assert_eq!(oracle.alloc(1).await.unwrap(), want);
+        }
+        assert_eq!(fake.streams(), 1, "three allocations, one stream");
+        assert_eq!(
+            oracle.alloc(1).await.unwrap(),
+            50,
+            "refused on the stream, then unary"
+        );
+        assert_eq!(fake.calls(), 5);
+        // Later allocations open a stream again (after a short pause).
+        tokio::time::sleep(STREAM_RETRY_AFTER * 2).await;
+        assert_eq!(oracle.alloc(1).await.unwrap(), 60);
+        assert_eq!(fake.streams(), 2);
     }
 
     #[tokio::test]

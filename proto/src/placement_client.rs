@@ -56,7 +56,7 @@ pub const MAX_BUFFERED: usize = 4 << 20;
 const BACKOFF_FIRST: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_millis(250);
 /// Placement's streaming methods: their bodies are never buffered.
-const STREAMING: &[&str] = &["/strata.Placement/Raft"];
+const STREAMING: &[&str] = &["/strata.Placement/Raft", "/strata.Placement/AllocStream"];
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 type BoxFuture = Pin<Box<dyn Future<Output = Result<http::Response<Body>, BoxError>> + Send>>;

@@ -1,6 +1,6 @@
 //! A fake placement replica for tests: a real tonic server on 127.0.0.1:0
-//! whose `Alloc` answers what a closure says (given the call's number, from
-//! 0); every other method is unimplemented.
+//! whose `Alloc` and `AllocStream` answer what a closure says (given the
+//! allocation's number, from 0); every other method is unimplemented.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -10,22 +10,29 @@ use tonic::{Request, Response, Status};
 use crate::strata::placement_server::{Placement, PlacementServer};
 use crate::strata::*;
 
-type Answer = Box<dyn Fn(usize) -> Result<AllocResponse, Status> + Send + Sync>;
+type Answer = Arc<dyn Fn(usize) -> Result<AllocResponse, Status> + Send + Sync>;
 
 struct Fake {
     calls: Arc<AtomicUsize>,
+    streams: Arc<AtomicUsize>,
     answer: Answer,
 }
 
-/// A running fake: its address and how many `Alloc` calls it got.
+/// A running fake: its address, how many allocations it answered (unary
+/// or on a stream) and how many `AllocStream`s were opened.
 pub(crate) struct Served {
     pub addr: String,
     pub calls: Arc<AtomicUsize>,
+    pub streams: Arc<AtomicUsize>,
 }
 
 impl Served {
     pub fn calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
+    }
+
+    pub fn streams(&self) -> usize {
+        self.streams.load(Ordering::SeqCst)
     }
 }
 
@@ -37,15 +44,21 @@ pub(crate) async fn serve(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let calls = Arc::new(AtomicUsize::new(0));
+    let streams = Arc::new(AtomicUsize::new(0));
     let fake = Fake {
         calls: calls.clone(),
-        answer: Box::new(answer),
+        streams: streams.clone(),
+        answer: Arc::new(answer),
     };
     let server = tonic::transport::Server::builder()
         .add_service(PlacementServer::new(fake))
         .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
     tokio::spawn(server);
-    Served { addr, calls }
+    Served {
+        addr,
+        calls,
+        streams,
+    }
 }
 
 /// An address nothing listens on (bound, then closed).
@@ -64,6 +77,44 @@ macro_rules! unimplemented_rest {
             ) -> Result<Response<AllocResponse>, Status> {
                 let n = self.calls.fetch_add(1, Ordering::SeqCst);
                 (self.answer)(n).map(Response::new)
+            }
+            type AllocStreamStream = std::pin::Pin<
+                Box<dyn tokio_stream::Stream<Item = Result<AllocAnswer, Status>> + Send>,
+            >;
+
+            /// Answers each request on the stream as `alloc` would; ends
+            /// the stream after the first refusal, as placement does.
+            async fn alloc_stream(
+                &self,
+                req: Request<tonic::Streaming<AllocRequest>>,
+            ) -> Result<Response<Self::AllocStreamStream>, Status> {
+                self.streams.fetch_add(1, Ordering::SeqCst);
+                let (calls, answer) = (self.calls.clone(), self.answer.clone());
+                let mut reqs = req.into_inner();
+                let (tx, rx) = tokio::sync::mpsc::channel(4);
+                tokio::spawn(async move {
+                    while let Ok(Some(_)) = reqs.message().await {
+                        let a = match answer(calls.fetch_add(1, Ordering::SeqCst)) {
+                            Ok(r) => AllocAnswer {
+                                start: r.start,
+                                code: 0,
+                                message: String::new(),
+                            },
+                            Err(s) => AllocAnswer {
+                                start: 0,
+                                code: s.code() as i32,
+                                message: s.message().to_string(),
+                            },
+                        };
+                        let refused = a.code != 0;
+                        if tx.send(Ok(a)).await.is_err() || refused {
+                            return;
+                        }
+                    }
+                });
+                Ok(Response::new(Box::pin(
+                    tokio_stream::wrappers::ReceiverStream::new(rx),
+                )))
             }
             $(
                 async fn $name(&self, _req: Request<$req>) -> Result<Response<$resp>, Status> {
