@@ -3,7 +3,7 @@
 //! replies come back by call id (see `node/src/service/stream.rs`).
 //!
 //! What a caller is told when things break keeps the unary call's meaning,
-//! which the retry rules in `routing.rs` rely on:
+//! which the retry rules in `routing/` rely on:
 //! - a call that never left (no stream could be opened) fails with the
 //!   connection error, so even a write may be sent elsewhere;
 //! - a call sent on a stream that then broke fails with Unavailable and a
