@@ -36,6 +36,7 @@ bin_dir="${STRATA_BIN_DIR:-$target_dir/release}"
 for b in "$bin_dir/strata" "$bin_dir/strata-bench"; do
   [ -x "$b" ] || { echo "bench-ranges: $b missing (cargo build --release -p strata -p strata-bench --bins)" >&2; exit 1; }
 done
+command -v jq >/dev/null || { echo "bench-ranges: jq missing (apt-get install jq)" >&2; exit 1; }
 tmp=$(mktemp -d /tmp/strata-ranges.XXXXXX)
 dev_pid=""
 stop_dev() {
