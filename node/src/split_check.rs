@@ -107,7 +107,6 @@ impl SplitChecker {
             let hottest = (saturated_for >= SATURATED_CHECKS && cooled)
                 .then(|| split_when_saturated(&rates))
                 .flatten();
-            let total: f64 = rates.iter().map(|(_, rate)| rate).sum();
             for (r, rate) in rated {
                 let id = r.desc.read().id;
                 let by_rate = self.max_write_rate > 0.0 && rate > self.max_write_rate;
@@ -135,12 +134,7 @@ impl SplitChecker {
                     if hottest == Some(id) && !by_rate {
                         last_saturated_split = Some(std::time::Instant::now());
                         crate::metrics::SATURATION_SPLITS.inc();
-                        tracing::info!(
-                            range = id,
-                            rate,
-                            total,
-                            "saturated: splitting the hottest range"
-                        );
+                        tracing::info!(range = id, rate, "saturated: splitting the hottest range");
                     }
                     let res = propose_split(&self.placement, &self.sequencers, &r, k).await;
                     if let Err(e) = res {

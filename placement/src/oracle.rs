@@ -250,18 +250,7 @@ impl PlacementService {
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(async move {
             while let Ok(Some(r)) = reqs.message().await {
-                let answer = match self.alloc(r.count).await {
-                    Ok(start) => AllocAnswer {
-                        start,
-                        code: 0,
-                        message: String::new(),
-                    },
-                    Err(s) => AllocAnswer {
-                        start: 0,
-                        code: s.code() as i32,
-                        message: s.message().to_string(),
-                    },
-                };
+                let answer = strata_proto::answers::alloc_answer(self.alloc(r.count).await);
                 let refused = answer.code != 0;
                 if tx.send(Ok(answer)).await.is_err() || refused {
                     return;

@@ -12,6 +12,7 @@ pub use etcd_client::proto as etcd;
 
 pub use prost::Message;
 
+pub mod answers;
 pub mod errors;
 pub mod etcdutil;
 pub mod failpoint;

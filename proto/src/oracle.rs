@@ -172,17 +172,19 @@ impl FastPath {
             .await
             .ok()
             .flatten();
-        match answer {
-            Some(a) if a.code == 0 => {
+        match answer.map(crate::answers::alloc_result) {
+            Some(Ok(start)) => {
                 crate::telemetry::oracle_rpc_done(true);
-                Some(Ok(a.start))
+                Some(Ok(start))
             }
-            other => {
+            refused => {
                 self.open = None;
                 self.retry_at = Some(Instant::now() + STREAM_RETRY_AFTER);
                 crate::telemetry::oracle_rpc_done(false);
-                let refused = other.map(|a| Status::new(Code::from(a.code), a.message));
-                refused.filter(|s| !retryable(s)).map(Err)
+                refused
+                    .and_then(Result::err)
+                    .filter(|s| !retryable(s))
+                    .map(Err)
             }
         }
     }

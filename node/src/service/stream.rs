@@ -86,19 +86,6 @@ impl NodeService {
         let res = tokio::time::timeout(timeout, self.kv_unary(request))
             .await
             .unwrap_or_else(|_| Err(errors::timeout()));
-        match res {
-            Ok(response) => KvReply {
-                id: call.id,
-                response: Some(response),
-                code: 0,
-                message: String::new(),
-            },
-            Err(s) => KvReply {
-                id: call.id,
-                response: None,
-                code: s.code() as i32,
-                message: s.message().to_string(),
-            },
-        }
+        strata_proto::answers::kv_reply(call.id, res)
     }
 }

@@ -94,18 +94,8 @@ macro_rules! unimplemented_rest {
                 let (tx, rx) = tokio::sync::mpsc::channel(4);
                 tokio::spawn(async move {
                     while let Ok(Some(_)) = reqs.message().await {
-                        let a = match answer(calls.fetch_add(1, Ordering::SeqCst)) {
-                            Ok(r) => AllocAnswer {
-                                start: r.start,
-                                code: 0,
-                                message: String::new(),
-                            },
-                            Err(s) => AllocAnswer {
-                                start: 0,
-                                code: s.code() as i32,
-                                message: s.message().to_string(),
-                            },
-                        };
+                        let n = calls.fetch_add(1, Ordering::SeqCst);
+                        let a = crate::answers::alloc_answer(answer(n).map(|r| r.start));
                         let refused = a.code != 0;
                         if tx.send(Ok(a)).await.is_err() || refused {
                             return;

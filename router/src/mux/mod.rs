@@ -24,11 +24,11 @@ use parking_lot::Mutex;
 use prost::Message as _;
 use strata_proto::errors;
 use strata_proto::strata::node_client::NodeClient;
-use strata_proto::strata::{KvCall, KvCalls, KvReply, KvRequest, KvResponse};
+use strata_proto::strata::{KvCall, KvCalls, KvRequest, KvResponse};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tonic::transport::Channel;
-use tonic::{Code, Status};
+use tonic::Status;
 
 const QUEUE_CAP: usize = 8192;
 const BATCH_MAX: usize = 512;
@@ -129,13 +129,6 @@ fn lost(node: u64) -> Status {
     Status::unavailable(format!(
         "strata: the stream to node {node} broke with the call in flight"
     ))
-}
-
-fn answer(r: KvReply) -> Answer {
-    match r.code {
-        0 => Ok(r.response.unwrap_or_default()),
-        c => Err(Status::new(Code::from(c), r.message)),
-    }
 }
 
 /// Takes queued calls, opens a stream when none is open, and sends them.
@@ -242,7 +235,7 @@ async fn reader(
         let mut p = inner.pending.lock();
         for r in batch.replies {
             if let Some(w) = p.calls.remove(&r.id) {
-                let _ = w.reply.send(answer(r));
+                let _ = w.reply.send(strata_proto::answers::kv_result(r));
             }
         }
     }
