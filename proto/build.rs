@@ -1,6 +1,12 @@
 fn main() {
     println!("cargo:rerun-if-changed=proto/strata.proto");
+    println!("cargo:rerun-if-changed=proto/etcd");
     tonic_prost_build::configure()
         .compile_protos(&["proto/strata.proto"], &["proto"])
         .expect("compile proto/strata.proto (is protoc installed?)");
+    // etcd's Auth service, served by the router (see proto/etcd/auth.proto).
+    tonic_prost_build::configure()
+        .build_client(true)
+        .compile_protos(&["proto/etcd/auth.proto"], &["proto/etcd"])
+        .expect("compile proto/etcd/auth.proto");
 }

@@ -530,6 +530,20 @@ impl Placement for Svc {
         let routers = self.0.routers.lock().live(Instant::now());
         Ok(Response::new(ListRoutersResponse { routers }))
     }
+
+    async fn auth_change(
+        &self,
+        r: Request<AuthChangeRequest>,
+    ) -> Result<Response<AuthStateReply>, Status> {
+        Ok(Response::new(self.0.auth_change(r.into_inner()).await?))
+    }
+
+    async fn auth_state(
+        &self,
+        r: Request<AuthStateRequest>,
+    ) -> Result<Response<AuthStateReply>, Status> {
+        Ok(Response::new(self.0.auth_state(r.into_inner())?))
+    }
 }
 
 impl Svc {

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use strata_proto::auth::{AuthCommand, AuthError, AuthState};
 use strata_proto::strata::{Epoch, Peer, RangeDescriptor};
 
 /// Revisions are handed out from windows of this size; only window ends are
@@ -43,6 +44,12 @@ pub enum Command {
     /// known from `--peers`); members added later carry theirs.
     MemberAddrs {
         addrs: Vec<(u64, String)>,
+    },
+    /// A change of etcd's auth state by `caller` (the user the router
+    /// authenticated), checked and applied by `strata_proto::auth`.
+    Auth {
+        cmd: AuthCommand,
+        caller: Option<String>,
     },
 }
 
@@ -107,6 +114,9 @@ pub struct State {
     /// The largest placement replica id ever used (ids are never reused).
     #[serde(default)]
     pub last_member_id: u64,
+    /// etcd's users, roles and permissions.
+    #[serde(default)]
+    pub auth: AuthState,
 }
 
 /// What applying a command answers.
@@ -127,6 +137,8 @@ pub enum Outcome {
     /// AllocIds would pass `u64::MAX`: nothing was allocated.
     IdsExhausted,
     Stale,
+    /// An auth change refused (etcd's error).
+    AuthRefused(AuthError),
 }
 
 impl StoredRange {
@@ -279,6 +291,10 @@ impl State {
                 }
                 Outcome::Ok
             }
+            Command::Auth { cmd, caller } => match self.auth.apply(cmd, caller.as_deref()) {
+                Ok(()) => Outcome::Ok,
+                Err(e) => Outcome::AuthRefused(e),
+            },
             Command::UpdateRange { range } => {
                 let newer = match self.ranges.get(&range.id) {
                     None => true,

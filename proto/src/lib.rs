@@ -10,9 +10,24 @@ pub mod strata {
 /// etcd v3 API messages and server traits.
 pub use etcd_client::proto as etcd;
 
+/// etcd's Auth service, generated from `proto/etcd/` (the etcd-client crate
+/// does not export every type its Auth server trait names).
+#[allow(clippy::all, clippy::pedantic)]
+pub mod etcd_auth {
+    pub mod authpb {
+        tonic::include_proto!("authpb");
+    }
+    pub mod etcdserverpb {
+        tonic::include_proto!("etcdserverpb");
+    }
+    pub use etcdserverpb::auth_server::{Auth as AuthService, AuthServer};
+    pub use etcdserverpb::*;
+}
+
 pub use prost::Message;
 
 pub mod answers;
+pub mod auth;
 pub mod errors;
 pub mod etcdutil;
 pub mod failpoint;

@@ -31,6 +31,21 @@ pub struct RouterConfig {
     /// --listen-client].
     #[arg(long, value_delimiter = ',')]
     pub advertise_client_urls: Vec<String>,
+    /// Auth token type, as etcd's --auth-token: `simple` (signed tokens that
+    /// every router accepts), or
+    /// `jwt,pub-key=FILE,priv-key=FILE,sign-method=ALG[,ttl=DURATION]`
+    /// (ALG: RS256/384/512, PS256/384/512, ES256/384, EdDSA, HS256/384/512;
+    /// for HS*, priv-key is the shared secret). Every router of a cluster
+    /// needs the same setting.
+    #[arg(long, default_value = "simple")]
+    pub auth_token: String,
+    /// Seconds a simple token stays valid after its last use (etcd's
+    /// --auth-token-ttl).
+    #[arg(long, default_value_t = 300)]
+    pub auth_token_ttl: u64,
+    /// bcrypt cost of the password hashes of new users (etcd's --bcrypt-cost).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(4..=31))]
+    pub bcrypt_cost: u32,
 }
 
 /// Parses `500ms`, `10s`, `10m` or a plain number of seconds.

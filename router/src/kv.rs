@@ -25,6 +25,7 @@ pub const GRPC_MAX_RECV_BYTES: usize = MAX_REQUEST_BYTES + 512 * 1024;
 
 pub struct Kv {
     pub router: Arc<Router>,
+    pub auth: Arc<crate::auth::Auth>,
     pub oracle: Oracle,
     pub member_id: u64,
     pub cluster_id: u64,
@@ -77,6 +78,22 @@ impl Kv {
             }
         }
         Ok(())
+    }
+
+    /// Who sent `req` (see `auth::Auth::caller`).
+    pub fn caller<T>(&self, req: &Request<T>) -> Result<crate::auth::Caller, Status> {
+        self.auth.caller(req.metadata(), crate::tls_cn(req))
+    }
+
+    fn range_allowed(
+        &self,
+        caller: &crate::auth::Caller,
+        r: &PbRangeRequest,
+    ) -> Result<(), Status> {
+        if r.key.is_empty() {
+            return Err(errors::empty_key());
+        }
+        caller.read(&r.key, &r.range_end)
     }
 
     /// Revision for a linearizable read: at or after every write that completed
@@ -223,8 +240,10 @@ impl PbKvService for Kv {
         &self,
         req: Request<PbRangeRequest>,
     ) -> Result<Response<RangeStream>, Status> {
+        let caller = self.caller(&req)?;
         let r = req.into_inner();
         check_size(&r)?;
+        self.range_allowed(&caller, &r)?;
         let resp = self.do_range(r).await?;
         let chunk = strata_proto::etcd::PbRangeStreamResponse {
             range_response: Some(resp),
@@ -236,15 +255,19 @@ impl PbKvService for Kv {
         &self,
         req: Request<PbRangeRequest>,
     ) -> Result<Response<PbRangeResponse>, Status> {
+        let caller = self.caller(&req)?;
         let r = req.into_inner();
         check_size(&r)?;
+        self.range_allowed(&caller, &r)?;
         Ok(Response::new(self.do_range(r).await?))
     }
 
     async fn put(&self, req: Request<PbPutRequest>) -> Result<Response<PbPutResponse>, Status> {
+        let caller = self.caller(&req)?;
         let r = req.into_inner();
         check_size(&r)?;
         check_put(&r.key, &r.value, r.lease, r.ignore_value, r.ignore_lease)?;
+        caller.put(&r)?;
         self.lease_exists(r.lease).await?;
         let body = self
             .router
@@ -266,11 +289,13 @@ impl PbKvService for Kv {
         &self,
         req: Request<PbDeleteRequest>,
     ) -> Result<Response<PbDeleteResponse>, Status> {
+        let caller = self.caller(&req)?;
         let r = req.into_inner();
         check_size(&r)?;
         if r.key.is_empty() {
             return Err(errors::empty_key());
         }
+        caller.delete(&r)?;
         let kr = KeyRange::from_etcd(&r.key, &r.range_end);
         let body = self
             .router
@@ -289,9 +314,11 @@ impl PbKvService for Kv {
     }
 
     async fn txn(&self, req: Request<PbTxnRequest>) -> Result<Response<PbTxnResponse>, Status> {
+        let caller = self.caller(&req)?;
         let t = req.into_inner();
         check_size(&t)?;
         check_txn(&t, MAX_TXN_OPS)?;
+        caller.txn(&t)?;
         let mut keys = Vec::new();
         txn_keys(&t, &mut keys);
         let writes = txn_writes(&t);
@@ -330,6 +357,8 @@ impl PbKvService for Kv {
         &self,
         req: Request<PbCompactionRequest>,
     ) -> Result<Response<PbCompactionResponse>, Status> {
+        // etcd checks no permission for a compaction, only a token given.
+        self.caller(&req)?;
         let r = req.into_inner();
         let current = self.oracle.current().await?;
         if r.revision > current {

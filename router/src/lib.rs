@@ -2,6 +2,7 @@
 //! See ARCHITECTURE.md.
 
 pub mod announce;
+pub mod auth;
 mod config;
 pub mod failpoint;
 pub mod kv;
@@ -19,6 +20,7 @@ pub use config::*;
 use strata_proto::etcd::{
     PbClusterServer, PbKvServer, PbLeaseServer, PbMaintenanceServer, PbWatchServer,
 };
+use strata_proto::etcd_auth::AuthServer;
 use strata_proto::oracle::{placement_client, Oracle};
 
 /// A running router.
@@ -38,6 +40,13 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<RouterHandle> {
     let router = routing::Router::new(placement.clone(), cfg.request_timeout);
     let _ = router.refresh().await;
     tokio::spawn(router.clone().refresh_loop());
+    let tokens = auth::Tokens::parse(&cfg.auth_token, Duration::from_secs(cfg.auth_token_ttl))
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let auth = auth::Auth::new(placement.clone(), tokens, cfg.bcrypt_cost);
+    // Serving waits (a little) for the auth state: until it is loaded every
+    // request is refused as unavailable.
+    let _ = tokio::time::timeout(Duration::from_secs(2), auth.refresh()).await;
+    tokio::spawn(auth.clone().refresh_loop());
     let oracle = Oracle::new(placement);
     let me = announce::Me::new(&cfg.advertise_client_urls, addr);
     let member_id = me.id;
@@ -49,15 +58,18 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<RouterHandle> {
         member_id,
         cluster_id,
         me,
+        auth: auth.clone(),
     };
     let kv = std::sync::Arc::new(kv::Kv {
         router: router.clone(),
+        auth: auth.clone(),
         oracle: oracle.clone(),
         member_id,
         cluster_id,
     });
     let watch = watch::Watch {
         router,
+        auth: auth.clone(),
         oracle,
         member_id,
         cluster_id,
@@ -73,7 +85,8 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<RouterHandle> {
         .add_service(PbWatchServer::new(watch))
         .add_service(PbLeaseServer::new(misc::Lease(common.clone(), kv)))
         .add_service(PbClusterServer::new(misc::Cluster(common.clone())))
-        .add_service(PbMaintenanceServer::new(misc::Maintenance(common)))
+        .add_service(PbMaintenanceServer::new(misc::Maintenance(common.clone())))
+        .add_service(AuthServer::new(auth::service::AuthSvc { auth, common }))
         .serve_with_incoming(
             // Small request/response messages: Nagle + delayed ACKs would add ~40 ms.
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
@@ -86,4 +99,9 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<RouterHandle> {
     tracing::info!(%addr, "router serving etcd clients");
     metrics::ready(&telemetry);
     Ok(RouterHandle { client_addr: addr })
+}
+
+/// The common name of the verified client certificate `req` came with.
+pub(crate) fn tls_cn<T>(_req: &tonic::Request<T>) -> Option<String> {
+    None
 }

@@ -26,10 +26,18 @@ pub struct Common {
     pub cluster_id: u64,
     /// This router as an etcd member (`MemberList`).
     pub me: crate::announce::Me,
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 impl Common {
-    async fn header(&self) -> Option<PbResponseHeader> {
+    /// The request's caller, who must be an administrator (while auth is on).
+    fn admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        self.auth
+            .caller(req.metadata(), crate::tls_cn(req))?
+            .admin()
+    }
+
+    pub(crate) async fn header(&self) -> Option<PbResponseHeader> {
         // Cluster and Maintenance answers do not wait for a placement
         // failover (the oracle client retries for seconds): past 1 s the
         // header says 0.
@@ -49,6 +57,27 @@ impl Common {
 }
 
 pub struct Lease(pub Common, pub Arc<crate::kv::Kv>);
+
+impl Lease {
+    /// The keys attached to lease `id`: a scan of every key (leases keep no
+    /// key index yet).
+    async fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, Status> {
+        let all = self
+            .1
+            .do_range(PbRangeRequest {
+                key: vec![0],
+                range_end: vec![0],
+                ..Default::default()
+            })
+            .await?;
+        Ok(all
+            .kvs
+            .into_iter()
+            .filter(|kv| kv.lease == id)
+            .map(|kv| kv.key)
+            .collect())
+    }
+}
 
 type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<PbLeaseKeepAliveResponse, Status>> + Send>>;
 
@@ -82,7 +111,15 @@ impl PbLeaseService for Lease {
         &self,
         req: Request<PbLeaseRevokeRequest>,
     ) -> Result<Response<PbLeaseRevokeResponse>, Status> {
+        let caller = self.1.caller(&req)?;
         let id = req.into_inner().id;
+        // etcd: revoking deletes the lease's keys, so it needs write
+        // permission on every one of them (administrators excepted).
+        if caller.state.enabled && !caller.is_admin() {
+            for key in self.lease_keys(id).await? {
+                caller.need(&key, &[], strata_proto::auth::Access::Write)?;
+            }
+        }
         self.0
             .router
             .placement
@@ -139,6 +176,7 @@ impl PbLeaseService for Lease {
         &self,
         req: Request<PbLeaseTimeToLiveRequest>,
     ) -> Result<Response<PbLeaseTimeToLiveResponse>, Status> {
+        let caller = self.1.caller(&req)?;
         let r = req.into_inner();
         let info = self
             .0
@@ -148,24 +186,17 @@ impl PbLeaseService for Lease {
             .lease_time_to_live(LeaseIdRequest { id: r.id })
             .await?
             .into_inner();
-        // Attached keys: a scan of every key (leases keep no key index yet).
         let keys = if r.keys && info.found {
-            let all = self
-                .1
-                .do_range(PbRangeRequest {
-                    key: vec![0],
-                    range_end: vec![0],
-                    ..Default::default()
-                })
-                .await?;
-            all.kvs
-                .into_iter()
-                .filter(|kv| kv.lease == r.id)
-                .map(|kv| kv.key)
-                .collect()
+            self.lease_keys(r.id).await?
         } else {
             Vec::new()
         };
+        // etcd: listing a lease's keys needs read permission on each.
+        if caller.state.enabled && !caller.is_admin() {
+            for key in &keys {
+                caller.read(key, &[])?;
+            }
+        }
         Ok(Response::new(PbLeaseTimeToLiveResponse {
             header: self.0.header().await,
             id: r.id,
@@ -258,7 +289,14 @@ type SnapshotStream = Pin<Box<dyn Stream<Item = Result<PbSnapshotResponse, Statu
 
 #[tonic::async_trait]
 impl PbMaintenanceService for Maintenance {
-    async fn alarm(&self, _: Request<PbAlarmRequest>) -> Result<Response<PbAlarmResponse>, Status> {
+    async fn alarm(
+        &self,
+        req: Request<PbAlarmRequest>,
+    ) -> Result<Response<PbAlarmResponse>, Status> {
+        // etcd: listing alarms is open to all; changing them is for admins.
+        if req.get_ref().action != 0 {
+            self.0.admin(&req)?;
+        }
         Ok(Response::new(PbAlarmResponse {
             header: self.0.header().await,
             alarms: Vec::new(),
@@ -281,38 +319,44 @@ impl PbMaintenanceService for Maintenance {
     }
     async fn defragment(
         &self,
-        _: Request<PbDefragmentRequest>,
+        req: Request<PbDefragmentRequest>,
     ) -> Result<Response<PbDefragmentResponse>, Status> {
+        self.0.admin(&req)?;
         Ok(Response::new(PbDefragmentResponse {
             header: self.0.header().await,
         }))
     }
-    async fn hash(&self, _: Request<PbHashRequest>) -> Result<Response<PbHashResponse>, Status> {
+    async fn hash(&self, req: Request<PbHashRequest>) -> Result<Response<PbHashResponse>, Status> {
+        self.0.admin(&req)?;
         Err(unimplemented("Hash"))
     }
     async fn hash_kv(
         &self,
-        _: Request<PbHashKvRequest>,
+        req: Request<PbHashKvRequest>,
     ) -> Result<Response<PbHashKvResponse>, Status> {
+        self.0.admin(&req)?;
         Err(unimplemented("HashKV"))
     }
     type SnapshotStream = SnapshotStream;
     async fn snapshot(
         &self,
-        _: Request<PbSnapshotRequest>,
+        req: Request<PbSnapshotRequest>,
     ) -> Result<Response<SnapshotStream>, Status> {
+        self.0.admin(&req)?;
         Err(unimplemented("Snapshot"))
     }
     async fn move_leader(
         &self,
-        _: Request<PbMoveLeaderRequest>,
+        req: Request<PbMoveLeaderRequest>,
     ) -> Result<Response<PbMoveLeaderResponse>, Status> {
+        self.0.admin(&req)?;
         Err(unimplemented("MoveLeader"))
     }
     async fn downgrade(
         &self,
-        _: Request<PbDowngradeRequest>,
+        req: Request<PbDowngradeRequest>,
     ) -> Result<Response<PbDowngradeResponse>, Status> {
+        self.0.admin(&req)?;
         Err(unimplemented("Downgrade"))
     }
 }

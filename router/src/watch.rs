@@ -35,6 +35,7 @@ const FILTER_NODELETE: i32 = 1;
 
 pub struct Watch {
     pub router: Arc<Router>,
+    pub auth: Arc<crate::auth::Auth>,
     pub oracle: Oracle,
     pub member_id: u64,
     pub cluster_id: u64,
@@ -48,6 +49,18 @@ struct Hdr {
 }
 
 impl Hdr {
+    /// etcd's answer to a watch it refuses to create.
+    fn refused(&self, revision: i64, reason: String) -> PbWatchResponse {
+        PbWatchResponse {
+            header: self.h(revision),
+            watch_id: -1,
+            created: true,
+            canceled: true,
+            cancel_reason: reason,
+            ..Default::default()
+        }
+    }
+
     fn h(&self, revision: i64) -> Option<PbResponseHeader> {
         Some(PbResponseHeader {
             cluster_id: self.cluster_id,
@@ -79,6 +92,8 @@ impl PbWatchService for Watch {
         &self,
         req: Request<Streaming<PbWatchRequest>>,
     ) -> Result<Response<WatchStream>, Status> {
+        let (md, cert_cn) = (req.metadata().clone(), crate::tls_cn(&req));
+        let auth = self.auth.clone();
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel::<Result<PbWatchResponse, Status>>(STREAM_BUF);
         let router = self.router.clone();
@@ -111,33 +126,27 @@ impl PbWatchService for Watch {
                             }
                             next_id
                         };
-                        if watchers.lock().contains_key(&id) {
+                        let refusal = if watchers.lock().contains_key(&id) {
                             // etcd: a duplicate watch id is refused.
-                            let _ = tx
-                                .send(Ok(PbWatchResponse {
-                                    header: hdr.h(current),
-                                    watch_id: -1,
-                                    created: true,
-                                    canceled: true,
-                                    cancel_reason:
-                                        "mvcc: duplicate watch ID provided on the WatchStream"
-                                            .into(),
-                                    ..Default::default()
-                                }))
-                                .await;
-                            continue;
-                        }
-                        if c.key.is_empty() {
-                            let _ = tx
-                                .send(Ok(PbWatchResponse {
-                                    header: hdr.h(current),
-                                    watch_id: -1,
-                                    created: true,
-                                    canceled: true,
-                                    cancel_reason: "etcdserver: key is not provided".into(),
-                                    ..Default::default()
-                                }))
-                                .await;
+                            Some("mvcc: duplicate watch ID provided on the WatchStream".into())
+                        } else if c.key.is_empty() {
+                            Some("etcdserver: key is not provided".into())
+                        } else {
+                            // etcd checks read permission once, at creation;
+                            // its reason is the gRPC error's text.
+                            auth.caller(&md, cert_cn.clone())
+                                .and_then(|who| who.read(&c.key, &c.range_end))
+                                .err()
+                                .map(|e| {
+                                    format!(
+                                        "rpc error: code = {:?} desc = {}",
+                                        e.code(),
+                                        e.message()
+                                    )
+                                })
+                        };
+                        if let Some(reason) = refusal {
+                            let _ = tx.send(Ok(hdr.refused(current, reason))).await;
                             continue;
                         }
                         let start = if c.start_revision > 0 {

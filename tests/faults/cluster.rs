@@ -111,6 +111,9 @@ impl Cluster {
             watch_progress_notify_interval: Duration::from_secs(600),
             request_timeout: Duration::from_secs(10),
             advertise_client_urls: Vec::new(),
+            auth_token: "simple".into(),
+            auth_token_ttl: 300,
+            bcrypt_cost: 10,
         })
         .await
         .expect("router starts")

@@ -132,4 +132,6 @@ unimplemented_rest! {
     remove_member(RemoveMemberRequest) -> MembersResponse;
     router_heartbeat(RouterHeartbeatRequest) -> RouterHeartbeatResponse;
     list_routers(ListRoutersRequest) -> ListRoutersResponse;
+    auth_change(AuthChangeRequest) -> AuthStateReply;
+    auth_state(AuthStateRequest) -> AuthStateReply;
 }

@@ -1,0 +1,518 @@
+//! etcd's authentication and role-based access control, through etcdctl 3.4 and
+//! the etcd-client crate: users, roles, permissions on keys and prefixes,
+//! enable/disable, tokens, and every request kind checked.
+//!
+//! Every expectation here was checked against a real etcd 3.4
+//! (`STRATA_TEST_TARGET=etcd cargo test --test auth`), except those marked
+//! Strata-only (several routers). Each test starts its own server: enabling
+//! auth changes the whole cluster.
+
+mod common;
+
+use std::process::Output;
+
+use common::*;
+use etcd_client::{
+    Compare, CompareOp, ConnectOptions, GetOptions, Permission, PutOptions, Txn, TxnOp,
+    WatchOptions,
+};
+
+#[track_caller]
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "etcdctl failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).expect("utf-8 stdout")
+}
+
+/// Asserts failure with `msg` in stderr.
+#[track_caller]
+fn fails_with(out: &Output, msg: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains(msg),
+        "expected failure with {msg:?}; status {}\nstdout: {}\nstderr: {stderr}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+    );
+}
+
+const ROOT: &str = "root:rootpw";
+const ALICE: &str = "alice:alicepw";
+
+/// root, and alice with role r1: readwrite on `foo`, read on prefix `pre/`,
+/// readwrite on [k1, k5); auth enabled.
+fn setup(c: &Cluster) {
+    assert_eq!(
+        ok(&c.etcdctl(&["user", "add", ROOT])),
+        "User root created\n"
+    );
+    assert_eq!(ok(&c.etcdctl(&["role", "add", "r1"])), "Role r1 created\n");
+    for args in [
+        &["readwrite", "foo"][..],
+        &["read", "--prefix=true", "pre/"],
+        &["readwrite", "k1", "k5"],
+    ] {
+        let mut a = vec!["role", "grant-permission", "r1"];
+        a.extend_from_slice(args);
+        assert_eq!(ok(&c.etcdctl(&a)), "Role r1 updated\n");
+    }
+    assert_eq!(
+        ok(&c.etcdctl(&["user", "add", ALICE])),
+        "User alice created\n"
+    );
+    assert_eq!(
+        ok(&c.etcdctl(&["user", "grant-role", "alice", "r1"])),
+        "Role r1 is granted to user alice\n"
+    );
+    assert_eq!(
+        ok(&c.etcdctl(&["auth", "enable"])),
+        "Authentication Enabled\n"
+    );
+}
+
+#[test]
+fn etcdctl_users_roles_permissions() {
+    let c = start();
+    setup(&c);
+    // No user: refused, nothing written.
+    fails_with(
+        &c.etcdctl(&["put", "foo", "x"]),
+        "etcdserver: user name is empty",
+    );
+    fails_with(
+        &c.etcdctl(&["--user", "alice:wrong", "get", "foo"]),
+        "etcdserver: authentication failed, invalid user ID or password",
+    );
+    fails_with(
+        &c.etcdctl(&["--user", "nobody:pw", "get", "foo"]),
+        "etcdserver: authentication failed, invalid user ID or password",
+    );
+    let alice = |args: &[&str]| {
+        let mut a = vec!["--user", ALICE];
+        a.extend_from_slice(args);
+        c.etcdctl(&a)
+    };
+    assert_eq!(ok(&alice(&["put", "foo", "bar"])), "OK\n");
+    assert_eq!(ok(&alice(&["get", "foo"])), "foo\nbar\n");
+    assert_eq!(ok(&alice(&["put", "k3", "v"])), "OK\n");
+    fails_with(&alice(&["put", "k5", "v"]), "etcdserver: permission denied");
+    fails_with(
+        &alice(&["put", "other", "v"]),
+        "etcdserver: permission denied",
+    );
+    fails_with(
+        &alice(&["put", "pre/a", "v"]),
+        "etcdserver: permission denied",
+    );
+    assert_eq!(ok(&alice(&["get", "pre/a"])), "");
+    assert_eq!(ok(&alice(&["get", "--prefix", "pre/"])), "");
+    assert_eq!(ok(&alice(&["get", "k1", "k5"])), "k3\nv\n");
+    fails_with(
+        &alice(&["get", "k1", "k6"]),
+        "etcdserver: permission denied",
+    );
+    fails_with(
+        &alice(&["get", "--prefix", "pre"]),
+        "etcdserver: permission denied",
+    );
+    fails_with(&alice(&["del", "pre/a"]), "etcdserver: permission denied");
+    fails_with(&alice(&["user", "list"]), "etcdserver: permission denied");
+    fails_with(
+        &alice(&["role", "add", "r2"]),
+        "etcdserver: permission denied",
+    );
+    fails_with(
+        &alice(&["auth", "disable"]),
+        "etcdserver: permission denied",
+    );
+    // A user sees its own user and roles.
+    assert!(ok(&alice(&["user", "get", "alice"])).contains("Roles: r1"));
+    fails_with(
+        &alice(&["user", "get", "root"]),
+        "etcdserver: permission denied",
+    );
+    let role = ok(&alice(&["role", "get", "r1"]));
+    assert!(role.contains("KV Read:"), "{role}");
+    assert!(role.contains("[pre/, pre0) (prefix pre/)"), "{role}");
+    assert!(role.contains("[k1, k5)"), "{role}");
+    // A watch outside the permissions is refused at creation (etcdctl 3.4
+    // keeps running and prints nothing); one inside sees events.
+    let denied = c.etcdctl_spawn(&["--user", ALICE, "watch", "other"]);
+    let allowed = c.etcdctl_spawn(&["--user", ALICE, "watch", "foo"]);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(
+        ok(&c.etcdctl(&["--user", ROOT, "put", "other", "w"])),
+        "OK\n"
+    );
+    assert_eq!(ok(&alice(&["put", "foo", "w"])), "OK\n");
+    assert!(
+        allowed.wait_stdout(RECV_TIMEOUT, |o| o.contains("foo\nw")),
+        "{}",
+        allowed.stdout()
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(denied.stdout(), "");
+    drop((denied, allowed));
+    assert_eq!(ok(&alice(&["put", "foo", "bar"])), "OK\n");
+    // A txn needs permission on every key it touches, in both branches.
+    fails_with(
+        &c.etcdctl_stdin(
+            &["--user", ALICE, "txn"],
+            "value(\"foo\") = \"bar\"\n\nput foo baz\n\nput other x\n\n",
+        ),
+        "etcdserver: permission denied",
+    );
+    assert_eq!(ok(&alice(&["get", "foo", "--print-value-only"])), "bar\n");
+
+    let root = |args: &[&str]| {
+        let mut a = vec!["--user", ROOT];
+        a.extend_from_slice(args);
+        c.etcdctl(&a)
+    };
+    assert_eq!(ok(&root(&["user", "list"])), "alice\nroot\n");
+    assert_eq!(ok(&root(&["role", "list"])), "r1\nroot\n");
+    assert_eq!(ok(&root(&["put", "other", "v"])), "OK\n");
+    fails_with(
+        &root(&["user", "delete", "root"]),
+        "etcdserver: invalid auth management",
+    );
+    fails_with(
+        &root(&["role", "delete", "root"]),
+        "etcdserver: invalid auth management",
+    );
+    fails_with(
+        &root(&["user", "add", ALICE]),
+        "etcdserver: user name already exists",
+    );
+    fails_with(
+        &root(&["role", "add", "r1"]),
+        "etcdserver: role name already exists",
+    );
+    fails_with(
+        &root(&["user", "grant-role", "alice", "nope"]),
+        "etcdserver: role name not found",
+    );
+    fails_with(
+        &root(&["user", "revoke-role", "alice", "root"]),
+        "etcdserver: role is not granted to the user",
+    );
+    fails_with(
+        &root(&["user", "get", "nobody"]),
+        "etcdserver: user name not found",
+    );
+    fails_with(
+        &root(&["role", "get", "nope"]),
+        "etcdserver: role name not found",
+    );
+    fails_with(
+        &root(&["role", "revoke-permission", "r1", "nokey"]),
+        "etcdserver: permission is not granted to the role",
+    );
+    // Revoking a permission takes effect at once.
+    assert_eq!(
+        ok(&root(&["role", "revoke-permission", "r1", "foo"])),
+        "Permission of key foo is revoked from role r1\n"
+    );
+    fails_with(
+        &alice(&["put", "foo", "x"]),
+        "etcdserver: permission denied",
+    );
+    // A password change ends the old one.
+    assert_eq!(
+        ok(&c.etcdctl_stdin(
+            &[
+                "--user",
+                ROOT,
+                "user",
+                "passwd",
+                "alice",
+                "--interactive=false"
+            ],
+            "newpw\n"
+        )),
+        "Password updated\n"
+    );
+    fails_with(
+        &alice(&["get", "k3"]),
+        "etcdserver: authentication failed, invalid user ID or password",
+    );
+    assert_eq!(
+        ok(&c.etcdctl(&["--user", "alice:newpw", "get", "k3", "--print-value-only"])),
+        "v\n"
+    );
+    assert_eq!(
+        ok(&root(&["user", "delete", "alice"])),
+        "User alice deleted\n"
+    );
+    fails_with(
+        &c.etcdctl(&["--user", "alice:newpw", "get", "k3"]),
+        "etcdserver: authentication failed, invalid user ID or password",
+    );
+    assert_eq!(ok(&root(&["role", "delete", "r1"])), "Role r1 deleted\n");
+    assert_eq!(ok(&root(&["auth", "disable"])), "Authentication Disabled\n");
+    // Disabled: anyone again, and tokens are not needed.
+    assert_eq!(ok(&c.etcdctl(&["put", "foo", "free"])), "OK\n");
+    assert_eq!(
+        ok(&c.etcdctl(&["user", "delete", "root"])),
+        "User root deleted\n"
+    );
+}
+
+#[test]
+fn enable_needs_root() {
+    let c = start();
+    fails_with(
+        &c.etcdctl(&["auth", "enable"]),
+        "etcdserver: root user does not exist",
+    );
+    // Authenticating while auth is off fails; etcdctl goes on without a token.
+    let out = c.etcdctl(&["--user", ROOT, "get", "x"]);
+    ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("etcdserver: authentication is not enabled"),
+        "{stderr}"
+    );
+    assert_eq!(ok(&c.etcdctl(&["put", "x", "1"])), "OK\n");
+}
+
+async fn client_as(c: &Cluster, user: Option<(&str, &str)>) -> etcd_client::Client {
+    let opts = match user {
+        Some((u, p)) => ConnectOptions::new().with_user(u, p),
+        None => ConnectOptions::new(),
+    };
+    c.client_with(opts).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_requests_are_checked() {
+    let c = start();
+    setup(&c);
+    let mut alice = client_as(&c, Some(("alice", "alicepw"))).await;
+    let mut root = client_as(&c, Some(("root", "rootpw"))).await;
+    let mut anon = client_as(&c, None).await;
+    assert_grpc_err(
+        anon.put("foo", "x", None).await,
+        "InvalidArgument",
+        "etcdserver: user name is empty",
+    );
+    alice.put("foo", "a", None).await.unwrap();
+    // prev_kv needs read permission too; foo has it.
+    let r = alice
+        .put("foo", "b", Some(PutOptions::new().with_prev_key()))
+        .await
+        .unwrap();
+    assert_eq!(r.prev_key().map(|kv| kv.value()), Some(&b"a"[..]));
+    assert_grpc_err(
+        alice
+            .get("pre", Some(GetOptions::new().with_prefix()))
+            .await,
+        "PermissionDenied",
+        "etcdserver: permission denied",
+    );
+    alice
+        .get("pre/", Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    // A txn reading a key outside its permissions in the branch not taken is
+    // refused all the same.
+    let txn = Txn::new()
+        .when([Compare::value("foo", CompareOp::Equal, "b")])
+        .and_then([TxnOp::put("k2", "t", None)])
+        .or_else([TxnOp::get("secret", None)]);
+    assert_grpc_err(
+        alice.txn(txn).await,
+        "PermissionDenied",
+        "etcdserver: permission denied",
+    );
+    let txn = Txn::new()
+        .when([Compare::value("foo", CompareOp::Equal, "b")])
+        .and_then([TxnOp::put("k2", "t", None)]);
+    assert!(alice.txn(txn).await.unwrap().succeeded());
+    // Watches: refused at creation outside the permissions.
+    let mut stream = alice
+        .watch("secret", Some(WatchOptions::new()))
+        .await
+        .unwrap();
+    let resp = within(RECV_TIMEOUT, "watch refusal", stream.message())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(resp.canceled(), "{resp:?}");
+    assert_eq!(
+        resp.cancel_reason(),
+        "rpc error: code = PermissionDenied desc = etcdserver: permission denied"
+    );
+    let mut stream = alice.watch("foo", None).await.unwrap();
+    let created = within(RECV_TIMEOUT, "watch created", stream.message())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(created.created() && !created.canceled(), "{created:?}");
+    // Lease revoke deletes keys: it needs write permission on each of them.
+    let lease = root.lease_grant(60, None).await.unwrap().id();
+    root.put("secret", "s", Some(PutOptions::new().with_lease(lease)))
+        .await
+        .unwrap();
+    assert_grpc_err(
+        alice.lease_revoke(lease).await,
+        "PermissionDenied",
+        "etcdserver: permission denied",
+    );
+    assert_eq!(root.get("secret", None).await.unwrap().kvs().len(), 1);
+    root.lease_revoke(lease).await.unwrap();
+    // Admin-only maintenance (etcd 3.4 answers Unknown "auth: permission
+    // denied"; 3.5 and Strata PermissionDenied).
+    let e = alice.defragment().await.unwrap_err().to_string();
+    assert!(e.contains("permission denied"), "{e}");
+    alice.status().await.unwrap();
+    assert_grpc_err(
+        alice
+            .role_grant_permission("r1", Permission::read_write("secret"))
+            .await,
+        "PermissionDenied",
+        "etcdserver: permission denied",
+    );
+    root.role_grant_permission("r1", Permission::read_write("secret"))
+        .await
+        .unwrap();
+    alice.put("secret", "mine", None).await.unwrap();
+}
+
+/// A Put of `key` sent by hand with `token` (as the metadata key `token`, as
+/// etcd's clients send it) to `endpoint` (`http://HOST:PORT` or `HOST:PORT`).
+async fn put_with_token(
+    endpoint: &str,
+    token: &str,
+    key: &str,
+    value: &str,
+) -> Result<(), tonic::Status> {
+    let url = if endpoint.contains("://") {
+        endpoint.to_string()
+    } else {
+        format!("http://{endpoint}")
+    };
+    let ch = tonic::transport::Endpoint::from_shared(url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(ch);
+    grpc.ready().await.unwrap();
+    let mut req = tonic::Request::new(strata_proto::etcd::PbPutRequest {
+        key: key.as_bytes().to_vec(),
+        value: value.as_bytes().to_vec(),
+        ..Default::default()
+    });
+    req.metadata_mut().insert("token", token.parse().unwrap());
+    let path = http::uri::PathAndQuery::from_static("/etcdserverpb.KV/Put");
+    let codec = tonic_prost::ProstCodec::<_, strata_proto::etcd::PbPutResponse>::default();
+    grpc.unary(req, path, codec).await.map(|_| ())
+}
+
+async fn token_of(c: &mut etcd_client::Client, user: &str, password: &str) -> String {
+    c.auth_client()
+        .authenticate(user.into(), password.into())
+        .await
+        .unwrap()
+        .token()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_are_refused() {
+    let c = start();
+    setup(&c);
+    let mut anon = client_as(&c, None).await;
+    let token = token_of(&mut anon, "alice", "alicepw").await;
+    assert!(!token.is_empty());
+    put_with_token(&c.endpoint, &token, "foo", "valid")
+        .await
+        .unwrap();
+    let mut forged = token.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    for bad in [
+        forged,
+        "garbage".to_string(),
+        format!("{token}x"),
+        "a.b".into(),
+    ] {
+        let e = put_with_token(&c.endpoint, &bad, "foo", "forged")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.code(), e.message()),
+            (
+                tonic::Code::Unauthenticated,
+                "etcdserver: invalid auth token"
+            ),
+            "token {bad:?}"
+        );
+    }
+    let mut root = client_as(&c, Some(("root", "rootpw"))).await;
+    let v = root.get("foo", None).await.unwrap();
+    assert_eq!(v.kvs()[0].value(), b"valid");
+    // Deleting the user ends its tokens.
+    root.user_delete("alice").await.unwrap();
+    let e = put_with_token(&c.endpoint, &token, "foo", "late")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+}
+
+/// Strata-only: several routers. A token from one router works on another; a
+/// permission revoked through one router stops working on the other within
+/// the documented bound (one poll of placement, 500 ms, plus the RPC).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routers_share_tokens_and_revocations() {
+    if Target::from_env() != Target::Strata {
+        return;
+    }
+    let c = start_strata_with(&["--routers", "2"]);
+    setup(&c);
+    let eps = c.router_endpoints();
+    assert_eq!(eps.len(), 2, "{eps:?}");
+    let mut anon = client_as(&c, None).await;
+    let token = token_of(&mut anon, "alice", "alicepw").await;
+    for ep in &eps {
+        put_with_token(ep, &token, "k2", ep).await.unwrap();
+    }
+    let mut root = client_as(&c, Some(("root", "rootpw"))).await;
+    root.role_revoke_permission(
+        "r1",
+        "k1",
+        Some(etcd_client::RoleRevokePermissionOptions::new().with_range_end("k5")),
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let mut refused = Vec::new();
+    for ep in &eps {
+        loop {
+            match put_with_token(ep, &token, "k2", "after").await {
+                Err(e) if e.code() == tonic::Code::PermissionDenied => break,
+                Err(e) => panic!("{ep}: {e:?}"),
+                Ok(()) => {
+                    assert!(
+                        started.elapsed() < std::time::Duration::from_secs(3),
+                        "{ep} still allows k2"
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+        refused.push(started.elapsed());
+    }
+    assert!(
+        refused
+            .iter()
+            .all(|d| *d < std::time::Duration::from_secs(2)),
+        "{refused:?}"
+    );
+}
