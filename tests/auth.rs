@@ -516,3 +516,42 @@ async fn routers_share_tokens_and_revocations() {
         "{refused:?}"
     );
 }
+
+/// Strata-only: the auth state lives in placement's raft group. It survives
+/// the loss of a placement replica and a `kill -9` of the whole cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_survives_failover_and_restart() {
+    if Target::from_env() != Target::Strata {
+        return;
+    }
+    let c = start_strata_with(&["--placement-replicas", "3"]);
+    setup(&c);
+    c.kill_placement(1);
+    let check = |c: &Cluster| {
+        fails_with(
+            &c.etcdctl(&["put", "foo", "x"]),
+            "etcdserver: user name is empty",
+        );
+        assert_eq!(
+            ok(&c.etcdctl(&["--user", ALICE, "put", "foo", "y"])),
+            "OK\n"
+        );
+        fails_with(
+            &c.etcdctl(&["--user", ALICE, "put", "other", "y"]),
+            "etcdserver: permission denied",
+        );
+    };
+    check(&c);
+    assert_eq!(
+        ok(&c.etcdctl(&["--user", ROOT, "role", "add", "r2"])),
+        "Role r2 created\n"
+    );
+    c.restart_placement(1);
+    c.kill9();
+    c.restart();
+    check(&c);
+    assert_eq!(
+        ok(&c.etcdctl(&["--user", ROOT, "role", "list"])),
+        "r1\nr2\nroot\n"
+    );
+}

@@ -70,8 +70,12 @@ pub(super) async fn wait_until_serving(
                 .with_connect_timeout(attempt_budget)
                 .with_timeout(attempt_budget);
             let mut client = etcd_client::Client::connect([url.as_str()], Some(opts)).await?;
-            client.get(PROBE_KEY, None).await?;
-            Ok::<(), etcd_client::Error>(())
+            match client.get(PROBE_KEY, None).await {
+                // With auth enabled an anonymous read is refused: the router
+                // answered, which counts as serving (as in etcd's health check).
+                Err(etcd_client::Error::GRpcStatus(s)) if is_auth_refusal(&s) => Ok(()),
+                r => r.map(|_| ()),
+            }
         };
         match tokio::time::timeout(attempt_budget, attempt).await {
             Ok(Ok(())) => {
@@ -85,6 +89,11 @@ pub(super) async fn wait_until_serving(
             Duration::from_millis(250).min(deadline.saturating_duration_since(Instant::now()));
         tokio::time::sleep(pause).await;
     }
+}
+
+/// A refusal by etcd's auth (no user, or no permission on the probe key).
+pub(crate) fn is_auth_refusal(s: &tonic::Status) -> bool {
+    s.code() == tonic::Code::PermissionDenied || s.message() == "etcdserver: user name is empty"
 }
 
 /// Prints which components are not running, with the end of their logs (or of every

@@ -297,10 +297,15 @@ pub(super) fn probe_get(endpoint: &str) -> Result<(), String> {
                 let mut c = Client::connect([endpoint.as_str()], Some(opts))
                     .await
                     .map_err(|e| e.to_string())?;
-                c.get("strata-harness-probe", None)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok::<(), String>(())
+                match c.get("strata-harness-probe", None).await {
+                    // Auth enabled: the router answered (as etcd's health check).
+                    Err(etcd_client::Error::GRpcStatus(s))
+                        if s.message() == "etcdserver: user name is empty" =>
+                    {
+                        Ok(())
+                    }
+                    r => r.map(|_| ()).map_err(|e| e.to_string()),
+                }
             };
             match tokio::time::timeout(Duration::from_secs(3), fut).await {
                 Ok(r) => r,
