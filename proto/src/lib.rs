@@ -19,3 +19,4 @@ pub mod failpoint;
 pub mod oracle;
 pub mod placement_client;
 pub mod telemetry;
+pub mod tls;

@@ -31,6 +31,21 @@ pub struct RouterConfig {
     /// --listen-client].
     #[arg(long, value_delimiter = ',')]
     pub advertise_client_urls: Vec<String>,
+    /// TLS on the client port (etcd's client flags).
+    #[command(flatten)]
+    pub client_tls: strata_proto::tls::ClientPortFlags,
+    /// Mutual TLS on internal links (etcd's peer flags).
+    #[command(flatten)]
+    pub peer_tls: strata_proto::tls::PeerFlags,
+}
+
+impl RouterConfig {
+    /// Sets this process's internal TLS (`--peer-*`) and returns the client
+    /// port's (`None`: plaintext).
+    pub fn tls(&self) -> anyhow::Result<Option<strata_proto::tls::ServerTls>> {
+        strata_proto::tls::set_internal(&self.peer_tls).map_err(anyhow::Error::msg)?;
+        self.client_tls.server().map_err(anyhow::Error::msg)
+    }
 }
 
 /// Parses `500ms`, `10s`, `10m` or a plain number of seconds.

@@ -28,6 +28,7 @@ pub struct RouterHandle {
 
 /// Starts a router and returns once it serves clients.
 pub async fn run(cfg: RouterConfig) -> anyhow::Result<RouterHandle> {
+    let client_tls = cfg.tls()?;
     let telemetry = metrics::serve(cfg.metrics_addr).await?;
     let listener = tokio::net::TcpListener::bind(cfg.listen_client)
         .await
@@ -74,10 +75,7 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<RouterHandle> {
         .add_service(PbLeaseServer::new(misc::Lease(common.clone(), kv)))
         .add_service(PbClusterServer::new(misc::Cluster(common.clone())))
         .add_service(PbMaintenanceServer::new(misc::Maintenance(common)))
-        .serve_with_incoming(
-            // Small request/response messages: Nagle + delayed ACKs would add ~40 ms.
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-        );
+        .serve_with_incoming(strata_proto::tls::incoming(listener, client_tls));
     tokio::spawn(async move {
         if let Err(e) = server.await {
             tracing::error!("router gRPC server stopped: {e}");

@@ -76,6 +76,7 @@ impl Cluster {
             replicas: opts.nodes.min(3) as usize,
             node_down_after: Duration::from_secs(600),
             metrics_addr: None,
+            peer_tls: Default::default(),
             no_scheduler: true,
         })
         .await
@@ -91,6 +92,7 @@ impl Cluster {
                 listen: loopback(),
                 placement: placement.to_string(),
                 metrics_addr: None,
+                peer_tls: Default::default(),
                 raft_tick_ms: opts.raft_tick_ms,
                 quiesce_after_ticks: 0,
                 range_split_bytes: 64 * 1024 * 1024,
@@ -111,6 +113,8 @@ impl Cluster {
             watch_progress_notify_interval: Duration::from_secs(600),
             request_timeout: Duration::from_secs(10),
             advertise_client_urls: Vec::new(),
+            client_tls: Default::default(),
+            peer_tls: Default::default(),
         })
         .await
         .expect("router starts")

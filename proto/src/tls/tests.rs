@@ -1,0 +1,193 @@
+//! Handshakes through [`incoming`] on 127.0.0.1: client certificates
+//! required and verified, the CN read back, files replaced and picked up.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rcgen::{CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_stream::StreamExt;
+
+use super::*;
+
+/// A CA in `dir` (`ca.pem`) with a server (`server*.pem`, SAN 127.0.0.1) and a
+/// client certificate with CN `cn` (`client*.pem`).
+fn make_certs(dir: &Path, cn: &str) {
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.self_signed(&ca_key).unwrap().pem()).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    for (name, sans, subject) in [
+        ("server", vec!["127.0.0.1".to_string()], "srv"),
+        ("client", vec![], cn),
+    ] {
+        let mut p = CertificateParams::new(sans).unwrap();
+        p.distinguished_name.push(DnType::CommonName, subject);
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &issuer).unwrap();
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{name}-key.pem")), key.serialize_pem()).unwrap();
+    }
+}
+
+fn server(dir: &Path) -> ServerTls {
+    ServerTls::new(
+        dir.join("server.pem"),
+        dir.join("server-key.pem"),
+        Some(dir.join("ca.pem")),
+        true,
+        ALPN_H2,
+    )
+    .unwrap()
+}
+
+/// Dials `addr` trusting `ca_dir`'s CA, presenting its client certificate
+/// when `with_cert`; true when a byte written was echoed back (the server
+/// accepted the handshake).
+async fn echo(addr: std::net::SocketAddr, ca_dir: &Path, with_cert: bool) -> bool {
+    let (c, k) = (ca_dir.join("client.pem"), ca_dir.join("client-key.pem"));
+    let id = with_cert.then_some((c.as_path(), k.as_path()));
+    let cfg = reload::client_config(&ca_dir.join("ca.pem"), id).unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let attempt = async {
+        let mut s = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(name, tcp)
+            .await
+            .ok()?;
+        s.write_all(b"x").await.ok()?;
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.ok()?;
+        Some(b == *b"x")
+    };
+    tokio::time::timeout(Duration::from_secs(5), attempt)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
+/// Serves `tls` on a port; each connection echoes one byte; the CN of each
+/// accepted client comes out of the returned channel.
+async fn serve(
+    tls: ServerTls,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::Receiver<Option<String>>,
+) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        let mut conns = incoming(l, Some(tls));
+        while let Some(Ok(mut c)) = conns.next().await {
+            use tonic::transport::server::Connected;
+            let certs = c.connect_info().peer_certs;
+            let _ = tx.send(certs.and_then(|c| common_name(&c[0]))).await;
+            tokio::spawn(async move {
+                let mut b = [0u8; 1];
+                if c.read_exact(&mut b).await.is_ok() {
+                    let _ = c.write_all(&b).await;
+                    let _ = c.flush().await;
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test]
+async fn client_certificates_are_required_and_their_cn_read() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path(), "alice");
+    let other = tempfile::tempdir().unwrap();
+    make_certs(other.path(), "mallory");
+    let (addr, mut cns) = serve(server(dir.path())).await;
+
+    assert!(
+        echo(addr, dir.path(), true).await,
+        "a client of the CA is served"
+    );
+    assert_eq!(cns.recv().await.unwrap().as_deref(), Some("alice"));
+    assert!(
+        !echo(addr, dir.path(), false).await,
+        "no client certificate: refused"
+    );
+    assert!(!echo(addr, other.path(), true).await, "another CA: refused");
+    // A plaintext client (HTTP/2's preface) gets at most a TLS alert record
+    // (content type 21), then the connection is closed.
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    let mut b = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut b)).await;
+    assert!(r.is_ok(), "the connection was not closed");
+    assert!(b.is_empty() || b[0] == 21, "plaintext answered with {b:?}");
+    assert!(
+        cns.try_recv().is_err(),
+        "no refused connection was handed to the server"
+    );
+}
+
+#[tokio::test]
+async fn replaced_files_apply_to_new_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path(), "alice");
+    let old = tempfile::tempdir().unwrap();
+    for f in ["ca.pem", "client.pem", "client-key.pem"] {
+        std::fs::copy(dir.path().join(f), old.path().join(f)).unwrap();
+    }
+    let (addr, _cns) = serve(server(dir.path())).await;
+    assert!(echo(addr, old.path(), true).await);
+
+    // The files replaced by a new CA's: within a few seconds new connections
+    // verify against it, and the old CA's clients are refused.
+    make_certs(dir.path(), "bob");
+    let mut switched = false;
+    for _ in 0..50 {
+        if echo(addr, dir.path(), true).await {
+            switched = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        switched,
+        "the new certificates were not picked up within 5 s"
+    );
+    assert!(
+        !echo(addr, old.path(), true).await,
+        "the old CA no longer works"
+    );
+}
+
+#[tokio::test]
+async fn broken_files_keep_the_previous_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path(), "alice");
+    let (addr, _cns) = serve(server(dir.path())).await;
+    std::fs::write(dir.path().join("server.pem"), "not a certificate").unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(
+        echo(addr, dir.path(), true).await,
+        "still served with the old files"
+    );
+}
+
+#[test]
+fn flags_go_together() {
+    let half = PeerFlags {
+        peer_cert_file: Some("a".into()),
+        ..Default::default()
+    };
+    assert!(set_internal(&half).is_err());
+    let bad = ClientPortFlags {
+        cert_file: Some("a".into()),
+        key_file: Some("b".into()),
+        client_cert_auth: true,
+        ..Default::default()
+    };
+    assert!(bad.server().is_err());
+}
