@@ -75,6 +75,22 @@ pub(super) fn plan(args: &DevArgs, exe: &Path, data_dir: &Path) -> anyhow::Resul
         .collect::<Vec<_>>()
         .join(",");
 
+    let tls = args
+        .tls
+        .then(|| crate::certs::TlsFiles::in_dir(&data_dir.join("tls")));
+    // Every component's peer flags: mutual TLS on internal links.
+    let peer_flags: Vec<String> = match &tls {
+        Some(t) => vec![
+            "--peer-cert-file".into(),
+            t.peer_cert.clone(),
+            "--peer-key-file".into(),
+            t.peer_key.clone(),
+            "--peer-trusted-ca-file".into(),
+            t.ca.clone(),
+        ],
+        None => Vec::new(),
+    };
+    let client_scheme = if tls.is_some() { "https" } else { "http" };
     let mut components = Vec::new();
     for (i, addr) in (1..=p).zip(&placement_addrs) {
         let name = format!("placement-{i}");
@@ -98,6 +114,7 @@ pub(super) fn plan(args: &DevArgs, exe: &Path, data_dir: &Path) -> anyhow::Resul
         if let Some(d) = &args.node_down_after {
             argv.extend(["--node-down-after".into(), d.clone()]);
         }
+        argv.extend(peer_flags.iter().cloned());
         components.push(Spec {
             role: "placement",
             name: name.clone(),
@@ -140,6 +157,7 @@ pub(super) fn plan(args: &DevArgs, exe: &Path, data_dir: &Path) -> anyhow::Resul
         if let Some(k) = args.range_split_keys {
             argv.extend(["--range-split-keys".into(), k.to_string()]);
         }
+        argv.extend(peer_flags.iter().cloned());
         components.push(Spec {
             role: "node",
             name: name.clone(),
@@ -166,7 +184,7 @@ pub(super) fn plan(args: &DevArgs, exe: &Path, data_dir: &Path) -> anyhow::Resul
             "--listen-client".into(),
             listen.to_string(),
             "--advertise-client-urls".into(),
-            format!("http://{endpoint}"),
+            format!("{client_scheme}://{endpoint}"),
             "--placement".into(),
             placement_list.clone(),
             "--metrics-addr".into(),
@@ -175,6 +193,18 @@ pub(super) fn plan(args: &DevArgs, exe: &Path, data_dir: &Path) -> anyhow::Resul
         if let Some(d) = &args.watch_progress_notify_interval {
             argv.extend(["--watch-progress-notify-interval".into(), d.clone()]);
         }
+        if let Some(t) = &tls {
+            argv.extend([
+                "--cert-file".into(),
+                t.server_cert.clone(),
+                "--key-file".into(),
+                t.server_key.clone(),
+                "--trusted-ca-file".into(),
+                t.ca.clone(),
+                "--client-cert-auth".into(),
+            ]);
+        }
+        argv.extend(peer_flags.iter().cloned());
         components.push(Spec {
             role: "router",
             name: name.clone(),
@@ -221,6 +251,7 @@ pub(super) fn plan(args: &DevArgs, exe: &Path, data_dir: &Path) -> anyhow::Resul
         client_endpoints,
         components,
         prometheus,
+        tls,
     };
     check_distinct_ports(&plan)?;
     Ok(plan)
