@@ -24,12 +24,15 @@ mod cluster;
 mod components;
 pub mod failover;
 mod process;
+mod tls;
 
 // Not every test binary uses every item.
 #[allow(unused_imports)]
 pub use cluster::{shared, start, start_strata_with, Cluster};
 #[allow(unused_imports)]
 pub use process::{run_bounded, Background};
+#[allow(unused_imports)]
+pub use tls::{client_url, make_certs, TlsPaths};
 
 use std::fmt::Debug;
 use std::future::Future;
