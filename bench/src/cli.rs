@@ -55,9 +55,33 @@ pub struct GlobalArgs {
     /// Draw the latency CDF and the throughput over time as PNG to FILE.
     #[arg(long, global = true, value_name = "FILE")]
     pub plot: Option<PathBuf>,
+    /// TLS: verify the server's certificate with this CA (PEM); endpoints
+    /// are then dialled with TLS (etcd benchmark's --cacert).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// TLS: client certificate to present (PEM; with --key).
+    #[arg(long, global = true, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// TLS: private key of --cert (PEM).
+    #[arg(long, global = true, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
     /// Never show a progress bar (it is only shown when stderr is a terminal anyway).
     #[arg(long, global = true)]
     pub no_progress: bool,
+}
+
+impl GlobalArgs {
+    /// The TLS of --cacert/--cert/--key (`None`: plaintext).
+    pub fn tls(&self) -> anyhow::Result<Option<strata_proto::tls::ClientTls>> {
+        let Some(ca) = &self.cacert else {
+            anyhow::ensure!(self.cert.is_none(), "--cert needs --cacert");
+            return Ok(None);
+        };
+        let id = self.cert.clone().zip(self.key.clone());
+        strata_proto::tls::ClientTls::new(ca.clone(), id)
+            .map(Some)
+            .map_err(anyhow::Error::msg)
+    }
 }
 
 #[derive(Subcommand, Debug, Clone)]
