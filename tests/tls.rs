@@ -20,18 +20,6 @@ fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-#[track_caller]
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "etcdctl failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        stdout(out),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout(out)
-}
-
 /// etcdctl at `c`'s client port over TLS with `certs`' CA and client
 /// certificate (`None`: plaintext), bounded.
 fn etcdctl_with(c: &Cluster, certs: Option<&TlsPaths>, args: &[&str]) -> Output {

@@ -23,6 +23,19 @@ fn flag<'a>(argv: &'a [String], name: &str) -> Option<&'a str> {
         .map(|i| argv[i + 1].as_str())
 }
 
+/// The dev.json of plan `p` before anything started.
+fn json_of(p: &Plan) -> DevJson {
+    DevJson {
+        client_endpoint: p.client_endpoints[0].clone(),
+        client_endpoints: p.client_endpoints.clone(),
+        data_dir: "/d".into(),
+        dev_pid: 1,
+        components: Vec::new(),
+        prometheus: None,
+        tls: p.tls.clone(),
+    }
+}
+
 fn names(p: &Plan) -> Vec<&str> {
     p.components.iter().map(|c| c.name.as_str()).collect()
 }
@@ -184,15 +197,7 @@ fn two_routers_three_placement_replicas() {
     }
 
     // The banner names both endpoints, and etcdctl's flag with both.
-    let json = DevJson {
-        client_endpoint: p.client_endpoints[0].clone(),
-        client_endpoints: p.client_endpoints.clone(),
-        data_dir: "/d".into(),
-        dev_pid: 1,
-        components: Vec::new(),
-        prometheus: None,
-        tls: None,
-    };
+    let json = json_of(&p);
     let line = ready_line(&p, &a, Path::new("/d"), &json);
     assert!(
         line.starts_with(
@@ -364,15 +369,7 @@ fn tls_plan() {
         flag(&r.args, "--advertise-client-urls"),
         Some("https://127.0.0.1:2379")
     );
-    let json = DevJson {
-        client_endpoint: p.client_endpoints[0].clone(),
-        client_endpoints: p.client_endpoints.clone(),
-        data_dir: "/d".into(),
-        dev_pid: 1,
-        components: Vec::new(),
-        prometheus: None,
-        tls: p.tls.clone(),
-    };
+    let json = json_of(&p);
     let line = ready_line(&p, &a, Path::new("/d"), &json);
     assert!(
         line.ends_with(
