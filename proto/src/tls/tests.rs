@@ -176,6 +176,44 @@ async fn broken_files_keep_the_previous_configuration() {
     );
 }
 
+#[tokio::test]
+async fn grpc_over_tls_sees_the_client_cn() {
+    use crate::strata::placement_client::PlacementClient;
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path(), "alice");
+    let answer = |_| Ok(crate::strata::AllocResponse::default());
+    let served = crate::placement_client::fake::serve_tls(answer, Some(server(dir.path()))).await;
+    let (c, k) = (
+        dir.path().join("client.pem"),
+        dir.path().join("client-key.pem"),
+    );
+    let client = ClientTls::new(dir.path().join("ca.pem"), Some((c, k))).unwrap();
+    let ep = endpoint(&served.addr)
+        .unwrap()
+        .timeout(Duration::from_secs(5));
+    let ch = client.connect(&ep).await.expect("TLS connect");
+    let req = crate::strata::AllocRequest::default();
+    PlacementClient::new(ch)
+        .alloc(req)
+        .await
+        .expect("a gRPC call over TLS");
+    assert_eq!(served.last_cn.lock().unwrap().as_deref(), Some("alice"));
+
+    // Plaintext gRPC to the TLS port fails (and nothing reached the service).
+    let plain = endpoint(&served.addr)
+        .unwrap()
+        .timeout(Duration::from_secs(5));
+    let r = match plain.connect().await {
+        Ok(ch) => PlacementClient::new(ch)
+            .alloc(crate::strata::AllocRequest::default())
+            .await
+            .map(|_| ()),
+        Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+    };
+    assert!(r.is_err(), "plaintext served");
+    assert_eq!(served.calls(), 1);
+}
+
 #[test]
 fn flags_go_together() {
     let half = PeerFlags {
