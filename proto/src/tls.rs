@@ -27,7 +27,7 @@ mod client;
 mod reload;
 mod server;
 
-pub use server::{incoming, Conn, ConnInfo};
+pub use server::{incoming, Conn, ConnInfo, Incoming};
 
 use reload::{Files, Reloading};
 
@@ -129,19 +129,12 @@ impl ClientTls {
 
 /// HTTP/2 only: gRPC.
 pub const ALPN_H2: &[&[u8]] = &[b"h2"];
-/// HTTP/1.1 (and HTTP/2): the metrics endpoint.
-pub const ALPN_HTTP: &[&[u8]] = &[b"h2", b"http/1.1"];
+/// HTTP/1.1: the metrics endpoint.
+pub const ALPN_HTTP1: &[&[u8]] = &[b"http/1.1"];
 
 impl ClientPortFlags {
-    /// The client port's TLS, `None` without --cert-file.
-    pub fn server(&self) -> Result<Option<ServerTls>, String> {
-        self.server_with_alpn(ALPN_H2)
-    }
-
-    pub fn server_with_alpn(
-        &self,
-        alpn: &'static [&'static [u8]],
-    ) -> Result<Option<ServerTls>, String> {
+    /// The client port's TLS (its protocols `alpn`), `None` without --cert-file.
+    pub fn server(&self, alpn: &'static [&'static [u8]]) -> Result<Option<ServerTls>, String> {
         let (Some(cert), Some(key)) = (&self.cert_file, &self.key_file) else {
             return Ok(None);
         };
@@ -163,6 +156,8 @@ struct Internal {
     flags: (PathBuf, PathBuf, PathBuf),
     server: ServerTls,
     client: ClientTls,
+    /// The metrics endpoint of nodes and placement (HTTP/1.1).
+    metrics: ServerTls,
 }
 
 /// `None`: internal links are plaintext.
@@ -187,19 +182,18 @@ pub fn set_internal(flags: &PeerFlags) -> Result<(), String> {
             )
         }
     };
-    let mut built = Ok(());
+    let mut built: Result<(), String> = Ok(());
     let set = INTERNAL.get_or_init(|| {
         let (c, k, ca) = want.clone()?;
-        let made = ServerTls::new(c.clone(), k.clone(), Some(ca.clone()), true, ALPN_H2).and_then(
-            |server| {
-                let client = ClientTls::new(ca.clone(), Some((c.clone(), k.clone())))?;
-                Ok(Internal {
-                    flags: (c, k, ca),
-                    server,
-                    client,
-                })
-            },
-        );
+        let peer_server = |alpn| ServerTls::new(c.clone(), k.clone(), Some(ca.clone()), true, alpn);
+        let made = (|| -> Result<Internal, String> {
+            Ok(Internal {
+                server: peer_server(ALPN_H2)?,
+                metrics: peer_server(ALPN_HTTP1)?,
+                client: ClientTls::new(ca.clone(), Some((c.clone(), k.clone())))?,
+                flags: (c.clone(), k.clone(), ca.clone()),
+            })
+        })();
         match made {
             Ok(i) => Some(i),
             Err(e) => {
@@ -222,6 +216,13 @@ fn internal() -> Option<&'static Internal> {
 /// The TLS of internal servers (`None`: plaintext).
 pub fn internal_server() -> Option<ServerTls> {
     internal().map(|i| i.server.clone())
+}
+
+/// The TLS of the metrics endpoint of nodes and placement: the peer
+/// certificate, a client certificate of the peer CA required (`None`:
+/// plaintext).
+pub fn internal_metrics_server() -> Option<ServerTls> {
+    internal().map(|i| i.metrics.clone())
 }
 
 /// The TLS of internal clients (`None`: plaintext).

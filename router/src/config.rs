@@ -1,6 +1,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use strata_proto::tls::ServerTls;
+
 /// Command-line configuration of a router (`strata-router`).
 #[derive(clap::Args, Debug, Clone)]
 pub struct RouterConfig {
@@ -41,10 +43,13 @@ pub struct RouterConfig {
 
 impl RouterConfig {
     /// Sets this process's internal TLS (`--peer-*`) and returns the client
-    /// port's (`None`: plaintext).
-    pub fn tls(&self) -> anyhow::Result<Option<strata_proto::tls::ServerTls>> {
-        strata_proto::tls::set_internal(&self.peer_tls).map_err(anyhow::Error::msg)?;
-        self.client_tls.server().map_err(anyhow::Error::msg)
+    /// port's and the metrics endpoint's (the client port's files; `None`:
+    /// plaintext).
+    pub fn tls(&self) -> anyhow::Result<(Option<ServerTls>, Option<ServerTls>)> {
+        use strata_proto::tls::{set_internal, ALPN_H2, ALPN_HTTP1};
+        set_internal(&self.peer_tls).map_err(anyhow::Error::msg)?;
+        let port = |alpn| self.client_tls.server(alpn).map_err(anyhow::Error::msg);
+        Ok((port(ALPN_H2)?, port(ALPN_HTTP1)?))
     }
 }
 

@@ -28,8 +28,8 @@ pub struct RouterHandle {
 
 /// Starts a router and returns once it serves clients.
 pub async fn run(cfg: RouterConfig) -> anyhow::Result<RouterHandle> {
-    let client_tls = cfg.tls()?;
-    let telemetry = metrics::serve(cfg.metrics_addr).await?;
+    let (client_tls, metrics_tls) = cfg.tls()?;
+    let telemetry = metrics::serve(cfg.metrics_addr, metrics_tls).await?;
     let listener = tokio::net::TcpListener::bind(cfg.listen_client)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen_client))?;

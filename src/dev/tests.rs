@@ -378,6 +378,14 @@ fn tls_plan() {
         ),
         "{line}"
     );
+    // Metrics over HTTPS, and Prometheus told so.
+    assert_eq!(r.metrics_url, "https://127.0.0.1:23802/metrics");
+    let a = args(&["--tls", "--prometheus"]);
+    let p = plan(&a, Path::new("/x"), Path::new("/d")).unwrap();
+    let (_, config) = p.prometheus.unwrap();
+    assert!(config.contains("scheme: https"), "{config}");
+    assert!(config.contains("cert_file: '/d/tls/peer.pem'"), "{config}");
+    assert!(config.contains("- '127.0.0.1:23806'"), "{config}");
     // Without --tls: plaintext, no TLS flag anywhere.
     let p = plan(&args(&[]), Path::new("/x"), Path::new("/d")).unwrap();
     assert!(p.tls.is_none());

@@ -112,16 +112,16 @@ impl AsyncWrite for Conn {
     }
 }
 
+/// Accepted connections (of [`incoming`]).
+pub type Incoming = Pin<Box<dyn Stream<Item = io::Result<Conn>> + Send>>;
+
 /// The connections `listener` accepts (TCP_NODELAY on: small messages, and
 /// Nagle + delayed ACKs would add ~40 ms), through a TLS handshake with
 /// `tls`'s current configuration when given. Handshakes run on their own
 /// tasks, so a slow or silent client holds up no one; a failed one (a
 /// plaintext client, a certificate no trusted CA signed) closes that
 /// connection and is logged.
-pub fn incoming(
-    listener: TcpListener,
-    tls: Option<ServerTls>,
-) -> Pin<Box<dyn Stream<Item = io::Result<Conn>> + Send>> {
+pub fn incoming(listener: TcpListener, tls: Option<ServerTls>) -> Incoming {
     let tcp = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let Some(tls) = tls else {
         return Box::pin(tcp.map(|s| s.map(Conn::Plain)));

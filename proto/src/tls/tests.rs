@@ -227,5 +227,5 @@ fn flags_go_together() {
         client_cert_auth: true,
         ..Default::default()
     };
-    assert!(bad.server().is_err());
+    assert!(bad.server(ALPN_H2).is_err());
 }
