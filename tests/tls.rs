@@ -219,10 +219,11 @@ async fn replaced_certificates_apply_without_restart() {
     assert_eq!(got.trim(), "2");
 }
 
-/// A Placement call on `addr` (`GetRanges`) through `tls` (`None`:
-/// plaintext): whether it was answered.
-async fn placement_answers(addr: &str, tls: Option<strata_proto::tls::ClientTls>) -> bool {
-    use strata_proto::strata::placement_client::PlacementClient;
+/// An internal call through `tls` (`None`: plaintext): `GetRanges` to the
+/// placement replica at `addr`, or `Status` to the node at `addr` when
+/// `node`. Whether it was answered.
+async fn answers(addr: &str, node: bool, tls: Option<strata_proto::tls::ClientTls>) -> bool {
+    use strata_proto::strata::{node_client::NodeClient, placement_client::PlacementClient};
     let ep = strata_proto::tls::endpoint(addr)
         .unwrap()
         .connect_timeout(Duration::from_secs(2))
@@ -232,10 +233,28 @@ async fn placement_answers(addr: &str, tls: Option<strata_proto::tls::ClientTls>
         None => ep.connect().await,
     };
     let Ok(ch) = ch else { return false };
-    let req = strata_proto::strata::GetRangesRequest::default();
-    let mut client = PlacementClient::new(ch);
-    let r = tokio::time::timeout(Duration::from_secs(5), client.get_ranges(req)).await;
-    matches!(r, Ok(Ok(_)))
+    let call = async move {
+        if node {
+            let req = strata_proto::strata::NodeStatusRequest::default();
+            NodeClient::new(ch).status(req).await.map(|_| ())
+        } else {
+            let req = strata_proto::strata::GetRangesRequest::default();
+            PlacementClient::new(ch).get_ranges(req).await.map(|_| ())
+        }
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), call).await,
+        Ok(Ok(()))
+    )
+}
+
+/// The gRPC address of component `name` (dev.json).
+fn component_addr(c: &Cluster, name: &str) -> String {
+    let text = std::fs::read_to_string(c.data_dir.join("dev.json")).expect("dev.json");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("dev.json parses");
+    let comps = json["components"].as_array().expect("components");
+    let comp = comps.iter().find(|x| x["name"] == name).expect(name);
+    comp["addr"].as_str().expect("addr").to_string()
 }
 
 #[tokio::test]
@@ -247,7 +266,6 @@ async fn internal_ports_need_a_peer_certificate() {
     let tls = c.tls.clone().expect("TLS cluster");
     let other_dir = tempfile::tempdir().unwrap();
     let other = make_certs(other_dir.path(), &[]);
-    let addr = c.placement_addr();
     let ca = || tls.dir.join("ca.pem");
     let id = |t: &TlsPaths, name: &str| {
         Some((
@@ -257,17 +275,23 @@ async fn internal_ports_need_a_peer_certificate() {
     };
     let client = |ca, id| Some(strata_proto::tls::ClientTls::new(ca, id).unwrap());
 
-    assert!(
-        placement_answers(&addr, client(ca(), id(&tls, "peer"))).await,
-        "the peer certificate is accepted"
-    );
-    assert!(!placement_answers(&addr, None).await, "plaintext refused");
-    assert!(
-        !placement_answers(&addr, client(ca(), None)).await,
-        "TLS without a client certificate refused"
-    );
-    assert!(
-        !placement_answers(&addr, client(ca(), id(&other, "peer"))).await,
-        "a peer certificate of another CA refused"
-    );
+    for (name, node) in [("placement-1", false), ("node-1", true)] {
+        let addr = component_addr(&c, name);
+        assert!(
+            answers(&addr, node, client(ca(), id(&tls, "peer"))).await,
+            "{name}: the peer certificate is accepted"
+        );
+        assert!(
+            !answers(&addr, node, None).await,
+            "{name}: plaintext refused"
+        );
+        assert!(
+            !answers(&addr, node, client(ca(), None)).await,
+            "{name}: TLS without a client certificate refused"
+        );
+        assert!(
+            !answers(&addr, node, client(ca(), id(&other, "peer"))).await,
+            "{name}: a peer certificate of another CA refused"
+        );
+    }
 }
