@@ -294,4 +294,23 @@ async fn internal_ports_need_a_peer_certificate() {
             "{name}: a peer certificate of another CA refused"
         );
     }
+
+    // `strata ctl` finds the peer certificate in dev.json; given only
+    // --placement, it has none and is refused.
+    let ctl = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_strata"));
+        cmd.arg("ctl").args(args).args(["--timeout", "3s"]);
+        run_bounded(cmd, None, Duration::from_secs(30))
+    };
+    let data_dir = c.data_dir.to_string_lossy().into_owned();
+    let out = ctl(&["--data-dir", &data_dir, "nodes"]);
+    let nodes = ok(&out);
+    assert_eq!(nodes.matches(" up ").count(), 3, "{nodes}");
+    let placement = component_addr(&c, "placement-1");
+    let out = ctl(&["--placement", &placement, "nodes"]);
+    assert!(
+        !out.status.success(),
+        "ctl without a certificate: {}",
+        stdout(&out)
+    );
 }
