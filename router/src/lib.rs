@@ -40,7 +40,7 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<RouterHandle> {
     let _ = router.refresh().await;
     tokio::spawn(router.clone().refresh_loop());
     let oracle = Oracle::new(placement);
-    let me = announce::Me::new(&cfg.advertise_client_urls, addr);
+    let me = announce::Me::new(&cfg.advertise_client_urls, addr, client_tls.is_some());
     let member_id = me.id;
     tokio::spawn(announce::run(router.placement.clone(), me.clone()));
     let cluster_id = 0x5354_5241_5441_0001; // "STRATA" 1
