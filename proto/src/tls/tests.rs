@@ -164,6 +164,43 @@ async fn replaced_files_apply_to_new_connections() {
 }
 
 #[tokio::test]
+async fn a_client_picks_up_replaced_files() {
+    // A server of CA "a"; a client of CA "b" until its files are replaced
+    // by "a"'s.
+    let a = tempfile::tempdir().unwrap();
+    make_certs(a.path(), "alice");
+    let b = tempfile::tempdir().unwrap();
+    make_certs(b.path(), "bob");
+    let answer = |_| Ok(crate::strata::AllocResponse::default());
+    let served = crate::placement_client::fake::serve_tls(answer, Some(server(a.path()))).await;
+    let (c, k) = (b.path().join("client.pem"), b.path().join("client-key.pem"));
+    let client = ClientTls::new(b.path().join("ca.pem"), Some((c, k))).unwrap();
+    let ep = endpoint(&served.addr)
+        .unwrap()
+        .timeout(Duration::from_secs(5));
+    assert!(
+        client.connect(&ep).await.is_err(),
+        "another CA's client connected"
+    );
+    for f in ["ca.pem", "client.pem", "client-key.pem"] {
+        std::fs::copy(a.path().join(f), b.path().join(f)).unwrap();
+    }
+    let mut connected = None;
+    for _ in 0..50 {
+        if let Ok(ch) = client.connect(&ep).await {
+            connected = Some(ch);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ch = connected.expect("the replaced files were not used within 5 s");
+    let req = crate::strata::AllocRequest::default();
+    use crate::strata::placement_client::PlacementClient;
+    PlacementClient::new(ch).alloc(req).await.expect("served");
+    assert_eq!(served.last_cn.lock().unwrap().as_deref(), Some("alice"));
+}
+
+#[tokio::test]
 async fn broken_files_keep_the_previous_configuration() {
     let dir = tempfile::tempdir().unwrap();
     make_certs(dir.path(), "alice");
