@@ -112,6 +112,35 @@ impl AsyncWrite for Conn {
     }
 }
 
+/// What a plaintext HTTP/1 client is told (as Go's HTTPS servers, etcd's
+/// among them, tell it).
+const PLAINTEXT_HTTP_ANSWER: &[u8] =
+    b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n";
+
+/// The server side of a TLS handshake on `s`. A client that starts with an
+/// HTTP/1 request instead (curl on an `http://` URL) is answered
+/// [`PLAINTEXT_HTTP_ANSWER`]; any other non-TLS start fails in rustls,
+/// which answers with an alert.
+async fn handshake(
+    acceptor: tokio_rustls::TlsAcceptor,
+    s: TcpStream,
+) -> io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
+    let mut start = [0u8; 5];
+    if s.peek(&mut start).await? == start.len()
+        && [b"GET /", b"HEAD ", b"POST ", b"PUT /", b"OPTIO"].contains(&&start)
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut s = s;
+        s.write_all(PLAINTEXT_HTTP_ANSWER).await?;
+        let _ = s.shutdown().await;
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "plaintext HTTP request on a TLS port",
+        ));
+    }
+    acceptor.accept(s).await
+}
+
 /// Accepted connections (of [`incoming`]).
 pub type Incoming = Pin<Box<dyn Stream<Item = io::Result<Conn>> + Send>>;
 
@@ -148,7 +177,7 @@ pub fn incoming(listener: TcpListener, tls: Option<ServerTls>) -> Incoming {
             tokio::spawn(async move {
                 let _slot = slot;
                 let peer = s.peer_addr().ok();
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(s)).await {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(acceptor, s)).await {
                     Ok(Ok(t)) => {
                         let _ = out.send(Ok(Conn::Tls(Box::new(t)))).await;
                     }

@@ -125,6 +125,19 @@ async fn client_certificates_are_required_and_their_cn_read() {
     let r = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut b)).await;
     assert!(r.is_ok(), "the connection was not closed");
     assert!(b.is_empty() || b[0] == 21, "plaintext answered with {b:?}");
+    // A plaintext HTTP/1 request is told what went wrong, as Go servers do.
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut b = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut b)).await;
+    assert!(r.is_ok(), "the connection was not closed");
+    let text = String::from_utf8_lossy(&b);
+    assert!(
+        text.contains("Client sent an HTTP request to an HTTPS server"),
+        "{text}"
+    );
     assert!(
         cns.try_recv().is_err(),
         "no refused connection was handed to the server"
