@@ -64,6 +64,46 @@ impl TlsFiles {
 }
 
 impl TlsFiles {
+    /// The peer flags of every component: mutual TLS on internal links.
+    pub fn peer_args(&self) -> Vec<String> {
+        let (c, k, ca) = (&self.peer_cert, &self.peer_key, &self.ca);
+        [
+            "--peer-cert-file",
+            c,
+            "--peer-key-file",
+            k,
+            "--peer-trusted-ca-file",
+            ca,
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    /// A router's client-port flags: TLS, client certificates required.
+    pub fn client_port_args(&self) -> Vec<String> {
+        let (c, k, ca) = (&self.server_cert, &self.server_key, &self.ca);
+        [
+            "--cert-file",
+            c,
+            "--key-file",
+            k,
+            "--trusted-ca-file",
+            ca,
+            "--client-cert-auth",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    /// The same peer files as this process's own internal TLS.
+    pub fn peer_flags(&self) -> strata_proto::tls::PeerFlags {
+        strata_proto::tls::PeerFlags {
+            peer_cert_file: Some(self.peer_cert.clone().into()),
+            peer_key_file: Some(self.peer_key.clone().into()),
+            peer_trusted_ca_file: Some(self.ca.clone().into()),
+        }
+    }
+
     /// etcd-client's TLS options for these files (CA and client certificate).
     pub fn etcd_client_tls(&self) -> anyhow::Result<etcd_client::TlsOptions> {
         let read = |p: &str| fs::read(p).with_context(|| format!("reading {p}"));

@@ -65,17 +65,7 @@ pub(super) fn plan(args: &DevArgs, exe: &Path, data_dir: &Path) -> anyhow::Resul
         .tls
         .then(|| crate::certs::TlsFiles::in_dir(&data_dir.join("tls")));
     // Every component's peer flags: mutual TLS on internal links.
-    let peer_flags: Vec<String> = match &tls {
-        Some(t) => vec![
-            "--peer-cert-file".into(),
-            t.peer_cert.clone(),
-            "--peer-key-file".into(),
-            t.peer_key.clone(),
-            "--peer-trusted-ca-file".into(),
-            t.ca.clone(),
-        ],
-        None => Vec::new(),
-    };
+    let peer_flags: Vec<String> = tls.iter().flat_map(|t| t.peer_args()).collect();
     let scheme = if tls.is_some() { "https" } else { "http" };
     let metrics_url = |a: SocketAddr| format!("{scheme}://{a}/metrics");
     let placement_addrs: Vec<SocketAddr> = (0..p).map(|i| port(base + i)).collect();
@@ -193,17 +183,7 @@ pub(super) fn plan(args: &DevArgs, exe: &Path, data_dir: &Path) -> anyhow::Resul
         if let Some(d) = &args.watch_progress_notify_interval {
             argv.extend(["--watch-progress-notify-interval".into(), d.clone()]);
         }
-        if let Some(t) = &tls {
-            argv.extend([
-                "--cert-file".into(),
-                t.server_cert.clone(),
-                "--key-file".into(),
-                t.server_key.clone(),
-                "--trusted-ca-file".into(),
-                t.ca.clone(),
-                "--client-cert-auth".into(),
-            ]);
-        }
+        argv.extend(tls.iter().flat_map(|t| t.client_port_args()));
         argv.extend(peer_flags.iter().cloned());
         components.push(Spec {
             role: "router",
