@@ -70,7 +70,7 @@ pub struct PeerFlags {
 pub struct ServerTls(Arc<Reloading<rustls::ServerConfig>>);
 
 impl ServerTls {
-    /// Serves `cert`/`key` (HTTP/2 as ALPN `alpn`); verifies client
+    /// Serves `cert`/`key`, speaking the ALPN protocols `alpn`; verifies client
     /// certificates against `ca` when given, and requires one when
     /// `require_client_cert`.
     pub fn new(
