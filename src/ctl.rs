@@ -77,6 +77,11 @@ pub struct CtlArgs {
         value_parser = strata_router::parse_duration
     )]
     timeout: Duration,
+
+    /// Mutual TLS to placement (default: the peer certificate of a `strata dev
+    /// --tls` cluster found through --data-dir).
+    #[command(flatten)]
+    peer_tls: strata_proto::tls::PeerFlags,
 }
 
 #[derive(clap::Subcommand, Debug, Clone)]
@@ -129,6 +134,11 @@ pub fn main(args: CtlArgs) -> ExitCode {
 /// Everything to print on stdout.
 async fn run(args: &CtlArgs) -> anyhow::Result<String> {
     let target = find_placement(args.placement.as_deref(), &args.data_dir)?;
+    let mut peer_tls = args.peer_tls.clone();
+    if peer_tls.peer_cert_file.is_none() && args.placement.is_none() {
+        peer_tls = dev_json_peer_tls(&args.data_dir).unwrap_or_default();
+    }
+    strata_proto::tls::set_internal(&peer_tls).map_err(anyhow::Error::msg)?;
     if let CtlCommand::Placement(cmd) = &args.command {
         return placement::run(cmd, &target.addr, args.timeout, args.json).await;
     }
@@ -208,6 +218,19 @@ fn placement_addr_from_dev_json(text: &str) -> anyhow::Result<String> {
         bail!("the placement component has no \"addr\"");
     }
     Ok(addrs.join(","))
+}
+
+/// The peer certificate files of a `strata dev --tls` cluster (its dev.json's
+/// `tls`), if any.
+fn dev_json_peer_tls(data_dir: &Path) -> Option<strata_proto::tls::PeerFlags> {
+    let text = std::fs::read_to_string(data_dir.join("dev.json")).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let file = |k: &str| json["tls"][k].as_str().map(PathBuf::from);
+    Some(strata_proto::tls::PeerFlags {
+        peer_cert_file: Some(file("peer_cert")?),
+        peer_key_file: Some(file("peer_key")?),
+        peer_trusted_ca_file: Some(file("ca")?),
+    })
 }
 
 /// gRPC's `UNAVAILABLE`: the server could not be reached (or is going away).

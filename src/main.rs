@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod certs;
 mod component;
 mod ctl;
 mod dev;
@@ -45,6 +46,8 @@ enum Command {
     Router(strata_router::RouterConfig),
     #[command(about = ctl::CTL_ABOUT, long_about = ctl::CTL_LONG_ABOUT)]
     Ctl(ctl::CtlArgs),
+    #[command(about = certs::CERTS_ABOUT, long_about = certs::CERTS_LONG_ABOUT)]
+    Certs(certs::CertsArgs),
     #[command(about = robustness::ROBUSTNESS_ABOUT, long_about = robustness::ROBUSTNESS_LONG_ABOUT)]
     Robustness(robustness::RobustnessArgs),
 }
@@ -57,5 +60,6 @@ fn main() -> ExitCode {
         Command::Router(cfg) => component::serve("strata router", strata_router::run(cfg)),
         Command::Ctl(args) => ctl::main(args),
         Command::Robustness(args) => robustness::main(args),
+        Command::Certs(args) => certs::main(args),
     }
 }

@@ -14,18 +14,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 
-#[track_caller]
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "etcdctl failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).expect("utf-8 stdout")
-}
-
 /// Asserts failure; returns stderr.
 #[track_caller]
 fn fails(out: &Output) -> String {

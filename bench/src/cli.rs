@@ -55,9 +55,45 @@ pub struct GlobalArgs {
     /// Draw the latency CDF and the throughput over time as PNG to FILE.
     #[arg(long, global = true, value_name = "FILE")]
     pub plot: Option<PathBuf>,
+    /// TLS: verify the server's certificate with this CA (PEM); endpoints
+    /// are then dialled with TLS (etcd benchmark's --cacert).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// TLS: client certificate to present (PEM; with --key).
+    #[arg(
+        long,
+        id = "tls_cert",
+        global = true,
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub cert: Option<PathBuf>,
+    /// TLS: private key of --cert (PEM).
+    #[arg(
+        long = "key",
+        id = "tls_key",
+        global = true,
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub key: Option<PathBuf>,
     /// Never show a progress bar (it is only shown when stderr is a terminal anyway).
     #[arg(long, global = true)]
     pub no_progress: bool,
+}
+
+impl GlobalArgs {
+    /// The TLS of --cacert/--cert/--key (`None`: plaintext).
+    pub fn tls(&self) -> anyhow::Result<Option<strata_proto::tls::ClientTls>> {
+        let Some(ca) = &self.cacert else {
+            anyhow::ensure!(self.cert.is_none(), "--cert needs --cacert");
+            return Ok(None);
+        };
+        let id = self.cert.clone().zip(self.key.clone());
+        strata_proto::tls::ClientTls::new(ca.clone(), id)
+            .map(Some)
+            .map_err(anyhow::Error::msg)
+    }
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -395,5 +431,26 @@ mod tests {
         let c = Cli::try_parse_from(["strata-bench", "watch", "--total", "5"]).unwrap();
         let Cmd::Watch(w) = c.cmd else { panic!() };
         assert_eq!(w.put_total, 5);
+        // etcd benchmark's TLS flags, beside `range KEY`.
+        let c = Cli::try_parse_from([
+            "strata-bench",
+            "--cacert",
+            "ca.pem",
+            "range",
+            "k",
+            "--cert",
+            "c.pem",
+            "--key",
+            "k.pem",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.global.cacert.as_deref(),
+            Some(std::path::Path::new("ca.pem"))
+        );
+        assert_eq!(c.global.key.as_deref(), Some(std::path::Path::new("k.pem")));
+        let Cmd::Range(r) = c.cmd else { panic!() };
+        assert_eq!(r.key.as_deref(), Some("k"));
+        assert!(Cli::try_parse_from(["strata-bench", "--cert", "c.pem", "put"]).is_err());
     }
 }

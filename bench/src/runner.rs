@@ -18,6 +18,8 @@ use anyhow::{anyhow, Context, Result};
 use etcd_client::{Client, ConnectOptions};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use strata_proto::tls::ClientTls;
+
 use crate::ratelimit::RateLimiter;
 use crate::stats::Recorder;
 
@@ -52,6 +54,7 @@ pub async fn connect(
     endpoints: &[String],
     conns: usize,
     dial_timeout: Duration,
+    tls: Option<&ClientTls>,
 ) -> Result<Vec<Client>> {
     if conns == 0 {
         return Err(anyhow!("--conns must be at least 1"));
@@ -64,11 +67,13 @@ pub async fn connect(
         let channel = if endpoints.len() == 1 {
             tokio::time::timeout(
                 dial_timeout + Duration::from_secs(1),
-                direct_channel(&endpoints[0], dial_timeout),
+                direct_channel(&endpoints[0], dial_timeout, tls),
             )
             .await
             .map_err(|_| anyhow!("dial {}: timed out after {dial_timeout:?}", endpoints[0]))?
             .with_context(|| format!("dial {}", endpoints[0]))?
+        } else if tls.is_some() {
+            return Err(anyhow!("TLS (--cacert) takes one endpoint"));
         } else {
             let eps = endpoints
                 .iter()
@@ -96,14 +101,20 @@ pub async fn connect(
     Ok(out)
 }
 
-/// One plain-text HTTP/2 connection to `endpoint` (`host:port` or `http://host:port`).
-async fn direct_channel(endpoint: &str, dial_timeout: Duration) -> Result<etcd_client::Channel> {
+/// One HTTP/2 connection to `endpoint` (`host:port`, `http://host:port` or,
+/// with `tls`, `https://host:port`), over TLS with `tls`.
+async fn direct_channel(
+    endpoint: &str,
+    dial_timeout: Duration,
+    tls: Option<&ClientTls>,
+) -> Result<etcd_client::Channel> {
     let addr = endpoint
         .strip_prefix("http://")
+        .or_else(|| endpoint.strip_prefix("https://"))
         .unwrap_or(endpoint)
         .trim_end_matches('/');
-    if endpoint.starts_with("https://") {
-        return Err(anyhow!("TLS endpoints are not supported"));
+    if endpoint.starts_with("https://") && tls.is_none() {
+        return Err(anyhow!("https endpoints need --cacert"));
     }
     let authority: http::uri::Authority = addr
         .parse()
@@ -112,16 +123,19 @@ async fn direct_channel(endpoint: &str, dial_timeout: Duration) -> Result<etcd_c
         .await
         .map_err(|_| anyhow!("connect timed out"))??;
     stream.set_nodelay(true)?;
-    let (send, conn) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .timer(hyper_util::rt::TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .handshake::<_, tonic::body::Body>(hyper_util::rt::TokioIo::new(stream))
-            .await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let send = match tls {
+        Some(tls) => {
+            let host = authority
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            let s = tokio::time::timeout(dial_timeout, tls.handshake(stream, host))
+                .await
+                .map_err(|_| anyhow!("TLS handshake timed out"))??;
+            http2(s).await?
+        }
+        None => http2(stream).await?,
+    };
     let svc = tower::service_fn(move |mut req: http::Request<tonic::body::Body>| {
         let mut send = send.clone();
         let authority = authority.clone();
@@ -137,6 +151,26 @@ async fn direct_channel(endpoint: &str, dial_timeout: Duration) -> Result<etcd_c
     Ok(etcd_client::Channel::Custom(
         tower::util::BoxCloneSyncService::new(svc),
     ))
+}
+
+type Sender = hyper::client::conn::http2::SendRequest<tonic::body::Body>;
+
+/// An HTTP/2 client connection over `io`, driven by its own task.
+async fn http2<IO>(io: IO) -> Result<Sender>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .handshake::<_, tonic::body::Body>(hyper_util::rt::TokioIo::new(io))
+            .await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(send)
 }
 
 /// `clients` clients over the connections, round-robin.

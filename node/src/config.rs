@@ -23,6 +23,9 @@ pub struct NodeConfig {
     /// Address to serve Prometheus /metrics, /health and /ready on (optional).
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
+    /// Mutual TLS on internal links (etcd's peer flags).
+    #[command(flatten)]
+    pub peer_tls: strata_proto::tls::PeerFlags,
     /// Raft tick interval in milliseconds (election timeout is 10 ticks).
     #[arg(long, default_value_t = 100)]
     pub raft_tick_ms: u64,

@@ -79,6 +79,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<NodeHandle> {
 
 /// [`run`], with raft messages carried by `net`.
 pub async fn run_with(cfg: NodeConfig, net: RaftNet) -> anyhow::Result<NodeHandle> {
+    strata_proto::tls::set_internal(&cfg.peer_tls).map_err(anyhow::Error::msg)?;
     let telemetry = metrics::serve(cfg.metrics_addr).await?;
     let db = engine::open_db(&cfg.data_dir)?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -230,10 +231,10 @@ pub async fn run_with(cfg: NodeConfig, net: RaftNet) -> anyhow::Result<NodeHandl
                 .max_decoding_message_size(64 * 1024 * 1024)
                 .max_encoding_message_size(64 * 1024 * 1024),
         )
-        .serve_with_incoming(
-            // Small request/response messages: Nagle + delayed ACKs would add ~40 ms.
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-        );
+        .serve_with_incoming(strata_proto::tls::incoming(
+            listener,
+            strata_proto::tls::internal_server(),
+        ));
     tokio::spawn(async move {
         if let Err(e) = server.await {
             tracing::error!("node gRPC server stopped: {e}");

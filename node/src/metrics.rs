@@ -451,8 +451,9 @@ pub async fn serve(
     addr: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<Option<strata_proto::telemetry::Telemetry>> {
     init();
+    let tls = strata_proto::tls::internal_metrics_server();
     Ok(match addr {
-        Some(a) => Some(strata_proto::telemetry::serve(a, "node").await?),
+        Some(a) => Some(strata_proto::telemetry::serve(a, "node", tls).await?),
         None => None,
     })
 }

@@ -53,6 +53,9 @@ pub struct PlacementConfig {
     /// Address to serve Prometheus /metrics, /health and /ready on (optional).
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
+    /// Mutual TLS on internal links (etcd's peer flags).
+    #[command(flatten)]
+    pub peer_tls: strata_proto::tls::PeerFlags,
     /// Do not run the scheduler: no replica repair, no balancing, no leader
     /// moves (for maintenance, and for tests that place leaders themselves).
     #[arg(long)]

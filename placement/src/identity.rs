@@ -121,10 +121,10 @@ async fn join(via: &[String], my_addr: &str, want: u64) -> anyhow::Result<u64> {
     while Instant::now() < deadline {
         let addr = addrs[i % addrs.len()].clone();
         i += 1;
-        let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        let ep = strata_proto::tls::endpoint(&addr)?
             .connect_timeout(Duration::from_secs(1))
             .timeout(Duration::from_secs(10));
-        let res = match ep.connect().await {
+        let res = match strata_proto::tls::connect(&ep).await {
             Ok(ch) => {
                 PlacementClient::new(ch)
                     .max_decoding_message_size(MAX_MESSAGE)

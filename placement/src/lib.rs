@@ -31,6 +31,7 @@ pub struct PlacementHandle {
 
 /// Starts placement and returns once it serves gRPC.
 pub async fn run(cfg: PlacementConfig) -> anyhow::Result<PlacementHandle> {
+    strata_proto::tls::set_internal(&cfg.peer_tls).map_err(anyhow::Error::msg)?;
     anyhow::ensure!(cfg.replicas >= 1, "--replicas must be at least 1");
     let telemetry = metrics::serve(cfg.metrics_addr).await?;
     let db = strata_node::engine::open_db(&cfg.data_dir)?;
@@ -60,10 +61,10 @@ pub async fn run(cfg: PlacementConfig) -> anyhow::Result<PlacementHandle> {
                 .max_decoding_message_size(replica::MAX_MESSAGE)
                 .max_encoding_message_size(replica::MAX_MESSAGE),
         )
-        .serve_with_incoming(
-            // Small request/response messages: Nagle + delayed ACKs would add ~40 ms.
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-        );
+        .serve_with_incoming(strata_proto::tls::incoming(
+            listener,
+            strata_proto::tls::internal_server(),
+        ));
     tokio::spawn(async move {
         if let Err(e) = server.await {
             tracing::error!("placement gRPC server stopped: {e}");

@@ -383,8 +383,9 @@ fn refresh(svc: &PlacementService) {
 /// `/ready` on it (`/ready` answers 503 until [`ready`]).
 pub async fn serve(addr: Option<std::net::SocketAddr>) -> anyhow::Result<Option<Telemetry>> {
     init();
+    let tls = strata_proto::tls::internal_metrics_server();
     Ok(match addr {
-        Some(a) => Some(strata_proto::telemetry::serve(a, "placement").await?),
+        Some(a) => Some(strata_proto::telemetry::serve(a, "placement", tls).await?),
         None => None,
     })
 }

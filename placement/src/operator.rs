@@ -172,10 +172,8 @@ async fn execute(svc: &PlacementService, op: &Op) -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("leader unknown"))?;
         (r.descriptor(), addr)
     };
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(Duration::from_millis(500))
-        .connect()
-        .await?;
+    let ep = strata_proto::tls::endpoint(&addr)?.connect_timeout(Duration::from_millis(500));
+    let ch = strata_proto::tls::connect(&ep).await?;
     let mut req = Request::new(AdminRequest {
         range_id,
         epoch: desc.epoch,

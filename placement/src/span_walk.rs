@@ -101,14 +101,11 @@ impl PlacementService {
         candidates.sort_by_key(|n| *n != hint);
         for n in &candidates {
             let Some(addr) = nodes.get(n) else { continue };
-            let Ok(ep) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
+            let Ok(ep) = strata_proto::tls::endpoint(addr) else {
                 continue;
             };
-            let Ok(ch) = ep
-                .connect_timeout(Duration::from_millis(500))
-                .connect()
-                .await
-            else {
+            let ep = ep.connect_timeout(Duration::from_millis(500));
+            let Ok(ch) = strata_proto::tls::connect(&ep).await else {
                 continue;
             };
             let mut req = Request::new(KvRequest {

@@ -34,3 +34,4 @@ pub mod failpoint;
 pub mod oracle;
 pub mod placement_client;
 pub mod telemetry;
+pub mod tls;

@@ -35,7 +35,7 @@ use http_body::Frame;
 use http_body_util::{BodyExt as _, Full};
 use tokio::time::Instant;
 use tonic::body::Body;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::Status;
 use tower_service::Service;
 
@@ -127,7 +127,7 @@ pub fn parse_addrs(addrs: &str) -> Result<Vec<String>, Status> {
 /// A lazily connected channel to `addr` (checked).
 fn connect(addr: &str) -> Result<Channel, Status> {
     check_addr(addr)?;
-    let ep = Endpoint::from_shared(format!("http://{addr}"))
+    let ep = crate::tls::endpoint(addr)
         .map_err(|e| Status::invalid_argument(format!("bad placement address {addr:?}: {e}")))?
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
@@ -137,7 +137,7 @@ fn connect(addr: &str) -> Result<Channel, Status> {
         .http2_keep_alive_interval(Duration::from_secs(1))
         .keep_alive_timeout(Duration::from_secs(2))
         .keep_alive_while_idle(true);
-    Ok(ep.connect_lazy())
+    Ok(crate::tls::connect_lazy(&ep))
 }
 
 impl FailoverChannel {

@@ -104,11 +104,16 @@ impl Telemetry {
     }
 }
 
-/// Binds `addr` and serves `/metrics`, `/health` and `/ready` until the runtime stops.
+/// Binds `addr` and serves `/metrics`, `/health` and `/ready` until the runtime stops,
+/// over TLS with `tls` (HTTPS; see `tls::ALPN_HTTP1`).
 /// `role` is `placement`, `node` or `router` (the `role` label of `strata_build_info`).
 /// `/ready` answers 503 until [`Telemetry::set_ready`]. Fails only if `addr` cannot be
 /// bound.
-pub async fn serve(addr: SocketAddr, role: &'static str) -> std::io::Result<Telemetry> {
+pub async fn serve(
+    addr: SocketAddr,
+    role: &'static str,
+    tls: Option<crate::tls::ServerTls>,
+) -> std::io::Result<Telemetry> {
     BUILD_INFO
         .with_label_values(&[env!("CARGO_PKG_VERSION"), role])
         .set(1);
@@ -141,12 +146,44 @@ pub async fn serve(addr: SocketAddr, role: &'static str) -> std::io::Result<Tele
             }),
         );
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        let conns = Conns(crate::tls::incoming(listener, tls), addr);
+        if let Err(e) = axum::serve(conns, app).await {
             tracing::error!("metrics server on {addr} stopped: {e}");
         }
     });
     tracing::info!(%addr, "serving /metrics, /health and /ready");
     Ok(Telemetry { addr, ready })
+}
+
+/// `tls::incoming`'s connections, as axum's listener.
+struct Conns(crate::tls::Incoming, SocketAddr);
+
+impl axum::serve::Listener for Conns {
+    type Io = crate::tls::Conn;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (crate::tls::Conn, SocketAddr) {
+        use tokio_stream::StreamExt;
+        use tonic::transport::server::Connected;
+        loop {
+            match self.0.next().await {
+                Some(Ok(c)) => {
+                    let from = c.connect_info().remote_addr.unwrap_or(self.1);
+                    return (c, from);
+                }
+                Some(Err(e)) => {
+                    // Out of file descriptors and the like: wait, as axum does.
+                    tracing::warn!("metrics endpoint cannot accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.1)
+    }
 }
 
 async fn metrics() -> axum::response::Response {

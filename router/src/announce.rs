@@ -29,11 +29,12 @@ pub struct Me {
 }
 
 impl Me {
-    /// The advertised URLs (`--advertise-client-urls`), or `http://` + the
-    /// address the router listens on.
-    pub fn new(advertised: &[String], listen: SocketAddr) -> Me {
+    /// The advertised URLs (`--advertise-client-urls`), or `http://` (`https://`
+    /// with `tls`) + the address the router listens on.
+    pub fn new(advertised: &[String], listen: SocketAddr, tls: bool) -> Me {
         let client_urls: Vec<String> = if advertised.is_empty() {
-            vec![format!("http://{listen}")]
+            let scheme = if tls { "https" } else { "http" };
+            vec![format!("{scheme}://{listen}")]
         } else {
             advertised.to_vec()
         };
@@ -160,7 +161,9 @@ mod tests {
 
     #[test]
     fn ids_are_stable_and_nonzero() {
-        let a = Me::new(&[], "127.0.0.1:2379".parse().unwrap());
+        let a = Me::new(&[], "127.0.0.1:2379".parse().unwrap(), false);
+        let s = Me::new(&[], "127.0.0.1:2379".parse().unwrap(), true);
+        assert_eq!(s.client_urls, ["https://127.0.0.1:2379"]);
         assert_eq!(a.client_urls, ["http://127.0.0.1:2379"]);
         assert_eq!(a.name, "strata-router-127.0.0.1:2379");
         assert_eq!(a.id, member_id("http://127.0.0.1:2379"));
@@ -169,6 +172,7 @@ mod tests {
         let b = Me::new(
             &["http://10.0.0.1:2379/".into(), "http://h:2379".into()],
             "0.0.0.0:2379".parse().unwrap(),
+            true,
         );
         assert_eq!(b.name, "strata-router-10.0.0.1:2379");
         assert_eq!(b.client_urls.len(), 2);
@@ -178,7 +182,7 @@ mod tests {
 
     #[test]
     fn members_always_include_me() {
-        let me = Me::new(&[], "127.0.0.1:2379".parse().unwrap());
+        let me = Me::new(&[], "127.0.0.1:2379".parse().unwrap(), false);
         let other = RouterMember {
             id: 3,
             name: "other".into(),

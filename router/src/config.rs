@@ -1,6 +1,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use strata_proto::tls::ServerTls;
+
 /// Command-line configuration of a router (`strata-router`).
 #[derive(clap::Args, Debug, Clone)]
 pub struct RouterConfig {
@@ -46,6 +48,24 @@ pub struct RouterConfig {
     /// bcrypt cost of the password hashes of new users (etcd's --bcrypt-cost).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(4..=31))]
     pub bcrypt_cost: u32,
+    /// TLS on the client port (etcd's client flags).
+    #[command(flatten)]
+    pub client_tls: strata_proto::tls::ClientPortFlags,
+    /// Mutual TLS on internal links (etcd's peer flags).
+    #[command(flatten)]
+    pub peer_tls: strata_proto::tls::PeerFlags,
+}
+
+impl RouterConfig {
+    /// Sets this process's internal TLS (`--peer-*`) and returns the client
+    /// port's and the metrics endpoint's (the client port's files; `None`:
+    /// plaintext).
+    pub fn tls(&self) -> anyhow::Result<(Option<ServerTls>, Option<ServerTls>)> {
+        use strata_proto::tls::{set_internal, ALPN_H2, ALPN_HTTP1};
+        set_internal(&self.peer_tls).map_err(anyhow::Error::msg)?;
+        let port = |alpn| self.client_tls.server(alpn).map_err(anyhow::Error::msg);
+        Ok((port(ALPN_H2)?, port(ALPN_HTTP1)?))
+    }
 }
 
 /// Parses `500ms`, `10s`, `10m` or a plain number of seconds.

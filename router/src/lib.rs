@@ -30,7 +30,8 @@ pub struct RouterHandle {
 
 /// Starts a router and returns once it serves clients.
 pub async fn run(cfg: RouterConfig) -> anyhow::Result<RouterHandle> {
-    let telemetry = metrics::serve(cfg.metrics_addr).await?;
+    let (client_tls, metrics_tls) = cfg.tls()?;
+    let telemetry = metrics::serve(cfg.metrics_addr, metrics_tls).await?;
     let listener = tokio::net::TcpListener::bind(cfg.listen_client)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen_client))?;
@@ -42,13 +43,18 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<RouterHandle> {
     tokio::spawn(router.clone().refresh_loop());
     let tokens = auth::Tokens::parse(&cfg.auth_token, Duration::from_secs(cfg.auth_token_ttl))
         .map_err(|e| anyhow::anyhow!(e))?;
-    let auth = auth::Auth::new(placement.clone(), tokens, cfg.bcrypt_cost);
+    let auth = auth::Auth::new(
+        placement.clone(),
+        tokens,
+        cfg.bcrypt_cost,
+        cfg.client_tls.client_cert_auth,
+    );
     // Serving waits (a little) for the auth state: until it is loaded every
     // request is refused as unavailable.
     let _ = tokio::time::timeout(Duration::from_secs(2), auth.refresh()).await;
     tokio::spawn(auth.clone().refresh_loop());
     let oracle = Oracle::new(placement);
-    let me = announce::Me::new(&cfg.advertise_client_urls, addr);
+    let me = announce::Me::new(&cfg.advertise_client_urls, addr, client_tls.is_some());
     let member_id = me.id;
     tokio::spawn(announce::run(router.placement.clone(), me.clone()));
     let cluster_id = 0x5354_5241_5441_0001; // "STRATA" 1
@@ -87,10 +93,7 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<RouterHandle> {
         .add_service(PbClusterServer::new(misc::Cluster(common.clone())))
         .add_service(PbMaintenanceServer::new(misc::Maintenance(common.clone())))
         .add_service(AuthServer::new(auth::service::AuthSvc { auth, common }))
-        .serve_with_incoming(
-            // Small request/response messages: Nagle + delayed ACKs would add ~40 ms.
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-        );
+        .serve_with_incoming(strata_proto::tls::incoming(listener, client_tls));
     tokio::spawn(async move {
         if let Err(e) = server.await {
             tracing::error!("router gRPC server stopped: {e}");
@@ -102,6 +105,6 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<RouterHandle> {
 }
 
 /// The common name of the verified client certificate `req` came with.
-pub(crate) fn tls_cn<T>(_req: &tonic::Request<T>) -> Option<String> {
-    None
+pub(crate) fn tls_cn<T>(req: &tonic::Request<T>) -> Option<String> {
+    strata_proto::tls::peer_common_name(req)
 }

@@ -158,13 +158,14 @@ pub fn init() {
 }
 
 /// Registers the metrics and, when `addr` is set, serves `/metrics`, `/health` and
-/// `/ready` on it (`/ready` answers 503 until [`ready`]).
+/// `/ready` on it (`/ready` answers 503 until [`ready`]), over TLS with `tls`.
 pub async fn serve(
     addr: Option<std::net::SocketAddr>,
+    tls: Option<strata_proto::tls::ServerTls>,
 ) -> anyhow::Result<Option<strata_proto::telemetry::Telemetry>> {
     init();
     Ok(match addr {
-        Some(a) => Some(strata_proto::telemetry::serve(a, "router").await?),
+        Some(a) => Some(strata_proto::telemetry::serve(a, "router", tls).await?),
         None => None,
     })
 }

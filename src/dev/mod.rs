@@ -145,6 +145,12 @@ pub struct DevArgs {
     #[arg(long, default_value = "60s", value_parser = strata_router::parse_duration)]
     pub ready_timeout: Duration,
 
+    /// TLS everywhere: a throwaway CA and certificates under DATA_DIR/tls/ (made
+    /// on the first such start, then kept; see `strata certs`), routers' client
+    /// ports with --client-cert-auth, mutual TLS on every internal link.
+    #[arg(long)]
+    pub tls: bool,
+
     /// Also start a Prometheus server (the `prometheus` binary on PATH) scraping every
     /// component; its data goes to DATA_DIR/prometheus.
     #[arg(long)]
@@ -186,6 +192,8 @@ pub struct DevJson {
     pub components: Vec<ComponentJson>,
     /// Present when started with `--prometheus`.
     pub prometheus: Option<PrometheusJson>,
+    /// The certificate files, when started with `--tls`.
+    pub tls: Option<crate::certs::TlsFiles>,
 }
 
 #[derive(Serialize, Debug)]
@@ -236,6 +244,8 @@ struct Plan {
     client_endpoints: Vec<String>,
     components: Vec<Spec>,
     prometheus: Option<(Spec, String)>,
+    /// With `--tls`: the files every component is given.
+    tls: Option<crate::certs::TlsFiles>,
 }
 
 /// A started child process.
@@ -315,7 +325,13 @@ async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         dev_pid: std::process::id(),
         components: Vec::new(),
         prometheus: None,
+        tls: plan.tls.clone(),
     };
+    if let Some(tls) = &plan.tls {
+        if !Path::new(&tls.peer_key).exists() {
+            crate::certs::generate(&data_dir.join("tls"), &["alice"])?;
+        }
+    }
 
     let started: anyhow::Result<()> = (|| {
         for spec in &plan.components {
@@ -386,7 +402,7 @@ async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     );
 
     let outcome = tokio::select! {
-        r = wait_until_serving(&plan.client_endpoints, args.ready_timeout, &children) => Some(r),
+        r = wait_until_serving(&plan.client_endpoints, args.ready_timeout, &children, plan.tls.as_ref()) => Some(r),
         sig = signals.recv() => {
             eprintln!("strata dev: received {sig} while starting; stopping the cluster");
             None
@@ -456,5 +472,17 @@ fn ready_line(plan: &Plan, args: &DevArgs, data_dir: &Path, json: &DevJson) -> S
         line.push_str(&format!("; prometheus: {}", p.url));
     }
     line.push(')');
+    if let Some(t) = &plan.tls {
+        line.push_str(&format!(
+            "; TLS on: etcdctl --endpoints {} --cacert {} --cert {} --key {} endpoint health",
+            eps.iter()
+                .map(|e| format!("https://{e}"))
+                .collect::<Vec<_>>()
+                .join(","),
+            t.ca,
+            t.client_cert,
+            t.client_key
+        ));
+    }
     line
 }

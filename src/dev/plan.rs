@@ -61,7 +61,13 @@ pub(super) fn plan(args: &DevArgs, exe: &Path, data_dir: &Path) -> anyhow::Resul
     let dir = |name: &str| data_dir.join(name).to_string_lossy().into_owned();
     let log = |name: &str| data_dir.join("logs").join(format!("{name}.log"));
     let metrics = |k: u32| port(base + metrics_offset + k);
-    let metrics_url = |a: SocketAddr| format!("http://{a}/metrics");
+    let tls = args
+        .tls
+        .then(|| crate::certs::TlsFiles::in_dir(&data_dir.join("tls")));
+    // Every component's peer flags: mutual TLS on internal links.
+    let peer_flags: Vec<String> = tls.iter().flat_map(|t| t.peer_args()).collect();
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let metrics_url = |a: SocketAddr| format!("{scheme}://{a}/metrics");
     let placement_addrs: Vec<SocketAddr> = (0..p).map(|i| port(base + i)).collect();
     let placement_list = placement_addrs
         .iter()
@@ -98,6 +104,7 @@ pub(super) fn plan(args: &DevArgs, exe: &Path, data_dir: &Path) -> anyhow::Resul
         if let Some(d) = &args.node_down_after {
             argv.extend(["--node-down-after".into(), d.clone()]);
         }
+        argv.extend(peer_flags.iter().cloned());
         components.push(Spec {
             role: "placement",
             name: name.clone(),
@@ -140,6 +147,7 @@ pub(super) fn plan(args: &DevArgs, exe: &Path, data_dir: &Path) -> anyhow::Resul
         if let Some(k) = args.range_split_keys {
             argv.extend(["--range-split-keys".into(), k.to_string()]);
         }
+        argv.extend(peer_flags.iter().cloned());
         components.push(Spec {
             role: "node",
             name: name.clone(),
@@ -166,7 +174,7 @@ pub(super) fn plan(args: &DevArgs, exe: &Path, data_dir: &Path) -> anyhow::Resul
             "--listen-client".into(),
             listen.to_string(),
             "--advertise-client-urls".into(),
-            format!("http://{endpoint}"),
+            format!("{scheme}://{endpoint}"),
             "--placement".into(),
             placement_list.clone(),
             "--metrics-addr".into(),
@@ -175,6 +183,8 @@ pub(super) fn plan(args: &DevArgs, exe: &Path, data_dir: &Path) -> anyhow::Resul
         if let Some(d) = &args.watch_progress_notify_interval {
             argv.extend(["--watch-progress-notify-interval".into(), d.clone()]);
         }
+        argv.extend(tls.iter().flat_map(|t| t.client_port_args()));
+        argv.extend(peer_flags.iter().cloned());
         components.push(Spec {
             role: "router",
             name: name.clone(),
@@ -199,7 +209,7 @@ pub(super) fn plan(args: &DevArgs, exe: &Path, data_dir: &Path) -> anyhow::Resul
             name: "prometheus".into(),
             id: 0,
             addr: listen.to_string(),
-            metrics_url: metrics_url(listen),
+            metrics_url: format!("http://{listen}/metrics"),
             args: vec![
                 "prometheus".into(), // replaced by the path found on PATH
                 format!(
@@ -212,7 +222,7 @@ pub(super) fn plan(args: &DevArgs, exe: &Path, data_dir: &Path) -> anyhow::Resul
             log: log("prometheus"),
             ports: vec![(listen, "prometheus".into())],
         };
-        Some((spec, prometheus_config(&components)))
+        Some((spec, prometheus_config(&components, tls.as_ref())))
     } else {
         None
     };
@@ -221,23 +231,32 @@ pub(super) fn plan(args: &DevArgs, exe: &Path, data_dir: &Path) -> anyhow::Resul
         client_endpoints,
         components,
         prometheus,
+        tls,
     };
     check_distinct_ports(&plan)?;
     Ok(plan)
 }
 
-fn prometheus_config(components: &[Spec]) -> String {
+/// With `tls`, scrapes over HTTPS with the peer certificate (accepted by
+/// routers too: one CA signs everything `strata dev` makes).
+fn prometheus_config(components: &[Spec], tls: Option<&crate::certs::TlsFiles>) -> String {
     let mut config = String::from(
         "# Written by `strata dev --prometheus`; rewritten on every start.\n\
          global:\n  scrape_interval: 5s\n  evaluation_interval: 5s\n\
          rule_files:\n  - alerts.yml\nscrape_configs:\n",
     );
     for role in ["placement", "node", "router"] {
-        config.push_str(&format!(
-            "  - job_name: strata-{role}\n    static_configs:\n      - targets:\n"
-        ));
+        config.push_str(&format!("  - job_name: strata-{role}\n"));
+        if let Some(t) = tls {
+            config.push_str(&format!(
+                "    scheme: https\n    tls_config:\n      ca_file: '{}'\n      \
+                 cert_file: '{}'\n      key_file: '{}'\n",
+                t.ca, t.peer_cert, t.peer_key
+            ));
+        }
+        config.push_str("    static_configs:\n      - targets:\n");
         for c in components.iter().filter(|c| c.role == role) {
-            let target = c.metrics_url.trim_start_matches("http://");
+            let target = c.metrics_url.split_once("://").map_or("", |(_, t)| t);
             let target = target.trim_end_matches("/metrics");
             config.push_str(&format!("          - '{target}'\n"));
         }

@@ -39,7 +39,13 @@ pub(super) async fn wait_until_serving(
     endpoints: &[String],
     timeout: Duration,
     children: &[Running],
+    tls: Option<&crate::certs::TlsFiles>,
 ) -> Result<(), String> {
+    let tls = match tls.map(|t| t.etcd_client_tls()).transpose() {
+        Ok(t) => t,
+        Err(e) => return Err(format!("{e:#}")),
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let deadline = Instant::now() + timeout;
     let routers: Vec<&Running> = children.iter().filter(|c| c.role == "router").collect();
     let mut answered = vec![false; endpoints.len()];
@@ -64,11 +70,14 @@ pub(super) async fn wait_until_serving(
             ));
         }
         let attempt_budget = (deadline - now).min(Duration::from_secs(3));
-        let url = format!("http://{endpoint}");
+        let url = format!("{scheme}://{endpoint}");
         let attempt = async {
-            let opts = etcd_client::ConnectOptions::new()
+            let mut opts = etcd_client::ConnectOptions::new()
                 .with_connect_timeout(attempt_budget)
                 .with_timeout(attempt_budget);
+            if let Some(t) = &tls {
+                opts = opts.with_tls(t.clone());
+            }
             let mut client = etcd_client::Client::connect([url.as_str()], Some(opts)).await?;
             match client.get(PROBE_KEY, None).await {
                 // With auth enabled an anonymous read is refused: the router

@@ -23,6 +23,19 @@ fn flag<'a>(argv: &'a [String], name: &str) -> Option<&'a str> {
         .map(|i| argv[i + 1].as_str())
 }
 
+/// The dev.json of plan `p` before anything started.
+fn json_of(p: &Plan) -> DevJson {
+    DevJson {
+        client_endpoint: p.client_endpoints[0].clone(),
+        client_endpoints: p.client_endpoints.clone(),
+        data_dir: "/d".into(),
+        dev_pid: 1,
+        components: Vec::new(),
+        prometheus: None,
+        tls: p.tls.clone(),
+    }
+}
+
 fn names(p: &Plan) -> Vec<&str> {
     p.components.iter().map(|c| c.name.as_str()).collect()
 }
@@ -184,14 +197,7 @@ fn two_routers_three_placement_replicas() {
     }
 
     // The banner names both endpoints, and etcdctl's flag with both.
-    let json = DevJson {
-        client_endpoint: p.client_endpoints[0].clone(),
-        client_endpoints: p.client_endpoints.clone(),
-        data_dir: "/d".into(),
-        dev_pid: 1,
-        components: Vec::new(),
-        prometheus: None,
-    };
+    let json = json_of(&p);
     let line = ready_line(&p, &a, Path::new("/d"), &json);
     assert!(
         line.starts_with(
@@ -328,4 +334,63 @@ fn tail_lines() {
     fs::write(&f, "a\nb\nc\n").unwrap();
     assert_eq!(tail(&f, 2).unwrap(), ["b", "c"]);
     assert_eq!(tail(&f, 10).unwrap(), ["a", "b", "c"]);
+}
+
+#[test]
+fn tls_plan() {
+    let a = args(&["--tls", "--placement-replicas", "1", "--nodes", "1"]);
+    let p = plan(&a, Path::new("/x"), Path::new("/d")).unwrap();
+    let t = p.tls.clone().expect("--tls plans certificates");
+    assert_eq!(t.ca, "/d/tls/ca.pem");
+    // Every component gets the peer flags; the router also the client port's.
+    for c in &p.components {
+        assert_eq!(
+            flag(&c.args, "--peer-cert-file"),
+            Some("/d/tls/peer.pem"),
+            "{}",
+            c.name
+        );
+        assert_eq!(
+            flag(&c.args, "--peer-key-file"),
+            Some("/d/tls/peer-key.pem")
+        );
+        assert_eq!(
+            flag(&c.args, "--peer-trusted-ca-file"),
+            Some("/d/tls/ca.pem")
+        );
+        let client_port = flag(&c.args, "--cert-file").is_some();
+        assert_eq!(client_port, c.role == "router", "{}", c.name);
+    }
+    let r = &p.components[2];
+    assert_eq!(flag(&r.args, "--cert-file"), Some("/d/tls/server.pem"));
+    assert_eq!(flag(&r.args, "--trusted-ca-file"), Some("/d/tls/ca.pem"));
+    assert!(r.args.iter().any(|a| a == "--client-cert-auth"));
+    assert_eq!(
+        flag(&r.args, "--advertise-client-urls"),
+        Some("https://127.0.0.1:2379")
+    );
+    let json = json_of(&p);
+    let line = ready_line(&p, &a, Path::new("/d"), &json);
+    assert!(
+        line.ends_with(
+            "etcdctl --endpoints https://127.0.0.1:2379 --cacert /d/tls/ca.pem \
+             --cert /d/tls/client.pem --key /d/tls/client-key.pem endpoint health"
+        ),
+        "{line}"
+    );
+    // Metrics over HTTPS, and Prometheus told so.
+    assert_eq!(r.metrics_url, "https://127.0.0.1:23802/metrics");
+    let a = args(&["--tls", "--prometheus"]);
+    let p = plan(&a, Path::new("/x"), Path::new("/d")).unwrap();
+    let (_, config) = p.prometheus.unwrap();
+    assert!(config.contains("scheme: https"), "{config}");
+    assert!(config.contains("cert_file: '/d/tls/peer.pem'"), "{config}");
+    assert!(config.contains("- '127.0.0.1:23806'"), "{config}");
+    // Without --tls: plaintext, no TLS flag anywhere.
+    let p = plan(&args(&[]), Path::new("/x"), Path::new("/d")).unwrap();
+    assert!(p.tls.is_none());
+    assert!(p
+        .components
+        .iter()
+        .all(|c| !c.args.iter().any(|a| a.contains("tls"))));
 }

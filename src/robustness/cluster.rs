@@ -18,6 +18,13 @@ use anyhow::{bail, Context};
 use strata_proto::strata::placement_client::PlacementClient;
 use strata_proto::strata::{GetRangesRequest, GetRangesResponse, MembersRequest};
 
+/// A client of the placement replica at `addr` (TLS when this process's
+/// internal TLS is set).
+async fn placement(addr: &str) -> anyhow::Result<PlacementClient<tonic::transport::Channel>> {
+    let ep = strata_proto::tls::endpoint(addr)?;
+    Ok(PlacementClient::new(strata_proto::tls::connect(&ep).await?))
+}
+
 /// What a component is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -51,6 +58,8 @@ pub struct Options {
     pub raft_log_keep_entries: u64,
     pub node_down_after: String,
     pub progress_notify_interval: String,
+    /// TLS on every port (`--tls`): the files every component is given.
+    pub tls: Option<crate::certs::TlsFiles>,
 }
 
 pub struct Cluster {
@@ -162,6 +171,14 @@ impl Cluster {
                 ],
             ));
         }
+        for (role, _, _, args) in &mut members {
+            if let Some(t) = &opts.tls {
+                args.extend(t.peer_args());
+                if *role == Role::Router {
+                    args.extend(t.client_port_args());
+                }
+            }
+        }
         let mut cluster = Cluster {
             exe,
             members: members
@@ -207,9 +224,8 @@ impl Cluster {
             if m.child.is_none() || m.paused {
                 continue;
             }
-            let url = format!("http://{}", m.addr);
             let fut = async {
-                let mut c = PlacementClient::connect(url).await?;
+                let mut c = placement(&m.addr).await?;
                 anyhow::Ok(c.members(MembersRequest {}).await?.into_inner())
             };
             let Ok(Ok(resp)) = tokio::time::timeout(Duration::from_secs(1), fut).await else {
@@ -368,9 +384,9 @@ impl Cluster {
             if self.members[i].paused {
                 continue; // would only time out
             }
-            let url = format!("http://{}", self.members[i].addr);
+            let addr = &self.members[i].addr;
             let fut = async {
-                let mut c = PlacementClient::connect(url).await?;
+                let mut c = placement(addr).await?;
                 anyhow::Ok(
                     c.get_ranges(GetRangesRequest::default())
                         .await?
@@ -401,7 +417,8 @@ impl Cluster {
                     let opts = etcd_client::ConnectOptions::new()
                         .with_timeout(Duration::from_secs(2))
                         .with_connect_timeout(Duration::from_secs(1));
-                    let mut c = etcd_client::Client::connect([ep.as_str()], Some(opts)).await?;
+                    let (url, opts) = crate::robustness::traffic::dial(&ep, opts);
+                    let mut c = etcd_client::Client::connect([url], Some(opts)).await?;
                     c.get("ready-probe", None).await?;
                     anyhow::Ok(())
                 }

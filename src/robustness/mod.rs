@@ -122,6 +122,11 @@ pub struct RobustnessArgs {
     /// drop-watch-event, reuse-revision
     #[arg(long)]
     pub plant: Option<String>,
+    /// TLS everywhere: a throwaway CA and certificates under DIR/tls/, routers'
+    /// client ports with client certificates required, mutual TLS on internal
+    /// links; every client of the run uses them
+    #[arg(long)]
+    pub tls: bool,
     /// Keep each run's data directories (by default only history.json and logs stay)
     #[arg(long)]
     pub keep: bool,

@@ -345,7 +345,8 @@ impl Nemesis<'_> {
             ..AdminRequest::default()
         };
         let fut = async {
-            let mut c = NodeClient::connect(format!("http://{addr}")).await?;
+            let ep = strata_proto::tls::endpoint(addr)?;
+            let mut c = NodeClient::new(strata_proto::tls::connect(&ep).await?);
             let a = c.admin(req).await?.into_inner();
             match a.error {
                 Some(e) => anyhow::bail!("{e:?}"),

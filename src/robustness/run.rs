@@ -65,6 +65,12 @@ pub async fn main(args: RobustnessArgs) -> anyhow::Result<bool> {
         .seed
         .unwrap_or_else(|| u64::from(rand::random::<u32>()));
     std::fs::create_dir_all(&args.dir).with_context(|| format!("create {}", args.dir.display()))?;
+    if args.tls {
+        // One set for every run of this process (its own TLS is set once).
+        let files = crate::certs::generate(&args.dir.join("tls"), &[])?;
+        strata_proto::tls::set_internal(&files.peer_flags()).map_err(anyhow::Error::msg)?;
+        traffic::use_tls(files.etcd_client_tls()?);
+    }
     let plan: Vec<(u32, u64, &str, &'static str)> = (0..args.runs)
         .map(|k| {
             let seed = first_seed + u64::from(k);
@@ -160,6 +166,9 @@ async fn run_once(
         raft_log_keep_entries: 20,
         node_down_after: "20s".into(),
         progress_notify_interval: "1s".into(),
+        tls: args
+            .tls
+            .then(|| crate::certs::TlsFiles::in_dir(&args.dir.join("tls"))),
     };
     let mut cluster = Cluster::start(&dir, &opts)?;
     cluster.wait_ready(Duration::from_secs(60)).await?;

@@ -37,6 +37,8 @@ pub struct Cluster {
     pub(super) marker: String,
     /// Extra `strata dev` flags, kept for `restart`.
     extra: Vec<String>,
+    /// With TLS on the client port: the CA and client certificate clients use.
+    pub tls: Option<TlsPaths>,
 }
 
 /// Starts a fresh server (see the module doc). Blocking but bounded; callable from
@@ -103,18 +105,34 @@ pub fn shared() -> &'static Cluster {
 impl Cluster {
     pub fn start() -> Cluster {
         match Target::from_env() {
-            Target::Etcd => Self::start_etcd(),
+            Target::Etcd => Self::start_etcd(false),
             Target::Strata => Self::start_strata(),
         }
     }
 
-    fn start_etcd() -> Cluster {
+    /// A server with TLS on its client port, client certificates required
+    /// (`strata dev --tls`, or etcd with `--client-cert-auth` and certificates
+    /// from `strata certs`).
+    pub fn start_tls() -> Cluster {
+        match Target::from_env() {
+            Target::Etcd => Self::start_etcd(true),
+            Target::Strata => {
+                let mut c = Self::start_strata_args(vec!["--tls".into()]);
+                c.tls = Some(TlsPaths::in_dir(&c.data_dir.join("tls")));
+                c
+            }
+        }
+    }
+
+    fn start_etcd(tls: bool) -> Cluster {
         let tmp = tempdir();
+        let tls = tls.then(|| make_certs(&tmp.path().join("tls"), &[]));
         let data_dir = tmp.path().join("data");
         let log_dir = tmp.path().to_path_buf();
         let base = reserve_ports(2);
         let (client_port, peer_port) = (base, base + 1);
-        let client_url = format!("http://127.0.0.1:{client_port}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let client_url = format!("{scheme}://127.0.0.1:{client_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
         let bin = std::env::var("STRATA_TEST_ETCD_BIN").unwrap_or_else(|_| "/usr/bin/etcd".into());
         let mut cmd = Command::new(bin);
@@ -128,6 +146,7 @@ impl Cluster {
             .arg(format!(
                 "--experimental-watch-progress-notify-interval={PROGRESS_NOTIFY_INTERVAL_SECS}s"
             ))
+            .args(tls.iter().flat_map(TlsPaths::etcd_server_args))
             .stdin(Stdio::null())
             .stdout(log_file(&log_dir, "stdout.log"))
             .stderr(log_file(&log_dir, "stderr.log"));
@@ -147,6 +166,7 @@ impl Cluster {
             restarted: Mutex::new(HashMap::new()),
             marker,
             extra: Vec::new(),
+            tls,
         };
         // Ready once a Get succeeds.
         let deadline = Instant::now() + READY_TIMEOUT;
@@ -155,7 +175,7 @@ impl Cluster {
             if let Some(status) = cluster.exited() {
                 cluster.fail_start(&format!("etcd exited early ({status})"));
             }
-            match probe_get(&endpoint) {
+            match probe_get(&endpoint, cluster.tls.as_ref()) {
                 Ok(()) => break,
                 Err(e) => last_err = e,
             }
@@ -195,6 +215,7 @@ impl Cluster {
             restarted: Mutex::new(HashMap::new()),
             marker,
             extra,
+            tls: None,
         };
         cluster.wait_ready(rx);
         cluster.announce();
@@ -308,9 +329,10 @@ impl Cluster {
         let opts = opts
             .with_connect_timeout(Duration::from_secs(5))
             .with_timeout(REQUEST_TIMEOUT);
+        let (url, opts) = client_url(&self.endpoint, self.tls.as_ref(), opts);
         match tokio::time::timeout(
             Duration::from_secs(10),
-            Client::connect([self.endpoint.as_str()], Some(opts)),
+            Client::connect([url.as_str()], Some(opts)),
         )
         .await
         {
@@ -323,8 +345,10 @@ impl Cluster {
     /// `etcdctl --endpoints=ENDPOINT ARGS` with `ETCDCTL_API=3` (not started).
     pub fn etcdctl_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(etcdctl_bin());
+        let scheme = if self.tls.is_some() { "https://" } else { "" };
         cmd.env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", self.endpoint))
+            .arg(format!("--endpoints={scheme}{}", self.endpoint))
+            .args(self.tls.iter().flat_map(TlsPaths::etcdctl_args))
             .arg("--dial-timeout=5s")
             .arg("--command-timeout=10s")
             .args(args);

@@ -75,7 +75,7 @@ impl Cluster {
     pub fn restart_router(&self, j: usize) {
         let name = format!("router-{j}");
         let addr = self.restart_component(&name);
-        wait_until(&name, || probe_get(&addr));
+        wait_until(&name, || probe_get(&addr, self.tls.as_ref()));
     }
 
     fn dev_component(&self, name: &str) -> DevComponent {

@@ -24,12 +24,15 @@ mod cluster;
 mod components;
 pub mod failover;
 mod process;
+mod tls;
 
 // Not every test binary uses every item.
 #[allow(unused_imports)]
 pub use cluster::{shared, start, start_strata_with, Cluster};
 #[allow(unused_imports)]
 pub use process::{run_bounded, Background};
+#[allow(unused_imports)]
+pub use tls::{client_url, make_certs, TlsPaths};
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -149,4 +152,17 @@ pub fn base64_decode(s: &str) -> Vec<u8> {
         }
     }
     out
+}
+
+/// Asserts that an etcdctl run succeeded; returns its stdout.
+#[track_caller]
+pub fn ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "etcdctl failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).expect("utf-8 stdout")
 }

@@ -282,8 +282,9 @@ pub fn run_bounded(cmd: Command, stdin: Option<&[u8]>, limit: Duration) -> Outpu
 
 /// One Get against `endpoint`, on a private runtime in a private thread (so it works
 /// from inside a test's runtime), bounded to a few seconds.
-pub(super) fn probe_get(endpoint: &str) -> Result<(), String> {
+pub(super) fn probe_get(endpoint: &str, tls: Option<&TlsPaths>) -> Result<(), String> {
     let endpoint = endpoint.to_string();
+    let tls = tls.cloned();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -293,8 +294,9 @@ pub(super) fn probe_get(endpoint: &str) -> Result<(), String> {
             let opts = ConnectOptions::new()
                 .with_connect_timeout(Duration::from_secs(2))
                 .with_timeout(Duration::from_secs(2));
+            let (url, opts) = client_url(&endpoint, tls.as_ref(), opts);
             let fut = async {
-                let mut c = Client::connect([endpoint.as_str()], Some(opts))
+                let mut c = Client::connect([url.as_str()], Some(opts))
                     .await
                     .map_err(|e| e.to_string())?;
                 match c.get("strata-harness-probe", None).await {

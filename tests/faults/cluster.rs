@@ -76,6 +76,7 @@ impl Cluster {
             replicas: opts.nodes.min(3) as usize,
             node_down_after: Duration::from_secs(600),
             metrics_addr: None,
+            peer_tls: Default::default(),
             no_scheduler: true,
         })
         .await
@@ -91,6 +92,7 @@ impl Cluster {
                 listen: loopback(),
                 placement: placement.to_string(),
                 metrics_addr: None,
+                peer_tls: Default::default(),
                 raft_tick_ms: opts.raft_tick_ms,
                 quiesce_after_ticks: 0,
                 range_split_bytes: 64 * 1024 * 1024,
@@ -114,6 +116,8 @@ impl Cluster {
             auth_token: "simple".into(),
             auth_token_ttl: 300,
             bcrypt_cost: 10,
+            client_tls: Default::default(),
+            peer_tls: Default::default(),
         })
         .await
         .expect("router starts")

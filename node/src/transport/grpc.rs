@@ -111,7 +111,7 @@ impl GrpcTransport {
 /// out in order on one HTTP/2 stream until it breaks (the queue then
 /// reports closed, and the sender opens another).
 fn open_stream(addr: &str) -> Option<mpsc::Sender<RaftBatch>> {
-    let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+    let ep = strata_proto::tls::endpoint(addr)
         .ok()?
         .connect_timeout(Duration::from_millis(500))
         .tcp_nodelay(true)
@@ -121,7 +121,7 @@ fn open_stream(addr: &str) -> Option<mpsc::Sender<RaftBatch>> {
         .keep_alive_timeout(Duration::from_secs(2));
     let (tx, rx) = mpsc::channel(STREAM_CAP);
     tokio::spawn(async move {
-        let mut client = NodeClient::new(ep.connect_lazy());
+        let mut client = NodeClient::new(strata_proto::tls::connect_lazy(&ep));
         if let Err(e) = client
             .raft_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
@@ -138,13 +138,15 @@ async fn stream_snapshot(
     head: RaftEnvelope,
     source: SnapshotSource,
 ) -> Result<(), String> {
-    let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+    let ep = strata_proto::tls::endpoint(addr)
         .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_millis(500))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(CHUNK_TIMEOUT);
-    let channel = ep.connect().await.map_err(|e| format!("connect: {e}"))?;
+    let channel = strata_proto::tls::connect(&ep)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
     let mut client = NodeClient::new(channel);
     let (stream, progress) = Outgoing::start(head, source);
     match progress.watch(client.snapshot(stream)).await? {

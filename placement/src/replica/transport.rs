@@ -161,13 +161,12 @@ async fn peer_loop(
 }
 
 async fn connect(addr: &str) -> anyhow::Result<PlacementClient<tonic::transport::Channel>> {
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+    let ep = strata_proto::tls::endpoint(addr)?
         .connect_timeout(Duration::from_millis(500))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(1))
-        .keep_alive_timeout(Duration::from_secs(2))
-        .connect()
-        .await?;
+        .keep_alive_timeout(Duration::from_secs(2));
+    let ch = strata_proto::tls::connect(&ep).await?;
     Ok(PlacementClient::new(ch)
         .max_encoding_message_size(MAX_MESSAGE)
         .max_decoding_message_size(MAX_MESSAGE))

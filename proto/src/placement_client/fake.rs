@@ -16,6 +16,7 @@ struct Fake {
     calls: Arc<AtomicUsize>,
     streams: Arc<AtomicUsize>,
     answer: Answer,
+    last_cn: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// A running fake: its address, how many allocations it answered (unary
@@ -24,6 +25,8 @@ pub(crate) struct Served {
     pub addr: String,
     pub calls: Arc<AtomicUsize>,
     pub streams: Arc<AtomicUsize>,
+    /// The client certificate's CN of the last `Alloc` (`tls::peer_common_name`).
+    pub last_cn: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Served {
@@ -41,23 +44,34 @@ impl Served {
 pub(crate) async fn serve(
     answer: impl Fn(usize) -> Result<AllocResponse, Status> + Send + Sync + 'static,
 ) -> Served {
+    serve_tls(answer, None).await
+}
+
+/// [`serve`], over TLS with `tls`.
+pub(crate) async fn serve_tls(
+    answer: impl Fn(usize) -> Result<AllocResponse, Status> + Send + Sync + 'static,
+    tls: Option<crate::tls::ServerTls>,
+) -> Served {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let calls = Arc::new(AtomicUsize::new(0));
     let streams = Arc::new(AtomicUsize::new(0));
+    let last_cn = Arc::new(std::sync::Mutex::new(None));
     let fake = Fake {
         calls: calls.clone(),
         streams: streams.clone(),
         answer: Arc::new(answer),
+        last_cn: last_cn.clone(),
     };
     let server = tonic::transport::Server::builder()
         .add_service(PlacementServer::new(fake))
-        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
+        .serve_with_incoming(crate::tls::incoming(listener, tls));
     tokio::spawn(server);
     Served {
         addr,
         calls,
         streams,
+        last_cn,
     }
 }
 
@@ -73,8 +87,9 @@ macro_rules! unimplemented_rest {
         impl Placement for Fake {
             async fn alloc(
                 &self,
-                _req: Request<AllocRequest>,
+                req: Request<AllocRequest>,
             ) -> Result<Response<AllocResponse>, Status> {
+                *self.last_cn.lock().unwrap() = crate::tls::peer_common_name(&req);
                 let n = self.calls.fetch_add(1, Ordering::SeqCst);
                 (self.answer)(n).map(Response::new)
             }

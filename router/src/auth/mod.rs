@@ -58,7 +58,12 @@ pub struct Caller {
 }
 
 impl Auth {
-    pub fn new(placement: PlacementConn, tokens: Tokens, bcrypt_cost: u32) -> Arc<Self> {
+    pub fn new(
+        placement: PlacementConn,
+        tokens: Tokens,
+        bcrypt_cost: u32,
+        cert_auth: bool,
+    ) -> Arc<Self> {
         Arc::new(Self {
             placement,
             cache: RwLock::new(Cached {
@@ -67,7 +72,7 @@ impl Auth {
             }),
             tokens,
             bcrypt_cost,
-            cert_auth: false,
+            cert_auth,
         })
     }
 

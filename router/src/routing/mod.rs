@@ -347,11 +347,11 @@ impl Router {
             return Some(c.clone());
         }
         let addr = self.nodes.read().get(&node)?.clone();
-        let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        let ep = strata_proto::tls::endpoint(&addr)
             .ok()?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true);
-        let c = NodeClient::new(ep.connect_lazy())
+        let c = NodeClient::new(strata_proto::tls::connect_lazy(&ep))
             .max_decoding_message_size(64 * 1024 * 1024)
             .max_encoding_message_size(64 * 1024 * 1024);
         map.insert(node, c.clone());

@@ -75,12 +75,30 @@ impl Recorder {
     }
 }
 
+/// The TLS of every client of this process (`strata robustness --tls`).
+static TLS: std::sync::OnceLock<etcd_client::TlsOptions> = std::sync::OnceLock::new();
+
+/// Makes every client of this process use TLS with `tls` (first call wins).
+pub fn use_tls(tls: etcd_client::TlsOptions) {
+    let _ = TLS.set(tls);
+}
+
+/// The URL and options to reach the router at `endpoint` (`host:port`):
+/// `https` and the TLS of [`use_tls`] when set.
+pub fn dial(endpoint: &str, opts: ConnectOptions) -> (String, ConnectOptions) {
+    match TLS.get() {
+        Some(t) => (format!("https://{endpoint}"), opts.with_tls(t.clone())),
+        None => (endpoint.to_string(), opts),
+    }
+}
+
 pub async fn connect(endpoint: &str) -> Result<Client, String> {
     let opts = ConnectOptions::new()
         .with_timeout(REQUEST_TIMEOUT)
         .with_connect_timeout(Duration::from_secs(2))
         .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
-    Client::connect([endpoint], Some(opts))
+    let (url, opts) = dial(endpoint, opts);
+    Client::connect([url], Some(opts))
         .await
         .map_err(|e| e.to_string())
 }
