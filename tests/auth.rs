@@ -555,3 +555,45 @@ async fn auth_survives_failover_and_restart() {
         "r1\nr2\nroot\n"
     );
 }
+
+/// With `--client-cert-auth`, a request without a token runs as the common
+/// name of its verified client certificate; a token, when given, wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificate_common_name_is_the_user() {
+    let c = Cluster::start_tls();
+    setup(&c);
+    // etcdctl here presents client.pem (CN root) and no --user.
+    assert_eq!(ok(&c.etcdctl(&["user", "list"])), "alice\nroot\n");
+    assert_eq!(ok(&c.etcdctl(&["put", "other", "by-root"])), "OK\n");
+    let tls = c.tls.clone().expect("a TLS cluster");
+    let alice_cert = ConnectOptions::new().with_tls(tls.client_tls("client-alice"));
+    let (url, _) = client_url(&c.endpoint, Some(&tls), ConnectOptions::new());
+    let connect = |opts: ConnectOptions| {
+        let url = url.clone();
+        async move {
+            let opts = opts
+                .with_connect_timeout(std::time::Duration::from_secs(5))
+                .with_timeout(REQUEST_TIMEOUT);
+            etcd_client::Client::connect([url.as_str()], Some(opts))
+                .await
+                .unwrap()
+        }
+    };
+    let mut alice = connect(alice_cert.clone()).await;
+    alice.put("foo", "by-alice", None).await.unwrap();
+    assert_grpc_err(
+        alice.put("other", "x", None).await,
+        "PermissionDenied",
+        "etcdserver: permission denied",
+    );
+    assert_grpc_err(
+        alice.user_list().await,
+        "PermissionDenied",
+        "etcdserver: permission denied",
+    );
+    // alice's certificate with root's password: the token names root.
+    let mut as_root = connect(alice_cert.with_user("root", "rootpw")).await;
+    as_root.put("other", "by-token", None).await.unwrap();
+    let v = as_root.get("other", None).await.unwrap();
+    assert_eq!(v.kvs()[0].value(), b"by-token");
+}

@@ -126,7 +126,8 @@ impl Cluster {
 
     fn start_etcd(tls: bool) -> Cluster {
         let tmp = tempdir();
-        let tls = tls.then(|| make_certs(&tmp.path().join("tls"), &[]));
+        // client-alice.pem as `strata dev --tls` writes it (tests/auth.rs).
+        let tls = tls.then(|| make_certs(&tmp.path().join("tls"), &["alice"]));
         let data_dir = tmp.path().join("data");
         let log_dir = tmp.path().to_path_buf();
         let base = reserve_ports(2);
