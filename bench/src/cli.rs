@@ -77,12 +77,25 @@ pub struct GlobalArgs {
         requires = "tls_cert"
     )]
     pub key: Option<PathBuf>,
+    /// Authenticate every connection as this user (etcd benchmark's --user
+    /// NAME:PASSWORD).
+    #[arg(long, global = true, value_name = "NAME:PASSWORD")]
+    pub user: Option<String>,
     /// Never show a progress bar (it is only shown when stderr is a terminal anyway).
     #[arg(long, global = true)]
     pub no_progress: bool,
 }
 
 impl GlobalArgs {
+    /// --user as (name, password).
+    pub fn credentials(&self) -> anyhow::Result<Option<(String, String)>> {
+        let Some(u) = &self.user else { return Ok(None) };
+        let (name, password) = u
+            .split_once(':')
+            .ok_or_else(|| anyhow::anyhow!("--user {u:?}: use NAME:PASSWORD"))?;
+        Ok(Some((name.to_string(), password.to_string())))
+    }
+
     /// The TLS of --cacert/--cert/--key (`None`: plaintext).
     pub fn tls(&self) -> anyhow::Result<Option<strata_proto::tls::ClientTls>> {
         let Some(ca) = &self.cacert else {

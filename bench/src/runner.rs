@@ -55,6 +55,7 @@ pub async fn connect(
     conns: usize,
     dial_timeout: Duration,
     tls: Option<&ClientTls>,
+    user: Option<&(String, String)>,
 ) -> Result<Vec<Client>> {
     if conns == 0 {
         return Err(anyhow!("--conns must be at least 1"));
@@ -93,7 +94,11 @@ pub async fn connect(
                 .collect::<Result<Vec<_>>>()?;
             etcd_client::Channel::Tonic(tonic::transport::Channel::balance_list(eps.into_iter()))
         };
-        let c = Client::from_channel(channel, Some(ConnectOptions::new()))
+        let opts = match user {
+            Some((name, password)) => ConnectOptions::new().with_user(name, password),
+            None => ConnectOptions::new(),
+        };
+        let c = Client::from_channel(channel, Some(opts))
             .await
             .with_context(|| format!("client for {endpoints:?}"))?;
         out.push(c);

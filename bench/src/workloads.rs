@@ -109,7 +109,14 @@ pub async fn run(cli: &Cli, argv: Vec<String>, progress: &Progress) -> Result<Ru
     }
     let started = now_unix();
     let mut notes = Vec::new();
-    let conns = connect(&g.endpoints, g.conns, g.dial_timeout.0, g.tls()?.as_ref()).await?;
+    let conns = connect(
+        &g.endpoints,
+        g.conns,
+        g.dial_timeout.0,
+        g.tls()?.as_ref(),
+        g.credentials()?.as_ref(),
+    )
+    .await?;
     let clients = share(&conns, g.clients);
     let workload = workload_json(cli);
     let results = match &cli.cmd {

@@ -112,6 +112,17 @@ pub struct DevArgs {
     #[arg(long, value_parser = check_duration)]
     pub watch_progress_notify_interval: Option<String>,
 
+    /// Routers' auth token type (etcd's --auth-token: `simple`, or
+    /// `jwt,pub-key=FILE,priv-key=FILE,sign-method=ALG[,ttl=DURATION]`;
+    /// default: the router's, simple).
+    #[arg(long)]
+    pub auth_token: Option<String>,
+
+    /// Seconds a simple token lasts after its last use (routers'
+    /// --auth-token-ttl; default: the router's, 300).
+    #[arg(long)]
+    pub auth_token_ttl: Option<u64>,
+
     /// Nodes' raft tick interval in milliseconds (default: the node's own default).
     #[arg(long)]
     pub raft_tick_ms: Option<u64>,

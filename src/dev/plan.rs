@@ -183,6 +183,12 @@ pub(super) fn plan(args: &DevArgs, exe: &Path, data_dir: &Path) -> anyhow::Resul
         if let Some(d) = &args.watch_progress_notify_interval {
             argv.extend(["--watch-progress-notify-interval".into(), d.clone()]);
         }
+        if let Some(t) = &args.auth_token {
+            argv.extend(["--auth-token".into(), t.clone()]);
+        }
+        if let Some(ttl) = args.auth_token_ttl {
+            argv.extend(["--auth-token-ttl".into(), ttl.to_string()]);
+        }
         argv.extend(tls.iter().flat_map(|t| t.client_port_args()));
         argv.extend(peer_flags.iter().cloned());
         components.push(Spec {

@@ -110,6 +110,8 @@ fn custom_plan() {
         "0.0.0.0:4000",
         "--watch-progress-notify-interval",
         "500ms",
+        "--auth-token-ttl",
+        "7",
         "--raft-tick-ms",
         "20",
         "--ready-timeout",
@@ -144,6 +146,8 @@ fn custom_plan() {
         flag(&r.args, "--watch-progress-notify-interval"),
         Some("500ms")
     );
+    assert_eq!(flag(&r.args, "--auth-token-ttl"), Some("7"));
+    assert_eq!(flag(&r.args, "--auth-token"), None);
     assert_eq!(flag(&r.args, "--metrics-addr"), Some("127.0.0.1:30012"));
     let (prom, config) = p.prometheus.unwrap();
     assert_eq!(prom.addr, "127.0.0.1:30013");

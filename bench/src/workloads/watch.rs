@@ -282,7 +282,14 @@ pub(super) async fn watch_latency(
     }
     drop(tx);
     // The writer has a connection of its own, as in etcd's tool.
-    let put_conn = connect(&g.endpoints, 1, g.dial_timeout.0, g.tls()?.as_ref()).await?;
+    let put_conn = connect(
+        &g.endpoints,
+        1,
+        g.dial_timeout.0,
+        g.tls()?.as_ref(),
+        g.credentials()?.as_ref(),
+    )
+    .await?;
     let mut kv = put_conn[0].kv_client();
     let limiter = RateLimiter::optional(a.put_rate);
     let done = Arc::new(AtomicU64::new(0));
