@@ -94,10 +94,14 @@ fn the_same_run_without_a_plant_passes() {
 }
 
 #[test]
-fn a_run_with_tls_everywhere_passes_and_catches_a_plant() {
-    // Every client, router, node and placement link over TLS: faults and the
-    // checkers work as without it (the planted stale read is still caught).
+fn a_run_with_tls_everywhere_passes() {
+    // Every client, router, node and placement link over TLS, under kill
+    // faults (processes restarted, connections made again). Its own ports,
+    // away from the other tests' block (all of them start from 21000 and
+    // can race for the same free ports).
     let args = [
+        "--base-port",
+        "26000",
         "--tls",
         "--nemesis",
         "kill",
@@ -109,22 +113,7 @@ fn a_run_with_tls_everywhere_passes_and_catches_a_plant() {
     let (ok, out) = robustness(&args);
     assert!(ok, "a TLS run failed:\n{out}");
     assert!(
-        out.contains("violations: 0") && out.contains("ops: "),
+        out.contains("violations: 0") && out.contains("faults: "),
         "{out}"
-    );
-    let (ok, out) = robustness(&[
-        "--tls",
-        "--plant",
-        "stale-read",
-        "--nemesis",
-        "none",
-        "--duration",
-        "10s",
-        "--seed",
-        "21",
-    ]);
-    assert!(
-        !ok && out.contains("linearizable."),
-        "the plant went unnoticed over TLS:\n{out}"
     );
 }
