@@ -17,18 +17,6 @@ use etcd_client::{
     WatchOptions,
 };
 
-#[track_caller]
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "etcdctl failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).expect("utf-8 stdout")
-}
-
 /// Asserts failure with `msg` in stderr.
 #[track_caller]
 fn fails_with(out: &Output, msg: &str) {
@@ -177,42 +165,46 @@ fn etcdctl_users_roles_permissions() {
     assert_eq!(ok(&root(&["user", "list"])), "alice\nroot\n");
     assert_eq!(ok(&root(&["role", "list"])), "r1\nroot\n");
     assert_eq!(ok(&root(&["put", "other", "v"])), "OK\n");
-    fails_with(
-        &root(&["user", "delete", "root"]),
-        "etcdserver: invalid auth management",
-    );
-    fails_with(
-        &root(&["role", "delete", "root"]),
-        "etcdserver: invalid auth management",
-    );
-    fails_with(
-        &root(&["user", "add", ALICE]),
-        "etcdserver: user name already exists",
-    );
-    fails_with(
-        &root(&["role", "add", "r1"]),
-        "etcdserver: role name already exists",
-    );
-    fails_with(
-        &root(&["user", "grant-role", "alice", "nope"]),
-        "etcdserver: role name not found",
-    );
-    fails_with(
-        &root(&["user", "revoke-role", "alice", "root"]),
-        "etcdserver: role is not granted to the user",
-    );
-    fails_with(
-        &root(&["user", "get", "nobody"]),
-        "etcdserver: user name not found",
-    );
-    fails_with(
-        &root(&["role", "get", "nope"]),
-        "etcdserver: role name not found",
-    );
-    fails_with(
-        &root(&["role", "revoke-permission", "r1", "nokey"]),
-        "etcdserver: permission is not granted to the role",
-    );
+    for (args, err) in [
+        (
+            &["user", "delete", "root"][..],
+            "etcdserver: invalid auth management",
+        ),
+        (
+            &["role", "delete", "root"][..],
+            "etcdserver: invalid auth management",
+        ),
+        (
+            &["user", "add", ALICE][..],
+            "etcdserver: user name already exists",
+        ),
+        (
+            &["role", "add", "r1"][..],
+            "etcdserver: role name already exists",
+        ),
+        (
+            &["user", "grant-role", "alice", "nope"][..],
+            "etcdserver: role name not found",
+        ),
+        (
+            &["user", "revoke-role", "alice", "root"][..],
+            "etcdserver: role is not granted to the user",
+        ),
+        (
+            &["user", "get", "nobody"][..],
+            "etcdserver: user name not found",
+        ),
+        (
+            &["role", "get", "nope"][..],
+            "etcdserver: role name not found",
+        ),
+        (
+            &["role", "revoke-permission", "r1", "nokey"][..],
+            "etcdserver: permission is not granted to the role",
+        ),
+    ] {
+        fails_with(&root(args), err);
+    }
     // Revoking a permission takes effect at once.
     assert_eq!(
         ok(&root(&["role", "revoke-permission", "r1", "foo"])),
