@@ -12,7 +12,8 @@
 #
 # Binaries from $STRATA_BIN_DIR (default: $CARGO_TARGET_DIR/release, built with
 # `cargo build --release -p strata -p strata-bench --bins`), etcd from $ETCD_BIN
-# (default /usr/bin/etcd), etcdctl from PATH. Prints a Markdown table of medians.
+# (default /usr/bin/etcd), etcdctl from PATH. Each mode runs one uncounted warm-up
+# round, then --rounds measured ones; prints a Markdown table of their medians.
 set -euo pipefail
 rounds=3 total=30000 out="" only=""
 while [ $# -gt 0 ]; do
@@ -47,7 +48,7 @@ stop_all() {
 trap stop_all EXIT
 
 # Certificates for etcd (strata dev --tls writes its own under its data dir).
-"$bin_dir/strata" certs --dir "$out/etcd-tls" >/dev/null
+"$bin_dir/strata" certs --dir "$out/certs" >/dev/null
 
 # start SYSTEM MODE: starts a fresh cluster; sets `tls_flags` (etcdctl/bench TLS
 # flags) and `scheme`.
@@ -67,7 +68,7 @@ start() {
       scheme=https
     fi
   else
-    local t="$out/etcd-tls" cluster="" i
+    local t="$out/certs" cluster="" i
     [ "$mode" = tls ] && scheme=https
     for i in 1 2 3; do
       cluster+="${cluster:+,}m$i=$scheme://127.0.0.1:$((port + 10 + i))"
@@ -121,7 +122,9 @@ for system in strata etcd; do
     start "$system" "$mode"
     user=()
     if [ "$mode" = auth ]; then enable_auth; user=(--user bench:benchpw); fi
-    for r in $(seq 1 "$rounds"); do
+    # Round 0 warms up (Strata starts as one range and splits by load) and is
+    # not counted.
+    for r in $(seq 0 "$rounds"); do
       "$bin_dir/strata-bench" --no-progress --endpoints "127.0.0.1:$port" "${tls_flags[@]}" "${user[@]}" \
         --conns 100 --clients 1000 --json "$out/$system-$mode-$r.json" \
         put --total "$total" --key-space-size 100000 --val-size 256 --prefix bench/ >&2
@@ -132,7 +135,8 @@ for system in strata etcd; do
       def med: sort | .[(length / 2 | floor)];
       def pct(p): .results[0].percentiles[] | select(.percentile == p) | .secs * 1000;
       [ (map(.results[0].requests_per_sec) | med), (map(pct(50)) | med), (map(pct(99)) | med) ]
-      | map(. * 100 | round / 100 | tostring) | join(" ")' "$out/$system-$mode"-*.json)
+      | map(. * 100 | round / 100 | tostring) | join(" ")' \
+      $(seq -f "$out/$system-$mode-%g.json" 1 "$rounds"))
     [ "$mode" = plain ] && plain_rate=$rate
     ratio=$(awk -v a="$rate" -v b="$plain_rate" 'BEGIN {printf "%.2f", a / b}')
     echo "| $system | $mode | $rate | $ratio | $p50 / $p99 |" >> "$table"

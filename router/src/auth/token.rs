@@ -212,11 +212,19 @@ impl Tokens {
                     seen.remove(token);
                     return Err(invalid);
                 }
-                if seen.len() >= MAX_SEEN {
-                    seen.retain(|_, at| now.duration_since(*at) < *ttl);
-                }
-                if seen.len() < MAX_SEEN {
-                    seen.insert(token.to_string(), now);
+                // Remember the use (at most every quarter TTL, at most once
+                // a second, per token: this runs on every request).
+                if let Some(mut at) = seen.get_mut(token) {
+                    if now.duration_since(*at) >= (*ttl / 4).min(Duration::from_secs(1)) {
+                        *at = now;
+                    }
+                } else {
+                    if seen.len() >= MAX_SEEN {
+                        seen.retain(|_, at| now.duration_since(*at) < *ttl);
+                    }
+                    if seen.len() < MAX_SEEN {
+                        seen.insert(token.to_string(), now);
+                    }
                 }
                 Ok(TokenInfo {
                     user,
