@@ -69,13 +69,58 @@ impl Kv {
         Ok(())
     }
 
-    async fn txn_leases(&self, t: &PbTxnRequest) -> Result<(), Status> {
+    /// Every Put of the txn (nested too) names an existing lease the caller
+    /// may attach keys to.
+    async fn txn_leases(
+        &self,
+        t: &PbTxnRequest,
+        caller: &crate::auth::Caller,
+    ) -> Result<(), Status> {
         for op in t.success.iter().chain(t.failure.iter()) {
             match &op.request {
-                Some(PbTxnOpRequest::RequestPut(p)) => self.lease_exists(p.lease).await?,
-                Some(PbTxnOpRequest::RequestTxn(inner)) => Box::pin(self.txn_leases(inner)).await?,
+                Some(PbTxnOpRequest::RequestPut(p)) => {
+                    self.lease_puts_allowed(caller, p.lease).await?;
+                    self.lease_exists(p.lease).await?
+                }
+                Some(PbTxnOpRequest::RequestTxn(inner)) => {
+                    Box::pin(self.txn_leases(inner, caller)).await?
+                }
                 _ => {}
             }
+        }
+        Ok(())
+    }
+
+    /// The keys attached to lease `id`: a scan of every key (leases keep no
+    /// key index yet).
+    pub async fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, Status> {
+        let all = self
+            .do_range(PbRangeRequest {
+                key: vec![0],
+                range_end: vec![0],
+                ..Default::default()
+            })
+            .await?;
+        Ok(all
+            .kvs
+            .into_iter()
+            .filter(|kv| kv.lease == id)
+            .map(|kv| kv.key)
+            .collect())
+    }
+
+    /// etcd's `checkLeasePuts`: a non-admin attaching a key to a lease needs
+    /// write permission on every key already attached to it.
+    async fn lease_puts_allowed(
+        &self,
+        caller: &crate::auth::Caller,
+        lease: i64,
+    ) -> Result<(), Status> {
+        if lease == 0 || !caller.state.enabled || caller.is_admin() {
+            return Ok(());
+        }
+        for key in self.lease_keys(lease).await? {
+            caller.need(&key, &[], strata_proto::auth::Access::Write)?;
         }
         Ok(())
     }
@@ -268,6 +313,7 @@ impl PbKvService for Kv {
         check_size(&r)?;
         check_put(&r.key, &r.value, r.lease, r.ignore_value, r.ignore_lease)?;
         caller.put(&r)?;
+        self.lease_puts_allowed(&caller, r.lease).await?;
         self.lease_exists(r.lease).await?;
         let body = self
             .router
@@ -338,7 +384,7 @@ impl PbKvService for Kv {
         });
         let span = span.unwrap_or_else(|| KeyRange::from_etcd(b"\0", &[]));
         let (rr, retry) = if writes {
-            self.txn_leases(&t).await?;
+            self.txn_leases(&t, &caller).await?;
             (0, Retry::Write)
         } else {
             (self.oracle.current().await?, Retry::Read)

@@ -58,27 +58,6 @@ impl Common {
 
 pub struct Lease(pub Common, pub Arc<crate::kv::Kv>);
 
-impl Lease {
-    /// The keys attached to lease `id`: a scan of every key (leases keep no
-    /// key index yet).
-    async fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, Status> {
-        let all = self
-            .1
-            .do_range(PbRangeRequest {
-                key: vec![0],
-                range_end: vec![0],
-                ..Default::default()
-            })
-            .await?;
-        Ok(all
-            .kvs
-            .into_iter()
-            .filter(|kv| kv.lease == id)
-            .map(|kv| kv.key)
-            .collect())
-    }
-}
-
 type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<PbLeaseKeepAliveResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -116,7 +95,7 @@ impl PbLeaseService for Lease {
         // etcd: revoking deletes the lease's keys, so it needs write
         // permission on every one of them (administrators excepted).
         if caller.state.enabled && !caller.is_admin() {
-            for key in self.lease_keys(id).await? {
+            for key in self.1.lease_keys(id).await? {
                 caller.need(&key, &[], strata_proto::auth::Access::Write)?;
             }
         }
@@ -187,7 +166,7 @@ impl PbLeaseService for Lease {
             .await?
             .into_inner();
         let keys = if r.keys && info.found {
-            self.lease_keys(r.id).await?
+            self.1.lease_keys(r.id).await?
         } else {
             Vec::new()
         };

@@ -126,7 +126,7 @@ impl Cluster {
 
     fn start_etcd(tls: bool) -> Cluster {
         let tmp = tempdir();
-        // client-alice.pem as `strata dev --tls` writes it (tests/auth.rs).
+        // client-alice.pem as `strata dev --tls` writes it (tests/auth/).
         let tls = tls.then(|| make_certs(&tmp.path().join("tls"), &["alice"]));
         let data_dir = tmp.path().join("data");
         let log_dir = tmp.path().to_path_buf();
