@@ -35,6 +35,21 @@ async fn put_with_token(
     grpc.unary(req, path, codec).await.map(|_| ())
 }
 
+/// Asserts a put with `token` is refused as etcd refuses a bad token.
+async fn assert_token_refused(endpoint: &str, token: &str) {
+    let e = put_with_token(endpoint, token, "foo", "refused")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (
+            tonic::Code::Unauthenticated,
+            "etcdserver: invalid auth token"
+        ),
+        "token {token:?}"
+    );
+}
+
 async fn token_of(c: &mut etcd_client::Client, user: &str, password: &str) -> String {
     c.auth_client()
         .authenticate(user.into(), password.into())
@@ -63,27 +78,14 @@ async fn bad_tokens_are_refused() {
         format!("{token}x"),
         "a.b".into(),
     ] {
-        let e = put_with_token(&c.endpoint, &bad, "foo", "forged")
-            .await
-            .unwrap_err();
-        assert_eq!(
-            (e.code(), e.message()),
-            (
-                tonic::Code::Unauthenticated,
-                "etcdserver: invalid auth token"
-            ),
-            "token {bad:?}"
-        );
+        assert_token_refused(&c.endpoint, &bad).await;
     }
     let mut root = client_as(&c, Some(("root", "rootpw"))).await;
     let v = root.get("foo", None).await.unwrap();
     assert_eq!(v.kvs()[0].value(), b"valid");
     // Deleting the user ends its tokens.
     root.user_delete("alice").await.unwrap();
-    let e = put_with_token(&c.endpoint, &token, "foo", "late")
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    assert_token_refused(&c.endpoint, &token).await;
 }
 
 /// Strata-only: several routers. A token from one router works on another; a
@@ -155,16 +157,7 @@ async fn simple_tokens_expire_when_idle() {
             .await
             .unwrap();
     }
-    let e = put_with_token(&c.endpoint, &idle, "foo", "late")
-        .await
-        .unwrap_err();
-    assert_eq!(
-        (e.code(), e.message()),
-        (
-            tonic::Code::Unauthenticated,
-            "etcdserver: invalid auth token"
-        )
-    );
+    assert_token_refused(&c.endpoint, &idle).await;
 }
 
 /// Strata-only (a router flag): JWT tokens (ES256, keys made here). etcdctl
