@@ -56,16 +56,17 @@ pub fn permitted<'a>(
     range_end: &[u8],
     access: Access,
 ) -> bool {
-    let mut ivs: Vec<_> = perms
-        .filter(|p| access.granted_by(p.perm_type))
-        .map(interval)
-        .collect();
+    let mut perms = perms.filter(|p| access.granted_by(p.perm_type));
     if range_end.is_empty() {
-        // One key: any permission holding it.
-        return ivs
-            .iter()
-            .any(|(s, e)| *s <= key && end_lt(&Some(key.into()), e));
+        // One key: any permission holding it (no allocation: this runs on
+        // every request of a non-root user).
+        return perms.any(|p| match p.range_end.as_slice() {
+            [] => p.key == key,
+            [0] => p.key.as_slice() <= key,
+            end => p.key.as_slice() <= key && key < end,
+        });
     }
+    let mut ivs: Vec<_> = perms.map(interval).collect();
     let want_end: End<'_> = if range_end == [0] {
         None
     } else {

@@ -38,9 +38,9 @@ impl AuthSvc {
             .caller_in(state, req.metadata(), crate::tls_cn(req))
     }
 
-    /// A change by the request's caller; the admin check on the cached state
-    /// first spares a refused caller the password hashing (placement checks
-    /// again at apply).
+    /// A change by the request's caller, refused here already when the caller
+    /// is no administrator (placement checks again at apply). UserAdd and
+    /// UserChangePassword check before hashing, then call `Auth::change`.
     async fn change<T>(&self, req: &Request<T>, cmd: AuthCommand) -> Result<(), Status> {
         let caller = self.fresh(req).await?;
         caller.admin()?;
@@ -157,8 +157,9 @@ impl AuthService for AuthSvc {
         &self,
         req: Request<AuthUserAddRequest>,
     ) -> Result<Response<AuthUserAddResponse>, Status> {
-        self.fresh(&req).await?.admin()?;
-        let r = req.get_ref().clone();
+        let caller = self.fresh(&req).await?;
+        caller.admin()?;
+        let r = req.into_inner();
         let no_password = r.options.is_some_and(|o| o.no_password);
         let password = if no_password {
             None
@@ -169,7 +170,7 @@ impl AuthService for AuthSvc {
             name: r.name,
             password,
         };
-        self.change(&req, cmd).await?;
+        self.auth.change(cmd, &caller).await?;
         answer!(self, AuthUserAddResponse {})
     }
 
@@ -222,14 +223,15 @@ impl AuthService for AuthSvc {
         &self,
         req: Request<AuthUserChangePasswordRequest>,
     ) -> Result<Response<AuthUserChangePasswordResponse>, Status> {
-        self.fresh(&req).await?.admin()?;
-        let r = req.get_ref().clone();
+        let caller = self.fresh(&req).await?;
+        caller.admin()?;
+        let r = req.into_inner();
         let password = Some(self.hash(r.password, r.hashed_password).await?);
         let cmd = AuthCommand::UserChangePassword {
             name: r.name,
             password,
         };
-        self.change(&req, cmd).await?;
+        self.auth.change(cmd, &caller).await?;
         answer!(self, AuthUserChangePasswordResponse {})
     }
 
