@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use strata_proto::errors;
 use strata_proto::etcd::{
     PbCompare, PbDeleteRequest, PbDeleteResponse, PbPutRequest, PbPutResponse, PbRangeRequest,
-    PbRangeResponse, PbResponseHeader, PbResponseOp, PbTargetUnion, PbTxnOpRequest,
+    PbRangeResponse, PbResponseHeader, PbResponseOp, PbTxnOpRequest,
     PbTxnOpResponse, PbTxnRequest, PbTxnResponse,
 };
 use strata_proto::strata::{FeedEvent, FeedKv, MvccValue};
@@ -40,7 +40,7 @@ pub struct View<'a> {
 }
 
 impl View<'_> {
-    fn range_at(&self, kr: &KeyRange, rev: i64) -> Result<Vec<Version>, Status> {
+    pub(crate) fn range_at(&self, kr: &KeyRange, rev: i64) -> Result<Vec<Version>, Status> {
         let mut kvs = self.mvcc.range_at(kr, rev).map_err(internal)?;
         if rev == self.rev {
             if let Some(ov) = self.overlay.filter(|o| !o.is_empty()) {
@@ -59,7 +59,7 @@ impl View<'_> {
         Ok(kvs)
     }
 
-    fn get(&self, key: &[u8]) -> Result<Option<Version>, Status> {
+    pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Version>, Status> {
         if let Some(v) = self.overlay.and_then(|o| o.get(key)) {
             return Ok((!v.value.tombstone).then(|| v.clone()));
         }
@@ -177,7 +177,7 @@ impl<'a> WriteExec<'a> {
         }
     }
 
-    fn view(&self) -> View<'_> {
+    pub(crate) fn view(&self) -> View<'_> {
         View {
             mvcc: self.mvcc,
             rev: self.rev - 1,
@@ -292,10 +292,7 @@ impl<'a> WriteExec<'a> {
         };
         if kvs.is_empty() {
             // A missing key compares as all-zero fields; a value compare fails.
-            if matches!(c.target_union, Some(PbTargetUnion::Value(_))) || c.target == 3 {
-                return Ok(false);
-            }
-            return Ok(compare_one(c, None));
+            return Ok(strata_proto::xtxn::compare_missing(c));
         }
         Ok(kvs.iter().all(|v| compare_one(c, Some(v))))
     }
@@ -338,35 +335,7 @@ impl<'a> WriteExec<'a> {
 }
 
 fn compare_one(c: &PbCompare, v: Option<&Version>) -> bool {
-    use std::cmp::Ordering;
-    let ord = match (&c.target_union, c.target) {
-        (Some(PbTargetUnion::Value(want)), _) => v
-            .map(|v| v.value.value.as_slice())
-            .unwrap_or(&[])
-            .cmp(want.as_slice()),
-        (Some(PbTargetUnion::Version(n)), _) => v.map_or(0, |v| v.value.version).cmp(n),
-        (Some(PbTargetUnion::CreateRevision(n)), _) => {
-            v.map_or(0, |v| v.value.create_revision).cmp(n)
-        }
-        (Some(PbTargetUnion::ModRevision(n)), _) => v.map_or(0, |v| v.mod_revision).cmp(n),
-        (Some(PbTargetUnion::Lease(n)), _) => v.map_or(0, |v| v.value.lease).cmp(n),
-        // No target value given: compare against the zero value of the target.
-        (None, 3) => v
-            .map(|v| v.value.value.as_slice())
-            .unwrap_or(&[])
-            .cmp(&[][..]),
-        (None, 0) => v.map_or(0, |v| v.value.version).cmp(&0),
-        (None, 1) => v.map_or(0, |v| v.value.create_revision).cmp(&0),
-        (None, 2) => v.map_or(0, |v| v.mod_revision).cmp(&0),
-        (None, _) => v.map_or(0, |v| v.value.lease).cmp(&0),
-    };
-    match c.result {
-        0 => ord == Ordering::Equal,
-        1 => ord == Ordering::Greater,
-        2 => ord == Ordering::Less,
-        3 => ord != Ordering::Equal,
-        _ => false,
-    }
+    strata_proto::xtxn::compare_one(c, v.map(crate::txn::fields).as_ref())
 }
 
 /// Read-only txn at revision `view.rev` (no revision consumed, as in etcd).
@@ -378,7 +347,7 @@ pub fn read_txn(view: &View<'_>, r: &PbTxnRequest) -> Result<PbTxnResponse, Stat
     Ok(resp)
 }
 
-fn fix_headers(resp: &mut PbTxnResponse, rev: i64) {
+pub(crate) fn fix_headers(resp: &mut PbTxnResponse, rev: i64) {
     resp.header = header(rev);
     for op in &mut resp.responses {
         match &mut op.response {

@@ -17,6 +17,10 @@ pub enum NodeError {
     EpochNotMatch,
     #[error("range not found")]
     RangeNotFound,
+    /// The range is held by a cross-range txn (`txn/`); the request
+    /// certainly did not apply and may be sent again shortly.
+    #[error("range held by a transaction")]
+    Busy,
     #[error("{}", .0.message())]
     Etcd(Status),
 }
@@ -40,6 +44,7 @@ impl NodeError {
             NodeError::NotLeader => Status::unavailable("strata: not leader"),
             NodeError::EpochNotMatch => Status::unavailable("strata: epoch not match"),
             NodeError::RangeNotFound => Status::not_found("strata: range not found"),
+            NodeError::Busy => Status::unavailable("strata: range held by a transaction"),
             NodeError::Etcd(s) => s,
         }
     }

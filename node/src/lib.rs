@@ -27,6 +27,7 @@ pub mod split_check;
 pub mod storage;
 pub mod store;
 pub mod transport;
+pub mod txn;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -224,6 +225,11 @@ pub async fn run_with(cfg: NodeConfig, net: RaftNet) -> anyhow::Result<NodeHandl
         max_write_rate: cfg.range_split_write_rate.max(0.0),
     };
     tokio::spawn(checker.run());
+    tokio::spawn(txn::resolver::run(
+        ranges.clone(),
+        svc.sequencers.clone(),
+        placement.clone(),
+    ));
     let server = tonic::transport::Server::builder()
         .layer(metrics::grpc_layer())
         .add_service(

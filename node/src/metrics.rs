@@ -61,6 +61,21 @@ pub fn proposal_rejected(reason: &'static str) {
     PROPOSALS_REJECTED.with_label_values(&[reason]).inc();
 }
 
+pub static TXN_RESOLVED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "strata_node_txn_resolved_total",
+        "Cross-range txns this node's range leaders resolved after their coordinator went away, by outcome (commit, abort).",
+        &["outcome"]
+    )
+    .expect("register")
+});
+
+/// Counts a txn resolved here (see `txn/resolver.rs`).
+pub fn txn_resolved(commit: bool) {
+    let outcome = if commit { "commit" } else { "abort" };
+    TXN_RESOLVED.with_label_values(&[outcome]).inc();
+}
+
 gauge!(
     PROPOSALS_PENDING,
     "strata_node_proposals_pending",

@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use strata_proto::strata::{Epoch, FeedMessage, RangeDescriptor};
+use strata_proto::strata::{Epoch, FeedMessage, RangeDescriptor, TxnIntent};
 use tokio::sync::broadcast;
 
 use crate::mvcc::KeyRange;
@@ -36,9 +36,17 @@ pub struct RangeShared {
     /// of its data is valid only if it saw the same even value before and
     /// after ([`RangeShared::data_stable`]).
     pub data_gen: AtomicU64,
+    /// The cross-range txn prepared here and not yet decided (`txn/`): while
+    /// it is, no other write applies in the range, it does not split, and no
+    /// read barrier passes its applied revision.
+    pub intent: parking_lot::RwLock<Option<Arc<TxnIntent>>>,
 }
 
 impl RangeShared {
+    /// The id of the txn holding the range, if any.
+    pub fn intent_id(&self) -> Option<u64> {
+        self.intent.read().as_ref().map(|i| i.txn_id)
+    }
     pub fn is_leader(&self) -> bool {
         let l = self.leader_peer.load(Ordering::Acquire);
         l != 0 && l == self.peer_id
@@ -91,6 +99,7 @@ impl RangeShared {
             approx_keys: AtomicU64::new(0),
             approx_bytes: AtomicU64::new(0),
             data_gen: AtomicU64::new(0),
+            intent: parking_lot::RwLock::new(None),
         })
     }
 }

@@ -21,8 +21,19 @@
 //! proposed; the raft thread then knows every revision this leader will ever
 //! apply below the barrier's read revision (see `StoreMsg::ReadBarrier`).
 
+//!
+//! Cross-range txns (`crate::txn`): a `Prepare` is proposed in order with
+//! the writes; from then until the range's intent is gone, writes wait here
+//! (up to [`QUEUE_CAP`] of them) and a prepare of another txn is refused
+//! busy, while decisions (commit, abort) come on their own channel and are
+//! proposed at once. Barriers pass: the raft thread holds them while the
+//! range is frozen (`store/read.rs`), and a waiting write will be stamped
+//! with a revision above every one handed out before it.
+
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot};
@@ -37,6 +48,10 @@ use crate::store::{Reply, StoreMsg};
 
 const QUEUE_CAP: usize = 8192;
 const BATCH_MAX: usize = 1024;
+const DECISIONS_CAP: usize = 1024;
+/// How often a held sequencer looks whether its range's intent is gone
+/// (besides being told when a decision it proposed applied).
+const HOLD_RECHECK: Duration = Duration::from_millis(20);
 
 /// Every range's sequencer on this node, started on first use.
 #[derive(Clone)]
@@ -54,8 +69,9 @@ impl Sequencers {
             .entry(range_id)
             .or_insert_with(|| {
                 let (tx, rx) = mpsc::channel(QUEUE_CAP);
-                tokio::spawn(run(range_id, self.clone(), rx));
-                Sequencer { tx }
+                let (ctl, ctl_rx) = mpsc::channel(DECISIONS_CAP);
+                tokio::spawn(run(range_id, self.clone(), rx, ctl_rx));
+                Sequencer { tx, ctl }
             })
             .clone()
     }
@@ -78,17 +94,38 @@ pub enum SeqItem {
         read_rev: i64,
         reply: oneshot::Sender<NodeResult<()>>,
     },
+    /// Phase one of cross-range txn `txn_id` (a `TxnPrepare`).
+    Prepare {
+        txn_id: u64,
+        request: Vec<u8>,
+        reply: Reply,
+    },
+}
+
+/// A cross-range txn's commit (stamped with its decided revision) or abort.
+pub struct Decision {
+    pub kind: KvKind,
+    pub revision: i64,
+    pub request: Vec<u8>,
+    pub reply: Reply,
 }
 
 #[derive(Clone)]
 pub struct Sequencer {
     tx: mpsc::Sender<SeqItem>,
+    ctl: mpsc::Sender<Decision>,
 }
 
 impl Sequencer {
     pub fn submit(&self, item: SeqItem) -> NodeResult<()> {
         self.tx
             .try_send(item)
+            .map_err(|_| errors::too_many_requests().into())
+    }
+
+    pub fn decide(&self, d: Decision) -> NodeResult<()> {
+        self.ctl
+            .try_send(d)
             .map_err(|_| errors::too_many_requests().into())
     }
 
@@ -113,78 +150,274 @@ fn lead_term(seqs: &Sequencers, range_id: u64) -> NodeResult<u64> {
     }
 }
 
-async fn run(range_id: u64, seqs: Sequencers, mut rx: mpsc::Receiver<SeqItem>) {
-    let mut batch = Vec::with_capacity(BATCH_MAX);
-    while rx.recv_many(&mut batch, BATCH_MAX).await > 0 {
+/// One range's sequencer loop.
+struct Seq {
+    range_id: u64,
+    seqs: Sequencers,
+    /// Writes held while the range is frozen, in arrival order.
+    waiting: VecDeque<SeqItem>,
+    /// A prepare proposed here and not answered yet.
+    preparing: Option<u64>,
+    /// Told the txn id when a prepare or decision proposed here is answered.
+    done_tx: mpsc::UnboundedSender<u64>,
+}
+
+impl Seq {
+    fn intent(&self) -> Option<u64> {
+        self.seqs
+            .ranges
+            .get(&self.range_id)
+            .and_then(|r| r.intent_id())
+    }
+
+    fn held(&self) -> bool {
+        self.preparing.is_some() || self.intent().is_some()
+    }
+
+    /// The store answers `reply` through this, and the loop learns of it.
+    fn tell_done(&self, txn_id: u64, reply: Reply) -> Reply {
+        let (tx, rx) = oneshot::channel();
+        let done = self.done_tx.clone();
+        tokio::spawn(async move {
+            let res = rx.await;
+            let _ = done.send(txn_id);
+            if let Ok(res) = res {
+                let _ = reply.send(res);
+            }
+        });
+        tx
+    }
+
+    async fn send(&self, msg: StoreMsg) -> bool {
+        self.seqs.store.send(msg).await.is_ok()
+    }
+
+    async fn propose_decision(&self, d: Decision) -> bool {
+        let term = match lead_term(&self.seqs, self.range_id) {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = d.reply.send(Err(e));
+                return true;
+            }
+        };
+        let reply = self.tell_done(0, d.reply);
+        self.send(StoreMsg::Propose {
+            range_id: self.range_id,
+            term,
+            cmd: RangeCommand {
+                revision: d.revision,
+                kind: d.kind as i32,
+                request: d.request,
+            },
+            reply,
+        })
+        .await
+    }
+
+    /// While frozen: barriers go on, a re-sent prepare of the holding txn
+    /// goes on (it answers the same), another txn's prepare is busy, the
+    /// rest waits.
+    async fn hold(&mut self, items: impl Iterator<Item = SeqItem>) -> bool {
+        let holder = self.preparing.or(self.intent());
+        for item in items {
+            match item {
+                SeqItem::Barrier { .. } => {
+                    if !self.forward(item, 0, &mut Ok(0)).await {
+                        return false;
+                    }
+                }
+                SeqItem::Prepare { txn_id, reply, .. } if Some(txn_id) != holder => {
+                    let _ = reply.send(Err(NodeError::Busy));
+                }
+                SeqItem::Prepare { .. } => {
+                    let term = lead_term(&self.seqs, self.range_id).unwrap_or(0);
+                    if !self.forward(item, term, &mut Ok(0)).await {
+                        return false;
+                    }
+                }
+                other => self.waiting.push_back(other),
+            }
+        }
+        true
+    }
+
+    /// Stamps and proposes `items` in order; from a prepare on, the range
+    /// is held and the rest is handled by [`Seq::hold`].
+    async fn flush(&mut self, items: Vec<SeqItem>) -> bool {
+        let mut items = items.into_iter().peekable();
+        let mut segment = Vec::new();
+        while let Some(item) = items.next_if(|i| !matches!(i, SeqItem::Prepare { .. })) {
+            segment.push(item);
+        }
+        if !self.stamp_and_propose(segment).await {
+            return false;
+        }
+        if let Some(SeqItem::Prepare {
+            txn_id,
+            request,
+            reply,
+        }) = items.next()
+        {
+            let term = lead_term(&self.seqs, self.range_id);
+            let reply = self.tell_done(txn_id, reply);
+            match term {
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+                Ok(term) => {
+                    self.preparing = Some(txn_id);
+                    let item = SeqItem::Prepare {
+                        txn_id,
+                        request,
+                        reply,
+                    };
+                    if !self.forward(item, term, &mut Ok(0)).await {
+                        return false;
+                    }
+                }
+            }
+            return self.hold(items).await;
+        }
+        true
+    }
+
+    async fn stamp_and_propose(&self, batch: Vec<SeqItem>) -> bool {
         let writes = batch
             .iter()
             .filter(|i| matches!(i, SeqItem::Write { .. }))
             .count() as u64;
         // Read before the oracle call: the stamp belongs to this leadership.
-        let term = lead_term(&seqs, range_id);
+        let term = lead_term(&self.seqs, self.range_id);
         let mut next: NodeResult<i64> = match (&term, writes) {
             (Err(e), _) => Err(e.clone()),
             (Ok(_), 0) => Ok(0),
             (Ok(_), n) => {
-                let stamped = match crate::failpoint::placement_reachable(seqs.node_id).await {
-                    Ok(()) => seqs.oracle.alloc(n).await,
+                let node_id = self.seqs.node_id;
+                let stamped = match crate::failpoint::placement_reachable(node_id).await {
+                    Ok(()) => self.seqs.oracle.alloc(n).await,
                     Err(e) => Err(e),
                 }
                 .and_then(|s| stamp_range(s, n));
-                crate::failpoint::pause(seqs.node_id, "sequencer_stamped").await;
+                crate::failpoint::pause(node_id, "sequencer_stamped").await;
                 stamped.map_err(NodeError::from)
             }
         };
         let term = term.unwrap_or(0);
-        for item in batch.drain(..) {
-            let msg = match item {
-                SeqItem::Write {
-                    kind,
-                    request,
-                    reply,
-                } => match &mut next {
-                    Ok(rev) => {
-                        let cmd = RangeCommand {
-                            revision: *rev,
-                            kind: kind as i32,
-                            request,
-                        };
-                        *rev += 1; // within [start, start + n]: checked by stamp_range
-                        StoreMsg::Propose {
-                            range_id,
-                            term,
-                            cmd,
-                            reply,
-                        }
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(e.clone()));
-                        continue;
-                    }
-                },
-                SeqItem::Unstamped {
-                    kind,
-                    request,
-                    reply,
-                } => StoreMsg::Propose {
-                    range_id,
-                    term,
-                    cmd: RangeCommand {
-                        revision: 0,
+        for item in batch {
+            if !self.forward(item, term, &mut next).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Hands one item to the raft thread; a write takes the next revision
+    /// of `next`. False once the store stopped.
+    async fn forward(&self, item: SeqItem, term: u64, next: &mut NodeResult<i64>) -> bool {
+        let range_id = self.range_id;
+        let unstamped = |kind: KvKind, request, reply| StoreMsg::Propose {
+            range_id,
+            term,
+            cmd: RangeCommand {
+                revision: 0,
+                kind: kind as i32,
+                request,
+            },
+            reply,
+        };
+        let msg = match item {
+            SeqItem::Write {
+                kind,
+                request,
+                reply,
+            } => match next {
+                Ok(rev) => {
+                    let cmd = RangeCommand {
+                        revision: *rev,
                         kind: kind as i32,
                         request,
-                    },
-                    reply,
-                },
-                SeqItem::Barrier { read_rev, reply } => StoreMsg::ReadBarrier {
-                    range_id,
-                    read_rev,
-                    reply,
-                },
-            };
-            if seqs.store.send(msg).await.is_err() {
-                return; // store stopped
+                    };
+                    *rev += 1; // within [start, start + n]: checked by stamp_range
+                    StoreMsg::Propose {
+                        range_id,
+                        term,
+                        cmd,
+                        reply,
+                    }
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e.clone()));
+                    return true;
+                }
+            },
+            SeqItem::Unstamped {
+                kind,
+                request,
+                reply,
+            } => unstamped(kind, request, reply),
+            SeqItem::Prepare { request, reply, .. } => {
+                unstamped(KvKind::KvTxnPrepare, request, reply)
             }
+            SeqItem::Barrier { read_rev, reply } => StoreMsg::ReadBarrier {
+                range_id,
+                read_rev,
+                reply,
+            },
+        };
+        self.send(msg).await
+    }
+}
+
+async fn run(
+    range_id: u64,
+    seqs: Sequencers,
+    mut rx: mpsc::Receiver<SeqItem>,
+    mut ctl: mpsc::Receiver<Decision>,
+) {
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let mut s = Seq {
+        range_id,
+        seqs,
+        waiting: VecDeque::new(),
+        preparing: None,
+        done_tx,
+    };
+    let mut batch = Vec::with_capacity(BATCH_MAX);
+    loop {
+        let held = s.held();
+        let room = s.waiting.len() < QUEUE_CAP;
+        tokio::select! {
+            biased;
+            d = ctl.recv() => match d {
+                Some(d) => {
+                    if !s.propose_decision(d).await {
+                        return;
+                    }
+                }
+                None => return,
+            },
+            Some(id) = done_rx.recv() => {
+                if s.preparing == Some(id) {
+                    s.preparing = None;
+                }
+            }
+            n = rx.recv_many(&mut batch, BATCH_MAX), if room || !held => {
+                if n == 0 {
+                    return;
+                }
+            }
+            _ = tokio::time::sleep(HOLD_RECHECK), if held => {}
+        }
+        let ok = if s.held() {
+            let items: Vec<SeqItem> = batch.drain(..).collect();
+            s.hold(items.into_iter()).await
+        } else {
+            let mut items: Vec<SeqItem> = s.waiting.drain(..).collect();
+            items.append(&mut batch);
+            s.flush(items).await
+        };
+        if !ok {
+            return; // store stopped
         }
     }
 }

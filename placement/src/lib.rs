@@ -16,6 +16,7 @@ pub mod routers;
 pub mod scheduler;
 pub mod service;
 mod span_walk;
+pub mod txn;
 pub mod state;
 
 use std::net::SocketAddr;

@@ -544,6 +544,21 @@ impl Placement for Svc {
     ) -> Result<Response<AuthStateReply>, Status> {
         Ok(Response::new(self.0.auth_state(r.into_inner())?))
     }
+
+    async fn txn_decide(
+        &self,
+        r: Request<TxnDecideRequest>,
+    ) -> Result<Response<TxnDecideResponse>, Status> {
+        Ok(Response::new(self.0.txn_decide(r.into_inner()).await?))
+    }
+
+    async fn txn_forget(
+        &self,
+        r: Request<TxnForgetRequest>,
+    ) -> Result<Response<TxnForgetResponse>, Status> {
+        self.0.txn_forget(r.into_inner()).await?;
+        Ok(Response::new(TxnForgetResponse {}))
+    }
 }
 
 impl Svc {

@@ -51,6 +51,15 @@ pub enum Command {
         cmd: AuthCommand,
         caller: Option<String>,
     },
+    /// A cross-range txn's decision (`txn.rs`); the first one recorded wins.
+    TxnDecide {
+        record: crate::txn::TxnRecord,
+    },
+    /// Participants that resolved a txn; the record goes once all did.
+    TxnForget {
+        txn_id: u64,
+        range_ids: Vec<u64>,
+    },
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -117,6 +126,9 @@ pub struct State {
     /// etcd's users, roles and permissions.
     #[serde(default)]
     pub auth: AuthState,
+    /// Cross-range txn decisions not yet resolved in every participant.
+    #[serde(default)]
+    pub txns: BTreeMap<u64, crate::txn::TxnRecord>,
 }
 
 /// What applying a command answers.
@@ -139,6 +151,8 @@ pub enum Outcome {
     Stale,
     /// An auth change refused (etcd's error).
     AuthRefused(AuthError),
+    /// The decision recorded for a txn (perhaps an earlier one than asked).
+    Txn(crate::txn::TxnRecord),
 }
 
 impl StoredRange {
@@ -295,6 +309,10 @@ impl State {
                 Ok(()) => Outcome::Ok,
                 Err(e) => Outcome::AuthRefused(e),
             },
+            Command::TxnDecide { record } => crate::txn::decide(&mut self.txns, record),
+            Command::TxnForget { txn_id, range_ids } => {
+                crate::txn::forget(&mut self.txns, *txn_id, range_ids)
+            }
             Command::UpdateRange { range } => {
                 let newer = match self.ranges.get(&range.id) {
                     None => true,

@@ -55,13 +55,16 @@ pub fn timeout() -> Status {
 pub fn leader_changed() -> Status {
     s(Code::Unavailable, "etcdserver: leader changed")
 }
+/// Internal (never reaches a client): a request spans several ranges, so
+/// the router runs it as a cross-range txn.
 pub fn cross_range(what: &str) -> Status {
     s(
-        Code::InvalidArgument,
-        &format!(
-            "strata: {what} spans several ranges; atomic cross-range writes are not supported yet"
-        ),
+        Code::FailedPrecondition,
+        &format!("strata: {what} spans several ranges"),
     )
+}
+pub fn is_cross_range(st: &Status) -> bool {
+    st.code() == Code::FailedPrecondition && st.message().ends_with(" spans several ranges")
 }
 pub fn value_provided() -> Status {
     s(Code::InvalidArgument, "etcdserver: value is provided")

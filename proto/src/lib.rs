@@ -35,3 +35,4 @@ pub mod oracle;
 pub mod placement_client;
 pub mod telemetry;
 pub mod tls;
+pub mod xtxn;

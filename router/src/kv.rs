@@ -239,15 +239,21 @@ impl Kv {
             out.kvs.extend(part.kvs);
             out.header = out.header.or(part.header);
         }
-        sort_kvs(&mut out.kvs, r.sort_order, r.sort_target);
-        if r.limit > 0 && !r.count_only && out.kvs.len() > r.limit as usize {
-            out.kvs.truncate(r.limit as usize);
-            out.more = true;
-        }
-        if r.count_only {
-            out.kvs.clear();
-        }
+        finish_range(&mut out, r);
         Ok(out)
+    }
+}
+
+/// A Range's parts, gathered in key order, made one answer: sort, limit
+/// and `count_only` apply to the whole.
+pub fn finish_range(out: &mut PbRangeResponse, r: &PbRangeRequest) {
+    sort_kvs(&mut out.kvs, r.sort_order, r.sort_target);
+    if r.limit > 0 && !r.count_only && out.kvs.len() > r.limit as usize {
+        out.kvs.truncate(r.limit as usize);
+        out.more = true;
+    }
+    if r.count_only {
+        out.kvs.clear();
     }
 }
 
@@ -343,18 +349,42 @@ impl PbKvService for Kv {
         }
         caller.delete(&r)?;
         let kr = KeyRange::from_etcd(&r.key, &r.range_end);
-        let body = self
-            .router
-            .call_single(
-                &kr,
-                "a delete",
-                KvKind::KvDeleteRange,
-                r.encode_to_vec(),
-                0,
-                Retry::Write,
-            )
-            .await?;
-        let mut resp: PbDeleteResponse = decode(&body)?;
+        let single = match self.participants(std::slice::from_ref(&kr)) {
+            Some(p) if p.len() > 1 => Err(errors::cross_range("a delete")),
+            _ => {
+                self.router
+                    .call_single(
+                        &kr,
+                        "a delete",
+                        KvKind::KvDeleteRange,
+                        r.encode_to_vec(),
+                        0,
+                        Retry::Write,
+                    )
+                    .await
+            }
+        };
+        let mut resp: PbDeleteResponse = match single {
+            // Over several ranges: a txn of that one delete, at one revision.
+            Err(s) if errors::is_cross_range(&s) => {
+                let t = PbTxnRequest {
+                    success: vec![strata_proto::etcd::PbTxnRequestOp {
+                        request: Some(PbTxnOpRequest::RequestDeleteRange(r)),
+                    }],
+                    ..Default::default()
+                };
+                let resp = self.txn_cross(&t, &[kr]).await?;
+                let rev = resp.header.map_or(0, |h| h.revision);
+                match resp.responses.into_iter().next().and_then(|o| o.response) {
+                    Some(strata_proto::etcd::PbTxnOpResponse::ResponseDeleteRange(mut d)) => {
+                        d.header = self.header(rev);
+                        d
+                    }
+                    _ => return Err(Status::internal("strata: a delete answered no delete")),
+                }
+            }
+            other => decode(&other?)?,
+        };
         resp.header = self.header(resp.header.map_or(0, |h| h.revision));
         Ok(Response::new(resp))
     }
@@ -389,11 +419,19 @@ impl PbKvService for Kv {
         } else {
             (self.oracle.current().await?, Retry::Read)
         };
-        let body = self
-            .router
-            .call_single(&span, "a txn", KvKind::KvTxn, t.encode_to_vec(), rr, retry)
-            .await?;
-        let mut resp: PbTxnResponse = decode(&body)?;
+        let single = match self.participants(&keys) {
+            Some(p) if p.len() > 1 => Err(errors::cross_range("a txn")),
+            _ => {
+                self.router
+                    .call_single(&span, "a txn", KvKind::KvTxn, t.encode_to_vec(), rr, retry)
+                    .await
+            }
+        };
+        let mut resp = match single {
+            Err(s) if errors::is_cross_range(&s) && writes => self.txn_cross(&t, &keys).await?,
+            Err(s) if errors::is_cross_range(&s) => self.txn_read_cross(&t, &keys, rr).await?,
+            other => decode(&other?)?,
+        };
         let rev = resp.header.map_or(rr, |h| h.revision);
         set_headers(&mut resp, self.header(rev));
         Ok(Response::new(resp))

@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod misc;
 mod mux;
 pub mod routing;
+mod txn;
 pub mod watch;
 
 use std::net::SocketAddr;

@@ -16,6 +16,7 @@ mod partition;
 mod planted;
 mod reads;
 mod writes;
+mod xtxn;
 
 use std::time::Duration;
 

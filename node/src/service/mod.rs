@@ -31,6 +31,7 @@ use strata_proto::strata::{
     AdminKind, AdminRequest, AdminResponse, Epoch, FeedMessage, FeedRequest, KvCalls, KvKind,
     KvRequest, KvResponse, NodeStatusRequest, NodeStatusResponse, RaftAck, RaftBatch,
     RangeDescriptor, RangeStatus, RouteError, RouteErrorKind, SnapshotAck, SnapshotChunk,
+    TxnDecision, TxnPart, TxnPrepare,
 };
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status, Streaming};
@@ -84,6 +85,11 @@ fn route_error(r: Option<&RangeShared>, e: NodeError) -> Result<RouteError, Stat
         (NodeError::RangeNotFound, _) => {
             route_err(RouteErrorKind::RangeNotFound, 0, "range not found")
         }
+        (NodeError::Busy, _) => route_err(
+            RouteErrorKind::ServerBusy,
+            0,
+            "range held by a transaction",
+        ),
         (NodeError::Etcd(s), _) => return Err(s),
     })
 }
@@ -112,7 +118,16 @@ enum Checked {
     Write,
     /// Ordered with writes but consumes no revision (compaction).
     Unstamped,
+    /// Phase one of a cross-range txn (`crate::txn`).
+    Prepare(u64),
+    /// A cross-range txn's commit (at this revision) or abort (0).
+    Decision(i64),
+    /// A cross-range read-only txn's part.
+    TxnRead,
 }
+
+/// The most participants a cross-range txn names.
+const MAX_TXN_PARTICIPANTS: usize = 1 << 16;
 
 /// Decodes and checks a request from the network before anything is
 /// proposed: a request that fails here never reaches the raft log.
@@ -153,6 +168,27 @@ fn check_request(kind: KvKind, body: &[u8]) -> NodeResult<Checked> {
             Checked::Write
         }
         KvKind::KvSplit => return Err(invalid("splits are proposed by the node itself")),
+        KvKind::KvTxnPrepare => {
+            let p: TxnPrepare = decode(body)?;
+            decode::<PbTxnRequest>(&p.txn)?;
+            if p.txn_id == 0 || p.participants.is_empty() || p.participants.len() > MAX_TXN_PARTICIPANTS {
+                return Err(invalid("a txn prepare needs a txn id and 1 to 65536 participants"));
+            }
+            Checked::Prepare(p.txn_id)
+        }
+        KvKind::KvTxnCommit | KvKind::KvTxnAbort => {
+            let d: TxnDecision = decode(body)?;
+            let commit = kind == KvKind::KvTxnCommit;
+            if d.txn_id == 0 || d.commit != commit || (commit && d.revision <= 0) {
+                return Err(invalid("a txn decision that does not match its kind"));
+            }
+            Checked::Decision(if commit { d.revision } else { 0 })
+        }
+        KvKind::KvTxnRead => {
+            let p: TxnPart = decode(body)?;
+            decode::<PbTxnRequest>(&p.txn)?;
+            Checked::TxnRead
+        }
     })
 }
 
@@ -172,6 +208,15 @@ impl NodeService {
 
     /// Are the request's keys inside the range as it is now?
     fn within(r: &RangeShared, kind: KvKind, body: &[u8]) -> NodeResult<()> {
+        if kind == KvKind::KvTxnRead {
+            // Its keys span ranges: it is this range's part as the router
+            // saw the range; a split since then changed that part.
+            let p: TxnPart = decode(body)?;
+            return match r.epoch().version == p.version {
+                true => Ok(()),
+                false => Err(NodeError::EpochNotMatch),
+            };
+        }
         match keys_within(kind, body, &desc_range(&r.desc.read())) {
             Ok(true) => Ok(()),
             Ok(false) => Err(NodeError::EpochNotMatch),
@@ -301,6 +346,43 @@ impl NodeService {
                     read_txn(v, &t).map(|x| x.encode_to_vec())
                 })
                 .await
+            }
+            Checked::TxnRead => {
+                let p: TxnPart = decode(&request)?;
+                let t: PbTxnRequest = decode(&p.txn)?;
+                let span = desc_range(&r.desc.read());
+                let rr = req.read_revision;
+                if rr <= 0 {
+                    return Err(invalid("a txn part is read at a revision"));
+                }
+                self.read(r, kind, &request, (rr, 0), false, move |v| {
+                    crate::txn::read_part(v, &t, &p.path, &span).map(|x| x.encode_to_vec())
+                })
+                .await
+            }
+            Checked::Prepare(txn_id) => {
+                self.submit(r, |reply| SeqItem::Prepare {
+                    txn_id,
+                    request,
+                    reply,
+                })
+                .await
+            }
+            Checked::Decision(revision) => {
+                let (tx, rx) = oneshot::channel();
+                self.sequencers
+                    .get(r.desc.read().id)
+                    .decide(crate::sequencer::Decision {
+                        kind,
+                        revision,
+                        request,
+                        reply: tx,
+                    })?;
+                match tokio::time::timeout(WRITE_TIMEOUT, rx).await {
+                    Ok(Ok(res)) => res,
+                    Ok(Err(_)) => Err(errors::leader_changed().into()),
+                    Err(_) => Err(errors::timeout().into()),
+                }
             }
             Checked::Unstamped | Checked::Write => {
                 let stamped = matches!(checked, Checked::Write);

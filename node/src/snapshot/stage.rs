@@ -130,6 +130,8 @@ pub struct Installed {
     pub compacted: i64,
     pub applied_rev: i64,
     pub index: u64,
+    /// The cross-range txn the range was frozen by (`crate::txn`).
+    pub intent: Option<strata_proto::strata::TxnIntent>,
 }
 
 /// Installs the staged snapshot the record describes (B1..Bf above).
@@ -195,6 +197,10 @@ fn install_until(
         &header.revoked_leases,
         header.revoked_next_seq,
     )?;
+    match &header.txn_intent {
+        Some(i) => wb.put(Cf::Meta, crate::txn::intent_key(range_id), i.encode_to_vec()),
+        None => wb.delete(Cf::Meta, crate::txn::intent_key(range_id)),
+    }
     wb.delete(Cf::Meta, install_key(range_id));
     stage_clear(&mut wb, range_id);
     db.write(&wb, true)?;
@@ -203,6 +209,7 @@ fn install_until(
         compacted: header.compacted,
         applied_rev: header.applied_revision,
         index: rec.index,
+        intent: header.txn_intent.clone(),
     }))
 }
 

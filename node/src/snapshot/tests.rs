@@ -275,6 +275,7 @@ fn install_interrupted_after_k_chunks_is_redone_on_restart(t: &mut TestEngine) {
         compacted: 3,
         applied_rev: 42,
         index: 30,
+        intent: None,
     };
     assert_eq!(stage::install(&*db, RANGE, &rec).unwrap(), want_meta);
     assert_eq!(data_in(&*db, b"k", b"l"), want);

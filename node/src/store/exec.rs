@@ -32,7 +32,9 @@ use strata_proto::etcd::{
     PbCompactionRequest, PbCompactionResponse, PbDeleteRequest, PbLeaseRevokeRequest, PbPutRequest,
     PbTxnRequest,
 };
-use strata_proto::strata::{FeedMessage, KvKind, RangeCommand, RangeDescriptor, SplitCommand};
+use strata_proto::strata::{
+    FeedMessage, KvKind, RangeCommand, RangeDescriptor, SplitCommand, TxnIntent,
+};
 use tonic::Status;
 
 use super::replica::RangeShared;
@@ -57,6 +59,8 @@ pub(super) struct Applied {
     pub desc: Option<RangeDescriptor>,
     /// A range created by a split.
     pub child: Option<RangeDescriptor>,
+    /// The range's new txn intent (`Some(None)`: none any more).
+    pub intent: Option<Option<Arc<TxnIntent>>>,
 }
 
 impl Default for Applied {
@@ -68,12 +72,13 @@ impl Default for Applied {
             compacted: None,
             desc: None,
             child: None,
+            intent: None,
         }
     }
 }
 
 impl Applied {
-    fn answer(result: NodeResult<Vec<u8>>) -> Self {
+    pub(super) fn answer(result: NodeResult<Vec<u8>>) -> Self {
         Self {
             result,
             ..Default::default()
@@ -81,7 +86,7 @@ impl Applied {
     }
 
     /// A command that applies as an error, identically on every replica.
-    fn invalid(msg: impl std::fmt::Display) -> Self {
+    pub(super) fn invalid(msg: impl std::fmt::Display) -> Self {
         crate::metrics::BAD_ENTRIES.inc();
         Self::answer(Err(
             Status::invalid_argument(format!("strata: {msg}")).into()
@@ -216,6 +221,9 @@ impl Store {
             if let Some(rev) = applied.applied_rev {
                 shared.applied_rev.store(rev, Ordering::Release);
             }
+            if let Some(i) = applied.intent {
+                *shared.intent.write() = i;
+            }
             if let Some(m) = applied.feed {
                 let _ = shared.feed.send(Arc::new(m));
             }
@@ -255,7 +263,20 @@ impl Store {
                 cmd.kind
             )));
         };
+        // A range frozen by a cross-range txn applies nothing else until
+        // the txn is decided (see `crate::txn`): certainly not applied, so
+        // the router sends it again.
+        let txn_cmd = matches!(
+            kind,
+            KvKind::KvTxnPrepare | KvKind::KvTxnCommit | KvKind::KvTxnAbort
+        );
+        if !txn_cmd && shared.intent.read().is_some() {
+            return Ok(Applied::answer(Err(NodeError::Busy)));
+        }
         match kind {
+            KvKind::KvTxnPrepare | KvKind::KvTxnCommit | KvKind::KvTxnAbort => {
+                self.exec_txn_command(&shared, kind, cmd, prev_rev, wb)
+            }
             KvKind::KvCompact => self.exec_compact(&shared, &cmd.request, wb),
             KvKind::KvSplit => match SplitCommand::decode(&cmd.request[..]) {
                 Ok(sc) => self.exec_split(&shared, &sc, wb),
@@ -266,7 +287,7 @@ impl Store {
             | KvKind::KvTxn
             | KvKind::KvLeaseRevoke
             | KvKind::KvLeaseGrant => self.exec_write(&shared, kind, cmd, prev_rev, wb),
-            KvKind::KvRange => Ok(Applied::invalid("a read is not a command")),
+            KvKind::KvRange | KvKind::KvTxnRead => Ok(Applied::invalid("a read is not a command")),
         }
     }
 

@@ -24,11 +24,12 @@ pub(crate) fn compacted_key(range_id: u64) -> Vec<u8> {
 }
 
 /// Every per-range meta key of `range_id` (for destroying a replica).
-pub(crate) fn all_keys(range_id: u64) -> [Vec<u8>; 3] {
+pub(crate) fn all_keys(range_id: u64) -> [Vec<u8>; 4] {
     [
         desc_key(range_id),
         compacted_key(range_id),
         maxrev_key(range_id),
+        crate::txn::intent_key(range_id),
     ]
 }
 

@@ -29,6 +29,7 @@ mod ready;
 mod replica;
 mod snapshot;
 mod split;
+mod txn;
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64};
@@ -251,6 +252,7 @@ impl Store {
             approx_keys: AtomicU64::new(0),
             approx_bytes: AtomicU64::new(0),
             data_gen: AtomicU64::new(0),
+            intent: parking_lot::RwLock::new(crate::txn::load_intent(&*self.db, desc.id)?.map(Arc::new)),
         });
         raw.store()
             .set_snapshot_header(snapshot::header_fn(desc.id));
@@ -269,6 +271,7 @@ impl Store {
                 quiesced: false,
                 idle_ticks: 0,
                 install: None,
+                recent_txns: VecDeque::new(),
             },
         );
         self.touched.insert(desc.id);

@@ -106,13 +106,19 @@ impl Replica {
     }
 
     /// Completes the reads whose read index is applied and below whose
-    /// revision no stamped write is still unapplied.
+    /// revision no stamped write is still unapplied (nor a pending txn's).
     pub(super) fn complete_reads(&mut self) {
         if self.reads.is_empty() {
             return;
         }
         let applied = self.raw.raft.raft_log.applied;
-        let lowest_pending = self.pending_revs.first().copied().unwrap_or(i64::MAX);
+        let mut lowest_pending = self.pending_revs.first().copied().unwrap_or(i64::MAX);
+        // A txn holding the range commits above every revision applied here
+        // (see `crate::txn`): nothing past the applied revision is closed.
+        if self.shared.intent.read().is_some() {
+            let next = self.shared.applied_rev.load(std::sync::atomic::Ordering::Acquire) + 1;
+            lowest_pending = lowest_pending.min(next);
+        }
         let mut i = 0;
         while i < self.reads.len() {
             let w = &self.reads[i];

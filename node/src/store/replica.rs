@@ -49,6 +49,10 @@ pub(super) struct Replica {
     /// A received snapshot raft took, until its data is installed: the
     /// replica is paused meanwhile (see `snapshot.rs`).
     pub install: Option<Install>,
+    /// The answers of the last cross-range txn commits applied here (txn
+    /// id, this range's share of the response), for a coordinator asking
+    /// again after a leader change.
+    pub recent_txns: VecDeque<(u64, Vec<u8>)>,
 }
 
 /// Where a received snapshot is on its way in.

@@ -149,4 +149,6 @@ unimplemented_rest! {
     list_routers(ListRoutersRequest) -> ListRoutersResponse;
     auth_change(AuthChangeRequest) -> AuthStateReply;
     auth_state(AuthStateRequest) -> AuthStateReply;
+    txn_decide(TxnDecideRequest) -> TxnDecideResponse;
+    txn_forget(TxnForgetRequest) -> TxnForgetResponse;
 }

@@ -132,6 +132,18 @@ pub struct Router {
 pub enum Retry {
     Read,
     Write,
+    /// A cross-range txn's prepare: as `Write`, but a range held by another
+    /// txn answers at once ([`is_busy`]) instead of being waited for.
+    Prepare,
+}
+
+/// A range another cross-range txn holds (only with `Retry::Prepare`).
+pub fn busy_range() -> Status {
+    Status::aborted("strata: range held by another transaction")
+}
+
+pub fn is_busy(s: &Status) -> bool {
+    s.code() == Code::Aborted && s.message() == busy_range().message()
 }
 
 fn overlaps(a: &KeyRange, b: &KeyRange) -> bool {
@@ -308,7 +320,7 @@ impl Router {
         }
     }
 
-    fn cached(&self, range_id: u64) -> Option<CachedRange> {
+    pub fn cached(&self, range_id: u64) -> Option<CachedRange> {
         self.ranges.read().get(range_id).cloned()
     }
 
@@ -475,6 +487,11 @@ impl Router {
                                 // The range changed shape: the caller re-resolves.
                                 return Err(stale_range());
                             }
+                            if retry == Retry::Prepare
+                                && e.kind == RouteErrorKind::ServerBusy as i32
+                            {
+                                return Err(busy_range());
+                            }
                             tokio::time::sleep(backoff).await;
                             range = self.cached(range.desc.id).unwrap_or(range);
                             if e.kind == RouteErrorKind::NotLeader as i32 {
@@ -486,7 +503,7 @@ impl Router {
                 Err(s) => {
                     let retryable = match retry {
                         Retry::Read => s.code() == Code::Unavailable || connect_failure(&s),
-                        Retry::Write => connect_failure(&s),
+                        Retry::Write | Retry::Prepare => connect_failure(&s),
                     };
                     if !retryable {
                         // A broken connection is not the client's error: report
