@@ -2,6 +2,8 @@ fn main() {
     println!("cargo:rerun-if-changed=proto/strata.proto");
     println!("cargo:rerun-if-changed=proto/etcd");
     tonic_prost_build::configure()
+        // Rare and large: kept off the stack of every snapshot header.
+        .boxed(".strata.RangeSnapshotHeader.txn_intent")
         .compile_protos(&["proto/strata.proto"], &["proto"])
         .expect("compile proto/strata.proto (is protoc installed?)");
     // etcd's Auth service, served by the router (see proto/etcd/auth.proto).

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use strata_proto::errors;
 use strata_proto::etcd::{
     PbCompare, PbDeleteRequest, PbDeleteResponse, PbPutRequest, PbPutResponse, PbRangeRequest,
-    PbRangeResponse, PbResponseHeader, PbResponseOp, PbTxnOpRequest,
-    PbTxnOpResponse, PbTxnRequest, PbTxnResponse,
+    PbRangeResponse, PbResponseHeader, PbResponseOp, PbTxnOpRequest, PbTxnOpResponse, PbTxnRequest,
+    PbTxnResponse,
 };
 use strata_proto::strata::{FeedEvent, FeedKv, MvccValue};
 use tonic::Status;

@@ -409,7 +409,7 @@ async fn run(
             _ = tokio::time::sleep(HOLD_RECHECK), if held => {}
         }
         let ok = if s.held() {
-            let items: Vec<SeqItem> = batch.drain(..).collect();
+            let items = std::mem::take(&mut batch);
             s.hold(items.into_iter()).await
         } else {
             let mut items: Vec<SeqItem> = s.waiting.drain(..).collect();

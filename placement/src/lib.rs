@@ -16,8 +16,8 @@ pub mod routers;
 pub mod scheduler;
 pub mod service;
 mod span_walk;
-pub mod txn;
 pub mod state;
+pub mod txn;
 
 use std::net::SocketAddr;
 

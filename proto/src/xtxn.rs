@@ -223,10 +223,7 @@ mod tests {
         let p = path(&t, &[true, false, true]).unwrap();
         assert_eq!(p, [true, false, true]);
         // a holds: x and the nested txn run; in it b fails, so z runs.
-        assert_eq!(
-            ops_on_path(&t, &p),
-            [true, true, false, true, false, false]
-        );
+        assert_eq!(ops_on_path(&t, &p), [true, true, false, true, false, false]);
         // a fails: only the failure branch's txn and (c holds) w.
         let p = path(&t, &[false, true, true]).unwrap();
         assert_eq!(

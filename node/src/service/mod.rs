@@ -85,11 +85,9 @@ fn route_error(r: Option<&RangeShared>, e: NodeError) -> Result<RouteError, Stat
         (NodeError::RangeNotFound, _) => {
             route_err(RouteErrorKind::RangeNotFound, 0, "range not found")
         }
-        (NodeError::Busy, _) => route_err(
-            RouteErrorKind::ServerBusy,
-            0,
-            "range held by a transaction",
-        ),
+        (NodeError::Busy, _) => {
+            route_err(RouteErrorKind::ServerBusy, 0, "range held by a transaction")
+        }
         (NodeError::Etcd(s), _) => return Err(s),
     })
 }
@@ -171,8 +169,13 @@ fn check_request(kind: KvKind, body: &[u8]) -> NodeResult<Checked> {
         KvKind::KvTxnPrepare => {
             let p: TxnPrepare = decode(body)?;
             decode::<PbTxnRequest>(&p.txn)?;
-            if p.txn_id == 0 || p.participants.is_empty() || p.participants.len() > MAX_TXN_PARTICIPANTS {
-                return Err(invalid("a txn prepare needs a txn id and 1 to 65536 participants"));
+            if p.txn_id == 0
+                || p.participants.is_empty()
+                || p.participants.len() > MAX_TXN_PARTICIPANTS
+            {
+                return Err(invalid(
+                    "a txn prepare needs a txn id and 1 to 65536 participants",
+                ));
             }
             Checked::Prepare(p.txn_id)
         }

@@ -159,7 +159,7 @@ impl SnapshotReceiver {
         };
         let msg = StoreMsg::Snapshot {
             env,
-            staged,
+            staged: Box::new(staged),
             reply: tx,
         };
         match tokio::time::timeout(ACK_TIMEOUT / 2, self.store.send(msg)).await {

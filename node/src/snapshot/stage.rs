@@ -131,7 +131,7 @@ pub struct Installed {
     pub applied_rev: i64,
     pub index: u64,
     /// The cross-range txn the range was frozen by (`crate::txn`).
-    pub intent: Option<strata_proto::strata::TxnIntent>,
+    pub intent: Option<Box<strata_proto::strata::TxnIntent>>,
 }
 
 /// Installs the staged snapshot the record describes (B1..Bf above).
@@ -198,7 +198,11 @@ fn install_until(
         header.revoked_next_seq,
     )?;
     match &header.txn_intent {
-        Some(i) => wb.put(Cf::Meta, crate::txn::intent_key(range_id), i.encode_to_vec()),
+        Some(i) => wb.put(
+            Cf::Meta,
+            crate::txn::intent_key(range_id),
+            i.encode_to_vec(),
+        ),
         None => wb.delete(Cf::Meta, crate::txn::intent_key(range_id)),
     }
     wb.delete(Cf::Meta, install_key(range_id));

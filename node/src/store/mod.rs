@@ -102,7 +102,7 @@ pub enum StoreMsg {
     /// A received MsgSnapshot whose data is all staged (`crate::snapshot`).
     Snapshot {
         env: RaftEnvelope,
-        staged: crate::snapshot::StagedSnapshot,
+        staged: Box<crate::snapshot::StagedSnapshot>,
         reply: crate::snapshot::recv::StepReply,
     },
     /// Background snapshot work has news (see `snapshot.rs`).
@@ -252,7 +252,9 @@ impl Store {
             approx_keys: AtomicU64::new(0),
             approx_bytes: AtomicU64::new(0),
             data_gen: AtomicU64::new(0),
-            intent: parking_lot::RwLock::new(crate::txn::load_intent(&*self.db, desc.id)?.map(Arc::new)),
+            intent: parking_lot::RwLock::new(
+                crate::txn::load_intent(&*self.db, desc.id)?.map(Arc::new),
+            ),
         });
         raw.store()
             .set_snapshot_header(snapshot::header_fn(desc.id));
@@ -350,7 +352,7 @@ impl Store {
         match m {
             StoreMsg::Tick | StoreMsg::Wake => {}
             StoreMsg::Stop(done) => self.stop = Some(done),
-            StoreMsg::Snapshot { env, staged, reply } => self.step_snapshot(env, staged, reply),
+            StoreMsg::Snapshot { env, staged, reply } => self.step_snapshot(env, *staged, reply),
             StoreMsg::NodesDown(down) => self.nodes_down(&down),
             StoreMsg::Create(desc) => self.on_create(desc),
             StoreMsg::Raft(env) => self.step(env),

@@ -116,7 +116,11 @@ impl Replica {
         // A txn holding the range commits above every revision applied here
         // (see `crate::txn`): nothing past the applied revision is closed.
         if self.shared.intent.read().is_some() {
-            let next = self.shared.applied_rev.load(std::sync::atomic::Ordering::Acquire) + 1;
+            let next = self
+                .shared
+                .applied_rev
+                .load(std::sync::atomic::Ordering::Acquire)
+                + 1;
             lowest_pending = lowest_pending.min(next);
         }
         let mut i = 0;

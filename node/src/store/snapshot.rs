@@ -52,7 +52,7 @@ pub(super) fn header_fn(range_id: u64) -> SnapshotHeaderFn {
             applied_revision: meta::load_i64(view, &meta::maxrev_key(range_id))?,
             revoked_leases,
             revoked_next_seq,
-            txn_intent: crate::txn::load_intent(view, range_id)?,
+            txn_intent: crate::txn::load_intent(view, range_id)?.map(Box::new),
         }
         .encode_to_vec())
     })
@@ -352,7 +352,7 @@ impl Store {
             .applied_rev
             .store(st.applied_rev, Ordering::Release);
         r.shared.applied_index.store(st.index, Ordering::Release);
-        *r.shared.intent.write() = st.intent.map(Arc::new);
+        *r.shared.intent.write() = st.intent.map(|i| Arc::new(*i));
         r.shared.data_gen.fetch_add(1, Ordering::AcqRel);
         r.install = None;
         r.fail_proposals_through(st.index);

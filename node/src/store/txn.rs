@@ -7,9 +7,7 @@ use std::sync::Arc;
 
 use prost::Message as _;
 use strata_proto::etcd::PbTxnRequest;
-use strata_proto::strata::{
-    FeedMessage, KvKind, RangeCommand, TxnDecision, TxnIntent, TxnPrepare,
-};
+use strata_proto::strata::{FeedMessage, KvKind, RangeCommand, TxnDecision, TxnIntent, TxnPrepare};
 use tonic::Status;
 
 use super::exec::Applied;
@@ -48,7 +46,9 @@ impl Store {
                 Ok(d) if kind == KvKind::KvTxnAbort && !d.commit => {
                     Ok(self.exec_abort(shared, d.txn_id, wb))
                 }
-                Ok(_) => Ok(Applied::invalid("a txn decision that does not match its command")),
+                Ok(_) => Ok(Applied::invalid(
+                    "a txn decision that does not match its command",
+                )),
                 Err(e) => Ok(Applied::invalid(format!("bad txn decision: {e}"))),
             },
         }
@@ -124,9 +124,16 @@ impl Store {
         if rev <= prev_rev {
             // Cannot happen (the range was frozen before the revision was
             // handed out); refused rather than applied out of order.
-            tracing::error!(range = range_id, rev, prev_rev, "txn commit below the applied revision");
+            tracing::error!(
+                range = range_id,
+                rev,
+                prev_rev,
+                "txn commit below the applied revision"
+            );
             crate::metrics::REVISION_ORDER_REFUSED.inc();
-            return Ok(Applied::invalid("txn commit revision below the applied revision"));
+            return Ok(Applied::invalid(
+                "txn commit revision below the applied revision",
+            ));
         }
         let span = desc_range(&shared.desc.read());
         let t = PbTxnRequest::decode(&intent.txn[..]).unwrap_or_default();
@@ -148,7 +155,11 @@ impl Store {
             Ok(_) => {}
             // Prepare checked every op that can fail on the range's state,
             // which has not changed since: this is a bug, not a client error.
-            Err(e) => tracing::error!(range = range_id, txn = d.txn_id, "txn part failed at commit: {e}"),
+            Err(e) => tracing::error!(
+                range = range_id,
+                txn = d.txn_id,
+                "txn part failed at commit: {e}"
+            ),
         }
         shared.writes.fetch_add(1, Ordering::Relaxed);
         wb.put(Cf::Meta, meta::maxrev_key(range_id), rev.to_be_bytes());
@@ -166,7 +177,12 @@ impl Store {
         Ok(out)
     }
 
-    fn exec_abort(&mut self, shared: &Arc<RangeShared>, txn_id: u64, wb: &mut WriteBatch) -> Applied {
+    fn exec_abort(
+        &mut self,
+        shared: &Arc<RangeShared>,
+        txn_id: u64,
+        wb: &mut WriteBatch,
+    ) -> Applied {
         let mut out = Applied::answer(Ok(Vec::new()));
         if shared.intent_id() == Some(txn_id) {
             wb.delete(Cf::Meta, intent_key(shared.desc.read().id));

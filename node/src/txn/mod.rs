@@ -82,9 +82,7 @@ pub fn eval_compares(
             let kvs = view.range_at(&kr, view.rev)?;
             Ok(CompareEval {
                 keys: kvs.len() as u64,
-                all_true: kvs
-                    .iter()
-                    .all(|v| xtxn::compare_one(c, Some(&fields(v)))),
+                all_true: kvs.iter().all(|v| xtxn::compare_one(c, Some(&fields(v)))),
             })
         })
         .collect()
@@ -161,8 +159,5 @@ pub fn read_part(
         crate::apply::fix_headers(&mut resp, view.rev);
         resp.encode_to_vec()
     };
-    Ok(strata_proto::strata::TxnPartResult {
-        compares,
-        response,
-    })
+    Ok(strata_proto::strata::TxnPartResult { compares, response })
 }

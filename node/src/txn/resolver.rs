@@ -48,9 +48,18 @@ pub async fn run(ranges: Ranges, seqs: Sequencers, placement: PlacementConn) {
                 match resolve(range_id, &intent, &seqs, &mut placement).await {
                     Ok(commit) => {
                         crate::metrics::txn_resolved(commit);
-                        tracing::info!(range = range_id, txn = intent.txn_id, commit, "resolved an abandoned txn");
+                        tracing::info!(
+                            range = range_id,
+                            txn = intent.txn_id,
+                            commit,
+                            "resolved an abandoned txn"
+                        );
                     }
-                    Err(e) => tracing::warn!(range = range_id, txn = intent.txn_id, "txn resolution failed: {e}"),
+                    Err(e) => tracing::warn!(
+                        range = range_id,
+                        txn = intent.txn_id,
+                        "txn resolution failed: {e}"
+                    ),
                 }
                 busy.lock().remove(&range_id);
             });

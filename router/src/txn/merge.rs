@@ -4,8 +4,8 @@
 //! as a Range over several ranges is (count, sort, limit over the whole).
 
 use strata_proto::etcd::{
-    PbDeleteResponse, PbRangeResponse, PbResponseOp, PbTxnOpRequest, PbTxnOpResponse,
-    PbTxnRequest, PbTxnResponse,
+    PbDeleteResponse, PbRangeResponse, PbResponseOp, PbTxnOpRequest, PbTxnOpResponse, PbTxnRequest,
+    PbTxnResponse,
 };
 use tonic::Status;
 

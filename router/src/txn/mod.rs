@@ -112,8 +112,13 @@ impl Kv {
                 txn: body.clone(),
                 version: p.desc.epoch.unwrap_or_default().version,
             };
-            self.router
-                .call(p, KvKind::KvTxnPrepare, req.encode_to_vec(), 0, Retry::Prepare)
+            self.router.call(
+                p,
+                KvKind::KvTxnPrepare,
+                req.encode_to_vec(),
+                0,
+                Retry::Prepare,
+            )
         });
         let answers = join_all(prepares).await;
         let mut prepared: Vec<TxnPrepared> = Vec::with_capacity(parts.len());
@@ -149,7 +154,9 @@ impl Kv {
         let compares = xtxn::compares(t);
         if prepared.iter().any(|p| p.compares.len() != compares.len()) {
             self.abort(txn_id, parts).await;
-            return Err(fail(Status::internal("strata: a prepare answered the wrong compares")));
+            return Err(fail(Status::internal(
+                "strata: a prepare answered the wrong compares",
+            )));
         }
         let results: Vec<bool> = compares
             .iter()
@@ -168,7 +175,10 @@ impl Kv {
             return Err(fail(Status::new(Code::from(e.code), e.message.clone())));
         }
         if crate::failpoint::on("txn_stall_after_prepare") {
-            tracing::warn!(txn = txn_id, "failpoint: stalled between prepare and commit");
+            tracing::warn!(
+                txn = txn_id,
+                "failpoint: stalled between prepare and commit"
+            );
             std::future::pending::<()>().await;
         }
         let rev = self.oracle.alloc(1).await.map_err(fail)?;
@@ -219,7 +229,9 @@ impl Kv {
             // Committed (the decision is recorded): a lost share is an
             // outcome the client cannot see, reported as etcd reports a
             // request whose outcome is unknown.
-            out.push(decode::<PbTxnResponse>(&s.map_err(|_| fail(errors::timeout()))?).map_err(fail)?);
+            out.push(
+                decode::<PbTxnResponse>(&s.map_err(|_| fail(errors::timeout()))?).map_err(fail)?,
+            );
         }
         let owner = |key: &[u8]| parts.iter().position(|p| p.key_range().contains(key));
         let mut resp = merge::merge(t, &out, &owner).map_err(fail)?;
@@ -238,7 +250,11 @@ impl Kv {
         let deadline = Instant::now() + self.router.request_timeout;
         let mut range = p.clone();
         loop {
-            match self.router.call(&range, kind, body.clone(), 0, Retry::Read).await {
+            match self
+                .router
+                .call(&range, kind, body.clone(), 0, Retry::Read)
+                .await
+            {
                 Err(s) if is_stale(&s) && Instant::now() < deadline => {
                     let _ = self.router.refresh().await;
                     range = self.router.cached(p.desc.id).unwrap_or(range);
@@ -322,7 +338,9 @@ impl Kv {
         } else {
             let evals = self.read_round(t, parts, rr, Vec::new()).await?;
             if evals.iter().any(|p| p.compares.len() != compares.len()) {
-                return Err(Status::internal("strata: a txn part answered the wrong compares"));
+                return Err(Status::internal(
+                    "strata: a txn part answered the wrong compares",
+                ));
             }
             let results: Vec<bool> = compares
                 .iter()

@@ -37,12 +37,11 @@ pub async fn split_at(c: &Cluster, keys: &[String]) {
         assert!(resp.into_inner().error.is_none());
     }
     let want = keys.len() + 1;
-    eventually(Duration::from_secs(20), "every node hosts every range", || {
-        c.nodes
-            .iter()
-            .all(|n| n.ranges.len() >= want)
-            .then_some(())
-    })
+    eventually(
+        Duration::from_secs(20),
+        "every node hosts every range",
+        || c.nodes.iter().all(|n| n.ranges.len() >= want).then_some(()),
+    )
     .await;
 }
 
@@ -58,7 +57,9 @@ pub async fn get_int(c: &mut Client, key: &str) -> (i64, i64) {
         .unwrap_or_else(|e| panic!("get {key}: {e}"));
     let kv = &r.kvs()[0];
     (
-        String::from_utf8_lossy(kv.value()).parse().expect("an integer"),
+        String::from_utf8_lossy(kv.value())
+            .parse()
+            .expect("an integer"),
         kv.mod_revision(),
     )
 }
@@ -87,9 +88,13 @@ pub async fn put_all(c: &mut Client, kvs: &[(String, String)]) -> i64 {
         .iter()
         .map(|(k, v)| TxnOp::put(k.as_str(), v.as_str(), None))
         .collect();
-    let r = within(Duration::from_secs(15), "txn", c.txn(Txn::new().and_then(ops)))
-        .await
-        .expect("cross-range txn");
+    let r = within(
+        Duration::from_secs(15),
+        "txn",
+        c.txn(Txn::new().and_then(ops)),
+    )
+    .await
+    .expect("cross-range txn");
     assert!(r.succeeded());
     r.header().unwrap().revision()
 }

@@ -37,7 +37,9 @@ async fn bank_transfers_over_20_ranges_keep_the_total_with_no_client_errors() {
         workers.push(tokio::spawn(async move {
             let mut seed = w * 7919 + 17;
             let mut next = move |n: u64| {
-                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 (seed >> 33) % n
             };
             for _ in 0..25 {
@@ -95,14 +97,20 @@ async fn delete_prefix_over_20_ranges_is_one_revision_and_one_watch_response() {
     let mut events = within(
         Duration::from_secs(10),
         "watch",
-        kv.watch("del/", Some(WatchOptions::new().with_prefix().with_prev_key())),
+        kv.watch(
+            "del/",
+            Some(WatchOptions::new().with_prefix().with_prev_key()),
+        ),
     )
     .await
     .expect("watch");
     let del = within(
         Duration::from_secs(15),
         "delete",
-        kv.delete("del/", Some(DeleteOptions::new().with_prefix().with_prev_key())),
+        kv.delete(
+            "del/",
+            Some(DeleteOptions::new().with_prefix().with_prev_key()),
+        ),
     )
     .await
     .expect("delete over 21 ranges");
@@ -117,7 +125,11 @@ async fn delete_prefix_over_20_ranges_is_one_revision_and_one_watch_response() {
     // The watcher gets the whole delete in one response, at its revision.
     let resp = within(Duration::from_secs(10), "watch response", async {
         loop {
-            let r = events.message().await.expect("watch stream").expect("a response");
+            let r = events
+                .message()
+                .await
+                .expect("watch stream")
+                .expect("a response");
             if !r.events().is_empty() {
                 return r; // (the first answer only says the watch was created)
             }
@@ -142,7 +154,10 @@ async fn cross_range_txn_has_etcds_response_shape() {
     let mut kv = c.client().await;
     let first = put_all(
         &mut kv,
-        &[("shape/00".into(), "a".into()), ("shape/03".into(), "b".into())],
+        &[
+            ("shape/00".into(), "a".into()),
+            ("shape/03".into(), "b".into()),
+        ],
     )
     .await;
     // A compare in one range picks the branch; a nested txn's compare in
@@ -195,11 +210,17 @@ async fn cross_range_txn_has_etcds_response_shape() {
     }
     let now = list(&mut kv, "shape/", 0).await;
     let keys: Vec<(&str, i64)> = now.iter().map(|(k, _, r)| (k.as_str(), *r)).collect();
-    assert_eq!(keys, [("shape/01", rev), ("shape/03", first), ("shape/04", rev)]);
+    assert_eq!(
+        keys,
+        [("shape/01", rev), ("shape/03", first), ("shape/04", rev)]
+    );
     // A read-only txn over several ranges reads one revision.
     let ro = Txn::new()
         .when(vec![Compare::value("shape/01", CompareOp::Equal, "x")])
-        .and_then(vec![TxnOp::get("shape/", Some(GetOptions::new().with_prefix()))]);
+        .and_then(vec![TxnOp::get(
+            "shape/",
+            Some(GetOptions::new().with_prefix()),
+        )]);
     let r = within(Duration::from_secs(15), "read txn", kv.txn(ro))
         .await
         .expect("read txn");
@@ -235,7 +256,11 @@ async fn mutex_recipe_over_ranges_excludes() {
                 let lease = kv.lease_grant(30, None).await.expect("lease").id();
                 let me = format!("lock/{w:02}");
                 let t = Txn::new()
-                    .when(vec![Compare::create_revision(me.as_str(), CompareOp::Equal, 0)])
+                    .when(vec![Compare::create_revision(
+                        me.as_str(),
+                        CompareOp::Equal,
+                        0,
+                    )])
                     .and_then(vec![
                         TxnOp::put(me.as_str(), "", Some(PutOptions::new().with_lease(lease))),
                         TxnOp::get("lock/", Some(first_create())),
@@ -261,7 +286,9 @@ async fn mutex_recipe_over_ranges_excludes() {
                     .unwrap()
                     .parse()
                     .unwrap();
-                kv.put("counter", (n + 1).to_string(), None).await.expect("put");
+                kv.put("counter", (n + 1).to_string(), None)
+                    .await
+                    .expect("put");
                 kv.delete(me.as_str(), None).await.expect("unlock");
                 kv.lease_revoke(lease).await.expect("revoke");
             }

@@ -12,13 +12,20 @@ use crate::{put, within};
 async fn stalled_txn(c: &Cluster, point: &str) -> Vec<(String, String)> {
     split_at(c, &split_keys("x/", 20)).await;
     let mut kv = c.client().await;
-    let before: Vec<(String, String)> = (0..21).map(|i| (format!("x/{i:02}"), "old".into())).collect();
+    let before: Vec<(String, String)> = (0..21)
+        .map(|i| (format!("x/{i:02}"), "old".into()))
+        .collect();
     put_all(&mut kv, &before).await;
     fail::cfg(point, "1*return").unwrap();
-    let after: Vec<(String, String)> = (0..21).map(|i| (format!("x/{i:02}"), "new".into())).collect();
+    let after: Vec<(String, String)> = (0..21)
+        .map(|i| (format!("x/{i:02}"), "new".into()))
+        .collect();
     // The router stops inside the protocol: the client gives up.
     let stuck = tokio::time::timeout(Duration::from_secs(1), put_all(&mut kv, &after)).await;
-    assert!(stuck.is_err(), "the txn returned although its coordinator stalled");
+    assert!(
+        stuck.is_err(),
+        "the txn returned although its coordinator stalled"
+    );
     before
 }
 
