@@ -126,8 +126,14 @@ impl Profile {
                 })
             }
             72..=75 => {
-                // Two keys next to each other (often one range, sometimes two).
-                let other = self.key((self.index(&key) + 1) % self.keys());
+                // Two keys next to each other (often one range, sometimes
+                // two) or anywhere (several ranges once the keyspace split):
+                // a cross-range txn.
+                let step = match rng.random_bool(0.5) {
+                    true => 1,
+                    false => rng.random_range(1..self.keys().max(2)),
+                };
+                let other = self.key((self.index(&key) + step) % self.keys());
                 Request::Txn(TxnReq {
                     compares: vec![Compare {
                         key: key.clone(),
@@ -147,7 +153,9 @@ impl Profile {
                 ..DeleteReq::default()
             }),
             82..=83 => {
-                let (start, end) = self.slice(rng, 1);
+                // ~10 or ~100 keys: often over several ranges.
+                let width = rng.random_range(1..=2);
+                let (start, end) = self.slice(rng, width);
                 Request::Delete(DeleteReq {
                     key: start,
                     end,

@@ -71,3 +71,45 @@ async fn coordinator_gone_after_deciding_commits_everywhere_at_one_revision() {
     let revs: BTreeSet<i64> = seen.iter().map(|(_, _, r)| *r).collect();
     assert_eq!(revs.len(), 1, "one revision: {seen:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_participant_leader_change_keeps_the_intent_and_it_is_resolved() {
+    let _fp = fail::FailScenario::setup();
+    let c = Cluster::start(Opts::default()).await;
+    let before = stalled_txn(&c, "txn_stall_after_prepare").await;
+    let range_of = |n: &strata_node::NodeHandle| {
+        n.ranges
+            .iter()
+            .find(|r| r.desc.read().start_key == b"x/05")
+            .map(|r| r.clone())
+            .expect("the range of x/05")
+    };
+    // The intent is replicated: every replica of a participant holds it.
+    let rid = range_of(&c.nodes[0]).desc.read().id;
+    for n in &c.nodes {
+        assert!(
+            range_of(n).intent_id().is_some(),
+            "replica without the intent"
+        );
+    }
+    let l = c.wait_leader(rid).await;
+    let to = c.others(l)[0];
+    c.transfer_leader(rid, to).await;
+    let mut kv = c.client().await;
+    within(Duration::from_secs(20), "writes after resolution", async {
+        for (k, _) in &before {
+            put(&mut kv, &format!("{k}/after"), "v").await;
+        }
+    })
+    .await;
+    for n in &c.nodes {
+        assert!(range_of(n).intent_id().is_none(), "intent left behind");
+    }
+    let old = list(&mut kv, "x/", 0).await;
+    assert!(
+        old.iter()
+            .filter(|(k, _, _)| !k.ends_with("/after"))
+            .all(|(_, v, _)| v == "old"),
+        "{old:?}"
+    );
+}
