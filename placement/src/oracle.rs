@@ -129,6 +129,28 @@ impl PlacementService {
     }
 }
 
+/// The answers of one `AllocStream`.
+pub type AllocAnswers = Pin<Box<dyn Stream<Item = Result<AllocAnswer, Status>> + Send>>;
+
+impl PlacementService {
+    /// Serves one `AllocStream`: each request is run as a unary `Alloc` is
+    /// (the serving check, the lease re-check after the answer), one at a
+    /// time, in order; the first refusal ends the stream.
+    pub fn alloc_stream(self: Arc<Self>, mut reqs: tonic::Streaming<AllocRequest>) -> AllocAnswers {
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            while let Ok(Some(r)) = reqs.message().await {
+                let answer = strata_proto::answers::alloc_answer(self.alloc(r.count).await);
+                let refused = answer.code != 0;
+                if tx.send(Ok(answer)).await.is_err() || refused {
+                    return;
+                }
+            }
+        });
+        Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use strata_proto::strata::placement_server::Placement;
@@ -236,27 +258,5 @@ mod tests {
             .expect("compact")
             .into_inner();
         assert_eq!(got.compact_revision, rev);
-    }
-}
-
-/// The answers of one `AllocStream`.
-pub type AllocAnswers = Pin<Box<dyn Stream<Item = Result<AllocAnswer, Status>> + Send>>;
-
-impl PlacementService {
-    /// Serves one `AllocStream`: each request is run as a unary `Alloc` is
-    /// (the serving check, the lease re-check after the answer), one at a
-    /// time, in order; the first refusal ends the stream.
-    pub fn alloc_stream(self: Arc<Self>, mut reqs: tonic::Streaming<AllocRequest>) -> AllocAnswers {
-        let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(async move {
-            while let Ok(Some(r)) = reqs.message().await {
-                let answer = strata_proto::answers::alloc_answer(self.alloc(r.count).await);
-                let refused = answer.code != 0;
-                if tx.send(Ok(answer)).await.is_err() || refused {
-                    return;
-                }
-            }
-        });
-        Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
     }
 }

@@ -149,6 +149,7 @@ fn header(d: RangeDescriptor) -> RangeSnapshotHeader {
         applied_revision: 42,
         revoked_leases: vec![RevokedLease { seq: 0, lease: 9 }],
         revoked_next_seq: 1,
+        txn_intent: None,
     }
 }
 

@@ -376,15 +376,8 @@ impl Store {
         };
         shared.writes.fetch_add(1, Ordering::Relaxed);
         let mut out = Applied::default();
-        if res.is_ok() && !ex.overlay.is_empty() {
-            for v in ex.overlay.values() {
-                self.mvcc.stage_version(wb, &v.key, rev, &v.value);
-            }
-            out.feed = Some(FeedMessage {
-                revision: rev,
-                events: std::mem::take(&mut ex.events),
-                ..Default::default()
-            });
+        if res.is_ok() {
+            out.feed = self.stage_writes(&mut ex, wb);
         }
         out.result = res.map_err(NodeError::from);
         // The replica's current revision advances with every stamped write
@@ -392,6 +385,28 @@ impl Store {
         wb.put(Cf::Meta, meta::maxrev_key(range_id), rev.to_be_bytes());
         out.applied_rev = Some(rev);
         Ok(out)
+    }
+}
+
+impl Store {
+    /// Stages what `ex` wrote at its revision; answers the feed message
+    /// carrying its events (none if it wrote nothing).
+    pub(super) fn stage_writes(
+        &self,
+        ex: &mut WriteExec<'_>,
+        wb: &mut WriteBatch,
+    ) -> Option<FeedMessage> {
+        if ex.overlay.is_empty() {
+            return None;
+        }
+        for v in ex.overlay.values() {
+            self.mvcc.stage_version(wb, &v.key, ex.rev, &v.value);
+        }
+        Some(FeedMessage {
+            revision: ex.rev,
+            events: std::mem::take(&mut ex.events),
+            ..Default::default()
+        })
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use prost::Message as _;
 use strata_proto::etcd::PbTxnRequest;
-use strata_proto::strata::{FeedMessage, KvKind, RangeCommand, TxnDecision, TxnIntent, TxnPrepare};
+use strata_proto::strata::{KvKind, RangeCommand, TxnDecision, TxnIntent, TxnPrepare};
 use tonic::Status;
 
 use super::exec::Applied;
@@ -142,17 +142,7 @@ impl Store {
         let res = ex.txn_part(&t, &d.path, &span).map(|r| r.encode_to_vec());
         let mut out = Applied::default();
         match &res {
-            Ok(_) if !ex.overlay.is_empty() => {
-                for v in ex.overlay.values() {
-                    self.mvcc.stage_version(wb, &v.key, rev, &v.value);
-                }
-                out.feed = Some(FeedMessage {
-                    revision: rev,
-                    events: std::mem::take(&mut ex.events),
-                    ..Default::default()
-                });
-            }
-            Ok(_) => {}
+            Ok(_) => out.feed = self.stage_writes(&mut ex, wb),
             // Prepare checked every op that can fail on the range's state,
             // which has not changed since: this is a bug, not a client error.
             Err(e) => tracing::error!(
