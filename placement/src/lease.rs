@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use prost::Message as _;
 use strata_proto::errors;
-use strata_proto::etcd::{PbLeaseGrantRequest, PbLeaseRevokeRequest};
+use strata_proto::etcd::PbLeaseGrantRequest;
 use strata_proto::strata::{KvKind, LeaseGrantResponse, LeaseInfo};
 use tonic::{Code, Status};
 
@@ -98,8 +98,7 @@ impl PlacementService {
         if !self.rep.state().leases.contains_key(&id) {
             return Err(errors::lease_not_found());
         }
-        let body = PbLeaseRevokeRequest { id }.encode_to_vec();
-        self.to_every_range(KvKind::KvLeaseRevoke, body).await?;
+        self.revoke_everywhere(id).await?;
         self.rep.propose(Command::LeaseRevoke { id }).await?;
         self.lease_deadlines.lock().remove(&id);
         Ok(())

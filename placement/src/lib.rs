@@ -8,6 +8,7 @@ pub mod failpoint;
 pub mod hosting;
 mod identity;
 mod lease;
+mod lease_txn;
 pub mod metrics;
 pub mod operator;
 mod oracle;

@@ -95,6 +95,24 @@ impl PlacementService {
 
     /// One round over the range's replicas (leader first).
     async fn apply_in(&self, desc: &RangeDescriptor, kind: KvKind, body: &[u8]) -> Applied {
+        match self.call_range(desc, kind, body).await {
+            RangeAnswer::Ok(b) => match SpanApplied::decode(&b[..]) {
+                Ok(span) => Applied::Span(span),
+                Err(_) => Applied::Failed,
+            },
+            RangeAnswer::Stale(d) => Applied::Stale(d),
+            RangeAnswer::Failed => Applied::Failed,
+        }
+    }
+
+    /// Sends one internal command to a range: one round over its replicas,
+    /// leader first.
+    pub(crate) async fn call_range(
+        &self,
+        desc: &RangeDescriptor,
+        kind: KvKind,
+        body: &[u8],
+    ) -> RangeAnswer {
         let nodes = self.rep.state().nodes.clone();
         let mut candidates: Vec<u64> = desc.peers.iter().map(|p| p.node_id).collect();
         let hint = self.leader_of(desc.id);
@@ -121,20 +139,26 @@ impl PlacementService {
             };
             let resp = resp.into_inner();
             match resp.error {
-                None => {
-                    return match SpanApplied::decode(&resp.response[..]) {
-                        Ok(span) => Applied::Span(span),
-                        Err(_) => Applied::Failed,
-                    }
-                }
+                None => return RangeAnswer::Ok(resp.response),
                 Some(e) if e.kind == RouteErrorKind::EpochNotMatch as i32 => {
-                    return Applied::Stale(e.ranges)
+                    return RangeAnswer::Stale(e.ranges)
+                }
+                // Held by a cross-range txn: the leader said so.
+                Some(e) if e.kind == RouteErrorKind::ServerBusy as i32 => {
+                    return RangeAnswer::Failed
                 }
                 Some(_) => {}
             }
         }
-        Applied::Failed
+        RangeAnswer::Failed
     }
+}
+
+pub(crate) enum RangeAnswer {
+    Ok(Vec<u8>),
+    /// The descriptor was stale; the current ones, if the node named them.
+    Stale(Vec<RangeDescriptor>),
+    Failed,
 }
 
 enum Applied {

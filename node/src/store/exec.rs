@@ -412,7 +412,7 @@ impl Store {
 
 /// The answer of a command placement sends to every range: what this range
 /// covered when it applied (proto `SpanApplied`).
-fn span_applied(kr: &KeyRange, deleted: u64) -> Vec<u8> {
+pub(super) fn span_applied(kr: &KeyRange, deleted: u64) -> Vec<u8> {
     strata_proto::strata::SpanApplied {
         start_key: kr.start.clone(),
         end_key: kr.end.clone().unwrap_or_default(),

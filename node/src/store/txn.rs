@@ -93,6 +93,7 @@ impl Store {
             participants: p.participants,
             txn: p.txn,
             prepared: Some(prepared.clone()),
+            lease_revoke: p.lease_revoke,
         };
         wb.put(Cf::Meta, intent_key(desc.id), intent.encode_to_vec());
         let mut out = Applied::answer(Ok(prepared.encode_to_vec()));
@@ -139,7 +140,12 @@ impl Store {
         let t = PbTxnRequest::decode(&intent.txn[..]).unwrap_or_default();
         let mut ex = WriteExec::new(&self.mvcc, rev, shared.compacted.load(Ordering::Acquire));
         ex.revoked = Some(crate::lease::Revoked::of(&*self.db, range_id));
-        let res = ex.txn_part(&t, &d.path, &span).map(|r| r.encode_to_vec());
+        let res = match intent.lease_revoke {
+            0 => ex.txn_part(&t, &d.path, &span).map(|r| r.encode_to_vec()),
+            // A lease revoked in every range at one revision (placement's).
+            lease => crate::lease::revoke(&mut ex, &*self.db, range_id, &span, lease, wb)?
+                .map(|n| super::exec::span_applied(&span, n as u64)),
+        };
         let mut out = Applied::default();
         match &res {
             Ok(_) => out.feed = self.stage_writes(&mut ex, wb),

@@ -111,6 +111,7 @@ impl Kv {
                 participants: ids.clone(),
                 txn: body.clone(),
                 version: p.desc.epoch.unwrap_or_default().version,
+                lease_revoke: 0,
             };
             self.router.call(
                 p,

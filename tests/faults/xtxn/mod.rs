@@ -2,6 +2,7 @@
 //! the etcd-client crate: atomic at one revision, serializable, no spurious
 //! failures, and resolved when the coordinator stops mid-protocol.
 
+mod lease;
 mod recipes;
 mod resolve;
 
