@@ -5,9 +5,10 @@
 //! (each freezes and answers its compares and failing ops), compute the
 //! path, take the commit revision R from the oracle, record the decision in
 //! placement, then commit every participant at R and merge their shares.
-//! A participant held by another txn makes this attempt abort and retry
-//! after a short random pause, inside the request deadline: a client sees
-//! an error only where etcd would give one (or on timeout). A read-only
+//! The first attempt prepares every participant at once; a participant held
+//! by another txn makes it abort, and the next attempts prepare in key order,
+//! waiting for each held range (see `attempt`), inside the request deadline:
+//! a client sees an error only where etcd would give one (or on timeout). A read-only
 //! txn over several ranges needs no protocol: every part is read at one
 //! linearizable revision.
 
@@ -80,15 +81,14 @@ impl Kv {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             };
-            match self.attempt(t, &parts).await {
+            match self.attempt(t, &parts, attempt > 0, deadline).await {
                 Ok(resp) => return Ok(resp),
                 Err(Retryable::Fail(s)) => return Err(s),
                 Err(Retryable::Again) => {
                     crate::metrics::retry("txn_conflict");
-                    // Random, growing pauses untangle txns that keep
-                    // meeting in the same ranges.
-                    let cap = 2u64 << attempt.min(6);
-                    let ms = 1 + rand::random::<u64>() % cap;
+                    // A short random pause; the next attempts prepare in
+                    // key order, waiting rather than aborting on conflicts.
+                    let ms = 1 + rand::random::<u64>() % 4;
                     tokio::time::sleep(Duration::from_millis(ms)).await;
                 }
             }
@@ -96,32 +96,61 @@ impl Kv {
         Err(errors::timeout())
     }
 
+    /// One try: prepares in parallel, or (`ordered`, after a conflict)
+    /// one range after another in key order.
     async fn attempt(
         &self,
         t: &PbTxnRequest,
         parts: &[CachedRange],
+        ordered: bool,
+        deadline: Instant,
     ) -> Result<PbTxnResponse, Retryable> {
         let fail = Retryable::Fail;
         let txn_id = self.oracle.alloc(1).await.map_err(fail)? as u64;
         let ids: Vec<u64> = parts.iter().map(|p| p.desc.id).collect();
         let body = t.encode_to_vec();
-        let prepares = parts.iter().map(|p| {
+        let prepare = |p: &CachedRange| {
             let req = TxnPrepare {
                 txn_id,
                 participants: ids.clone(),
                 txn: body.clone(),
                 version: p.desc.epoch.unwrap_or_default().version,
                 lease_revoke: 0,
-            };
-            self.router.call(
-                p,
-                KvKind::KvTxnPrepare,
-                req.encode_to_vec(),
-                0,
-                Retry::Prepare,
-            )
-        });
-        let answers = join_all(prepares).await;
+            }
+            .encode_to_vec();
+            let p = p.clone();
+            async move {
+                self.router
+                    .call(&p, KvKind::KvTxnPrepare, req, 0, Retry::Prepare)
+                    .await
+            }
+        };
+        let answers = if ordered {
+            // One range at a time in key order, waiting while a range is
+            // held by another txn: a txn that waits holds only ranges below
+            // the one it waits for, so waiting txns never wait in a cycle
+            // (and txns in the first, parallel, attempt never wait).
+            let mut out = Vec::with_capacity(parts.len());
+            for p in parts {
+                let a = loop {
+                    match prepare(p).await {
+                        Err(s) if is_busy(&s) && Instant::now() < deadline => {
+                            let ms = 1 + rand::random::<u64>() % 3;
+                            tokio::time::sleep(Duration::from_millis(ms)).await;
+                        }
+                        other => break other,
+                    }
+                };
+                let failed = a.is_err();
+                out.push(a);
+                if failed {
+                    break;
+                }
+            }
+            out
+        } else {
+            join_all(parts.iter().map(prepare)).await
+        };
         let mut prepared: Vec<TxnPrepared> = Vec::with_capacity(parts.len());
         let mut failed: Option<Status> = None;
         for a in answers {
