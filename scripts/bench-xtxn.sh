@@ -76,12 +76,12 @@ run() {
 
 # row TAG LABEL: a Markdown row of the medians of TAG's rounds.
 row() {
-  jq -s -r --arg label "$2" '
+  jq -s -r --arg name "$2" '
     def med: sort | .[(length / 2 | floor)];
     def pct(p): .results[0].percentiles[] | select(.percentile == p) | .secs * 1000;
     [ (map(.results[0].requests_per_sec) | med | round),
       (map(pct(50)) | med * 100 | round / 100), (map(pct(99)) | med * 100 | round / 100) ]
-    | "| \($label) | \(.[0]) | \(.[1]) | \(.[2]) |"' $(seq -f "$out/$1-%g.json" 1 "$rounds")
+    | "| \($name) | \(.[0]) | \(.[1]) | \(.[2]) |"' $(seq -f "$out/$1-%g.json" 1 "$rounds")
 }
 
 fast_path() {
