@@ -253,7 +253,16 @@ impl Kv {
             .iter()
             .map(|p| self.decide_one(p, KvKind::KvTxnCommit, body.clone()));
         let shares = join_all(commits).await;
-        self.forget(txn_id, ids);
+        // Only the participants that applied the decision: one that did not
+        // still holds the intent, and its resolver needs the record (without
+        // it, it would record an abort — after other ranges committed).
+        let resolved: Vec<u64> = parts
+            .iter()
+            .zip(&shares)
+            .filter(|(_, s)| s.is_ok())
+            .map(|(p, _)| p.desc.id)
+            .collect();
+        self.forget(txn_id, resolved);
         let mut out = Vec::with_capacity(shares.len());
         for s in shares {
             // Committed (the decision is recorded): a lost share is an

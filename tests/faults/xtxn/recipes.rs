@@ -233,13 +233,13 @@ async fn cross_range_txn_has_etcds_response_shape() {
 
 /// clientv3's `concurrency.Mutex`: each contender puts its key under the
 /// lock prefix if absent and reads the prefix's first-created key in the
-/// same txn; the owner of that key holds the lock. The keys of the 8
-/// contenders lie in 8 ranges.
+/// same txn; the owner of that key holds the lock. The prefix spans 21
+/// ranges; the 8 contenders' keys lie in 8 of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mutex_recipe_over_ranges_excludes() {
     let _fp = fail::FailScenario::setup();
     let c = Cluster::start(Opts::default()).await;
-    split_at(&c, &split_keys("lock/", 8)).await;
+    split_at(&c, &split_keys("lock/", 20)).await;
     let mut kv = c.client().await;
     kv.put("counter", "0", None).await.expect("put");
     let first_create = || {
@@ -301,4 +301,71 @@ async fn mutex_recipe_over_ranges_excludes() {
     }
     let (n, _) = super::get_int(&mut kv, "counter").await;
     assert_eq!(n, 24, "every critical section ran alone");
+}
+
+/// The oldest key under `prefix` (clientv3's `WithFirstCreate`): the
+/// election's leader. Its key and value.
+async fn first_created(kv: &mut etcd_client::Client, prefix: &str) -> Option<(String, String)> {
+    let opts = GetOptions::new()
+        .with_prefix()
+        .with_sort(SortTarget::Create, SortOrder::Ascend)
+        .with_limit(1);
+    let r = within(Duration::from_secs(15), "leader", kv.get(prefix, Some(opts)))
+        .await
+        .expect("leader");
+    r.kvs().first().map(|kv| {
+        (
+            kv.key_str().unwrap().to_string(),
+            kv.value_str().unwrap().to_string(),
+        )
+    })
+}
+
+/// clientv3's `concurrency.Election` over a prefix spanning 21 ranges:
+/// Campaign (put the candidate's key if absent, read the first-created key,
+/// in one txn), Proclaim (`Txn(create_revision(key) == rev) Then Put`),
+/// Leader (the first-created key), Resign (delete the key): the next
+/// candidate leads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn election_recipe_over_ranges() {
+    let _fp = fail::FailScenario::setup();
+    let c = Cluster::start(Opts::default()).await;
+    split_at(&c, &split_keys("elect/", 20)).await;
+    let mut kv = c.client().await;
+    let mut created = Vec::new();
+    for cand in ["elect/17", "elect/03", "elect/11"] {
+        let t = Txn::new()
+            .when(vec![Compare::create_revision(cand, CompareOp::Equal, 0)])
+            .and_then(vec![
+                TxnOp::put(cand, format!("{cand} says hi"), None),
+                TxnOp::get("elect/", Some(GetOptions::new().with_prefix())),
+            ])
+            .or_else(vec![TxnOp::get(cand, None)]);
+        let r = within(Duration::from_secs(15), "campaign", kv.txn(t))
+            .await
+            .expect("campaign");
+        assert!(r.succeeded());
+        created.push((cand, r.header().unwrap().revision()));
+    }
+    // The first candidate leads (created first, although its key sorts last).
+    let (leader, _) = first_created(&mut kv, "elect/").await.expect("a leader");
+    assert_eq!(leader, "elect/17");
+    // Proclaim: only while still holding the key created at that revision.
+    let (key, rev) = created[0];
+    let proclaim = |rev: i64| {
+        Txn::new()
+            .when(vec![Compare::create_revision(key, CompareOp::Equal, rev)])
+            .and_then(vec![TxnOp::put(key, "new value", None)])
+    };
+    let r = kv.txn(proclaim(rev)).await.expect("proclaim");
+    assert!(r.succeeded());
+    assert_eq!(
+        first_created(&mut kv, "elect/").await,
+        Some(("elect/17".into(), "new value".into()))
+    );
+    // Resign: the next candidate leads; a stale proclaim does nothing.
+    kv.delete(key, None).await.expect("resign");
+    assert!(!kv.txn(proclaim(rev)).await.expect("stale proclaim").succeeded());
+    let (next, _) = first_created(&mut kv, "elect/").await.expect("a leader");
+    assert_eq!(next, "elect/03");
 }
