@@ -123,18 +123,23 @@ impl Store {
         };
         let rev = d.revision;
         if rev <= prev_rev {
-            // Cannot happen (the range was frozen before the revision was
-            // handed out); refused rather than applied out of order.
+            // Cannot happen with a correct oracle (the range was frozen before
+            // the revision was handed out). Applying it would break revision
+            // order; keeping the intent would freeze the range for good (its
+            // resolver would get the same decision). So the txn is dropped
+            // here, loudly, and the range goes on.
             tracing::error!(
                 range = range_id,
+                txn = d.txn_id,
                 rev,
                 prev_rev,
-                "txn commit below the applied revision"
+                "txn commit not above the applied revision: dropped in this range"
             );
             crate::metrics::REVISION_ORDER_REFUSED.inc();
-            return Ok(Applied::invalid(
-                "txn commit revision below the applied revision",
-            ));
+            wb.delete(Cf::Meta, intent_key(range_id));
+            let mut out = Applied::invalid("txn commit revision not above the range's revision");
+            out.intent = Some(None);
+            return Ok(out);
         }
         let span = desc_range(&shared.desc.read());
         let t = PbTxnRequest::decode(&intent.txn[..]).unwrap_or_default();

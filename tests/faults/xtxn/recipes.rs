@@ -310,9 +310,13 @@ async fn first_created(kv: &mut etcd_client::Client, prefix: &str) -> Option<(St
         .with_prefix()
         .with_sort(SortTarget::Create, SortOrder::Ascend)
         .with_limit(1);
-    let r = within(Duration::from_secs(15), "leader", kv.get(prefix, Some(opts)))
-        .await
-        .expect("leader");
+    let r = within(
+        Duration::from_secs(15),
+        "leader",
+        kv.get(prefix, Some(opts)),
+    )
+    .await
+    .expect("leader");
     r.kvs().first().map(|kv| {
         (
             kv.key_str().unwrap().to_string(),
@@ -365,7 +369,11 @@ async fn election_recipe_over_ranges() {
     );
     // Resign: the next candidate leads; a stale proclaim does nothing.
     kv.delete(key, None).await.expect("resign");
-    assert!(!kv.txn(proclaim(rev)).await.expect("stale proclaim").succeeded());
+    assert!(!kv
+        .txn(proclaim(rev))
+        .await
+        .expect("stale proclaim")
+        .succeeded());
     let (next, _) = first_created(&mut kv, "elect/").await.expect("a leader");
     assert_eq!(next, "elect/03");
 }
