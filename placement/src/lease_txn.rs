@@ -85,15 +85,7 @@ impl PlacementService {
         });
         let prepared = join_all(prepares).await;
         if prepared.iter().any(|a| !matches!(a, RangeAnswer::Ok(_))) {
-            self.decide_all(
-                descs,
-                KvKind::KvTxnAbort,
-                &TxnDecision {
-                    txn_id,
-                    ..Default::default()
-                },
-            )
-            .await;
+            self.abort_all(descs, txn_id).await;
             return Ok(false);
         }
         let revision = self.alloc(1).await?;
@@ -114,15 +106,7 @@ impl PlacementService {
             Outcome::Txn(r) if r.commit => {}
             _ => {
                 // Aborted first by a range that found it abandoned.
-                self.decide_all(
-                    descs,
-                    KvKind::KvTxnAbort,
-                    &TxnDecision {
-                        txn_id,
-                        ..Default::default()
-                    },
-                )
-                .await;
+                self.abort_all(descs, txn_id).await;
                 return Ok(false);
             }
         }
@@ -136,6 +120,14 @@ impl PlacementService {
                 .await?;
         }
         Ok(true)
+    }
+
+    async fn abort_all(&self, descs: &[RangeDescriptor], txn_id: u64) {
+        let abort = TxnDecision {
+            txn_id,
+            ..Default::default()
+        };
+        self.decide_all(descs, KvKind::KvTxnAbort, &abort).await;
     }
 
     /// Sends a decision to every range; true if every one applied it.
