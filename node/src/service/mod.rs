@@ -100,6 +100,15 @@ fn kv_answer(r: Option<&RangeShared>, res: NodeResult<Vec<u8>>) -> Result<KvResp
     Ok(KvResponse { response, error })
 }
 
+/// The raft thread's answer to a proposal, within [`WRITE_TIMEOUT`].
+async fn answer(rx: oneshot::Receiver<NodeResult<Vec<u8>>>) -> NodeResult<Vec<u8>> {
+    match tokio::time::timeout(WRITE_TIMEOUT, rx).await {
+        Ok(Ok(res)) => res,
+        Ok(Err(_)) => Err(errors::leader_changed().into()),
+        Err(_) => Err(errors::timeout().into()),
+    }
+}
+
 fn decode<M: prost::Message + Default>(b: &[u8]) -> NodeResult<M> {
     M::decode(b)
         .map_err(|e| Status::invalid_argument(format!("strata: bad request encoding: {e}")).into())
@@ -235,11 +244,7 @@ impl NodeService {
         let (tx, rx) = oneshot::channel();
         let range_id = r.desc.read().id;
         self.sequencers.get(range_id).submit(item(tx))?;
-        match tokio::time::timeout(WRITE_TIMEOUT, rx).await {
-            Ok(Ok(res)) => res,
-            Ok(Err(_)) => Err(errors::leader_changed().into()),
-            Err(_) => Err(errors::timeout().into()),
-        }
+        answer(rx).await
     }
 
     /// Reads at `read_rev` after a barrier (linearizable), or at the applied
@@ -381,11 +386,7 @@ impl NodeService {
                         request,
                         reply: tx,
                     })?;
-                match tokio::time::timeout(WRITE_TIMEOUT, rx).await {
-                    Ok(Ok(res)) => res,
-                    Ok(Err(_)) => Err(errors::leader_changed().into()),
-                    Err(_) => Err(errors::timeout().into()),
-                }
+                answer(rx).await
             }
             Checked::Unstamped | Checked::Write => {
                 let stamped = matches!(checked, Checked::Write);

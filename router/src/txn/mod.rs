@@ -22,8 +22,8 @@ use strata_proto::errors;
 use strata_proto::etcd::{PbTxnOpRequest, PbTxnRequest, PbTxnResponse};
 use strata_proto::etcdutil::KeyRange;
 use strata_proto::strata::{
-    KvKind, TxnDecideRequest, TxnDecision, TxnForgetRequest, TxnPart, TxnPartResult, TxnPrepare,
-    TxnPrepared,
+    CompareEval, KvKind, TxnDecideRequest, TxnDecision, TxnForgetRequest, TxnPart, TxnPartResult,
+    TxnPrepare, TxnPrepared,
 };
 use strata_proto::xtxn;
 use tokio::time::Instant;
@@ -181,19 +181,13 @@ impl Kv {
             });
         }
         // The path, from every range's view of every compare.
-        let compares = xtxn::compares(t);
-        if prepared.iter().any(|p| p.compares.len() != compares.len()) {
-            self.abort(txn_id, parts).await;
-            return Err(fail(Status::internal(
-                "strata: a prepare answered the wrong compares",
-            )));
-        }
-        let results: Vec<bool> = compares
-            .iter()
-            .enumerate()
-            .map(|(i, c)| xtxn::combine(c, prepared.iter().map(|p| &p.compares[i])))
-            .collect();
-        let path = xtxn::path(t, &results).expect("one result per compare");
+        let path = match path_of(t, prepared.iter().map(|p| p.compares.as_slice())) {
+            Ok(path) => path,
+            Err(s) => {
+                self.abort(txn_id, parts).await;
+                return Err(fail(s));
+            }
+        };
         let on = xtxn::ops_on_path(t, &path);
         let op_error = prepared
             .iter()
@@ -371,22 +365,11 @@ impl Kv {
         parts: &[CachedRange],
         rr: i64,
     ) -> Result<PbTxnResponse, Status> {
-        let compares = xtxn::compares(t);
-        let path = if compares.is_empty() {
+        let path = if xtxn::compares(t).is_empty() {
             vec![true; xtxn::nodes(t)]
         } else {
             let evals = self.read_round(t, parts, rr, Vec::new()).await?;
-            if evals.iter().any(|p| p.compares.len() != compares.len()) {
-                return Err(Status::internal(
-                    "strata: a txn part answered the wrong compares",
-                ));
-            }
-            let results: Vec<bool> = compares
-                .iter()
-                .enumerate()
-                .map(|(i, c)| xtxn::combine(c, evals.iter().map(|p| &p.compares[i])))
-                .collect();
-            xtxn::path(t, &results).expect("one result per compare")
+            path_of(t, evals.iter().map(|p| p.compares.as_slice()))?
         };
         let shares = self.read_round(t, parts, rr, path).await?;
         let shares = shares
@@ -420,6 +403,26 @@ impl Kv {
             .map(|r| r.and_then(|b| decode::<TxnPartResult>(&b)))
             .collect()
     }
+}
+
+/// The path the txn takes, from every range's evaluation of every compare
+/// (one slice per range, one entry per compare of the tree in pre-order).
+fn path_of<'a>(
+    t: &PbTxnRequest,
+    evals: impl Iterator<Item = &'a [CompareEval]> + Clone,
+) -> Result<Vec<bool>, Status> {
+    let compares = xtxn::compares(t);
+    if evals.clone().any(|e| e.len() != compares.len()) {
+        return Err(Status::internal(
+            "strata: a txn participant answered the wrong compares",
+        ));
+    }
+    let results: Vec<bool> = compares
+        .iter()
+        .enumerate()
+        .map(|(i, c)| xtxn::combine(c, evals.clone().map(|e| &e[i])))
+        .collect();
+    Ok(xtxn::path(t, &results).expect("one result per compare"))
 }
 
 /// Does an op on the path read at a revision after the txn's view (`rev - 1`)?
