@@ -40,6 +40,9 @@ pub struct RangeShared {
     /// it is, no other write applies in the range, it does not split, and no
     /// read barrier passes its applied revision.
     pub intent: parking_lot::RwLock<Option<Arc<TxnIntent>>>,
+    /// The txn whose coordinator last said it is alive here (`KV_TXN_TOUCH`)
+    /// and when: the resolver leaves that txn alone for a while after.
+    pub touched: parking_lot::Mutex<Option<(u64, std::time::Instant)>>,
 }
 
 impl RangeShared {
@@ -100,6 +103,7 @@ impl RangeShared {
             approx_bytes: AtomicU64::new(0),
             data_gen: AtomicU64::new(0),
             intent: parking_lot::RwLock::new(None),
+            touched: parking_lot::Mutex::new(None),
         })
     }
 }

@@ -24,11 +24,14 @@
 //!
 //! Cross-range txns (`crate::txn`): a `Prepare` is proposed in order with
 //! the writes; from then until the range's intent is gone, writes wait here
-//! (up to [`QUEUE_CAP`] of them) and a prepare of another txn is refused
-//! busy, while decisions (commit, abort) come on their own channel and are
-//! proposed at once. Barriers pass: the raft thread holds them while the
-//! range is frozen (`store/read.rs`), and a waiting write will be stamped
-//! with a revision above every one handed out before it.
+//! (up to [`QUEUE_CAP`] of them), and so does a prepare of another txn that
+//! may wait (until its `wait_until`; one that may not is refused busy at
+//! once), in arrival order: the range is handed to waiting txns first come,
+//! first served, so none starves. Decisions (commit, abort) come on their
+//! own channel and are proposed at once. Barriers pass: the raft thread
+//! holds them while the range is frozen (`store/read.rs`), and a waiting
+//! write will be stamped with a revision above every one handed out before
+//! it.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -94,9 +97,11 @@ pub enum SeqItem {
         read_rev: i64,
         reply: oneshot::Sender<NodeResult<()>>,
     },
-    /// Phase one of cross-range txn `txn_id` (a `TxnPrepare`).
+    /// Phase one of cross-range txn `txn_id` (a `TxnPrepare`), which may
+    /// wait until `wait_until` for a range another txn holds.
     Prepare {
         txn_id: u64,
+        wait_until: tokio::time::Instant,
         request: Vec<u8>,
         reply: Reply,
     },
@@ -154,7 +159,8 @@ fn lead_term(seqs: &Sequencers, range_id: u64) -> NodeResult<u64> {
 struct Seq {
     range_id: u64,
     seqs: Sequencers,
-    /// Writes held while the range is frozen, in arrival order.
+    /// Writes, and prepares that may wait, held while the range is frozen,
+    /// in arrival order.
     waiting: VecDeque<SeqItem>,
     /// A prepare proposed here and not answered yet.
     preparing: Option<u64>,
@@ -215,8 +221,8 @@ impl Seq {
     }
 
     /// While frozen: barriers go on, a re-sent prepare of the holding txn
-    /// goes on (it answers the same), another txn's prepare is busy, the
-    /// rest waits.
+    /// goes on (it answers the same), another txn's prepare waits if it may
+    /// (else it is busy), and so do writes.
     async fn hold(&mut self, items: impl Iterator<Item = SeqItem>) -> bool {
         let holder = self.preparing.or(self.intent());
         for item in items {
@@ -226,10 +232,15 @@ impl Seq {
                         return false;
                     }
                 }
-                SeqItem::Prepare { txn_id, reply, .. } if Some(txn_id) != holder => {
+                SeqItem::Prepare {
+                    txn_id,
+                    wait_until,
+                    reply,
+                    ..
+                } if Some(txn_id) != holder && !may_wait(wait_until, &reply) => {
                     let _ = reply.send(Err(NodeError::Busy));
                 }
-                SeqItem::Prepare { .. } => {
+                SeqItem::Prepare { txn_id, .. } if Some(txn_id) == holder => {
                     let term = lead_term(&self.seqs, self.range_id).unwrap_or(0);
                     if !self.forward(item, term, &mut Ok(0)).await {
                         return false;
@@ -242,22 +253,30 @@ impl Seq {
     }
 
     /// Stamps and proposes `items` in order; from a prepare on, the range
-    /// is held and the rest is handled by [`Seq::hold`].
+    /// is held and the rest is handled by [`Seq::hold`]. A prepare whose
+    /// asker gave up while it waited is dropped unproposed.
     async fn flush(&mut self, items: Vec<SeqItem>) -> bool {
         let mut items = items.into_iter().peekable();
-        let mut segment = Vec::new();
-        while let Some(item) = items.next_if(|i| !matches!(i, SeqItem::Prepare { .. })) {
-            segment.push(item);
-        }
-        if !self.stamp_and_propose(segment).await {
-            return false;
-        }
-        if let Some(SeqItem::Prepare {
-            txn_id,
-            request,
-            reply,
-        }) = items.next()
-        {
+        loop {
+            let mut segment = Vec::new();
+            while let Some(item) = items.next_if(|i| !matches!(i, SeqItem::Prepare { .. })) {
+                segment.push(item);
+            }
+            if !self.stamp_and_propose(segment).await {
+                return false;
+            }
+            let Some(SeqItem::Prepare {
+                txn_id,
+                wait_until,
+                request,
+                reply,
+            }) = items.next()
+            else {
+                return true;
+            };
+            if reply.is_closed() {
+                continue;
+            }
             let term = lead_term(&self.seqs, self.range_id);
             let reply = self.tell_done(txn_id, reply);
             match term {
@@ -268,6 +287,7 @@ impl Seq {
                     self.preparing = Some(txn_id);
                     let item = SeqItem::Prepare {
                         txn_id,
+                        wait_until,
                         request,
                         reply,
                     };
@@ -278,7 +298,23 @@ impl Seq {
             }
             return self.hold(items).await;
         }
-        true
+    }
+
+    /// Answers busy the waiting prepares whose time is up, and forgets
+    /// those whose asker is gone.
+    fn expire_waiting(&mut self) {
+        let now = tokio::time::Instant::now();
+        let waiting = std::mem::take(&mut self.waiting);
+        for item in waiting {
+            match item {
+                SeqItem::Prepare {
+                    wait_until, reply, ..
+                } if wait_until <= now || reply.is_closed() => {
+                    let _ = reply.send(Err(NodeError::Busy));
+                }
+                other => self.waiting.push_back(other),
+            }
+        }
     }
 
     async fn stamp_and_propose(&self, batch: Vec<SeqItem>) -> bool {
@@ -406,7 +442,11 @@ async fn run(
                     return;
                 }
             }
-            _ = tokio::time::sleep(HOLD_RECHECK), if held => {}
+            _ = tokio::time::sleep(HOLD_RECHECK), if held => {
+                if s.waiting.iter().any(|i| matches!(i, SeqItem::Prepare { .. })) {
+                    s.expire_waiting();
+                }
+            }
         }
         let ok = if s.held() {
             let items = std::mem::take(&mut batch);
@@ -420,6 +460,11 @@ async fn run(
             return; // store stopped
         }
     }
+}
+
+/// May a prepare still wait for the range (its time not up, its asker there)?
+fn may_wait(wait_until: tokio::time::Instant, reply: &Reply) -> bool {
+    wait_until > tokio::time::Instant::now() && !reply.is_closed()
 }
 
 /// Checks that the `n` revisions from `start` are revisions (at least 1, the

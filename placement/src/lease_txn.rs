@@ -79,6 +79,8 @@ impl PlacementService {
                 txn: Vec::new(),
                 version: d.epoch.unwrap_or_default().version,
                 lease_revoke: lease,
+                // Never waits (a busy range makes the attempt start over).
+                wait_ms: 0,
             }
             .encode_to_vec();
             async move { self.call_range(d, KvKind::KvTxnPrepare, &body).await }

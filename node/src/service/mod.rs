@@ -125,12 +125,15 @@ enum Checked {
     Write,
     /// Ordered with writes but consumes no revision (compaction).
     Unstamped,
-    /// Phase one of a cross-range txn (`crate::txn`).
-    Prepare(u64),
+    /// Phase one of a cross-range txn (`crate::txn`): its id, and how long
+    /// it may wait for a range another txn holds.
+    Prepare(u64, std::time::Duration),
     /// A cross-range txn's commit (at this revision) or abort (0).
     Decision(i64),
     /// A cross-range read-only txn's part.
     TxnRead,
+    /// The coordinator of this txn is alive (not proposed).
+    Touch(u64),
 }
 
 /// The most participants a cross-range txn names.
@@ -186,7 +189,8 @@ fn check_request(kind: KvKind, body: &[u8]) -> NodeResult<Checked> {
                     "a txn prepare needs a txn id and 1 to 65536 participants",
                 ));
             }
-            Checked::Prepare(p.txn_id)
+            let wait = std::time::Duration::from_millis(p.wait_ms.into());
+            Checked::Prepare(p.txn_id, wait.min(crate::txn::MAX_PREPARE_WAIT))
         }
         KvKind::KvTxnCommit | KvKind::KvTxnAbort => {
             let d: TxnDecision = decode(body)?;
@@ -201,6 +205,10 @@ fn check_request(kind: KvKind, body: &[u8]) -> NodeResult<Checked> {
             decode::<PbTxnRequest>(&p.txn)?;
             Checked::TxnRead
         }
+        KvKind::KvTxnTouch => match decode::<TxnDecision>(body)?.txn_id {
+            0 => return Err(invalid("a txn touch needs a txn id")),
+            id => Checked::Touch(id),
+        },
     })
 }
 
@@ -368,14 +376,23 @@ impl NodeService {
                 })
                 .await
             }
-            Checked::Prepare(txn_id) => {
+            Checked::Prepare(txn_id, wait) => {
+                let wait_until = tokio::time::Instant::now() + wait;
                 self.submit(r, |reply| SeqItem::Prepare {
                     txn_id,
+                    wait_until,
                     request,
                     reply,
                 })
                 .await
             }
+            Checked::Touch(txn_id) => match r.intent_id() == Some(txn_id) {
+                true => {
+                    *r.touched.lock() = Some((txn_id, std::time::Instant::now()));
+                    Ok(Vec::new())
+                }
+                false => Err(crate::txn::not_pending(txn_id)),
+            },
             Checked::Decision(revision) => {
                 let (tx, rx) = oneshot::channel();
                 self.sequencers

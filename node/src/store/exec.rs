@@ -288,6 +288,7 @@ impl Store {
             | KvKind::KvLeaseRevoke
             | KvKind::KvLeaseGrant => self.exec_write(&shared, kind, cmd, prev_rev, wb),
             KvKind::KvRange | KvKind::KvTxnRead => Ok(Applied::invalid("a read is not a command")),
+            KvKind::KvTxnTouch => Ok(Applied::invalid("a txn touch is not a command")),
         }
     }
 

@@ -255,6 +255,7 @@ impl Store {
             intent: parking_lot::RwLock::new(
                 crate::txn::load_intent(&*self.db, desc.id)?.map(Arc::new),
             ),
+            touched: parking_lot::Mutex::new(None),
         });
         raw.store()
             .set_snapshot_header(snapshot::header_fn(desc.id));

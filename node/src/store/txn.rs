@@ -8,7 +8,6 @@ use std::sync::Arc;
 use prost::Message as _;
 use strata_proto::etcd::PbTxnRequest;
 use strata_proto::strata::{KvKind, RangeCommand, TxnDecision, TxnIntent, TxnPrepare};
-use tonic::Status;
 
 use super::exec::Applied;
 use super::replica::RangeShared;
@@ -16,14 +15,10 @@ use super::{desc_range, meta, Store};
 use crate::apply::{View, WriteExec};
 use crate::error::NodeError;
 use crate::storage::{Cf, WriteBatch};
-use crate::txn::{intent_key, prepare_eval};
+use crate::txn::{intent_key, not_pending, prepare_eval};
 
 /// Commit answers kept per replica, for a coordinator that asks again.
 const RECENT_TXNS: usize = 256;
-
-fn not_pending(txn_id: u64) -> NodeError {
-    Status::failed_precondition(format!("strata: txn {txn_id} is not pending in this range")).into()
-}
 
 impl Store {
     pub(super) fn exec_txn_command(

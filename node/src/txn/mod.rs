@@ -31,8 +31,19 @@ use crate::apply::View;
 use crate::mvcc::Version;
 use crate::storage::{Cf, Reader};
 
-/// How long a txn may hold a range before the range resolves it itself.
+/// How long a txn may hold a range, since it was prepared or last touched
+/// by its coordinator (`KV_TXN_TOUCH`: a coordinator waiting for other
+/// ranges says it is alive), before the range resolves it itself.
 pub const RESOLVE_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The longest a prepare waits in a range's queue for another txn to finish
+/// (the coordinator asks for less: what is left of its request deadline).
+pub const MAX_PREPARE_WAIT: std::time::Duration = std::time::Duration::from_secs(6);
+
+/// The answer to a decision or touch for a txn that does not hold the range.
+pub fn not_pending(txn_id: u64) -> crate::error::NodeError {
+    Status::failed_precondition(format!("strata: txn {txn_id} is not pending in this range")).into()
+}
 
 pub(crate) fn intent_key(range_id: u64) -> Vec<u8> {
     let mut k = b"txn/".to_vec();

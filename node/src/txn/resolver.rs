@@ -1,5 +1,7 @@
 //! Resolving txns whose coordinator went away: the leader of a range frozen
-//! by the same txn for [`RESOLVE_AFTER`] asks placement for the decision —
+//! by the same txn for [`RESOLVE_AFTER`] (since it first saw it, or since the
+//! coordinator last touched it: one waiting for other ranges says so every
+//! half second, `router/src/txn`) asks placement for the decision —
 //! recording an abort if none was made, so a coordinator that comes back
 //! late can no longer commit — applies it here, and tells placement this
 //! participant is done. Every participant does the same, so each ends the
@@ -29,18 +31,28 @@ pub async fn run(ranges: Ranges, seqs: Sequencers, placement: PlacementConn) {
         tick.tick().await;
         let now = Instant::now();
         let mut live = HashSet::new();
-        let held: Vec<(u64, std::sync::Arc<TxnIntent>)> = ranges
+        // With when its coordinator last said it is alive, if it did.
+        type Held = (u64, std::sync::Arc<TxnIntent>, Option<Instant>);
+        let held: Vec<Held> = ranges
             .iter()
             .filter(|r| r.is_leader())
-            .filter_map(|r| r.intent.read().clone().map(|i| (r.desc.read().id, i)))
+            .filter_map(|r| {
+                let i = r.intent.read().clone()?;
+                let touched = match *r.touched.lock() {
+                    Some((txn, at)) if txn == i.txn_id => Some(at),
+                    _ => None,
+                };
+                Some((r.desc.read().id, i, touched))
+            })
             .collect();
-        for (range_id, intent) in held {
+        for (range_id, intent, touched) in held {
             live.insert(range_id);
             let e = seen.entry(range_id).or_insert((intent.txn_id, now));
             if e.0 != intent.txn_id {
                 *e = (intent.txn_id, now);
             }
-            if now.duration_since(e.1) < RESOLVE_AFTER || !busy.lock().insert(range_id) {
+            let since = touched.map_or(e.1, |t| t.max(e.1));
+            if now.duration_since(since) < RESOLVE_AFTER || !busy.lock().insert(range_id) {
                 continue;
             }
             let (seqs, mut placement, busy) = (seqs.clone(), placement.clone(), busy.clone());

@@ -5,15 +5,19 @@
 //! (each freezes and answers its compares and failing ops), compute the
 //! path, take the commit revision R from the oracle, record the decision in
 //! placement, then commit every participant at R and merge their shares.
-//! The first attempt prepares every participant at once; a participant held
-//! by another txn makes it abort, and the next attempts prepare in key order,
-//! waiting for each held range (see `attempt`), inside the request deadline:
+//! The first attempt prepares every participant at once (unless this router
+//! saw a conflict within the last second); a participant held by another txn
+//! makes it abort, and the next attempts prepare in key order, each prepare
+//! queueing in its range for the txn ahead (see `attempt`), inside the
+//! request deadline:
 //! a client sees an error only where etcd would give one (or on timeout). A read-only
 //! txn over several ranges needs no protocol: every part is read at one
 //! linearizable revision.
 
 mod merge;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -31,6 +35,42 @@ use tonic::{Code, Status};
 
 use crate::kv::Kv;
 use crate::routing::{is_busy, is_stale, CachedRange, Retry};
+
+/// How often a coordinator waiting for a range touches those it holds (the
+/// ranges resolve a txn untouched for 2 s: `node/src/txn`).
+const TOUCH_EVERY: Duration = Duration::from_millis(500);
+/// What a waiting prepare leaves of the deadline, to abort in.
+const PREPARE_WAIT_MARGIN: Duration = Duration::from_millis(500);
+
+/// For how long after a conflict this router's txns start in key order
+/// (a parallel first attempt would likely hit a held range, freeze the
+/// ranges it got for nothing, and start over).
+const CONTENDED_FOR: Duration = Duration::from_secs(1);
+
+/// When this router's last txn conflict happened, in ms since `epoch()`
+/// (0: never).
+static LAST_CONFLICT_MS: AtomicU64 = AtomicU64::new(0);
+
+fn epoch() -> std::time::Instant {
+    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
+
+fn conflicted() {
+    let now = epoch().elapsed().as_millis() as u64;
+    LAST_CONFLICT_MS.store(now.max(1), Ordering::Relaxed);
+}
+
+fn contended() -> bool {
+    match LAST_CONFLICT_MS.load(Ordering::Relaxed) {
+        0 => false,
+        at => epoch().elapsed().as_millis() as u64 <= at + CONTENDED_FOR.as_millis() as u64,
+    }
+}
+
+fn millis(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
 
 fn decode<M: Message + Default>(b: &[u8]) -> Result<M, Status> {
     M::decode(b).map_err(|e| Status::internal(format!("strata: bad node response: {e}")))
@@ -81,10 +121,12 @@ impl Kv {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             };
-            match self.attempt(t, &parts, attempt > 0, deadline).await {
+            let ordered = attempt > 0 || contended();
+            match self.attempt(t, &parts, ordered, deadline).await {
                 Ok(resp) => return Ok(resp),
                 Err(Retryable::Fail(s)) => return Err(s),
                 Err(Retryable::Again) => {
+                    conflicted();
                     crate::metrics::retry("txn_conflict");
                     // A short random pause; the next attempts prepare in
                     // key order, waiting rather than aborting on conflicts.
@@ -110,12 +152,20 @@ impl Kv {
         let ids: Vec<u64> = parts.iter().map(|p| p.desc.id).collect();
         let body = t.encode_to_vec();
         let prepare = |p: &CachedRange| {
+            let left = deadline.saturating_duration_since(Instant::now());
             let req = TxnPrepare {
                 txn_id,
                 participants: ids.clone(),
                 txn: body.clone(),
                 version: p.desc.epoch.unwrap_or_default().version,
                 lease_revoke: 0,
+                // Ordered attempts wait in the range's queue (first come,
+                // first served) for what is left of the deadline, less a
+                // margin to abort in; the first attempt never waits.
+                wait_ms: match ordered {
+                    true => millis(left.saturating_sub(PREPARE_WAIT_MARGIN)),
+                    false => 0,
+                },
             }
             .encode_to_vec();
             let p = p.clone();
@@ -130,10 +180,24 @@ impl Kv {
             // held by another txn: a txn that waits holds only ranges below
             // the one it waits for, so waiting txns never wait in a cycle
             // (and txns in the first, parallel, attempt never wait).
+            // Prepares wait in each range's queue; meanwhile the ranges
+            // already held are touched, so their resolvers leave this live
+            // coordinator's txn alone however long the queue.
             let mut out = Vec::with_capacity(parts.len());
-            for p in parts {
+            let mut touch = tokio::time::interval(TOUCH_EVERY);
+            touch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            touch.tick().await;
+            for (k, p) in parts.iter().enumerate() {
                 let a = loop {
-                    match prepare(p).await {
+                    let call = prepare(p);
+                    tokio::pin!(call);
+                    let answer = loop {
+                        tokio::select! {
+                            a = &mut call => break a,
+                            _ = touch.tick(), if k > 0 => self.touch(txn_id, &parts[..k]),
+                        }
+                    };
+                    match answer {
                         Err(s) if is_busy(&s) && Instant::now() < deadline => {
                             let ms = 1 + rand::random::<u64>() % 3;
                             tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -314,6 +378,23 @@ impl Kv {
             if let Err(e) = r {
                 tracing::debug!(txn = txn_id, "txn abort not delivered: {e}");
             }
+        }
+    }
+
+    /// Tells `held`'s leaders that this txn's coordinator is alive (in the
+    /// background, at most [`TOUCH_EVERY`] each; an answer does not matter).
+    fn touch(&self, txn_id: u64, held: &[CachedRange]) {
+        let body = TxnDecision {
+            txn_id,
+            ..Default::default()
+        }
+        .encode_to_vec();
+        for p in held {
+            let (router, p, body) = (self.router.clone(), p.clone(), body.clone());
+            tokio::spawn(async move {
+                let call = router.call(&p, KvKind::KvTxnTouch, body, 0, Retry::Read);
+                let _ = tokio::time::timeout(TOUCH_EVERY, call).await;
+            });
         }
     }
 

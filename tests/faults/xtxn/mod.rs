@@ -3,6 +3,7 @@
 //! failures, and resolved when the coordinator stops mid-protocol.
 
 mod lease;
+mod queue;
 mod recipes;
 mod resolve;
 
