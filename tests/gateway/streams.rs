@@ -106,3 +106,55 @@ fn watch_from_a_revision_replays_history() {
         assert_eq!(int(&l["result"]["events"][0]["kv"]["mod_revision"]), rev);
     }
 }
+
+/// The router's open Watch streams (its `strata_router_watch_streams`).
+fn open_watch_streams(c: &Cluster) -> i64 {
+    let text = std::fs::read_to_string(c.data_dir.join("dev.json")).expect("dev.json");
+    let dev: Value = serde_json::from_str(&text).expect("dev.json is JSON");
+    let router = dev["components"]
+        .as_array()
+        .expect("components")
+        .iter()
+        .find(|x| x["name"] == "router-1")
+        .expect("router-1");
+    let url = router["metrics_url"].as_str().expect("metrics_url");
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", url]);
+    let out = String::from_utf8(run_bounded(cmd, None, CURL_TIMEOUT).stdout).expect("utf-8");
+    out.lines()
+        .find_map(|l| l.strip_prefix("strata_router_watch_streams "))
+        .expect("strata_router_watch_streams")
+        .trim()
+        .parse()
+        .expect("gauge")
+}
+
+#[test]
+fn watch_ends_when_its_http_client_goes() {
+    if Target::from_env() == Target::Etcd {
+        return; // Strata's router metrics.
+    }
+    // Its own cluster: no other test's watches in the gauge.
+    let c = Cluster::start();
+    assert_eq!(open_watch_streams(&c), 0);
+    let mut cmd = Command::new("curl");
+    let body = format!(r#"{{"create_request":{{"key":"{}"}}}}"#, b64("gone"));
+    cmd.args(["-sS", "-N", "-X", "POST", "-d", &body])
+        .arg(format!("http://{}/v3/watch", c.endpoint));
+    let watch = Background::spawn(cmd);
+    assert!(
+        watch.wait_stdout(RECV_TIMEOUT, |o| o.contains("created")),
+        "{:?}",
+        watch.stderr()
+    );
+    assert_eq!(open_watch_streams(&c), 1);
+    drop(watch); // kills curl
+    let deadline = std::time::Instant::now() + RECV_TIMEOUT;
+    while open_watch_streams(&c) != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the watch outlived its client"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
