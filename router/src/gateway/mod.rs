@@ -31,7 +31,7 @@ use prost_reflect::DescriptorPool;
 use tonic::body::Body;
 use tower_service::Service;
 
-pub use routes::{Close, ROUTES};
+pub use routes::{Close, KEEP_OPEN, ROUTES};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -19,217 +19,58 @@ pub enum Close {
     WhenClientGoes,
 }
 
-/// `(HTTP path, gRPC method as "package.Service/Method", Close)`.
-pub const ROUTES: &[(&str, &str, Close)] = &[
-    ("/v3/kv/range", "etcdserverpb.KV/Range", Close::AfterBody),
-    ("/v3/kv/put", "etcdserverpb.KV/Put", Close::AfterBody),
-    (
-        "/v3/kv/deleterange",
-        "etcdserverpb.KV/DeleteRange",
-        Close::AfterBody,
-    ),
-    ("/v3/kv/txn", "etcdserverpb.KV/Txn", Close::AfterBody),
-    (
-        "/v3/kv/compaction",
-        "etcdserverpb.KV/Compact",
-        Close::AfterBody,
-    ),
-    (
-        "/v3/watch",
-        "etcdserverpb.Watch/Watch",
-        Close::WhenClientGoes,
-    ),
-    (
-        "/v3/lease/grant",
-        "etcdserverpb.Lease/LeaseGrant",
-        Close::AfterBody,
-    ),
-    (
-        "/v3/lease/revoke",
-        "etcdserverpb.Lease/LeaseRevoke",
-        Close::AfterBody,
-    ),
-    (
-        "/v3/kv/lease/revoke",
-        "etcdserverpb.Lease/LeaseRevoke",
-        Close::AfterBody,
-    ),
-    (
-        "/v3/lease/keepalive",
-        "etcdserverpb.Lease/LeaseKeepAlive",
-        Close::AfterBody,
-    ),
-    (
-        "/v3/lease/timetolive",
-        "etcdserverpb.Lease/LeaseTimeToLive",
-        Close::AfterBody,
-    ),
-    (
-        "/v3/kv/lease/timetolive",
-        "etcdserverpb.Lease/LeaseTimeToLive",
-        Close::AfterBody,
-    ),
-    (
-        "/v3/lease/leases",
-        "etcdserverpb.Lease/LeaseLeases",
-        Close::AfterBody,
-    ),
-    (
-        "/v3/kv/lease/leases",
-        "etcdserverpb.Lease/LeaseLeases",
-        Close::AfterBody,
-    ),
-    (
-        "/v3/cluster/member/add",
-        "etcdserverpb.Cluster/MemberAdd",
-        Close::AfterBody,
-    ),
-    (
-        "/v3/cluster/member/remove",
-        "etcdserverpb.Cluster/MemberRemove",
-        Close::AfterBody,
-    ),
-    (
-        "/v3/cluster/member/update",
-        "etcdserverpb.Cluster/MemberUpdate",
-        Close::AfterBody,
-    ),
-    (
-        "/v3/cluster/member/list",
-        "etcdserverpb.Cluster/MemberList",
-        Close::AfterBody,
-    ),
-    (
-        "/v3/cluster/member/promote",
-        "etcdserverpb.Cluster/MemberPromote",
-        Close::AfterBody,
-    ),
-    (
-        "/v3/maintenance/alarm",
-        "etcdserverpb.Maintenance/Alarm",
-        Close::AfterBody,
-    ),
-    (
-        "/v3/maintenance/status",
-        "etcdserverpb.Maintenance/Status",
-        Close::AfterBody,
-    ),
-    (
-        "/v3/maintenance/defragment",
-        "etcdserverpb.Maintenance/Defragment",
-        Close::AfterBody,
-    ),
-    (
-        "/v3/maintenance/hash",
-        "etcdserverpb.Maintenance/Hash",
-        Close::AfterBody,
-    ),
-    (
-        "/v3/maintenance/hashkv",
-        "etcdserverpb.Maintenance/HashKV",
-        Close::AfterBody,
-    ),
-    (
-        "/v3/maintenance/snapshot",
-        "etcdserverpb.Maintenance/Snapshot",
-        Close::AfterBody,
-    ),
-    (
-        "/v3/maintenance/transfer-leadership",
-        "etcdserverpb.Maintenance/MoveLeader",
-        Close::AfterBody,
-    ),
-    (
-        "/v3/maintenance/downgrade",
-        "etcdserverpb.Maintenance/Downgrade",
-        Close::AfterBody,
-    ),
-    (
-        "/v3/auth/enable",
-        "etcdserverpb.Auth/AuthEnable",
-        Close::AfterBody,
-    ),
-    (
-        "/v3/auth/disable",
-        "etcdserverpb.Auth/AuthDisable",
-        Close::AfterBody,
-    ),
-    (
-        "/v3/auth/status",
-        "etcdserverpb.Auth/AuthStatus",
-        Close::AfterBody,
-    ),
-    (
-        "/v3/auth/authenticate",
-        "etcdserverpb.Auth/Authenticate",
-        Close::AfterBody,
-    ),
-    (
-        "/v3/auth/user/add",
-        "etcdserverpb.Auth/UserAdd",
-        Close::AfterBody,
-    ),
-    (
-        "/v3/auth/user/get",
-        "etcdserverpb.Auth/UserGet",
-        Close::AfterBody,
-    ),
-    (
-        "/v3/auth/user/list",
-        "etcdserverpb.Auth/UserList",
-        Close::AfterBody,
-    ),
-    (
-        "/v3/auth/user/delete",
-        "etcdserverpb.Auth/UserDelete",
-        Close::AfterBody,
-    ),
-    (
-        "/v3/auth/user/changepw",
-        "etcdserverpb.Auth/UserChangePassword",
-        Close::AfterBody,
-    ),
-    (
-        "/v3/auth/user/grant",
-        "etcdserverpb.Auth/UserGrantRole",
-        Close::AfterBody,
-    ),
-    (
-        "/v3/auth/user/revoke",
-        "etcdserverpb.Auth/UserRevokeRole",
-        Close::AfterBody,
-    ),
-    (
-        "/v3/auth/role/add",
-        "etcdserverpb.Auth/RoleAdd",
-        Close::AfterBody,
-    ),
-    (
-        "/v3/auth/role/get",
-        "etcdserverpb.Auth/RoleGet",
-        Close::AfterBody,
-    ),
-    (
-        "/v3/auth/role/list",
-        "etcdserverpb.Auth/RoleList",
-        Close::AfterBody,
-    ),
-    (
-        "/v3/auth/role/delete",
-        "etcdserverpb.Auth/RoleDelete",
-        Close::AfterBody,
-    ),
-    (
-        "/v3/auth/role/grant",
-        "etcdserverpb.Auth/RoleGrantPermission",
-        Close::AfterBody,
-    ),
-    (
-        "/v3/auth/role/revoke",
-        "etcdserverpb.Auth/RoleRevokePermission",
-        Close::AfterBody,
-    ),
+/// `(HTTP path, gRPC method as "package.Service/Method")`: etcd's bindings.
+#[rustfmt::skip]
+pub const ROUTES: &[(&str, &str)] = &[
+    ("/v3/kv/range",                        "etcdserverpb.KV/Range"),
+    ("/v3/kv/put",                          "etcdserverpb.KV/Put"),
+    ("/v3/kv/deleterange",                  "etcdserverpb.KV/DeleteRange"),
+    ("/v3/kv/txn",                          "etcdserverpb.KV/Txn"),
+    ("/v3/kv/compaction",                   "etcdserverpb.KV/Compact"),
+    ("/v3/watch",                           "etcdserverpb.Watch/Watch"),
+    ("/v3/lease/grant",                     "etcdserverpb.Lease/LeaseGrant"),
+    ("/v3/lease/revoke",                    "etcdserverpb.Lease/LeaseRevoke"),
+    ("/v3/kv/lease/revoke",                 "etcdserverpb.Lease/LeaseRevoke"),
+    ("/v3/lease/keepalive",                 "etcdserverpb.Lease/LeaseKeepAlive"),
+    ("/v3/lease/timetolive",                "etcdserverpb.Lease/LeaseTimeToLive"),
+    ("/v3/kv/lease/timetolive",             "etcdserverpb.Lease/LeaseTimeToLive"),
+    ("/v3/lease/leases",                    "etcdserverpb.Lease/LeaseLeases"),
+    ("/v3/kv/lease/leases",                 "etcdserverpb.Lease/LeaseLeases"),
+    ("/v3/cluster/member/add",              "etcdserverpb.Cluster/MemberAdd"),
+    ("/v3/cluster/member/remove",           "etcdserverpb.Cluster/MemberRemove"),
+    ("/v3/cluster/member/update",           "etcdserverpb.Cluster/MemberUpdate"),
+    ("/v3/cluster/member/list",             "etcdserverpb.Cluster/MemberList"),
+    ("/v3/cluster/member/promote",          "etcdserverpb.Cluster/MemberPromote"),
+    ("/v3/maintenance/alarm",               "etcdserverpb.Maintenance/Alarm"),
+    ("/v3/maintenance/status",              "etcdserverpb.Maintenance/Status"),
+    ("/v3/maintenance/defragment",          "etcdserverpb.Maintenance/Defragment"),
+    ("/v3/maintenance/hash",                "etcdserverpb.Maintenance/Hash"),
+    ("/v3/maintenance/hashkv",              "etcdserverpb.Maintenance/HashKV"),
+    ("/v3/maintenance/snapshot",            "etcdserverpb.Maintenance/Snapshot"),
+    ("/v3/maintenance/transfer-leadership", "etcdserverpb.Maintenance/MoveLeader"),
+    ("/v3/maintenance/downgrade",           "etcdserverpb.Maintenance/Downgrade"),
+    ("/v3/auth/enable",                     "etcdserverpb.Auth/AuthEnable"),
+    ("/v3/auth/disable",                    "etcdserverpb.Auth/AuthDisable"),
+    ("/v3/auth/status",                     "etcdserverpb.Auth/AuthStatus"),
+    ("/v3/auth/authenticate",               "etcdserverpb.Auth/Authenticate"),
+    ("/v3/auth/user/add",                   "etcdserverpb.Auth/UserAdd"),
+    ("/v3/auth/user/get",                   "etcdserverpb.Auth/UserGet"),
+    ("/v3/auth/user/list",                  "etcdserverpb.Auth/UserList"),
+    ("/v3/auth/user/delete",                "etcdserverpb.Auth/UserDelete"),
+    ("/v3/auth/user/changepw",              "etcdserverpb.Auth/UserChangePassword"),
+    ("/v3/auth/user/grant",                 "etcdserverpb.Auth/UserGrantRole"),
+    ("/v3/auth/user/revoke",                "etcdserverpb.Auth/UserRevokeRole"),
+    ("/v3/auth/role/add",                   "etcdserverpb.Auth/RoleAdd"),
+    ("/v3/auth/role/get",                   "etcdserverpb.Auth/RoleGet"),
+    ("/v3/auth/role/list",                  "etcdserverpb.Auth/RoleList"),
+    ("/v3/auth/role/delete",                "etcdserverpb.Auth/RoleDelete"),
+    ("/v3/auth/role/grant",                 "etcdserverpb.Auth/RoleGrantPermission"),
+    ("/v3/auth/role/revoke",                "etcdserverpb.Auth/RoleRevokePermission"),
 ];
+
+/// Client-streaming methods whose request stream stays open until the HTTP
+/// client goes (`Close::WhenClientGoes`); every other closes after the body.
+pub const KEEP_OPEN: &[&str] = &["etcdserverpb.Watch/Watch"];
 
 /// One HTTP path, resolved against the descriptor set.
 #[derive(Clone, Debug)]
@@ -248,10 +89,15 @@ pub struct Route {
 /// the unit tests).
 pub fn resolve(
     pool: &DescriptorPool,
-    routes: &[(&str, &str, Close)],
+    routes: &[(&str, &str)],
 ) -> Result<HashMap<String, Route>, String> {
     let mut out = HashMap::with_capacity(routes.len());
-    for &(http_path, method, close) in routes {
+    for &(http_path, method) in routes {
+        let close = if KEEP_OPEN.contains(&method) {
+            Close::WhenClientGoes
+        } else {
+            Close::AfterBody
+        };
         let (service, name) = method
             .split_once('/')
             .ok_or_else(|| format!("gateway route {http_path}: bad method {method:?}"))?;
