@@ -4,11 +4,12 @@
 # (protoc, for the gRPC code) with libprotobuf-dev (the google/protobuf/*.proto files
 # protoc imports: only a "Recommends", which --no-install-recommends would skip),
 # etcd-client and etcd-server (etcdctl, and a real etcd that compatibility tests
-# compare against), prometheus (`strata dev --prometheus`).
+# compare against), prometheus (`strata dev --prometheus`), curl (the HTTP/JSON
+# gateway tests drive the client port with it).
 # Idempotent; run as root (or with sudo available). Also checks for a Rust toolchain.
 set -euo pipefail
 
-PACKAGES=(clang libclang-dev protobuf-compiler libprotobuf-dev etcd-client etcd-server prometheus fonts-dejavu-core)
+PACKAGES=(clang libclang-dev protobuf-compiler libprotobuf-dev etcd-client etcd-server prometheus fonts-dejavu-core curl)
 
 log() { echo "install-deps: $*" >&2; }
 

@@ -26,6 +26,12 @@ pub mod etcd_auth {
 
 pub use prost::Message;
 
+/// The encoded `FileDescriptorSet` of etcd's services as the HTTP/JSON gateway
+/// maps them (`proto/etcd/rpc.proto` and its imports): message and field names
+/// for the JSON mapping.
+pub const GATEWAY_DESCRIPTORS: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/gateway_descriptors.bin"));
+
 pub mod answers;
 pub mod auth;
 pub mod errors;

@@ -131,6 +131,9 @@ impl ClientTls {
 pub const ALPN_H2: &[&[u8]] = &[b"h2"];
 /// HTTP/1.1: the metrics endpoint.
 pub const ALPN_HTTP1: &[&[u8]] = &[b"http/1.1"];
+/// Both: the router's client port (gRPC, and the HTTP/JSON gateway for
+/// HTTP/1.1 clients).
+pub const ALPN_H2_HTTP1: &[&[u8]] = &[b"h2", b"http/1.1"];
 
 impl ClientPortFlags {
     /// The client port's TLS (its protocols `alpn`), `None` without --cert-file.

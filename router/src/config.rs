@@ -61,10 +61,10 @@ impl RouterConfig {
     /// port's and the metrics endpoint's (the client port's files; `None`:
     /// plaintext).
     pub fn tls(&self) -> anyhow::Result<(Option<ServerTls>, Option<ServerTls>)> {
-        use strata_proto::tls::{set_internal, ALPN_H2, ALPN_HTTP1};
+        use strata_proto::tls::{set_internal, ALPN_H2_HTTP1, ALPN_HTTP1};
         set_internal(&self.peer_tls).map_err(anyhow::Error::msg)?;
         let port = |alpn| self.client_tls.server(alpn).map_err(anyhow::Error::msg);
-        Ok((port(ALPN_H2)?, port(ALPN_HTTP1)?))
+        Ok((port(ALPN_H2_HTTP1)?, port(ALPN_HTTP1)?))
     }
 }
 

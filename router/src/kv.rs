@@ -496,15 +496,23 @@ fn anyhow_deadline(deadline: tokio::time::Instant) -> Result<(), Status> {
     Ok(())
 }
 
+/// The txn's header is the whole `h`; its ops' (nested txns' too) carry only
+/// the revision, as etcd's do.
 fn set_headers(resp: &mut PbTxnResponse, h: Option<PbResponseHeader>) {
     use strata_proto::etcd::PbTxnOpResponse as R;
     resp.header = h;
+    let op_header = h.map(|h| PbResponseHeader {
+        revision: h.revision,
+        ..Default::default()
+    });
     for op in &mut resp.responses {
         match &mut op.response {
-            Some(R::ResponseRange(x)) => x.header = h,
-            Some(R::ResponsePut(x)) => x.header = h,
-            Some(R::ResponseDeleteRange(x)) => x.header = h,
-            Some(R::ResponseTxn(x)) => set_headers(x, h),
+            Some(R::ResponseRange(x)) => x.header = op_header,
+            Some(R::ResponsePut(x)) => x.header = op_header,
+            Some(R::ResponseDeleteRange(x)) => x.header = op_header,
+            Some(R::ResponseTxn(x)) => {
+                set_headers(x, op_header);
+            }
             None => {}
         }
     }

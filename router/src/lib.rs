@@ -5,6 +5,7 @@ pub mod announce;
 pub mod auth;
 mod config;
 pub mod failpoint;
+pub mod gateway;
 pub mod kv;
 pub mod metrics;
 pub mod misc;
@@ -84,7 +85,12 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<RouterHandle> {
             .watch_progress_notify_interval
             .max(Duration::from_millis(100)),
     };
+    // HTTP/1.1 and HTTP/2 requests that are not gRPC go to the HTTP/JSON
+    // gateway and health endpoints, which call the services below in process.
+    let gateway = gateway::GatewayLayer::new(kv.clone(), cfg.request_timeout)?;
     let server = tonic::transport::Server::builder()
+        .accept_http1(true)
+        .layer(gateway)
         .layer(metrics::grpc_layer())
         .add_service(
             PbKvServer::from_arc(kv.clone()).max_decoding_message_size(kv::GRPC_MAX_RECV_BYTES),
