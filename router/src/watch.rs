@@ -107,8 +107,18 @@ impl PbWatchService for Watch {
             let _open = crate::metrics::watch_stream();
             let watchers: Arc<Mutex<HashMap<i64, Watcher>>> = Arc::new(Mutex::new(HashMap::new()));
             let mut next_id: i64 = 0;
-            while let Some(msg) = inbound.next().await {
-                let Ok(msg) = msg else { break };
+            // Whether the client only closed its side of the stream: etcd
+            // keeps its watches then, until the client goes.
+            let mut half_closed = false;
+            loop {
+                let msg = match inbound.next().await {
+                    Some(Ok(msg)) => msg,
+                    Some(Err(_)) => break,
+                    None => {
+                        half_closed = true;
+                        break;
+                    }
+                };
                 match msg.request_union {
                     Some(PbWatchRequestUnion::CreateRequest(c)) => {
                         let current = match oracle.current().await {
@@ -240,6 +250,9 @@ impl PbWatchService for Watch {
                     }
                     None => {}
                 }
+            }
+            if half_closed {
+                tx.closed().await;
             }
             for (_, w) in watchers.lock().drain() {
                 w.task.abort();

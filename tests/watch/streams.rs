@@ -213,3 +213,66 @@ async fn watch_delete_of_nothing_sends_no_event() {
     assert_eq!((ev[0].watch_id, ev[0].typ, ev[0].modr), (w, PUT, r1));
     assert_quiet(&mut s, Duration::from_millis(300)).await;
 }
+
+/// A client that half-closes its side of the stream (sends no more
+/// requests) still gets its watches' events, as etcd keeps them until the
+/// client goes: here a raw gRPC stream whose request side ends after one
+/// create.
+#[tokio::test]
+async fn watch_survives_the_client_half_closing_its_stream() {
+    use strata_proto::etcd::PbWatchResponse;
+    // etcd's WatchRequest { create_request (1): WatchCreateRequest { key (1) } }
+    // (the etcd-client crate does not export the create request type).
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Create {
+        #[prost(bytes = "vec", tag = "1")]
+        key: Vec<u8>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct WatchRequest {
+        #[prost(message, optional, tag = "1")]
+        create_request: Option<Create>,
+    }
+    let mut c = client().await;
+    let key = prefix("half_closed");
+    let url = format!("http://{}", shared().endpoint);
+    let ch = tonic::transport::Endpoint::from_shared(url)
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect");
+    let mut grpc = tonic::client::Grpc::new(ch);
+    grpc.ready().await.unwrap();
+    let create = WatchRequest {
+        create_request: Some(Create {
+            key: key.clone().into_bytes(),
+        }),
+    };
+    // One request, then the request stream ends: a half-close.
+    let requests = futures::stream::iter(vec![create]);
+    let path = http::uri::PathAndQuery::from_static("/etcdserverpb.Watch/Watch");
+    let codec = tonic_prost::ProstCodec::<_, PbWatchResponse>::default();
+    let mut s = within(
+        RECV_TIMEOUT,
+        "open",
+        grpc.streaming(tonic::Request::new(requests), path, codec),
+    )
+    .await
+    .expect("watch")
+    .into_inner();
+    assert!(next_raw(&mut s).await.created);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rev = put(&mut c, &key, "after half-close").await;
+    let r = next_raw(&mut s).await;
+    assert_eq!(r.events.len(), 1, "{r:?}");
+    assert_eq!(r.events[0].kv.as_ref().map(|kv| kv.mod_revision), Some(rev));
+}
+
+async fn next_raw(
+    s: &mut tonic::Streaming<strata_proto::etcd::PbWatchResponse>,
+) -> strata_proto::etcd::PbWatchResponse {
+    match tokio::time::timeout(RECV_TIMEOUT, s.message()).await {
+        Ok(Ok(Some(r))) => r,
+        other => panic!("watch response: {other:?}"),
+    }
+}
