@@ -24,6 +24,32 @@ use super::*;
 /// How long a restarted component may take to serve again.
 const RESTART_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The placement leader's replica number (ids are 1..=3 as in `strata dev`).
+pub async fn placement_leader(addrs: &[String]) -> Option<usize> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        for a in addrs {
+            let ep = tonic::transport::Endpoint::from_shared(format!("http://{a}"))
+                .unwrap()
+                .connect_timeout(Duration::from_millis(300))
+                .timeout(Duration::from_secs(1));
+            if let Ok(ch) = ep.connect().await {
+                if let Ok(r) = strata_proto::strata::placement_client::PlacementClient::new(ch)
+                    .members(strata_proto::strata::MembersRequest {})
+                    .await
+                {
+                    let id = r.into_inner().leader_id;
+                    if id != 0 {
+                        return Some(id as usize);
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
 /// A component as `dev.json` describes it.
 struct DevComponent {
     pid: i32,

@@ -30,6 +30,8 @@ mod tls;
 #[allow(unused_imports)]
 pub use cluster::{shared, start, start_strata_with, Cluster};
 #[allow(unused_imports)]
+pub use components::placement_leader;
+#[allow(unused_imports)]
 pub use process::{run_bounded, Background};
 #[allow(unused_imports)]
 pub use tls::{client_url, make_certs, TlsPaths};

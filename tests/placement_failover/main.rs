@@ -12,41 +12,18 @@ mod common;
 
 mod cluster;
 
+pub(crate) use common::placement_leader;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ConnectOptions, GetOptions, PutOptions};
-use strata_proto::strata::placement_client::PlacementClient;
-use strata_proto::strata::MembersRequest;
 
 fn opts() -> ConnectOptions {
     ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_timeout(Duration::from_secs(10))
-}
-
-/// The placement leader's replica number (ids are 1..=3 as in `strata dev`).
-pub(crate) async fn placement_leader(addrs: &[String]) -> Option<usize> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        for a in addrs {
-            let ep = tonic::transport::Endpoint::from_shared(format!("http://{a}"))
-                .unwrap()
-                .connect_timeout(Duration::from_millis(300))
-                .timeout(Duration::from_secs(1));
-            if let Ok(ch) = ep.connect().await {
-                if let Ok(r) = PlacementClient::new(ch).members(MembersRequest {}).await {
-                    let id = r.into_inner().leader_id;
-                    if id != 0 {
-                        return Some(id as usize);
-                    }
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    None
 }
 
 #[derive(Clone, Debug)]
