@@ -80,6 +80,15 @@ pub static LEASES: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!("strata_placement_leases", "Granted, unexpired leases.").expect("register")
 });
 
+pub static TXN_RECORDS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "strata_placement_txn_records",
+        "Cross-range txn decision records kept (each until every participant range applied \
+         it; past 100,000 new decisions are refused)."
+    )
+    .expect("register")
+});
+
 pub static REVISION: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!(
         "strata_placement_oracle_revision",
@@ -274,7 +283,7 @@ pub fn init() {
     }
     for g in CLUSTER_GAUGES
         .into_iter()
-        .chain([&REPLICATION_FACTOR, &LEASES, &REVISION, &COMPACTED])
+        .chain([&REPLICATION_FACTOR, &LEASES, &TXN_RECORDS, &REVISION, &COMPACTED])
     {
         LazyLock::force(g);
     }
@@ -376,6 +385,7 @@ fn refresh(svc: &PlacementService) {
     LEADERLESS.set(leaderless);
     REPLICATION_FACTOR.set(factor as i64);
     LEASES.set(st.leases.len() as i64);
+    TXN_RECORDS.set(st.txns.len() as i64);
     COMPACTED.set(st.compacted);
 }
 
