@@ -297,34 +297,61 @@ impl<'a> WriteExec<'a> {
         Ok(kvs.iter().all(|v| compare_one(c, Some(v))))
     }
 
+    /// etcd's txn: every compare of the tree, nested txns' included, is
+    /// evaluated first against the state before the txn (etcd's
+    /// `compareToPath`), then the ops run along that path (a Range op sees
+    /// the txn's earlier writes).
     pub fn txn(&mut self, r: &PbTxnRequest) -> Result<PbTxnResponse, Status> {
-        let mut ok = true;
-        for c in &r.compare {
-            if !self.compare(c)? {
-                ok = false;
-                break;
+        let results = strata_proto::xtxn::compares(r)
+            .into_iter()
+            .map(|c| self.compare(c))
+            .collect::<Result<Vec<bool>, Status>>()?;
+        let path = strata_proto::xtxn::path(r, &results)
+            .ok_or_else(|| Status::internal("strata: a txn's compares do not match its tree"))?;
+        self.txn_along(r, &path, &mut 0)
+    }
+
+    /// Runs `r`'s ops along `path` (one entry per txn of the tree, in
+    /// pre-order; `node` is `r`'s).
+    fn txn_along(
+        &mut self,
+        r: &PbTxnRequest,
+        path: &[bool],
+        node: &mut usize,
+    ) -> Result<PbTxnResponse, Status> {
+        let ok = path.get(*node).copied().unwrap_or(false);
+        *node += 1;
+        let mut responses = Vec::new();
+        for (branch, ops) in [(true, &r.success), (false, &r.failure)] {
+            for op in ops {
+                let resp = match &op.request {
+                    // A txn on the branch not taken: skip its tree's nodes.
+                    Some(PbTxnOpRequest::RequestTxn(t)) if branch != ok => {
+                        *node += strata_proto::xtxn::nodes(t);
+                        continue;
+                    }
+                    _ if branch != ok => continue,
+                    Some(PbTxnOpRequest::RequestRange(rr)) => {
+                        PbTxnOpResponse::ResponseRange(self.view().range(rr).map(|mut x| {
+                            x.header = header(self.rev);
+                            x
+                        })?)
+                    }
+                    Some(PbTxnOpRequest::RequestPut(p)) => {
+                        PbTxnOpResponse::ResponsePut(self.put(p)?)
+                    }
+                    Some(PbTxnOpRequest::RequestDeleteRange(d)) => {
+                        PbTxnOpResponse::ResponseDeleteRange(self.delete(d)?)
+                    }
+                    Some(PbTxnOpRequest::RequestTxn(t)) => {
+                        PbTxnOpResponse::ResponseTxn(self.txn_along(t, path, node)?)
+                    }
+                    None => return Err(Status::invalid_argument("etcdserver: empty request op")),
+                };
+                responses.push(PbResponseOp {
+                    response: Some(resp),
+                });
             }
-        }
-        let ops = if ok { &r.success } else { &r.failure };
-        let mut responses = Vec::with_capacity(ops.len());
-        for op in ops {
-            let resp = match &op.request {
-                Some(PbTxnOpRequest::RequestRange(rr)) => {
-                    PbTxnOpResponse::ResponseRange(self.view().range(rr).map(|mut x| {
-                        x.header = header(self.rev);
-                        x
-                    })?)
-                }
-                Some(PbTxnOpRequest::RequestPut(p)) => PbTxnOpResponse::ResponsePut(self.put(p)?),
-                Some(PbTxnOpRequest::RequestDeleteRange(d)) => {
-                    PbTxnOpResponse::ResponseDeleteRange(self.delete(d)?)
-                }
-                Some(PbTxnOpRequest::RequestTxn(t)) => PbTxnOpResponse::ResponseTxn(self.txn(t)?),
-                None => return Err(Status::invalid_argument("etcdserver: empty request op")),
-            };
-            responses.push(PbResponseOp {
-                response: Some(resp),
-            });
         }
         Ok(PbTxnResponse {
             header: header(self.rev),

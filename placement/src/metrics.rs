@@ -281,10 +281,13 @@ pub fn init() {
     for s in ["up", "down"] {
         NODES.with_label_values(&[s]);
     }
-    for g in CLUSTER_GAUGES
-        .into_iter()
-        .chain([&REPLICATION_FACTOR, &LEASES, &TXN_RECORDS, &REVISION, &COMPACTED])
-    {
+    for g in CLUSTER_GAUGES.into_iter().chain([
+        &REPLICATION_FACTOR,
+        &LEASES,
+        &TXN_RECORDS,
+        &REVISION,
+        &COMPACTED,
+    ]) {
         LazyLock::force(g);
     }
     for c in [

@@ -417,3 +417,38 @@ async fn txn_errors_inside() {
     let kv = c.get(format!("{p}k"), None).await.unwrap().kvs()[0].clone();
     assert_eq!((kv.value(), kv.mod_revision()), (&b"v"[..], r1));
 }
+
+/// etcd evaluates every compare of the tree, nested txns' included, against
+/// the state before the txn, then runs the ops along that path: a nested
+/// compare does not see the outer txn's earlier Put (a Range op does).
+#[tokio::test]
+async fn txn_nested_compares_see_the_state_before_the_txn() {
+    let mut c = client().await;
+    let p = prefix("txn_nested_before");
+    let k = |s: &str| format!("{p}{s}");
+    let inner = Txn::new()
+        .when([Compare::value(k("flag"), CompareOp::Equal, "new")])
+        .and_then([TxnOp::put(k("seen"), "the txn's own put", None)])
+        .or_else([TxnOp::put(k("seen"), "the state before", None)]);
+    let r = c
+        .txn(Txn::new().and_then([
+            TxnOp::put(k("flag"), "new", None),
+            TxnOp::get(k("flag"), None),
+            TxnOp::txn(inner),
+        ]))
+        .await
+        .expect("txn");
+    assert!(r.succeeded());
+    match &r.op_responses()[1] {
+        etcd_client::TxnOpResponse::Get(g) => {
+            assert_eq!(kv_str(&g.kvs()[0]), (k("flag").as_str(), "new"));
+        }
+        other => panic!("expected a range response, got {other:?}"),
+    }
+    match &r.op_responses()[2] {
+        etcd_client::TxnOpResponse::Txn(t) => assert!(!t.succeeded(), "{t:?}"),
+        other => panic!("expected a txn response, got {other:?}"),
+    }
+    let got = c.get(k("seen"), None).await.expect("get");
+    assert_eq!(kv_str(&got.kvs()[0]).1, "the state before");
+}
