@@ -32,8 +32,14 @@ use tonic::Status;
 use crate::service::PlacementService;
 use crate::state::{Command, ORACLE_WINDOW};
 
+/// The first revision handed out: as in etcd, an empty store is at revision
+/// 1 and its first write is revision 2. Clients count on it: clientv3's
+/// election and lock recipes wait for keys created before `rev - 1`, and a
+/// first write at revision 1 made a first Campaign wait on its own key.
+pub const FIRST_REVISION: i64 = 2;
+
 pub struct Oracle {
-    /// The next revision to hand out (revisions start at 1).
+    /// The next revision to hand out. Revisions start at [`FIRST_REVISION`].
     pub next: i64,
     /// The leader term `next` was set up in (0: never).
     pub term: u64,
@@ -73,7 +79,7 @@ impl PlacementService {
         let mut o = self.oracle.lock().await;
         if o.term != term {
             let hw = self.rep.state().oracle_high_water;
-            o.next = o.next.max(hw).max(1);
+            o.next = o.next.max(hw).max(FIRST_REVISION);
             o.term = term;
             o.last_start = None;
         }

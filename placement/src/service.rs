@@ -56,7 +56,7 @@ impl PlacementService {
     pub fn new(rep: Replicated, replicas: usize) -> Arc<Self> {
         Arc::new(Self {
             oracle: tokio::sync::Mutex::new(Oracle {
-                next: 1,
+                next: crate::oracle::FIRST_REVISION,
                 last_start: None,
                 term: 0,
             }),
