@@ -159,6 +159,24 @@ pub fn txn_writes(r: &PbTxnRequest) -> bool {
         })
 }
 
+/// The bytes (key and value) the txn's Puts write, in every branch at any
+/// depth: what a txn costs against the space quota (0: it writes nothing new).
+pub fn txn_put_bytes(r: &PbTxnRequest) -> u64 {
+    r.success
+        .iter()
+        .chain(r.failure.iter())
+        .fold(0u64, |sum, op| {
+            let cost = match &op.request {
+                Some(PbTxnOpRequest::RequestPut(p)) => (p.key.len() as u64)
+                    .saturating_add(p.value.len() as u64)
+                    .max(1),
+                Some(PbTxnOpRequest::RequestTxn(t)) => txn_put_bytes(t),
+                _ => 0,
+            };
+            sum.saturating_add(cost)
+        })
+}
+
 /// Every key interval a txn touches (compares and ops), for routing.
 pub fn txn_keys(r: &PbTxnRequest, out: &mut Vec<KeyRange>) {
     for c in &r.compare {

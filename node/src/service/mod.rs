@@ -10,6 +10,7 @@
 
 mod admin;
 mod feed;
+mod maint;
 mod stream;
 
 use std::pin::Pin;
@@ -24,13 +25,14 @@ use strata_proto::etcd::{
     PbCompactionRequest, PbDeleteRequest, PbLeaseRevokeRequest, PbPutRequest, PbRangeRequest,
     PbTxnRequest,
 };
-use strata_proto::etcdutil::txn_writes;
+use strata_proto::etcdutil::{txn_put_bytes, txn_writes};
 use strata_proto::oracle::Oracle;
 use strata_proto::strata::node_server::Node;
 use strata_proto::strata::{
-    AdminKind, AdminRequest, AdminResponse, Epoch, FeedMessage, FeedRequest, KvCalls, KvKind,
-    KvRequest, KvResponse, NodeStatusRequest, NodeStatusResponse, RaftAck, RaftBatch,
-    RangeDescriptor, RangeStatus, RouteError, RouteErrorKind, SnapshotAck, SnapshotChunk,
+    AdminKind, AdminRequest, AdminResponse, CorruptRequest, CorruptResponse, DefragmentRequest,
+    DefragmentResponse, Epoch, FeedMessage, FeedRequest, KvCalls, KvKind, KvRequest, KvResponse,
+    NodeStatusRequest, NodeStatusResponse, RaftAck, RaftBatch, RangeDescriptor, RangeHashRequest,
+    RangeHashResponse, RangeStatus, RouteError, RouteErrorKind, SnapshotAck, SnapshotChunk,
     TxnDecision, TxnPart, TxnPrepare,
 };
 use tokio::sync::{mpsc, oneshot};
@@ -58,6 +60,10 @@ pub struct NodeService {
     pub snapshots: Arc<crate::snapshot::SnapshotReceiver>,
     /// For the ids of a range an `Admin` SPLIT creates.
     pub placement: strata_proto::oracle::PlacementConn,
+    /// The space quota and NOSPACE alarm (`crate::space`).
+    pub space: Arc<crate::space::Space>,
+    /// The node's storage engine (defragment, the test-only corruption).
+    pub db: Arc<dyn crate::storage::Engine>,
 }
 
 fn route_err(kind: RouteErrorKind, leader_node: u64, msg: &str) -> RouteError {
@@ -137,19 +143,29 @@ enum Checked {
 const MAX_TXN_PARTICIPANTS: usize = 1 << 16;
 
 /// Decodes and checks a request from the network before anything is
-/// proposed: a request that fails here never reaches the raft log.
-fn check_request(kind: KvKind, body: &[u8]) -> NodeResult<Checked> {
-    Ok(match kind {
+/// proposed: a request that fails here never reaches the raft log. Also
+/// answers the bytes it adds against the space quota (0 for all but Puts,
+/// and txns and txn prepares with Puts: deletes and compaction always go).
+fn check_request(kind: KvKind, body: &[u8]) -> NodeResult<(Checked, u64)> {
+    let mut cost = 0u64;
+    let checked = match kind {
         KvKind::KvRange => {
             decode::<PbRangeRequest>(body)?;
             Checked::Read
         }
-        KvKind::KvTxn => match txn_writes(&decode::<PbTxnRequest>(body)?) {
-            true => Checked::Write,
-            false => Checked::Read,
-        },
+        KvKind::KvTxn => {
+            let t = decode::<PbTxnRequest>(body)?;
+            cost = txn_put_bytes(&t);
+            match txn_writes(&t) {
+                true => Checked::Write,
+                false => Checked::Read,
+            }
+        }
         KvKind::KvPut => {
-            decode::<PbPutRequest>(body)?;
+            let p = decode::<PbPutRequest>(body)?;
+            cost = (p.key.len() as u64)
+                .saturating_add(p.value.len() as u64)
+                .max(1);
             Checked::Write
         }
         KvKind::KvDeleteRange => {
@@ -177,7 +193,7 @@ fn check_request(kind: KvKind, body: &[u8]) -> NodeResult<Checked> {
         KvKind::KvSplit => return Err(invalid("splits are proposed by the node itself")),
         KvKind::KvTxnPrepare => {
             let p: TxnPrepare = decode(body)?;
-            decode::<PbTxnRequest>(&p.txn)?;
+            cost = txn_put_bytes(&decode::<PbTxnRequest>(&p.txn)?);
             if p.txn_id == 0
                 || p.participants.is_empty()
                 || p.participants.len() > MAX_TXN_PARTICIPANTS
@@ -201,7 +217,8 @@ fn check_request(kind: KvKind, body: &[u8]) -> NodeResult<Checked> {
             decode::<PbTxnRequest>(&p.txn)?;
             Checked::TxnRead
         }
-    })
+    };
+    Ok((checked, cost))
 }
 
 impl NodeService {
@@ -321,12 +338,13 @@ impl NodeService {
 
     async fn kv_request(&self, r: &Arc<RangeShared>, req: KvRequest) -> NodeResult<Vec<u8>> {
         let kind = KvKind::try_from(req.kind).map_err(|_| invalid("unknown request kind"))?;
-        let checked = check_request(kind, &req.request)?;
+        let (checked, cost) = check_request(kind, &req.request)?;
         Self::within(r, kind, &req.request)?;
         let linearizable = req.read_revision > 0;
         if (!matches!(checked, Checked::Read) || linearizable) && !r.is_leader() {
             return Err(NodeError::NotLeader);
         }
+        self.space.check(cost)?;
         let request = req.request;
         match checked {
             Checked::Read if kind == KvKind::KvRange => {
@@ -581,12 +599,14 @@ impl Node for NodeService {
 
     async fn status(
         &self,
-        _: Request<NodeStatusRequest>,
+        req: Request<NodeStatusRequest>,
     ) -> Result<Response<NodeStatusResponse>, Status> {
         crate::failpoint::hold_while_partitioned(self.node_id).await?;
+        let sizes_only = req.get_ref().sizes_only;
         let ranges = self
             .ranges
             .iter()
+            .filter(|_| !sizes_only)
             .map(|r| RangeStatus {
                 desc: Some(r.desc.read().clone()),
                 leader_peer: r.leader_peer.load(Ordering::Acquire),
@@ -598,6 +618,33 @@ impl Node for NodeService {
         Ok(Response::new(NodeStatusResponse {
             node_id: self.node_id,
             ranges,
+            db_size_bytes: self.space.db_size(),
+            db_size_in_use_bytes: self.space.db_size_in_use(),
+            quota_backend_bytes: self.space.quota_bytes(),
         }))
+    }
+
+    async fn defragment(
+        &self,
+        _: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
+        crate::failpoint::hold_while_partitioned(self.node_id).await?;
+        self.defragment_all().await.map(Response::new)
+    }
+
+    async fn range_hash(
+        &self,
+        req: Request<RangeHashRequest>,
+    ) -> Result<Response<RangeHashResponse>, Status> {
+        crate::failpoint::hold_while_partitioned(self.node_id).await?;
+        self.hash_range(req.into_inner()).await.map(Response::new)
+    }
+
+    async fn corrupt(
+        &self,
+        req: Request<CorruptRequest>,
+    ) -> Result<Response<CorruptResponse>, Status> {
+        self.corrupt_value(req.into_inner()).await?;
+        Ok(Response::new(CorruptResponse {}))
     }
 }
