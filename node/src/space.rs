@@ -18,7 +18,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use strata_proto::errors;
 use strata_proto::oracle::PlacementConn;
@@ -35,6 +35,18 @@ pub const ALARM_NOSPACE: i32 = 1;
 const ACTIVATE: i32 = 1;
 /// The column families that hold MVCC state (what the quota counts).
 const COUNTED: [Cf; 2] = [Cf::Data, Cf::Meta];
+/// How old the size a write is checked against may be (reading RocksDB's
+/// sizes walks its file lists: not for every write); writes accepted since
+/// are added to it.
+const SIZE_REFRESH: Duration = Duration::from_millis(100);
+
+/// The size writes are checked against: measured at `at`, plus `added`,
+/// the bytes of the writes accepted since.
+struct Measured {
+    at: Instant,
+    bytes: u64,
+    added: u64,
+}
 
 pub struct Space {
     node_id: u64,
@@ -46,6 +58,9 @@ pub struct Space {
     /// A raise is on its way to placement (at most one at a time).
     raising: Arc<AtomicBool>,
     placement: PlacementConn,
+    measured: parking_lot::Mutex<Option<Measured>>,
+    /// [`SIZE_REFRESH`] (tests keep the first measure).
+    size_refresh: Duration,
 }
 
 impl Space {
@@ -65,6 +80,8 @@ impl Space {
             nospace: AtomicBool::new(false),
             raising: Arc::new(AtomicBool::new(false)),
             placement,
+            measured: parking_lot::Mutex::new(None),
+            size_refresh: SIZE_REFRESH,
         })
     }
 
@@ -100,10 +117,21 @@ impl Space {
         if self.nospace.load(Ordering::Acquire) {
             return Err(errors::no_space().into());
         }
-        if self.db_size().saturating_add(cost) > self.quota_bytes {
+        let mut m = self.measured.lock();
+        let m = match &mut *m {
+            Some(m) if m.at.elapsed() < self.size_refresh => m,
+            stale => stale.insert(Measured {
+                at: Instant::now(),
+                bytes: self.db_size(),
+                added: 0,
+            }),
+        };
+        let after = m.bytes.saturating_add(m.added).saturating_add(cost);
+        if after > self.quota_bytes {
             self.raise();
             return Err(errors::no_space().into());
         }
+        m.added = m.added.saturating_add(cost);
         Ok(())
     }
 
@@ -147,5 +175,50 @@ impl Space {
             }
             raising.store(false, Ordering::Release);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemoryEngine;
+
+    /// The in-memory engine keeps no sizes: writes are counted from 0.
+    #[tokio::test]
+    async fn writes_past_the_quota_or_under_an_alarm_are_refused() {
+        let placement = strata_proto::oracle::placement_client("127.0.0.1:1").expect("client");
+        let mut space = Space::new(7, Arc::new(MemoryEngine::new()), 100, placement);
+        // Accepted writes add up (no re-measuring, which would start over
+        // from the engine's 0).
+        Arc::get_mut(&mut space).expect("one owner").size_refresh = Duration::from_secs(3600);
+        assert!(space.check(60).is_ok());
+        // 60 + 60 would pass 100: refused, and capped at once.
+        assert!(space.check(60).is_err());
+        assert!(
+            space.check(1).is_err(),
+            "capped until placement says otherwise"
+        );
+        assert!(space.check(0).is_ok(), "deletes and reads always go");
+        // Disarmed (placement lists no alarm): what fits goes again.
+        space.learn(&[]);
+        assert!(space.check(40).is_ok());
+        assert!(space.check(1).is_err(), "60 + 40 + 1 > 100");
+        // Another node's NOSPACE caps this one too.
+        space.learn(&[]);
+        let other = Alarm {
+            member_id: 9,
+            alarm: ALARM_NOSPACE,
+        };
+        space.learn(&[other]);
+        let e = space.check(0).and_then(|()| space.check(1)).unwrap_err();
+        let NodeError::Etcd(s) = e else {
+            panic!("not an etcd error: {e:?}");
+        };
+        assert_eq!(s.message(), "etcdserver: mvcc: database space exceeded");
+        assert_eq!(s.code(), tonic::Code::ResourceExhausted);
+        // 0 means etcd's default.
+        let placement = strata_proto::oracle::placement_client("127.0.0.1:1").expect("client");
+        let dflt = Space::new(7, Arc::new(MemoryEngine::new()), 0, placement);
+        assert_eq!(dflt.quota_bytes(), DEFAULT_QUOTA_BYTES);
     }
 }

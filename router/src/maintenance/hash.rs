@@ -28,10 +28,14 @@ use crate::routing::{CachedRange, Router};
 use strata_proto::etcdutil::KeyRange;
 
 const PARALLEL_RANGES: usize = 8;
-/// Whole-check attempts when splits change the ranges under it.
-const ATTEMPTS: usize = 5;
-/// Tries to find a range's leader.
-const LEADER_TRIES: usize = 20;
+/// Whole-check attempts when splits change the ranges under it, within
+/// [`SPLIT_WAIT`].
+const ATTEMPTS: usize = 50;
+const SPLIT_WAIT: Duration = Duration::from_secs(30);
+/// How long to look for a range's leader (a range just split off elects
+/// one; placement may be moving leaders), and the most tries meanwhile.
+const LEADER_WAIT: Duration = Duration::from_secs(15);
+const LEADER_TRIES: usize = 1000;
 /// One replica's hash (it may first wait up to 5 s to catch up).
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -142,10 +146,14 @@ fn all_keys() -> KeyRange {
 /// Checks every range at `rev`.
 pub async fn check_all(router: &Router, rev: i64) -> Result<Checked, Status> {
     let mut last = errors::timeout();
+    let deadline = tokio::time::Instant::now() + SPLIT_WAIT;
     for attempt in 0..ATTEMPTS {
         if attempt > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
             let _ = router.refresh().await;
-            tokio::time::sleep(Duration::from_millis(100 * attempt as u64)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let ranges = router.ranges_for(&all_keys());
         if !router.covers(&all_keys(), &ranges) {
@@ -161,10 +169,14 @@ pub async fn check_all(router: &Router, rev: i64) -> Result<Checked, Status> {
         for c in checks {
             out.push(c?);
         }
-        match tiles(&out) {
-            true => return Ok(Checked { ranges: out }),
-            false => last = Status::unavailable("strata: ranges split during the check"),
+        if tiles(&out) {
+            return Ok(Checked { ranges: out });
         }
+        // The leaders' descriptors are the newest: the cache learns them
+        // now rather than a placement heartbeat later.
+        let descs: Vec<RangeDescriptor> = out.into_iter().map(|c| c.desc).collect();
+        router.learn(&descs);
+        last = Status::unavailable("strata: ranges split during the check");
     }
     Err(last)
 }
@@ -205,7 +217,11 @@ async fn check_range(router: &Router, range: CachedRange, rev: i64) -> Result<Ra
     let range_id = range.desc.id;
     let mut range = range;
     let mut last = errors::no_leader();
+    let deadline = tokio::time::Instant::now() + LEADER_WAIT;
     for attempt in 0..LEADER_TRIES {
+        if tokio::time::Instant::now() >= deadline {
+            break;
+        }
         let node = router.target(&range, attempt);
         let req = RangeHashRequest {
             range_id,
@@ -227,12 +243,11 @@ async fn check_range(router: &Router, range: CachedRange, rev: i64) -> Result<Ra
             }
         };
         if let Some(e) = lead.error {
-            router.on_route_error(range_id, &e).await;
+            let backoff = router.on_route_error(range_id, &e).await;
             range = router.cached(range_id).unwrap_or(range);
             range.leader_node = e.leader_node;
-            if e.leader_node == 0 {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            // A hint may be stale too: never a hot loop.
+            tokio::time::sleep(backoff.max(Duration::from_millis(10))).await;
             last = Status::unavailable(format!("strata: range {range_id}: {}", e.message));
             continue;
         }
