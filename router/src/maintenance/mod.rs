@@ -126,6 +126,16 @@ impl PbMaintenanceService for Maintenance {
         if asked > current {
             return Err(errors::future_rev());
         }
+        // Each replica checks its own compaction floor too; this is the
+        // cluster's (placement's) as the router last heard it.
+        let compacted = self
+            .0
+            .router
+            .compacted
+            .load(std::sync::atomic::Ordering::Acquire);
+        if asked > 0 && asked < compacted {
+            return Err(errors::compacted());
+        }
         let rev = if asked > 0 { asked } else { current.max(1) };
         let total = hash::check_all(&self.0.router, rev).await?;
         if let Some(m) = total.mismatch() {
