@@ -216,3 +216,43 @@ pub fn check_put(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::etcd::{PbDeleteRequest, PbPutRequest};
+
+    fn op(r: PbTxnOpRequest) -> PbTxnRequestOp {
+        PbTxnRequestOp { request: Some(r) }
+    }
+
+    #[test]
+    fn txn_put_bytes_counts_puts_in_every_branch_and_depth() {
+        let put = |k: &str, v: &str| {
+            op(PbTxnOpRequest::RequestPut(PbPutRequest {
+                key: k.into(),
+                value: v.into(),
+                ..Default::default()
+            }))
+        };
+        let del = op(PbTxnOpRequest::RequestDeleteRange(PbDeleteRequest {
+            key: b"k".to_vec(),
+            ..Default::default()
+        }));
+        let only_deletes = PbTxnRequest {
+            success: vec![del.clone()],
+            ..Default::default()
+        };
+        assert_eq!(txn_put_bytes(&only_deletes), 0, "deletes add nothing");
+        let nested = PbTxnRequest {
+            success: vec![put("ab", "cde"), del],
+            failure: vec![op(PbTxnOpRequest::RequestTxn(PbTxnRequest {
+                success: vec![put("k", "")],
+                ..Default::default()
+            }))],
+            ..Default::default()
+        };
+        // 2 + 3 bytes, and a put of an empty value still costs 1.
+        assert_eq!(txn_put_bytes(&nested), 6);
+    }
+}
