@@ -228,8 +228,17 @@ async fn space_quota_alarm_defrag_and_disarm() {
     let list = wait_for_nospace_alarm(&c);
     assert!(list.trim().starts_with("memberID:"), "{list:?}");
     let s = status(&c);
-    let errors = s["errors"].to_string();
-    assert!(errors.contains("alarm:NOSPACE"), "{s}");
+    let errors: Vec<&str> = s["errors"]
+        .as_array()
+        .map(|e| e.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    assert_eq!(errors.len(), 1, "{s}");
+    // etcd's exact words: `memberID:<decimal id> alarm:NOSPACE ` (sic).
+    let id = errors[0]
+        .strip_prefix("memberID:")
+        .and_then(|e| e.strip_suffix(" alarm:NOSPACE "))
+        .unwrap_or_else(|| panic!("{:?}", errors[0]));
+    assert!(id.parse::<u64>().is_ok(), "{:?}", errors[0]);
     let db_full = num(&s, "dbSize");
 
     // Disarmed while still over the quota: the next write is refused and

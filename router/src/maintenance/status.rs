@@ -37,7 +37,9 @@ async fn alarm_errors(c: &Common) -> Vec<String> {
             .into_inner()
             .alarms
             .iter()
-            .map(|a| format!("memberID:{} alarm:{}", a.member_id, alarm_name(a.alarm)))
+            // etcd's words exactly (its text encoding of an AlarmMember,
+            // trailing space included).
+            .map(|a| format!("memberID:{} alarm:{} ", a.member_id, alarm_name(a.alarm)))
             .collect(),
         _ => Vec::new(),
     }
