@@ -93,8 +93,16 @@ enum CtlCommand {
     /// Placement's own replicas: list, add or remove them.
     #[command(subcommand)]
     Placement(placement::PlacementCommand),
+    /// Compare every range's replicas at one revision: per range its keys,
+    /// each replica's hash, OK or MISMATCH (then the command fails).
+    Check {
+        /// The revision to compare at (0: the current one).
+        #[arg(long, default_value_t = 0)]
+        revision: i64,
+    },
 }
 
+mod check;
 mod placement;
 
 /// Entry point of `strata ctl`.
@@ -109,7 +117,7 @@ pub fn main(args: CtlArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let out = match rt.block_on(run(&args)) {
+    let (out, failed) = match rt.block_on(run(&args)) {
         Ok(out) => out,
         Err(e) => {
             eprintln!("strata ctl: error: {e:#}");
@@ -121,6 +129,7 @@ pub fn main(args: CtlArgs) -> ExitCode {
         .write_all(out.as_bytes())
         .and_then(|()| stdout.flush())
     {
+        Ok(()) if failed => ExitCode::FAILURE,
         Ok(()) => ExitCode::SUCCESS,
         // `strata ctl ... | head`: the reader is gone, nothing more to say.
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
@@ -131,8 +140,8 @@ pub fn main(args: CtlArgs) -> ExitCode {
     }
 }
 
-/// Everything to print on stdout.
-async fn run(args: &CtlArgs) -> anyhow::Result<String> {
+/// Everything to print on stdout, and whether the command failed anyway.
+async fn run(args: &CtlArgs) -> anyhow::Result<(String, bool)> {
     let target = find_placement(args.placement.as_deref(), &args.data_dir)?;
     let mut peer_tls = args.peer_tls.clone();
     if peer_tls.peer_cert_file.is_none() && args.placement.is_none() {
@@ -140,16 +149,25 @@ async fn run(args: &CtlArgs) -> anyhow::Result<String> {
     }
     strata_proto::tls::set_internal(&peer_tls).map_err(anyhow::Error::msg)?;
     if let CtlCommand::Placement(cmd) = &args.command {
-        return placement::run(cmd, &target.addr, args.timeout, args.json).await;
+        return Ok((
+            placement::run(cmd, &target.addr, args.timeout, args.json).await?,
+            false,
+        ));
+    }
+    if let CtlCommand::Check { revision } = &args.command {
+        return check::run(&target.addr, *revision, args.timeout, args.json).await;
     }
     let resp = get_ranges(&target, args.timeout).await?;
-    Ok(match (&args.command, args.json) {
+    let out = match (&args.command, args.json) {
         (CtlCommand::Ranges, false) => ranges_table(&ranges(&resp)),
         (CtlCommand::Ranges, true) => json_lines(&ranges(&resp))?,
         (CtlCommand::Nodes, false) => nodes_table(&nodes(&resp)),
         (CtlCommand::Nodes, true) => json_lines(&nodes(&resp))?,
-        (CtlCommand::Placement(_), _) => unreachable!("answered above"),
-    })
+        (CtlCommand::Placement(_) | CtlCommand::Check { .. }, _) => {
+            unreachable!("answered above")
+        }
+    };
+    Ok((out, false))
 }
 
 // ---------------------------------------------------------------------------
@@ -501,7 +519,7 @@ pub(crate) fn table(columns: &[(&str, Align)], rows: Vec<Vec<String>>) -> String
 /// A key as text: itself when it is printable UTF-8, else escaped: `\` as `\\`,
 /// and every byte of a control character or of invalid UTF-8 as `\xNN` (so the
 /// escaped text decodes back to the exact bytes).
-fn key_text(key: &[u8]) -> String {
+pub(crate) fn key_text(key: &[u8]) -> String {
     if let Ok(s) = std::str::from_utf8(key) {
         if !s.chars().any(char::is_control) {
             return s.to_string();

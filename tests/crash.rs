@@ -407,7 +407,7 @@ mod points {
         let start = Instant::now();
         loop {
             let applied = match NodeClient::connect(format!("http://{addr}")).await {
-                Ok(mut n) => match n.status(NodeStatusRequest {}).await {
+                Ok(mut n) => match n.status(NodeStatusRequest::default()).await {
                     Ok(s) => s
                         .into_inner()
                         .ranges

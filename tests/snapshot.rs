@@ -82,7 +82,11 @@ async fn node_client(addr: &str) -> NodeClient<tonic::transport::Channel> {
 /// (applied index, applied revision) of range 1 on the node at `addr`.
 async fn applied(addr: &str) -> Option<(u64, i64)> {
     let mut n = NodeClient::connect(format!("http://{addr}")).await.ok()?;
-    let s = n.status(NodeStatusRequest {}).await.ok()?.into_inner();
+    let s = n
+        .status(NodeStatusRequest::default())
+        .await
+        .ok()?
+        .into_inner();
     s.ranges
         .iter()
         .find(|r| r.desc.as_ref().is_some_and(|d| d.id == 1))

@@ -50,6 +50,12 @@ pub struct NodeConfig {
     /// further behind catches up from a snapshot.
     #[arg(long, default_value_t = 5000)]
     pub raft_log_keep_entries: u64,
+    /// etcd's space quota, per node: once this node's MVCC storage (RocksDB
+    /// `data` and `meta`, not the raft log) would pass this many bytes, writes
+    /// that add data are refused with `database space exceeded` and a NOSPACE
+    /// alarm is raised cluster-wide; 0 means etcd's default, 2 GiB.
+    #[arg(long, default_value_t = 0)]
+    pub quota_backend_bytes: u64,
 }
 
 /// Checks a `--placement` list (see `strata_proto::placement_client::parse_addrs`).

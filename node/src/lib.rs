@@ -23,6 +23,7 @@ pub mod range;
 pub mod sequencer;
 pub mod service;
 pub mod snapshot;
+pub mod space;
 pub mod split_check;
 pub mod storage;
 pub mod store;
@@ -205,6 +206,12 @@ pub async fn run_with(cfg: NodeConfig, net: RaftNet) -> anyhow::Result<NodeHandl
         store: store_tx.clone(),
         by_range: Arc::new(DashMap::new()),
     };
+    let space = space::Space::new(
+        node_id,
+        db.clone(),
+        cfg.quota_backend_bytes,
+        placement.clone(),
+    );
     let svc = service::NodeService {
         node_id,
         ranges: ranges.clone(),
@@ -214,6 +221,8 @@ pub async fn run_with(cfg: NodeConfig, net: RaftNet) -> anyhow::Result<NodeHandl
         sequencers: sequencers.clone(),
         snapshots,
         placement: placement.clone(),
+        space: space.clone(),
+        db: db.clone(),
     };
     let checker = split_check::SplitChecker {
         ranges: ranges.clone(),
@@ -253,6 +262,7 @@ pub async fn run_with(cfg: NodeConfig, net: RaftNet) -> anyhow::Result<NodeHandl
         ranges.clone(),
         addrs,
         store_tx.clone(),
+        space,
     ));
     metrics::ready(&telemetry);
     Ok(NodeHandle {
@@ -271,6 +281,7 @@ async fn heartbeat(
     ranges: Ranges,
     addrs: Arc<DashMap<u64, String>>,
     store: mpsc::Sender<StoreMsg>,
+    space: Arc<space::Space>,
 ) {
     let mut iv = tokio::time::interval(HEARTBEAT_EVERY);
     let mut last_writes: std::collections::HashMap<u64, (u64, std::time::Instant)> =
@@ -385,6 +396,7 @@ async fn heartbeat(
                     last_stats = now;
                 }
                 let resp = resp.into_inner();
+                space.learn(&resp.alarms);
                 let down: Vec<u64> = resp.nodes.iter().filter(|n| !n.up).map(|n| n.id).collect();
                 for n in resp.nodes {
                     addrs.insert(n.id, n.addr);

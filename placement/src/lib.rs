@@ -2,6 +2,7 @@
 //! revision oracle, the compaction record and leases, persisted through
 //! placement's own raft group. See ARCHITECTURE.md.
 
+pub mod alarm;
 mod auth;
 mod config;
 pub mod failpoint;

@@ -312,9 +312,11 @@ impl Placement for Svc {
             .collect();
         drop(hosting);
         drop(st);
+        let alarms = crate::alarm::active(&self.0.rep.state());
         Ok(Response::new(HeartbeatResponse {
             ranges,
             nodes: self.nodes(false),
+            alarms,
         }))
     }
 
@@ -425,6 +427,7 @@ impl Placement for Svc {
         req: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
         self.0.serving()?;
+        self.0.check_space()?;
         let r = req.into_inner();
         Ok(Response::new(self.0.grant(r.id, r.ttl).await?))
     }
@@ -558,6 +561,10 @@ impl Placement for Svc {
     ) -> Result<Response<TxnForgetResponse>, Status> {
         self.0.txn_forget(r.into_inner()).await?;
         Ok(Response::new(TxnForgetResponse {}))
+    }
+
+    async fn alarm(&self, r: Request<AlarmChange>) -> Result<Response<AlarmList>, Status> {
+        Ok(Response::new(self.0.alarm(r.into_inner()).await?))
     }
 }
 

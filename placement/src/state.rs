@@ -1,6 +1,6 @@
 //! Placement's replicated state machine: a pure fold over committed commands.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use strata_proto::auth::{AuthCommand, AuthError, AuthState};
@@ -59,6 +59,13 @@ pub enum Command {
     TxnForget {
         txn_id: u64,
         range_ids: Vec<u64>,
+    },
+    /// etcd's alarm ACTIVATE (`activate`) or DEACTIVATE of `alarm` (etcd's
+    /// AlarmType) for `member_id` (`alarm.rs`).
+    Alarm {
+        activate: bool,
+        member_id: u64,
+        alarm: i32,
     },
 }
 
@@ -129,6 +136,9 @@ pub struct State {
     /// Cross-range txn decisions not yet resolved in every participant.
     #[serde(default)]
     pub txns: BTreeMap<u64, crate::txn::TxnRecord>,
+    /// etcd's active alarms: (member id, alarm type).
+    #[serde(default)]
+    pub alarms: BTreeSet<(u64, i32)>,
 }
 
 /// What applying a command answers.
@@ -153,6 +163,9 @@ pub enum Outcome {
     AuthRefused(AuthError),
     /// The decision recorded for a txn (perhaps an earlier one than asked).
     Txn(crate::txn::TxnRecord),
+    /// Whether an alarm change changed anything (etcd answers the alarm
+    /// only then).
+    Alarm(bool),
 }
 
 impl StoredRange {
@@ -312,6 +325,19 @@ impl State {
             Command::TxnDecide { record } => crate::txn::decide(&mut self.txns, record),
             Command::TxnForget { txn_id, range_ids } => {
                 crate::txn::forget(&mut self.txns, *txn_id, range_ids)
+            }
+            Command::Alarm {
+                activate,
+                member_id,
+                alarm,
+            } => {
+                let key = (*member_id, *alarm);
+                Outcome::Alarm(match activate {
+                    // Bounded (ids come from clients): past the bound an
+                    // activation changes nothing.
+                    true => self.alarms.len() < crate::alarm::MAX_ALARMS && self.alarms.insert(key),
+                    false => self.alarms.remove(&key),
+                })
             }
             Command::UpdateRange { range } => {
                 let newer = match self.ranges.get(&range.id) {
@@ -484,6 +510,26 @@ mod tests {
             s.apply(&Command::LeaseRevoke { id: 7 }),
             Outcome::LeaseNotFound
         );
+    }
+
+    #[test]
+    fn alarms_change_once_and_are_bounded() {
+        let mut s = State::default();
+        let alarm = |activate, member_id| Command::Alarm {
+            activate,
+            member_id,
+            alarm: 1,
+        };
+        assert_eq!(s.apply(&alarm(true, 7)), Outcome::Alarm(true));
+        assert_eq!(s.apply(&alarm(true, 7)), Outcome::Alarm(false));
+        assert_eq!(s.alarms.len(), 1);
+        assert_eq!(s.apply(&alarm(false, 7)), Outcome::Alarm(true));
+        assert_eq!(s.apply(&alarm(false, 7)), Outcome::Alarm(false));
+        assert!(s.alarms.is_empty());
+        for id in 0..crate::alarm::MAX_ALARMS as u64 + 10 {
+            s.apply(&alarm(true, id));
+        }
+        assert_eq!(s.alarms.len(), crate::alarm::MAX_ALARMS);
     }
 
     #[test]

@@ -72,6 +72,20 @@ pub fn value_provided() -> Status {
 pub fn lease_provided() -> Status {
     s(Code::InvalidArgument, "etcdserver: lease is provided")
 }
+/// A write past the space quota, or while a NOSPACE alarm is active.
+pub fn no_space() -> Status {
+    s(
+        Code::ResourceExhausted,
+        "etcdserver: mvcc: database space exceeded",
+    )
+}
+/// MoveLeader to a target that is not a member.
+pub fn bad_leader_transferee() -> Status {
+    s(
+        Code::FailedPrecondition,
+        "etcdserver: bad leader transferee",
+    )
+}
 
 /// The metadata key of a placement replica's "not the leader" answer: the
 /// leader's placement address, or empty when the replica knows none.

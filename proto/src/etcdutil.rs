@@ -159,6 +159,24 @@ pub fn txn_writes(r: &PbTxnRequest) -> bool {
         })
 }
 
+/// The bytes (key and value) the txn's Puts write, in every branch at any
+/// depth: what a txn costs against the space quota (0: it writes nothing new).
+pub fn txn_put_bytes(r: &PbTxnRequest) -> u64 {
+    r.success
+        .iter()
+        .chain(r.failure.iter())
+        .fold(0u64, |sum, op| {
+            let cost = match &op.request {
+                Some(PbTxnOpRequest::RequestPut(p)) => (p.key.len() as u64)
+                    .saturating_add(p.value.len() as u64)
+                    .max(1),
+                Some(PbTxnOpRequest::RequestTxn(t)) => txn_put_bytes(t),
+                _ => 0,
+            };
+            sum.saturating_add(cost)
+        })
+}
+
 /// Every key interval a txn touches (compares and ops), for routing.
 pub fn txn_keys(r: &PbTxnRequest, out: &mut Vec<KeyRange>) {
     for c in &r.compare {
@@ -197,4 +215,44 @@ pub fn check_put(
         return Err(errors::lease_provided());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::etcd::{PbDeleteRequest, PbPutRequest};
+
+    fn op(r: PbTxnOpRequest) -> PbTxnRequestOp {
+        PbTxnRequestOp { request: Some(r) }
+    }
+
+    #[test]
+    fn txn_put_bytes_counts_puts_in_every_branch_and_depth() {
+        let put = |k: &str, v: &str| {
+            op(PbTxnOpRequest::RequestPut(PbPutRequest {
+                key: k.into(),
+                value: v.into(),
+                ..Default::default()
+            }))
+        };
+        let del = op(PbTxnOpRequest::RequestDeleteRange(PbDeleteRequest {
+            key: b"k".to_vec(),
+            ..Default::default()
+        }));
+        let only_deletes = PbTxnRequest {
+            success: vec![del.clone()],
+            ..Default::default()
+        };
+        assert_eq!(txn_put_bytes(&only_deletes), 0, "deletes add nothing");
+        let nested = PbTxnRequest {
+            success: vec![put("ab", "cde"), del],
+            failure: vec![op(PbTxnOpRequest::RequestTxn(PbTxnRequest {
+                success: vec![put("k", "")],
+                ..Default::default()
+            }))],
+            ..Default::default()
+        };
+        // 2 + 3 bytes, and a put of an empty value still costs 1.
+        assert_eq!(txn_put_bytes(&nested), 6);
+    }
 }

@@ -7,6 +7,7 @@ mod config;
 pub mod failpoint;
 pub mod gateway;
 pub mod kv;
+pub mod maintenance;
 pub mod metrics;
 pub mod misc;
 mod mux;
@@ -98,7 +99,9 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<RouterHandle> {
         .add_service(PbWatchServer::new(watch))
         .add_service(PbLeaseServer::new(misc::Lease(common.clone(), kv)))
         .add_service(PbClusterServer::new(misc::Cluster(common.clone())))
-        .add_service(PbMaintenanceServer::new(misc::Maintenance(common.clone())))
+        .add_service(PbMaintenanceServer::new(maintenance::Maintenance(
+            common.clone(),
+        )))
         .add_service(AuthServer::new(auth::service::AuthSvc { auth, common }))
         .serve_with_incoming(strata_proto::tls::incoming(listener, client_tls));
     tokio::spawn(async move {

@@ -1,10 +1,10 @@
-//! etcd's Lease, Maintenance and Cluster services.
+//! etcd's Lease and Cluster services, and what the router's services share
+//! (`Common`). Maintenance is `crate::maintenance`.
 
 use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
-use strata_proto::errors;
 use strata_proto::etcd::*;
 use strata_proto::oracle::Oracle;
 use strata_proto::strata::{LeaseGrantRequest, LeaseIdRequest, LeaseListRequest};
@@ -13,10 +13,6 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::routing::Router;
-
-/// The etcd version reported by `Status`: clients (Kubernetes among them)
-/// enable features by it; Strata implements the 3.5 API used by them.
-pub const ETCD_VERSION: &str = "3.5.17";
 
 #[derive(Clone)]
 pub struct Common {
@@ -31,7 +27,7 @@ pub struct Common {
 
 impl Common {
     /// The request's caller, who must be an administrator (while auth is on).
-    fn admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
+    pub(crate) fn admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
         self.auth
             .caller(req.metadata(), crate::tls_cn(req))?
             .admin()
@@ -207,7 +203,7 @@ impl PbLeaseService for Lease {
 
 pub struct Cluster(pub Common);
 
-fn unimplemented(what: &str) -> Status {
+pub(crate) fn unimplemented(what: &str) -> Status {
     Status::unimplemented(format!(
         "strata: {what} is not supported; routers and nodes are managed by placement"
     ))
@@ -260,87 +256,4 @@ impl PbClusterService for Cluster {
     ) -> Result<Response<PbMemberPromoteResponse>, Status> {
         Err(unimplemented("MemberPromote"))
     }
-}
-
-pub struct Maintenance(pub Common);
-
-type SnapshotStream = Pin<Box<dyn Stream<Item = Result<PbSnapshotResponse, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl PbMaintenanceService for Maintenance {
-    async fn alarm(
-        &self,
-        req: Request<PbAlarmRequest>,
-    ) -> Result<Response<PbAlarmResponse>, Status> {
-        // etcd: listing alarms is open to all; changing them is for admins.
-        if req.get_ref().action != 0 {
-            self.0.admin(&req)?;
-        }
-        Ok(Response::new(PbAlarmResponse {
-            header: self.0.header().await,
-            alarms: Vec::new(),
-        }))
-    }
-    async fn status(
-        &self,
-        _: Request<PbStatusRequest>,
-    ) -> Result<Response<PbStatusResponse>, Status> {
-        let header = self.0.header().await;
-        Ok(Response::new(PbStatusResponse {
-            header,
-            version: ETCD_VERSION.into(),
-            leader: self.0.member_id,
-            raft_term: 1,
-            raft_index: header.map_or(0, |h| h.revision as u64),
-            raft_applied_index: header.map_or(0, |h| h.revision as u64),
-            ..Default::default()
-        }))
-    }
-    async fn defragment(
-        &self,
-        req: Request<PbDefragmentRequest>,
-    ) -> Result<Response<PbDefragmentResponse>, Status> {
-        self.0.admin(&req)?;
-        Ok(Response::new(PbDefragmentResponse {
-            header: self.0.header().await,
-        }))
-    }
-    async fn hash(&self, req: Request<PbHashRequest>) -> Result<Response<PbHashResponse>, Status> {
-        self.0.admin(&req)?;
-        Err(unimplemented("Hash"))
-    }
-    async fn hash_kv(
-        &self,
-        req: Request<PbHashKvRequest>,
-    ) -> Result<Response<PbHashKvResponse>, Status> {
-        self.0.admin(&req)?;
-        Err(unimplemented("HashKV"))
-    }
-    type SnapshotStream = SnapshotStream;
-    async fn snapshot(
-        &self,
-        req: Request<PbSnapshotRequest>,
-    ) -> Result<Response<SnapshotStream>, Status> {
-        self.0.admin(&req)?;
-        Err(unimplemented("Snapshot"))
-    }
-    async fn move_leader(
-        &self,
-        req: Request<PbMoveLeaderRequest>,
-    ) -> Result<Response<PbMoveLeaderResponse>, Status> {
-        self.0.admin(&req)?;
-        Err(unimplemented("MoveLeader"))
-    }
-    async fn downgrade(
-        &self,
-        req: Request<PbDowngradeRequest>,
-    ) -> Result<Response<PbDowngradeResponse>, Status> {
-        self.0.admin(&req)?;
-        Err(unimplemented("Downgrade"))
-    }
-}
-
-#[allow(dead_code)]
-fn _unused() -> Status {
-    errors::no_leader()
 }

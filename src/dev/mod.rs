@@ -152,6 +152,12 @@ pub struct DevArgs {
     #[arg(long)]
     pub range_split_keys: Option<u64>,
 
+    /// etcd's space quota, per node (passed to every node; 0 = etcd's default,
+    /// 2 GiB): past it, writes fail with `database space exceeded` and a
+    /// NOSPACE alarm is raised.
+    #[arg(long)]
+    pub quota_backend_bytes: Option<u64>,
+
     /// How long to wait for the cluster to serve a client request before giving up.
     #[arg(long, default_value = "60s", value_parser = strata_router::parse_duration)]
     pub ready_timeout: Duration,

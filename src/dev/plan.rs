@@ -147,6 +147,9 @@ pub(super) fn plan(args: &DevArgs, exe: &Path, data_dir: &Path) -> anyhow::Resul
         if let Some(k) = args.range_split_keys {
             argv.extend(["--range-split-keys".into(), k.to_string()]);
         }
+        if let Some(q) = args.quota_backend_bytes {
+            argv.extend(["--quota-backend-bytes".into(), q.to_string()]);
+        }
         argv.extend(peer_flags.iter().cloned());
         components.push(Spec {
             role: "node",

@@ -110,6 +110,16 @@ impl Cluster {
         }
     }
 
+    /// A fresh server with flags both etcd and `strata dev` take under the
+    /// same name (e.g. `--quota-backend-bytes`).
+    pub fn start_with_common_flags(flags: &[&str]) -> Cluster {
+        let flags: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
+        match Target::from_env() {
+            Target::Etcd => Self::start_etcd_args(false, &flags),
+            Target::Strata => Self::start_strata_args(flags),
+        }
+    }
+
     /// A server with TLS on its client port, client certificates required
     /// (`strata dev --tls`, or etcd with `--client-cert-auth` and certificates
     /// from `strata certs`).
@@ -125,6 +135,10 @@ impl Cluster {
     }
 
     fn start_etcd(tls: bool) -> Cluster {
+        Self::start_etcd_args(tls, &[])
+    }
+
+    fn start_etcd_args(tls: bool, extra: &[String]) -> Cluster {
         let tmp = tempdir();
         // client-alice.pem as `strata dev --tls` writes it (tests/auth/).
         let tls = tls.then(|| make_certs(&tmp.path().join("tls"), &["alice"]));
@@ -148,6 +162,7 @@ impl Cluster {
                 "--experimental-watch-progress-notify-interval={PROGRESS_NOTIFY_INTERVAL_SECS}s"
             ))
             .args(tls.iter().flat_map(TlsPaths::etcd_server_args))
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log_file(&log_dir, "stdout.log"))
             .stderr(log_file(&log_dir, "stderr.log"));

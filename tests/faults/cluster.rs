@@ -99,6 +99,7 @@ impl Cluster {
                 range_split_write_rate: 0.0,
                 range_split_keys: opts.range_split_keys,
                 raft_log_keep_entries: opts.raft_log_keep_entries,
+                quota_backend_bytes: 0,
             };
             let node = strata_node::run_with(cfg, RaftNet::Memory(net.clone()))
                 .await

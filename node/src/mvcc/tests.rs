@@ -9,6 +9,7 @@ engine_tests!(
     snapshot_reads_survive_compaction,
     ranges_are_bounded,
     corrupt_versions_are_errors,
+    hashes_at_a_revision_add_up_over_spans,
 );
 
 #[test]
@@ -205,4 +206,33 @@ fn corrupt_versions_are_errors(t: &mut TestEngine) {
     assert!(m.history(&all, 0, 10, 100).is_err());
     let a_only = KeyRange::from_etcd(b"a", b"");
     assert_eq!(m.range_at(&a_only, 10).unwrap().len(), 1);
+}
+
+/// `hash_at`: the state at a revision (later versions and history below it
+/// do not count), additive over spans, and changed by any changed value.
+fn hashes_at_a_revision_add_up_over_spans(t: &mut TestEngine) {
+    let db = t.engine();
+    let m = Mvcc::new(db.clone());
+    put(&m, &db, b"a", 2, b"a2", false);
+    put(&m, &db, b"a", 5, b"a5", false);
+    put(&m, &db, b"b", 3, b"b3", false);
+    put(&m, &db, b"c", 4, b"c4", false);
+    put(&m, &db, b"c", 6, b"", true);
+    let all = KeyRange::from_etcd(b"\0", b"\0");
+    let (h5, keys5) = m.hash_at(&all, 5).unwrap();
+    assert_eq!(keys5, 3);
+    // A later version or a deletion after the revision changes nothing.
+    put(&m, &db, b"b", 7, b"b7", false);
+    assert_eq!(m.hash_at(&all, 5).unwrap(), (h5, 3));
+    assert_eq!(m.hash_at(&all, 6).unwrap().1, 2, "c deleted at 6");
+    // Split anywhere, the halves add up to the whole.
+    for split in [&b"b"[..], b"bb", b"c"] {
+        let left = m.hash_at(&KeyRange::from_etcd(b"\0", split), 5).unwrap();
+        let right = m.hash_at(&KeyRange::from_etcd(split, b"\0"), 5).unwrap();
+        assert_eq!(left.0.wrapping_add(right.0), h5, "split at {split:?}");
+        assert_eq!(left.1 + right.1, 3);
+    }
+    // The same value under another revision, or another value, differs.
+    put(&m, &db, b"a", 5, b"a5!", false);
+    assert_ne!(m.hash_at(&all, 5).unwrap().0, h5);
 }

@@ -9,7 +9,9 @@
 //! SPLIT, see `admin.rs`, choosing the key itself or checking the one asked).
 
 mod admin;
+mod check;
 mod feed;
+mod maint;
 mod stream;
 
 use std::pin::Pin;
@@ -20,22 +22,20 @@ use std::time::Duration;
 use futures::Stream;
 use prost::Message as _;
 use strata_proto::errors;
-use strata_proto::etcd::{
-    PbCompactionRequest, PbDeleteRequest, PbLeaseRevokeRequest, PbPutRequest, PbRangeRequest,
-    PbTxnRequest,
-};
-use strata_proto::etcdutil::txn_writes;
+use strata_proto::etcd::{PbRangeRequest, PbTxnRequest};
 use strata_proto::oracle::Oracle;
 use strata_proto::strata::node_server::Node;
 use strata_proto::strata::{
-    AdminKind, AdminRequest, AdminResponse, Epoch, FeedMessage, FeedRequest, KvCalls, KvKind,
-    KvRequest, KvResponse, NodeStatusRequest, NodeStatusResponse, RaftAck, RaftBatch,
-    RangeDescriptor, RangeStatus, RouteError, RouteErrorKind, SnapshotAck, SnapshotChunk,
-    TxnDecision, TxnPart, TxnPrepare,
+    AdminKind, AdminRequest, AdminResponse, CorruptRequest, CorruptResponse, DefragmentRequest,
+    DefragmentResponse, Epoch, FeedMessage, FeedRequest, KvCalls, KvKind, KvRequest, KvResponse,
+    NodeStatusRequest, NodeStatusResponse, RaftAck, RaftBatch, RangeDescriptor, RangeHashRequest,
+    RangeHashResponse, RangeStatus, RouteError, RouteErrorKind, SnapshotAck, SnapshotChunk,
+    TxnPart,
 };
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status, Streaming};
 
+use self::check::{check_request, Checked};
 use crate::apply::{read_txn, View};
 use crate::error::{NodeError, NodeResult};
 use crate::mvcc::Mvcc;
@@ -58,6 +58,10 @@ pub struct NodeService {
     pub snapshots: Arc<crate::snapshot::SnapshotReceiver>,
     /// For the ids of a range an `Admin` SPLIT creates.
     pub placement: strata_proto::oracle::PlacementConn,
+    /// The space quota and NOSPACE alarm (`crate::space`).
+    pub space: Arc<crate::space::Space>,
+    /// The node's storage engine (defragment, the test-only corruption).
+    pub db: Arc<dyn crate::storage::Engine>,
 }
 
 fn route_err(kind: RouteErrorKind, leader_node: u64, msg: &str) -> RouteError {
@@ -116,100 +120,6 @@ fn decode<M: prost::Message + Default>(b: &[u8]) -> NodeResult<M> {
 
 fn invalid(msg: &str) -> NodeError {
     Status::invalid_argument(format!("strata: {msg}")).into()
-}
-
-/// What a KV request is, once checked.
-#[derive(Clone, Copy)]
-enum Checked {
-    Read,
-    Write,
-    /// Ordered with writes but consumes no revision (compaction).
-    Unstamped,
-    /// Phase one of a cross-range txn (`crate::txn`): its id, and how long
-    /// it may wait for a range another txn holds.
-    Prepare(u64, std::time::Duration),
-    /// A cross-range txn's commit (at this revision) or abort (0).
-    Decision(i64),
-    /// A cross-range read-only txn's part.
-    TxnRead,
-    /// The coordinator of this txn is alive (not proposed).
-    Touch(u64),
-}
-
-/// The most participants a cross-range txn names.
-const MAX_TXN_PARTICIPANTS: usize = 1 << 16;
-
-/// Decodes and checks a request from the network before anything is
-/// proposed: a request that fails here never reaches the raft log.
-fn check_request(kind: KvKind, body: &[u8]) -> NodeResult<Checked> {
-    Ok(match kind {
-        KvKind::KvRange => {
-            decode::<PbRangeRequest>(body)?;
-            Checked::Read
-        }
-        KvKind::KvTxn => match txn_writes(&decode::<PbTxnRequest>(body)?) {
-            true => Checked::Write,
-            false => Checked::Read,
-        },
-        KvKind::KvPut => {
-            decode::<PbPutRequest>(body)?;
-            Checked::Write
-        }
-        KvKind::KvDeleteRange => {
-            decode::<PbDeleteRequest>(body)?;
-            Checked::Write
-        }
-        KvKind::KvCompact => {
-            if decode::<PbCompactionRequest>(body)?.revision <= 0 {
-                return Err(invalid("compaction revision must be positive"));
-            }
-            Checked::Unstamped
-        }
-        KvKind::KvLeaseRevoke => {
-            if decode::<PbLeaseRevokeRequest>(body)?.id == 0 {
-                return Err(invalid("lease id must not be 0"));
-            }
-            Checked::Write
-        }
-        KvKind::KvLeaseGrant => {
-            if decode::<strata_proto::etcd::PbLeaseGrantRequest>(body)?.id == 0 {
-                return Err(invalid("lease id must not be 0"));
-            }
-            Checked::Write
-        }
-        KvKind::KvSplit => return Err(invalid("splits are proposed by the node itself")),
-        KvKind::KvTxnPrepare => {
-            let p: TxnPrepare = decode(body)?;
-            decode::<PbTxnRequest>(&p.txn)?;
-            if p.txn_id == 0
-                || p.participants.is_empty()
-                || p.participants.len() > MAX_TXN_PARTICIPANTS
-            {
-                return Err(invalid(
-                    "a txn prepare needs a txn id and 1 to 65536 participants",
-                ));
-            }
-            let wait = std::time::Duration::from_millis(p.wait_ms.into());
-            Checked::Prepare(p.txn_id, wait.min(crate::txn::MAX_PREPARE_WAIT))
-        }
-        KvKind::KvTxnCommit | KvKind::KvTxnAbort => {
-            let d: TxnDecision = decode(body)?;
-            let commit = kind == KvKind::KvTxnCommit;
-            if d.txn_id == 0 || d.commit != commit || (commit && d.revision <= 0) {
-                return Err(invalid("a txn decision that does not match its kind"));
-            }
-            Checked::Decision(if commit { d.revision } else { 0 })
-        }
-        KvKind::KvTxnRead => {
-            let p: TxnPart = decode(body)?;
-            decode::<PbTxnRequest>(&p.txn)?;
-            Checked::TxnRead
-        }
-        KvKind::KvTxnTouch => match decode::<TxnDecision>(body)?.txn_id {
-            0 => return Err(invalid("a txn touch needs a txn id")),
-            id => Checked::Touch(id),
-        },
-    })
 }
 
 impl NodeService {
@@ -329,12 +239,13 @@ impl NodeService {
 
     async fn kv_request(&self, r: &Arc<RangeShared>, req: KvRequest) -> NodeResult<Vec<u8>> {
         let kind = KvKind::try_from(req.kind).map_err(|_| invalid("unknown request kind"))?;
-        let checked = check_request(kind, &req.request)?;
+        let (checked, cost) = check_request(kind, &req.request)?;
         Self::within(r, kind, &req.request)?;
         let linearizable = req.read_revision > 0;
         if (!matches!(checked, Checked::Read) || linearizable) && !r.is_leader() {
             return Err(NodeError::NotLeader);
         }
+        self.space.check(cost)?;
         let request = req.request;
         match checked {
             Checked::Read if kind == KvKind::KvRange => {
@@ -598,12 +509,14 @@ impl Node for NodeService {
 
     async fn status(
         &self,
-        _: Request<NodeStatusRequest>,
+        req: Request<NodeStatusRequest>,
     ) -> Result<Response<NodeStatusResponse>, Status> {
         crate::failpoint::hold_while_partitioned(self.node_id).await?;
+        let sizes_only = req.get_ref().sizes_only;
         let ranges = self
             .ranges
             .iter()
+            .filter(|_| !sizes_only)
             .map(|r| RangeStatus {
                 desc: Some(r.desc.read().clone()),
                 leader_peer: r.leader_peer.load(Ordering::Acquire),
@@ -615,6 +528,33 @@ impl Node for NodeService {
         Ok(Response::new(NodeStatusResponse {
             node_id: self.node_id,
             ranges,
+            db_size_bytes: self.space.db_size(),
+            db_size_in_use_bytes: self.space.db_size_in_use(),
+            quota_backend_bytes: self.space.quota_bytes(),
         }))
+    }
+
+    async fn defragment(
+        &self,
+        _: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
+        crate::failpoint::hold_while_partitioned(self.node_id).await?;
+        self.defragment_all().await.map(Response::new)
+    }
+
+    async fn range_hash(
+        &self,
+        req: Request<RangeHashRequest>,
+    ) -> Result<Response<RangeHashResponse>, Status> {
+        crate::failpoint::hold_while_partitioned(self.node_id).await?;
+        self.hash_range(req.into_inner()).await.map(Response::new)
+    }
+
+    async fn corrupt(
+        &self,
+        req: Request<CorruptRequest>,
+    ) -> Result<Response<CorruptResponse>, Status> {
+        self.corrupt_value(req.into_inner()).await?;
+        Ok(Response::new(CorruptResponse {}))
     }
 }

@@ -180,4 +180,11 @@ pub trait Engine: Reader {
     fn write(&self, batch: &WriteBatch, sync: bool) -> Result<()>;
     /// An engine statistic, or `None` when this engine does not keep it.
     fn property(&self, cf: Cf, property: Property) -> Option<u64>;
+    /// Rewrites all of `cf` compactly (etcd's defragment): whatever deletes
+    /// and overwrites left behind is dropped and its space given back. Reads
+    /// and writes go on meanwhile. An engine without such garbage (memory)
+    /// has nothing to do.
+    fn compact_all(&self, _cf: Cf) -> Result<()> {
+        Ok(())
+    }
 }

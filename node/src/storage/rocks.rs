@@ -128,6 +128,18 @@ impl Engine for RocksEngine {
         let h = handle(&self.db, cf).ok()?;
         self.db.property_int_value_cf(h, name).ok().flatten()
     }
+
+    fn compact_all(&self, cf: Cf) -> Result<()> {
+        let h = handle(&self.db, cf)?;
+        // Write buffers first, so their data is compacted too; then every
+        // level down to the last, including it (where deletions are dropped).
+        self.db.flush_cf(h).map_err(engine_err)?;
+        let mut opts = rocksdb::CompactOptions::default();
+        opts.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+        self.db
+            .compact_range_cf_opt(h, None::<&[u8]>, None::<&[u8]>, &opts);
+        Ok(())
+    }
 }
 
 struct RocksSnapshot {

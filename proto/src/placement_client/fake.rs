@@ -151,4 +151,5 @@ unimplemented_rest! {
     auth_state(AuthStateRequest) -> AuthStateReply;
     txn_decide(TxnDecideRequest) -> TxnDecideResponse;
     txn_forget(TxnForgetRequest) -> TxnForgetResponse;
+    alarm(AlarmChange) -> AlarmList;
 }

@@ -118,6 +118,24 @@ impl Node for Stub {
     ) -> Result<Response<NodeStatusResponse>, Status> {
         Err(Status::unimplemented("stub"))
     }
+    async fn defragment(
+        &self,
+        _: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
+        Err(Status::unimplemented("stub"))
+    }
+    async fn range_hash(
+        &self,
+        _: Request<RangeHashRequest>,
+    ) -> Result<Response<RangeHashResponse>, Status> {
+        Err(Status::unimplemented("stub"))
+    }
+    async fn corrupt(
+        &self,
+        _: Request<CorruptRequest>,
+    ) -> Result<Response<CorruptResponse>, Status> {
+        Err(Status::unimplemented("stub"))
+    }
 }
 
 async fn serve(mode: Mode) -> String {
