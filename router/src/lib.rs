@@ -3,12 +3,14 @@
 
 pub mod announce;
 pub mod auth;
+pub mod concurrency;
 mod config;
 pub mod failpoint;
 pub mod kv;
 pub mod metrics;
 pub mod misc;
 mod mux;
+pub mod reqmeta;
 pub mod routing;
 mod txn;
 pub mod watch;
@@ -22,6 +24,8 @@ use strata_proto::etcd::{
     PbClusterServer, PbKvServer, PbLeaseServer, PbMaintenanceServer, PbWatchServer,
 };
 use strata_proto::etcd_auth::AuthServer;
+use strata_proto::etcd_election::ElectionServer;
+use strata_proto::etcd_lock::LockServer;
 use strata_proto::oracle::{placement_client, Oracle};
 
 /// A running router.
@@ -84,8 +88,13 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<RouterHandle> {
             .watch_progress_notify_interval
             .max(Duration::from_millis(100)),
     };
+    let recipes = concurrency::Recipes {
+        kv: kv.clone(),
+        lease: std::sync::Arc::new(misc::Lease(common.clone(), kv.clone())),
+    };
     let server = tonic::transport::Server::builder()
         .layer(metrics::grpc_layer())
+        .layer(reqmeta::layer())
         .add_service(
             PbKvServer::from_arc(kv.clone()).max_decoding_message_size(kv::GRPC_MAX_RECV_BYTES),
         )
@@ -94,6 +103,10 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<RouterHandle> {
         .add_service(PbClusterServer::new(misc::Cluster(common.clone())))
         .add_service(PbMaintenanceServer::new(misc::Maintenance(common.clone())))
         .add_service(AuthServer::new(auth::service::AuthSvc { auth, common }))
+        .add_service(LockServer::new(concurrency::lock::LockSvc(recipes.clone())))
+        .add_service(ElectionServer::new(concurrency::election::ElectionSvc(
+            recipes,
+        )))
         .serve_with_incoming(strata_proto::tls::incoming(listener, client_tls));
     tokio::spawn(async move {
         if let Err(e) = server.await {

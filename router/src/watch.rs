@@ -251,6 +251,60 @@ impl PbWatchService for Watch {
     }
 }
 
+/// A watch the router opens for itself (etcd's Lock and Election services
+/// wait on one): `rx` gets what a client's watch of `kr` from revision
+/// `start` would (events, or a cancel with `compact_revision` when `start`
+/// is compacted). It stops when dropped.
+pub struct OwnWatch {
+    pub rx: mpsc::Receiver<Result<PbWatchResponse, Status>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for OwnWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts an [`OwnWatch`] on the same merged range feeds a client's watch uses.
+pub fn own_watch(
+    router: Arc<Router>,
+    kr: KeyRange,
+    start: i64,
+    member_id: u64,
+    cluster_id: u64,
+) -> OwnWatch {
+    let (tx, rx) = mpsc::channel(16);
+    let start = start.max(1);
+    let state = Arc::new(WatcherState {
+        progress: AtomicI64::new(start - 1),
+        synced: AtomicBool::new(false),
+    });
+    let w = WatchTask {
+        id: 0,
+        kr,
+        start,
+        prev_kv: false,
+        noput: false,
+        nodelete: false,
+        progress_notify: false,
+        progress_every: Duration::from_secs(3600),
+        caught_up_at: start,
+        state,
+        router,
+        tx,
+        hdr: Hdr {
+            member_id,
+            cluster_id,
+        },
+        watchers: Default::default(),
+    };
+    OwnWatch {
+        rx,
+        task: tokio::spawn(w.run()),
+    }
+}
+
 struct WatchTask {
     id: i64,
     kr: KeyRange,

@@ -10,11 +10,13 @@ mod admin_split;
 mod batching;
 mod catchup;
 mod cluster;
+mod concurrency;
 mod feeds;
 mod leases;
 mod partition;
 mod planted;
 mod reads;
+mod reqmeta;
 mod writes;
 mod xtxn;
 

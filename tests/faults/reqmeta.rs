@@ -1,0 +1,152 @@
+//! etcd's request metadata on a range that lost its leader (every raft
+//! message of range 1 dropped, so its leader steps down and no one is
+//! elected): `hasleader: true` answers etcd's "etcdserver: no leader" at
+//! once, and a client deadline (`grpc-timeout`) bounds the router's retries,
+//! answered as etcd does ("context deadline exceeded").
+
+use std::time::{Duration, Instant};
+
+use etcd_client::ConnectOptions;
+use strata_node::transport::memory::Rule;
+use strata_proto::etcd::{PbPutRequest, PbPutResponse};
+
+use crate::cluster::{eventually, Cluster, Opts};
+use crate::{put, within};
+
+/// A Put sent by hand with `grpc-timeout` (and `hasleader` when asked).
+async fn put_raw(
+    c: &Cluster,
+    key: &str,
+    timeout: Option<Duration>,
+    has_leader: bool,
+) -> Result<PbPutResponse, tonic::Status> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.router))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut grpc = tonic::client::Grpc::new(ch);
+    grpc.ready().await.expect("ready");
+    let mut req = tonic::Request::new(PbPutRequest {
+        key: key.as_bytes().to_vec(),
+        value: b"v".to_vec(),
+        ..Default::default()
+    });
+    if let Some(t) = timeout {
+        req.set_timeout(t);
+    }
+    if has_leader {
+        req.metadata_mut()
+            .insert("hasleader", "true".parse().expect("ascii"));
+    }
+    let path = http::uri::PathAndQuery::from_static("/etcdserverpb.KV/Put");
+    let codec = tonic_prost::ProstCodec::<_, PbPutResponse>::default();
+    grpc.unary(req, path, codec).await.map(|r| r.into_inner())
+}
+
+/// Cuts range 1 off (all its raft traffic) until no replica has a leader.
+async fn leaderless(c: &Cluster) -> strata_node::transport::memory::FilterId {
+    let cut = c.net.add(Rule::new().range(1).drop());
+    eventually(Duration::from_secs(20), "range 1 without a leader", || {
+        c.nodes
+            .iter()
+            .all(|n| n.ranges.get(&1).is_some_and(|r| r.leader_node() == 0))
+            .then_some(())
+    })
+    .await;
+    cut
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hasleader_fails_fast_and_deadlines_bound_retries() {
+    let _fp = fail::FailScenario::setup();
+    let c = Cluster::start(Opts::default()).await;
+    let mut kv = c.client().await;
+    put(&mut kv, "meta/before", "v").await;
+    // Healthy: both kinds of metadata change nothing.
+    put_raw(&c, "meta/a", Some(Duration::from_secs(5)), true)
+        .await
+        .expect("a put with metadata");
+
+    let cut = leaderless(&c).await;
+
+    // hasleader: etcd's no-leader error at once (the router's own
+    // request timeout is 10 s).
+    let started = Instant::now();
+    let e = within(
+        Duration::from_secs(15),
+        "hasleader put",
+        put_raw(&c, "meta/b", None, true),
+    )
+    .await
+    .expect_err("no leader");
+    assert_eq!(
+        (e.code(), e.message()),
+        (tonic::Code::Unavailable, "etcdserver: no leader")
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // Through etcd-client's own option too (a read this time).
+    let mut leader_kv = etcd_client::Client::connect(
+        [c.router.to_string()],
+        Some(ConnectOptions::new().with_require_leader(true)),
+    )
+    .await
+    .expect("connect");
+    let started = Instant::now();
+    let e = within(
+        Duration::from_secs(15),
+        "hasleader get",
+        leader_kv.get("meta/a", None),
+    )
+    .await
+    .expect_err("no leader");
+    match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            assert_eq!(
+                (s.code(), s.message()),
+                (tonic::Code::Unavailable, "etcdserver: no leader")
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A deadline: the router gives up at the client's deadline, with etcd's
+    // error, not after its own 10 s.
+    let started = Instant::now();
+    let e = within(
+        Duration::from_secs(15),
+        "put with a deadline",
+        put_raw(&c, "meta/c", Some(Duration::from_millis(700)), false),
+    )
+    .await
+    .expect_err("past the deadline");
+    let took = started.elapsed();
+    assert_eq!(
+        (e.code(), e.message()),
+        (tonic::Code::DeadlineExceeded, "context deadline exceeded")
+    );
+    assert!(
+        took >= Duration::from_millis(600) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+
+    // Healed: the same requests succeed.
+    c.net.remove(cut);
+    c.wait_leader(1).await;
+    within(
+        Duration::from_secs(20),
+        "put after heal",
+        put_raw(&c, "meta/d", Some(Duration::from_secs(10)), true),
+    )
+    .await
+    .expect("put after heal");
+}
