@@ -78,6 +78,11 @@ pub fn lease_provided() -> Status {
 pub fn deadline_exceeded() -> Status {
     s(Code::DeadlineExceeded, "context deadline exceeded")
 }
+/// The same as etcd's Lock and Election services answer it (their
+/// handlers return Go's context error, which gRPC reports as Unknown).
+pub fn recipe_deadline_exceeded() -> Status {
+    s(Code::Unknown, "context deadline exceeded")
+}
 /// etcd's Lock and Election services (v3lock, v3election) answer the errors
 /// of clientv3's concurrency package; they are plain Go errors, so gRPC
 /// reports them with code Unknown.

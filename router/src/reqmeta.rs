@@ -61,9 +61,24 @@ pub fn inherit<F: Future>(f: F) -> impl Future<Output = F::Output> {
     META.scope(current(), f)
 }
 
-/// etcd's answer to a request past its deadline.
-pub fn deadline_exceeded() -> Status {
-    strata_proto::errors::deadline_exceeded()
+/// etcd's answer to a call to `path` past its deadline. A deadline already
+/// passed when the call arrived is DeadlineExceeded for every method;
+/// otherwise, as etcd's handlers answer it: a Put or DeleteRange (a raft
+/// proposal) "etcdserver: request timed out", the Lock and Election
+/// services (clientv3 inside) Unknown, everything else DeadlineExceeded.
+/// (A Txn is answered as a read: the layer does not look inside it.)
+pub fn deadline_answer(path: &str, passed_on_arrival: bool) -> Status {
+    use strata_proto::errors;
+    if passed_on_arrival {
+        return errors::deadline_exceeded();
+    }
+    match path {
+        "/etcdserverpb.KV/Put" | "/etcdserverpb.KV/DeleteRange" => errors::timeout(),
+        p if p.starts_with("/v3lockpb.") || p.starts_with("/v3electionpb.") => {
+            errors::recipe_deadline_exceeded()
+        }
+        _ => errors::deadline_exceeded(),
+    }
 }
 
 /// Parses gRPC's `grpc-timeout` header value: at most 8 ASCII digits and a
@@ -139,21 +154,23 @@ where
     }
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
-        let meta = from_headers(req.headers(), Instant::now());
+        let now = Instant::now();
+        let meta = from_headers(req.headers(), now);
+        let path = req.uri().path().to_string();
         let fut = self.inner.call(req);
         Box::pin(META.scope(meta, async move {
             let Some(deadline) = meta.deadline else {
                 return fut.await;
             };
-            let answer_at = deadline
-                .checked_sub(DEADLINE_MARGIN)
-                .unwrap_or(deadline)
-                .max(Instant::now());
+            let answer_at = deadline.checked_sub(DEADLINE_MARGIN).unwrap_or(deadline);
+            if answer_at <= now {
+                return Ok(deadline_answer(&path, true).into_http());
+            }
             match tokio::time::timeout_at(answer_at, fut).await {
                 Ok(r) => r,
                 // For a streaming call this bounds only its start (as
                 // tonic's own timeout does): a watch may outlive it.
-                Err(_) => Ok(deadline_exceeded().into_http()),
+                Err(_) => Ok(deadline_answer(&path, false).into_http()),
             }
         }))
     }
@@ -204,6 +221,32 @@ mod tests {
         h.insert("hasleader", "false".parse().unwrap());
         h.insert("grpc-timeout", "soon".parse().unwrap());
         assert_eq!(from_headers(&h, now), Meta::default());
+    }
+
+    #[test]
+    fn deadline_answers_as_etcd() {
+        let code = |p: &str, late: bool| {
+            let s = deadline_answer(p, late);
+            (s.code(), s.message().to_string())
+        };
+        let dl = (
+            tonic::Code::DeadlineExceeded,
+            "context deadline exceeded".to_string(),
+        );
+        assert_eq!(code("/etcdserverpb.KV/Put", true), dl);
+        assert_eq!(code("/etcdserverpb.KV/Range", false), dl);
+        assert_eq!(code("/etcdserverpb.KV/Txn", false), dl);
+        assert_eq!(
+            code("/etcdserverpb.KV/Put", false),
+            (
+                tonic::Code::Unavailable,
+                "etcdserver: request timed out".into()
+            )
+        );
+        assert_eq!(
+            code("/v3lockpb.Lock/Lock", false),
+            (tonic::Code::Unknown, "context deadline exceeded".into())
+        );
     }
 
     #[tokio::test]

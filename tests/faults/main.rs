@@ -15,6 +15,9 @@ mod feeds;
 mod leases;
 mod partition;
 mod planted;
+#[allow(dead_code)] // shared with tests/common
+#[path = "../common/rawgrpc.rs"]
+mod rawgrpc;
 mod reads;
 mod reqmeta;
 mod writes;

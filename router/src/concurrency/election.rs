@@ -200,13 +200,13 @@ async fn observe(rc: &Recipes, who: &Caller, prefix: &[u8], tx: &Observer) {
         let Ok(resp) = rc.range(who, get_by_create(prefix, false, 0)).await else {
             return;
         };
-        let (mut hdr, kv) = match resp.kvs.into_iter().next() {
+        let (hdr, kv) = match resp.kvs.into_iter().next() {
             Some(kv) => (resp.header, kv),
             None => {
                 // No leader: the first key put under the prefix is one.
                 let from = resp.header.map_or(0, |h| h.revision);
                 let mut w = rc.watch(KeyRange::from_etcd(prefix, &prefix_end(prefix)), from);
-                let first_put = loop {
+                loop {
                     let Some(Ok(wr)) = w.rx.recv().await else {
                         return;
                     };
@@ -225,15 +225,14 @@ async fn observe(rc: &Recipes, who: &Caller, prefix: &[u8], tx: &Observer) {
                         }
                         break (h, kv);
                     }
-                };
-                first_put
+                }
             }
         };
         let key = kv.key.clone();
         if send(hdr, kv).await.is_err() {
             return;
         }
-        let from = hdr.take().map_or(0, |h| h.revision) + 1;
+        let from = hdr.map_or(0, |h| h.revision) + 1;
         let mut w = rc.watch(KeyRange::from_etcd(&key, &[]), from);
         'leader: loop {
             let Some(Ok(wr)) = w.rx.recv().await else {

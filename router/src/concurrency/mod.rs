@@ -185,14 +185,29 @@ pub fn range_part(resp: &PbTxnResponse, i: usize) -> Result<&PbRangeResponse, St
     }
 }
 
+/// An error of a call etcd's server makes through its own client: clientv3
+/// turns every etcd error into a plain Go error, which gRPC reports with
+/// code Unknown (same message). Others pass unchanged.
+pub fn as_client_error(s: Status) -> Status {
+    if s.message().starts_with("etcdserver: ") {
+        Status::unknown(s.message().to_string())
+    } else {
+        s
+    }
+}
+
 impl Recipes {
     pub async fn txn(&self, who: &Caller, t: PbTxnRequest) -> Result<PbTxnResponse, Status> {
-        Ok(PbKvService::txn(&*self.kv, who.req(t)).await?.into_inner())
+        Ok(PbKvService::txn(&*self.kv, who.req(t))
+            .await
+            .map_err(as_client_error)?
+            .into_inner())
     }
 
     pub async fn range(&self, who: &Caller, r: PbRangeRequest) -> Result<PbRangeResponse, Status> {
         Ok(PbKvService::range(&*self.kv, who.req(r))
-            .await?
+            .await
+            .map_err(as_client_error)?
             .into_inner())
     }
 
@@ -206,7 +221,8 @@ impl Recipes {
             ..Default::default()
         };
         Ok(PbKvService::delete_range(&*self.kv, who.req(r))
-            .await?
+            .await
+            .map_err(as_client_error)?
             .into_inner()
             .header)
     }
@@ -222,7 +238,8 @@ impl Recipes {
             id: 0,
         };
         Ok(PbLeaseService::lease_grant(&*self.lease, who.req(g))
-            .await?
+            .await
+            .map_err(as_client_error)?
             .into_inner()
             .id)
     }
@@ -291,7 +308,7 @@ impl Recipes {
 /// The error a watch ended with (compaction, or a refusal's reason).
 fn watch_ended(resp: &PbWatchResponse) -> Status {
     if resp.compact_revision > 0 {
-        errors::compacted()
+        as_client_error(errors::compacted())
     } else {
         Status::unknown(resp.cancel_reason.clone())
     }
@@ -361,5 +378,19 @@ mod tests {
         assert_eq!(prefix_end(b"a/"), b"a0".to_vec());
         assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
         assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
+    }
+
+    #[test]
+    fn etcd_errors_come_back_as_clientv3_gives_them() {
+        let e = as_client_error(errors::lease_not_found());
+        assert_eq!(
+            (e.code(), e.message()),
+            (
+                tonic::Code::Unknown,
+                "etcdserver: requested lease not found"
+            )
+        );
+        let e = as_client_error(Status::unavailable("strata: no route"));
+        assert_eq!(e.code(), tonic::Code::Unavailable);
     }
 }
