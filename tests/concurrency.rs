@@ -589,3 +589,66 @@ async fn etcdctl_elect_and_listen_see_the_leader_change() {
     let _ = p2.finish();
     let _ = listen.finish();
 }
+
+/// A Lock or Campaign without a lease runs under a new session lease of
+/// etcd's default TTL (60 s), which the key is attached to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_lease_means_a_new_session_lease() {
+    let c = shared();
+    let name = prefix("nolease").trim_end_matches('/').to_string();
+    let mut lock = LockClient::new(channel(c).await);
+    let held = within(
+        REQUEST_TIMEOUT,
+        "lock without lease",
+        lock.lock(LockRequest {
+            name: name.clone().into(),
+            lease: 0,
+        }),
+    )
+    .await
+    .expect("lock")
+    .into_inner();
+    let key = String::from_utf8(held.key.clone()).expect("utf-8 key");
+    let hex = key
+        .strip_prefix(&format!("{name}/"))
+        .unwrap_or_else(|| panic!("key {key} not under {name}/"));
+    let lease = i64::from_str_radix(hex, 16).expect("hex lease id");
+    assert!(lease > 0, "{key}");
+    let mut kv = c.client().await;
+    let ttl = within(REQUEST_TIMEOUT, "ttl", kv.lease_time_to_live(lease, None))
+        .await
+        .expect("time to live");
+    assert!(
+        ttl.granted_ttl() == 60 && ttl.ttl() > 0 && ttl.ttl() <= 60,
+        "lease {lease}: granted {} ttl {}",
+        ttl.granted_ttl(),
+        ttl.ttl()
+    );
+    let got = within(REQUEST_TIMEOUT, "get", kv.get(key.as_str(), None))
+        .await
+        .expect("get");
+    assert_eq!(got.kvs()[0].lease(), lease);
+
+    let mut el = ElectionClient::new(channel(c).await);
+    let won = within(
+        REQUEST_TIMEOUT,
+        "campaign without lease",
+        el.campaign(CampaignRequest {
+            name: format!("{name}-e").into(),
+            lease: 0,
+            value: b"v".to_vec(),
+        }),
+    )
+    .await
+    .expect("campaign")
+    .into_inner()
+    .leader
+    .expect("leader");
+    assert!(won.lease > 0 && won.lease != lease);
+    assert_eq!(won.key, format!("{name}-e/{:x}", won.lease).into_bytes());
+    for id in [lease, won.lease] {
+        within(REQUEST_TIMEOUT, "revoke", kv.lease_revoke(id))
+            .await
+            .expect("revoke");
+    }
+}
