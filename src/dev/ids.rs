@@ -24,12 +24,7 @@ pub(super) async fn learn_node_ids(
         c.id = 0;
     }
     if let Some(t) = tls {
-        strata_proto::tls::set_internal(&strata_proto::tls::PeerFlags {
-            peer_cert_file: Some(t.peer_cert.clone().into()),
-            peer_key_file: Some(t.peer_key.clone().into()),
-            peer_trusted_ca_file: Some(t.ca.clone().into()),
-        })
-        .map_err(anyhow::Error::msg)?;
+        strata_proto::tls::set_internal(&t.peer_flags()).map_err(anyhow::Error::msg)?;
     }
     let placement = json
         .components
