@@ -203,3 +203,67 @@ async fn election_campaign_proclaim_observe_resign() {
     .expect("resign 2");
     assert!(keys_under(c, &format!("{name}/")).await.is_empty());
 }
+
+/// A candidate whose client goes away while it waits resigns: its key is
+/// deleted, the leader keeps leading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_campaign_leaves_no_key() {
+    let c = shared();
+    let name = prefix("elcancel").trim_end_matches('/').to_string();
+    let mut el = ElectionClient::new(channel(c).await);
+    let (l1, l2) = (grant(c, 60).await, grant(c, 60).await);
+    let leader = within(
+        REQUEST_TIMEOUT,
+        "campaign 1",
+        el.campaign(CampaignRequest {
+            name: name.clone().into(),
+            lease: l1,
+            value: b"one".to_vec(),
+        }),
+    )
+    .await
+    .expect("campaign 1")
+    .into_inner()
+    .leader
+    .expect("leader");
+    let mut el2 = el.clone();
+    let n2 = name.clone();
+    let waiting = tokio::spawn(async move {
+        el2.campaign(CampaignRequest {
+            name: n2.into(),
+            lease: l2,
+            value: b"two".to_vec(),
+        })
+        .await
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while keys_under(c, &format!("{name}/")).await.len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "second candidate never queued"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    waiting.abort();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let keys = keys_under(c, &format!("{name}/")).await;
+        if keys == vec![format!("{name}/{l1:x}")] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cancelled candidate's key left: {keys:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    within(
+        REQUEST_TIMEOUT,
+        "resign",
+        el.resign(ResignRequest {
+            leader: Some(leader),
+        }),
+    )
+    .await
+    .expect("resign");
+}
