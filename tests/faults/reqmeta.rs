@@ -213,3 +213,69 @@ async fn hasleader_fails_fast_and_deadlines_bound_retries() {
     .await
     .expect("put after heal");
 }
+
+/// The next watch response that carries events (bounded).
+async fn next_events(s: &mut etcd_client::WatchStream) -> Result<usize, etcd_client::Error> {
+    loop {
+        let r = within(Duration::from_secs(15), "watch response", s.message()).await?;
+        let r = r.expect("the stream goes on");
+        if !r.events().is_empty() {
+            return Ok(r.events().len());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hasleader_watch_ends_when_its_range_has_no_leader() {
+    let _fp = fail::FailScenario::setup();
+    let c = Cluster::start(Opts::default()).await;
+    let mut kv = c.client().await;
+    put(&mut kv, "w/before", "v").await;
+    let opts = || Some(etcd_client::WatchOptions::new().with_prefix());
+    let mut leader_client = etcd_client::Client::connect(
+        [c.router.to_string()],
+        Some(ConnectOptions::new().with_require_leader(true)),
+    )
+    .await
+    .expect("connect");
+    let mut with = within(
+        Duration::from_secs(15),
+        "watch",
+        leader_client.watch("w/", opts()),
+    )
+    .await
+    .expect("watch with hasleader");
+    let mut plain = c.client().await;
+    let mut without = within(Duration::from_secs(15), "watch", plain.watch("w/", opts()))
+        .await
+        .expect("watch");
+    put(&mut kv, "w/a", "1").await;
+    assert_eq!(next_events(&mut with).await.expect("event"), 1);
+    assert_eq!(next_events(&mut without).await.expect("event"), 1);
+
+    let cut = leaderless(&c).await;
+    let started = Instant::now();
+    match next_events(&mut with).await {
+        Err(etcd_client::Error::GRpcStatus(s)) => assert_eq!(
+            (s.code(), s.message()),
+            (tonic::Code::Unavailable, "etcdserver: no leader")
+        ),
+        other => panic!("expected the no-leader end, got {other:?}"),
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    // Without hasleader the watch waits for the range to elect again.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), without.message())
+            .await
+            .is_err(),
+        "a watch without hasleader goes on"
+    );
+    c.net.remove(cut);
+    c.wait_leader(1).await;
+    put(&mut kv, "w/b", "2").await;
+    assert_eq!(
+        next_events(&mut without).await.expect("event after heal"),
+        1
+    );
+}
