@@ -311,3 +311,46 @@ fn ctl_errors_are_readable() {
         assert!(help.contains(s), "--help mentions {s}: {help}");
     }
 }
+
+/// `dev.json` names each node by the id placement gave it: the ids in
+/// `strata ctl ranges` replica lists and `strata ctl nodes` (matched by
+/// address), not `strata dev`'s own numbering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_json_node_ids_are_placements() {
+    if Target::from_env() != Target::Strata {
+        return; // dev.json is Strata's
+    }
+    let c = start_strata_with(&["--nodes", "5"]);
+    let dd = c.data_dir.to_str().expect("utf-8 data dir").to_string();
+    let dev: Value = serde_json::from_str(
+        &std::fs::read_to_string(c.data_dir.join("dev.json")).expect("dev.json"),
+    )
+    .expect("dev.json is JSON");
+    let dev_nodes: Vec<(u64, String)> = dev["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["role"] == "node")
+        .map(|c| (u64_field(c, "id"), str_field(c, "addr").to_string()))
+        .collect();
+    assert_eq!(dev_nodes.len(), 5, "{dev}");
+    let nodes = json_lines(&ctl_ok(&["nodes", "--data-dir", &dd, "--json"]));
+    assert_eq!(nodes.len(), 5, "{nodes:?}");
+    for n in &nodes {
+        let (id, addr) = (u64_field(n, "node_id"), str_field(n, "addr"));
+        assert!(
+            dev_nodes.contains(&(id, addr.to_string())),
+            "node {id} at {addr} is not so in dev.json: {dev_nodes:?}"
+        );
+    }
+    let ids: HashSet<u64> = dev_nodes.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids.len(), 5, "distinct ids: {dev_nodes:?}");
+    let ranges = json_lines(&ctl_ok(&["ranges", "--data-dir", &dd, "--json"]));
+    assert!(!ranges.is_empty());
+    for r in &ranges {
+        for rep in r["replicas"].as_array().expect("replicas") {
+            let id = rep.as_u64().expect("replica id");
+            assert!(ids.contains(&id), "replica {id} of {r} not in dev.json");
+        }
+    }
+}

@@ -87,6 +87,35 @@ pub fn bad_leader_transferee() -> Status {
     )
 }
 
+/// A request past the deadline its client gave (Go's context error, as
+/// etcd's gRPC server reports it).
+pub fn deadline_exceeded() -> Status {
+    s(Code::DeadlineExceeded, "context deadline exceeded")
+}
+/// The same as etcd's Lock and Election services answer it (their
+/// handlers return Go's context error, which gRPC reports as Unknown).
+pub fn recipe_deadline_exceeded() -> Status {
+    s(Code::Unknown, "context deadline exceeded")
+}
+/// etcd's Lock and Election services (v3lock, v3election) answer the errors
+/// of clientv3's concurrency package; they are plain Go errors, so gRPC
+/// reports them with code Unknown.
+pub fn election_missing_leader_key() -> Status {
+    s(Code::Unknown, "\"leader\" field must be provided")
+}
+pub fn election_not_leader() -> Status {
+    s(Code::Unknown, "election: not leader")
+}
+pub fn election_no_leader() -> Status {
+    s(Code::Unknown, "election: no leader")
+}
+pub fn mutex_session_expired() -> Status {
+    s(Code::Unknown, "mutex: session is expired")
+}
+pub fn lost_watcher() -> Status {
+    s(Code::Unknown, "lost watcher waiting for delete")
+}
+
 /// The metadata key of a placement replica's "not the leader" answer: the
 /// leader's placement address, or empty when the replica knows none.
 pub const PLACEMENT_LEADER_HINT: &str = "strata-placement-leader";

@@ -20,8 +20,33 @@ pub mod etcd_auth {
     pub mod etcdserverpb {
         tonic::include_proto!("etcdserverpb");
     }
+    pub mod mvccpb {
+        tonic::include_proto!("mvccpb");
+    }
+    pub mod v3lockpb {
+        tonic::include_proto!("v3lockpb");
+    }
+    pub mod v3electionpb {
+        tonic::include_proto!("v3electionpb");
+    }
     pub use etcdserverpb::auth_server::{Auth as AuthService, AuthServer};
     pub use etcdserverpb::*;
+}
+
+/// etcd's Lock service (`v3lockpb`, generated from `proto/etcd/v3lock.proto`:
+/// the etcd-client crate ships only its client).
+pub mod etcd_lock {
+    pub use crate::etcd_auth::v3lockpb::lock_server::{Lock as LockService, LockServer};
+    pub use crate::etcd_auth::v3lockpb::*;
+}
+
+/// etcd's Election service (`v3electionpb`, from `proto/etcd/v3election.proto`).
+pub mod etcd_election {
+    pub use crate::etcd_auth::mvccpb::KeyValue;
+    pub use crate::etcd_auth::v3electionpb::election_server::{
+        Election as ElectionService, ElectionServer,
+    };
+    pub use crate::etcd_auth::v3electionpb::*;
 }
 
 pub use prost::Message;

@@ -160,7 +160,7 @@ impl Kv {
         if rr > 0 && r.revision > rr {
             return Err(errors::future_rev());
         }
-        let deadline = tokio::time::Instant::now() + self.router.request_timeout;
+        let deadline = crate::reqmeta::deadline(self.router.request_timeout);
         loop {
             let ranges = self.router.ranges_for(&kr);
             let res = match ranges.len() {
@@ -225,11 +225,11 @@ impl Kv {
             q.count_only = false;
             let router = self.router.clone();
             let range = range.clone();
-            parts.push(tokio::spawn(async move {
+            parts.push(tokio::spawn(crate::reqmeta::inherit(async move {
                 router
                     .call(&range, KvKind::KvRange, q.encode_to_vec(), rr, Retry::Read)
                     .await
-            }));
+            })));
         }
         let mut out = PbRangeResponse::default();
         for p in parts {
@@ -461,7 +461,7 @@ impl PbKvService for Kv {
         // Every range drops its history (idempotent, so retried whole after
         // a split re-shapes the ranges).
         let everything = KeyRange::from_etcd(b"\0", b"\0");
-        let deadline = tokio::time::Instant::now() + self.router.request_timeout;
+        let deadline = crate::reqmeta::deadline(self.router.request_timeout);
         'again: loop {
             anyhow_deadline(deadline)?;
             let all = self.router.ranges_for(&everything);

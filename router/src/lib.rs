@@ -3,6 +3,7 @@
 
 pub mod announce;
 pub mod auth;
+pub mod concurrency;
 mod config;
 pub mod failpoint;
 pub mod gateway;
@@ -11,6 +12,7 @@ pub mod maintenance;
 pub mod metrics;
 pub mod misc;
 mod mux;
+pub mod reqmeta;
 pub mod routing;
 mod txn;
 pub mod watch;
@@ -24,6 +26,8 @@ use strata_proto::etcd::{
     PbClusterServer, PbKvServer, PbLeaseServer, PbMaintenanceServer, PbWatchServer,
 };
 use strata_proto::etcd_auth::AuthServer;
+use strata_proto::etcd_election::ElectionServer;
+use strata_proto::etcd_lock::LockServer;
 use strata_proto::oracle::{placement_client, Oracle};
 
 /// A running router.
@@ -89,10 +93,15 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<RouterHandle> {
     // HTTP/1.1 and HTTP/2 requests that are not gRPC go to the HTTP/JSON
     // gateway and health endpoints, which call the services below in process.
     let gateway = gateway::GatewayLayer::new(kv.clone(), cfg.request_timeout)?;
+    let recipes = concurrency::Recipes {
+        kv: kv.clone(),
+        lease: std::sync::Arc::new(misc::Lease(common.clone(), kv.clone())),
+    };
     let server = tonic::transport::Server::builder()
         .accept_http1(true)
         .layer(gateway)
         .layer(metrics::grpc_layer())
+        .layer(reqmeta::layer())
         .add_service(
             PbKvServer::from_arc(kv.clone()).max_decoding_message_size(kv::GRPC_MAX_RECV_BYTES),
         )
@@ -103,6 +112,10 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<RouterHandle> {
             common.clone(),
         )))
         .add_service(AuthServer::new(auth::service::AuthSvc { auth, common }))
+        .add_service(LockServer::new(concurrency::lock::LockSvc(recipes.clone())))
+        .add_service(ElectionServer::new(concurrency::election::ElectionSvc(
+            recipes,
+        )))
         .serve_with_incoming(strata_proto::tls::incoming(listener, client_tls));
     tokio::spawn(async move {
         if let Err(e) = server.await {

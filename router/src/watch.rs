@@ -32,6 +32,11 @@ const FEED_MERGE_BUF: usize = 1024;
 /// A progress request waits at most this many 20 ms rounds for lagging watches.
 const PROGRESS_WAIT_ROUNDS: usize = 250;
 const FILTER_NODELETE: i32 = 1;
+/// Under `hasleader`, how long a watch's range may stay without a leader
+/// before the stream ends with "etcdserver: no leader" (etcd ends such
+/// streams once its member has had no leader for about three election
+/// timeouts).
+const NO_LEADER_GRACE: Duration = Duration::from_secs(3);
 
 pub struct Watch {
     pub router: Arc<Router>,
@@ -71,6 +76,11 @@ impl Hdr {
     }
 }
 
+/// A feed refused because its range has no leader (none known to the node).
+fn is_no_leader(e: &strata_proto::strata::RouteError) -> bool {
+    e.kind == strata_proto::strata::RouteErrorKind::NotLeader as i32 && e.leader_node == 0
+}
+
 struct WatcherState {
     /// Every event at or below this revision has been sent (or never will be).
     progress: AtomicI64,
@@ -103,6 +113,9 @@ impl PbWatchService for Watch {
             cluster_id: self.cluster_id,
         };
         let progress_every = self.progress_every;
+        let require_leader = md
+            .get(crate::reqmeta::HAS_LEADER_KEY)
+            .is_some_and(|v| v.as_bytes() == crate::reqmeta::HAS_LEADER_VALUE.as_bytes());
         tokio::spawn(async move {
             let _open = crate::metrics::watch_stream();
             let watchers: Arc<Mutex<HashMap<i64, Watcher>>> = Arc::new(Mutex::new(HashMap::new()));
@@ -195,6 +208,7 @@ impl PbWatchService for Watch {
                             tx: tx.clone(),
                             hdr,
                             watchers: watchers.clone(),
+                            require_leader,
                         };
                         let task = tokio::spawn(w.run());
                         watchers.lock().insert(id, Watcher { state, task });
@@ -264,6 +278,61 @@ impl PbWatchService for Watch {
     }
 }
 
+/// A watch the router opens for itself (etcd's Lock and Election services
+/// wait on one): `rx` gets what a client's watch of `kr` from revision
+/// `start` would (events, or a cancel with `compact_revision` when `start`
+/// is compacted). It stops when dropped.
+pub struct OwnWatch {
+    pub rx: mpsc::Receiver<Result<PbWatchResponse, Status>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for OwnWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts an [`OwnWatch`] on the same merged range feeds a client's watch uses.
+pub fn own_watch(
+    router: Arc<Router>,
+    kr: KeyRange,
+    start: i64,
+    member_id: u64,
+    cluster_id: u64,
+) -> OwnWatch {
+    let (tx, rx) = mpsc::channel(16);
+    let start = start.max(1);
+    let state = Arc::new(WatcherState {
+        progress: AtomicI64::new(start - 1),
+        synced: AtomicBool::new(false),
+    });
+    let w = WatchTask {
+        id: 0,
+        kr,
+        start,
+        prev_kv: false,
+        noput: false,
+        nodelete: false,
+        progress_notify: false,
+        progress_every: Duration::from_secs(3600),
+        caught_up_at: start,
+        state,
+        router,
+        tx,
+        hdr: Hdr {
+            member_id,
+            cluster_id,
+        },
+        watchers: Default::default(),
+        require_leader: false,
+    };
+    OwnWatch {
+        rx,
+        task: tokio::spawn(w.run()),
+    }
+}
+
 struct WatchTask {
     id: i64,
     kr: KeyRange,
@@ -281,6 +350,9 @@ struct WatchTask {
     tx: mpsc::Sender<Result<PbWatchResponse, Status>>,
     hdr: Hdr,
     watchers: Arc<Mutex<HashMap<i64, Watcher>>>,
+    /// The stream asked `hasleader`: a range without a leader for
+    /// [`NO_LEADER_GRACE`] ends it.
+    require_leader: bool,
 }
 
 fn to_kv(f: FeedKv) -> PbKeyValue {
@@ -368,6 +440,9 @@ impl WatchTask {
                         while let Some(Ok(m)) = stream.next().await {
                             if let Some(e) = &m.error {
                                 let _ = router.on_route_error(range.desc.id, e).await;
+                                if is_no_leader(e) {
+                                    let _ = out.send((i, Some(m))).await;
+                                }
                                 break;
                             }
                             if out.send((i, Some(m))).await.is_err() {
@@ -395,6 +470,8 @@ impl WatchTask {
         let mut notify = tokio::time::interval(self.progress_every);
         notify.tick().await;
         let mut backoff = Duration::from_millis(20);
+        // Since when a range of the watch has had no leader (feeds refused).
+        let mut no_leader_since: Option<std::time::Instant> = None;
         loop {
             let from = (self.state.progress.load(Ordering::Acquire) + 1).max(self.start);
             let ranges = self.router.ranges_for(&self.kr);
@@ -413,6 +490,17 @@ impl WatchTask {
                 tokio::select! {
                     m = inbox.recv() => {
                         let Some((i, Some(m))) = m else { break false };
+                        if m.error.is_some() {
+                            // A range without a leader: under `hasleader`,
+                            // past the grace the stream ends, as etcd's.
+                            let since = *no_leader_since.get_or_insert_with(std::time::Instant::now);
+                            if self.require_leader && since.elapsed() >= NO_LEADER_GRACE {
+                                let _ = self.tx.send(Err(strata_proto::errors::no_leader())).await;
+                                break true;
+                            }
+                            continue;
+                        }
+                        no_leader_since = None;
                         backoff = Duration::from_millis(20);
                         if m.compact_revision > 0 {
                             self.cancel_compacted(m.compact_revision).await;

@@ -36,6 +36,7 @@ use process::{spawn, stop_all};
 use serving::{report_failure, wait_until_serving};
 use setup::{check_placement_dirs, check_ports, find_on_path, lock_data_dir, write_dev_json};
 
+mod ids;
 mod plan;
 mod process;
 mod serving;
@@ -219,8 +220,9 @@ pub struct ComponentJson {
     pub role: &'static str,
     /// "placement-1", ..., "node-1", ..., "router-1", ...
     pub name: String,
-    /// The placement replica's raft id (1..P), the node number (1..N), the router
-    /// number (1..R).
+    /// The placement replica's raft id (1..P); a node's id as placement gave
+    /// it (what `strata ctl` shows; 0 until it registered); the router number
+    /// (1..R).
     pub id: u64,
     /// The address it serves gRPC on (the client address for the router).
     pub addr: String,
@@ -438,6 +440,11 @@ async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         }
         Some(Ok(())) => {}
     }
+    // Serving means placement runs: every node's id is known (or soon).
+    if let Err(e) = ids::learn_node_ids(&mut json, plan.tls.as_ref(), args.ready_timeout).await {
+        eprintln!("strata dev: warning: {e:#}");
+    }
+    write_dev_json(&data_dir, &json)?;
 
     let line = ready_line(&plan, &args, &data_dir, &json);
     {

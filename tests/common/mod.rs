@@ -24,6 +24,7 @@ mod cluster;
 mod components;
 pub mod failover;
 mod process;
+pub mod rawgrpc;
 mod tls;
 
 // Not every test binary uses every item.

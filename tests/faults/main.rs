@@ -10,11 +10,16 @@ mod admin_split;
 mod batching;
 mod catchup;
 mod cluster;
+mod concurrency;
 mod feeds;
 mod leases;
 mod partition;
 mod planted;
+#[allow(dead_code)] // shared with tests/common
+#[path = "../common/rawgrpc.rs"]
+mod rawgrpc;
 mod reads;
+mod reqmeta;
 mod writes;
 mod xtxn;
 

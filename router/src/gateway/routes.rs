@@ -66,6 +66,13 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("/v3/auth/role/delete",                "etcdserverpb.Auth/RoleDelete"),
     ("/v3/auth/role/grant",                 "etcdserverpb.Auth/RoleGrantPermission"),
     ("/v3/auth/role/revoke",                "etcdserverpb.Auth/RoleRevokePermission"),
+    ("/v3/lock/lock",                       "v3lockpb.Lock/Lock"),
+    ("/v3/lock/unlock",                     "v3lockpb.Lock/Unlock"),
+    ("/v3/election/campaign",               "v3electionpb.Election/Campaign"),
+    ("/v3/election/proclaim",               "v3electionpb.Election/Proclaim"),
+    ("/v3/election/leader",                 "v3electionpb.Election/Leader"),
+    ("/v3/election/observe",                "v3electionpb.Election/Observe"),
+    ("/v3/election/resign",                 "v3electionpb.Election/Resign"),
 ];
 
 /// Client-streaming methods whose request stream stays open until the HTTP

@@ -60,7 +60,10 @@ fn every_route_resolves() {
     assert_eq!(range.output.full_name(), "etcdserverpb.RangeResponse");
     assert!(routes["/v3/maintenance/snapshot"].server_streaming);
     assert!(resolve(&pool(), &[("/x", "etcdserverpb.KV/Nope")]).is_err());
-    assert!(resolve(&pool(), &[("/x", "v3lockpb.Lock/Lock")]).is_err());
+    assert!(resolve(&pool(), &[("/x", "v3lockpb.Lock/Nope")]).is_err());
+    let observe = &routes["/v3/election/observe"];
+    assert!(!observe.client_streaming && observe.server_streaming);
+    assert_eq!(routes["/v3/lock/lock"].output.full_name(), "v3lockpb.LockResponse");
 }
 
 #[test]

@@ -277,7 +277,7 @@ impl Router {
 
     /// The single range covering `kr`, or the cross-range error for `what`.
     pub async fn single_range(&self, kr: &KeyRange, what: &str) -> Result<CachedRange, Status> {
-        let deadline = Instant::now() + self.request_timeout;
+        let deadline = crate::reqmeta::deadline(self.request_timeout);
         loop {
             let rs = self.ranges_for(kr);
             let n = if self.covers(kr, &rs) { rs.len() } else { 0 };
@@ -416,7 +416,7 @@ impl Router {
         read_revision: i64,
         retry: Retry,
     ) -> Result<Vec<u8>, Status> {
-        let deadline = Instant::now() + self.request_timeout;
+        let deadline = crate::reqmeta::deadline(self.request_timeout);
         let mut attempt = 0usize;
         loop {
             attempt += 1;
@@ -447,7 +447,11 @@ impl Router {
         read_revision: i64,
         retry: Retry,
     ) -> Result<Vec<u8>, Status> {
-        let deadline = Instant::now() + self.request_timeout;
+        // The client's deadline bounds the retries and the node call;
+        // `hasleader` makes a leaderless range fail at once.
+        let deadline = crate::reqmeta::deadline(self.request_timeout);
+        let require_leader = crate::reqmeta::require_leader();
+        let mut unreachable = std::collections::HashSet::new();
         let mut range = range.clone();
         let mut last_err = errors::no_leader();
         for attempt in 0..10_000usize {
@@ -480,6 +484,12 @@ impl Router {
                         }
                         Some(e) => {
                             crate::metrics::retry_route_error(e.kind);
+                            if require_leader
+                                && e.kind == RouteErrorKind::NotLeader as i32
+                                && e.leader_node == 0
+                            {
+                                return Err(errors::no_leader());
+                            }
                             let backoff = self.on_route_error(range.desc.id, &e).await;
                             let stale = e.kind == RouteErrorKind::EpochNotMatch as i32
                                 || e.kind == RouteErrorKind::RangeNotFound as i32;
@@ -517,6 +527,17 @@ impl Router {
                     }
                     crate::metrics::retry("node_unavailable");
                     last_err = s;
+                    // No replica of the range reachable: no leader either.
+                    unreachable.insert(node);
+                    if require_leader
+                        && range
+                            .desc
+                            .peers
+                            .iter()
+                            .all(|p| unreachable.contains(&p.node_id))
+                    {
+                        return Err(errors::no_leader());
+                    }
                     // That node is unreachable: forget it as leader, try others.
                     if range.leader_node == node {
                         range.leader_node = 0;

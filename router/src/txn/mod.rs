@@ -111,7 +111,7 @@ impl Kv {
         t: &PbTxnRequest,
         keys: &[KeyRange],
     ) -> Result<PbTxnResponse, Status> {
-        let deadline = Instant::now() + self.router.request_timeout;
+        let deadline = crate::reqmeta::deadline(self.router.request_timeout);
         for attempt in 0u32.. {
             if Instant::now() >= deadline {
                 break;
@@ -344,7 +344,7 @@ impl Kv {
         kind: KvKind,
         body: Vec<u8>,
     ) -> Result<Vec<u8>, Status> {
-        let deadline = Instant::now() + self.router.request_timeout;
+        let deadline = crate::reqmeta::deadline(self.router.request_timeout);
         let mut range = p.clone();
         loop {
             match self
@@ -416,7 +416,7 @@ impl Kv {
         keys: &[KeyRange],
         rr: i64,
     ) -> Result<PbTxnResponse, Status> {
-        let deadline = Instant::now() + self.router.request_timeout;
+        let deadline = crate::reqmeta::deadline(self.router.request_timeout);
         loop {
             if Instant::now() >= deadline {
                 return Err(errors::timeout());
