@@ -69,13 +69,7 @@ fn get_on(c: &Cluster, path: &str) -> Reply {
         .arg(format!("http://{}{path}", c.endpoint));
     let out = run_bounded(cmd, None, CURL_TIMEOUT);
     let text = String::from_utf8(out.stdout).expect("utf-8");
-    let (body, tail) = text.rsplit_once('\n').expect("curl's -w line");
-    let (status, content_type) = tail.split_once(' ').unwrap_or((tail, ""));
-    Reply {
-        status: status.parse().expect("HTTP status"),
-        content_type: content_type.to_string(),
-        body: body.to_string(),
-    }
+    crate::reply(&text)
 }
 
 #[test]

@@ -77,6 +77,11 @@ fn curl(method: &str, path: &str, body: Option<&str>, extra: &[&str]) -> Reply {
         "curl {path} failed: {text} {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    reply(&text)
+}
+
+/// curl's output with `-w "\n%{http_code} %{content_type}"` as a `Reply`.
+fn reply(text: &str) -> Reply {
     let (body, tail) = text.rsplit_once('\n').expect("curl's -w line");
     let (status, content_type) = tail.split_once(' ').unwrap_or((tail, ""));
     Reply {

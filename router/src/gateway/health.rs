@@ -15,9 +15,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{header, HeaderValue, Method, Response, StatusCode};
-use http_body_util::Full;
 use strata_proto::etcd::PbRangeRequest;
 use tonic::body::Body;
 
@@ -177,18 +175,7 @@ fn query_values_present(query: &str, name: &str) -> bool {
 }
 
 fn text(status: StatusCode, body: String) -> Response<Body> {
-    let mut resp = Response::new(Body::new(Full::new(Bytes::from(body))));
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    h.insert(
-        "x-content-type-options",
-        HeaderValue::from_static("nosniff"),
-    );
-    resp
+    super::plain(status, body)
 }
 
 /// A 200 whose type Go's server sniffs (etcd writes `/health` so).

@@ -138,8 +138,8 @@ impl Gateway {
 }
 
 /// A text answer as Go's `http.Error` writes it.
-fn plain(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut resp = Response::new(Body::new(Full::new(Bytes::from_static(body.as_bytes()))));
+pub(crate) fn plain(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut resp = Response::new(Body::new(Full::new(body.into())));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(
