@@ -61,7 +61,8 @@ fn answer(bg: &Background, what: &str) -> (u16, Value) {
     );
     let out = bg.stdout();
     let (body, status) = out.rsplit_once('\n').expect("status line");
-    let v = serde_json::from_str(body).unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {out:?}"));
+    let v =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {out:?}"));
     (status.parse().expect("HTTP status"), v)
 }
 
@@ -71,10 +72,7 @@ fn assert_unknown(r: &Reply, message: &str) {
     assert_eq!(r.status, 500, "{r:?}");
     assert_eq!(r.content_type, "application/json", "{r:?}");
     let m = Value::from(message).to_string();
-    assert_eq!(
-        r.body,
-        format!(r#"{{"error":{m},"message":{m},"code":2}}"#)
-    );
+    assert_eq!(r.body, format!(r#"{{"error":{m},"message":{m},"code":2}}"#));
 }
 
 /// The key clientv3's recipes make for a lease under `name`.
@@ -173,12 +171,8 @@ fn election_campaign_leader_proclaim_resign_observe() {
     let r = post("/v3/election/leader", &format!(r#"{{"name":"{n}"}}"#));
     assert_unknown(&r, "election: no leader");
 
-    let campaign = |lease: i64, v: &str| {
-        format!(
-            r#"{{"name":"{n}","lease":"{lease}","value":"{}"}}"#,
-            b64(v)
-        )
-    };
+    let campaign =
+        |lease: i64, v: &str| format!(r#"{{"name":"{n}","lease":"{lease}","value":"{}"}}"#, b64(v));
     let c1 = post("/v3/election/campaign", &campaign(l1, "v1")).ok_json();
     assert_eq!(fields(&c1), ["header", "leader"], "{c1}");
     let leader1 = c1["leader"].clone();
@@ -277,4 +271,148 @@ fn election_campaign_leader_proclaim_resign_observe() {
     assert_eq!(got[2]["result"]["kv"]["key"], leader2["key"]);
     drop(observe);
     post("/v3/election/resign", &format!(r#"{{"leader":{leader2}}}"#)).ok_json();
+}
+
+/// How many keys there are under `name/`.
+fn keys_under(name: &str) -> i64 {
+    let body = format!(
+        r#"{{"key":"{}","range_end":"{}","count_only":true}}"#,
+        b64(&format!("{name}/")),
+        b64(&format!("{name}0"))
+    );
+    post("/v3/kv/range", &body)
+        .ok_json()
+        .get("count")
+        .map_or(0, int)
+}
+
+/// Waits (bounded) until `name/` holds `n` keys.
+#[track_caller]
+fn wait_keys_under(name: &str, n: i64, what: &str) {
+    let deadline = std::time::Instant::now() + RECV_TIMEOUT;
+    while keys_under(name) != n {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn waiters_past_their_grpc_timeout_give_up_and_delete_their_key() {
+    let name = format!("{}lock", prefix("gw-lock-timeout"));
+    let (l1, l2) = (grant(), grant());
+    let lock = |lease: i64| format!(r#"{{"name":"{}","lease":"{lease}"}}"#, b64(&name));
+    post("/v3/lock/lock", &lock(l1)).ok_json();
+    // etcd's gateway bounds the call by Grpc-Timeout: 504, DeadlineExceeded.
+    let started = std::time::Instant::now();
+    let r = curl(
+        "POST",
+        "/v3/lock/lock",
+        Some(&lock(l2)),
+        &["-H", "Grpc-Timeout: 1S"],
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    assert_eq!(r.status, 504, "{r:?}");
+    assert_eq!(
+        r.body,
+        r#"{"error":"context deadline exceeded","message":"context deadline exceeded","code":4}"#
+    );
+    wait_keys_under(&name, 1, "the timed-out waiter's key stayed");
+
+    // The same for a campaign.
+    let campaign = format!(
+        r#"{{"name":"{}","lease":"{l2}","value":"{}"}}"#,
+        b64(&name),
+        b64("v")
+    );
+    let r = curl(
+        "POST",
+        "/v3/election/campaign",
+        Some(&campaign),
+        &["-H", "Grpc-Timeout: 500m"],
+    );
+    assert_eq!(
+        (r.status, r.json()["code"].clone()),
+        (504, 4.into()),
+        "{r:?}"
+    );
+    wait_keys_under(&name, 1, "the timed-out candidate's key stayed");
+
+    // A malformed value is refused before the call; 0 is no bound.
+    let r = curl(
+        "POST",
+        "/v3/lock/lock",
+        Some(&lock(l2)),
+        &["-H", "Grpc-Timeout: soon"],
+    );
+    assert_eq!(r.status, 400, "{r:?}");
+    assert_eq!(
+        r.body,
+        r#"{"error":"invalid grpc-timeout: soon","message":"invalid grpc-timeout: soon","code":3}"#
+    );
+    assert_eq!(keys_under(&name), 1);
+    let r = curl(
+        "POST",
+        "/v3/lock/lock",
+        Some(&lock(l1)),
+        &["-H", "Grpc-Timeout: 0S"],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
+#[test]
+fn a_waiter_whose_http_client_goes_deletes_its_key() {
+    let name = format!("{}lock", prefix("gw-lock-gone"));
+    let (l1, l2) = (grant(), grant());
+    let lock = |lease: i64| format!(r#"{{"name":"{}","lease":"{lease}"}}"#, b64(&name));
+    post("/v3/lock/lock", &lock(l1)).ok_json();
+    let mut waiter = post_background("/v3/lock/lock", &lock(l2));
+    assert_blocked(&mut waiter, "a second lock");
+    assert_eq!(keys_under(&name), 2);
+    drop(waiter); // kills curl
+    wait_keys_under(&name, 1, "the gone waiter's key stayed");
+}
+
+#[test]
+fn observe_ends_at_its_grpc_timeout() {
+    let name = format!("{}elect", prefix("gw-observe-timeout"));
+    let n = b64(&name);
+    let l = grant();
+    let body = format!(r#"{{"name":"{n}","lease":"{l}","value":"{}"}}"#, b64("v"));
+    post("/v3/election/campaign", &body).ok_json();
+    let r = curl(
+        "POST",
+        "/v3/election/observe",
+        Some(&format!(r#"{{"name":"{n}"}}"#)),
+        &["-N", "-H", "Grpc-Timeout: 1S"],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let got = lines(&r.body);
+    assert_eq!(got.len(), 2, "{r:?}");
+    assert_eq!(got[0]["result"]["kv"]["value"], b64("v"));
+    // The stream's last line: the gateway's client's DeadlineExceeded (etcd's
+    // server sometimes answers its Unknown first; Strata's gateway never).
+    let last = r.body.lines().last().unwrap_or_default();
+    let unknown = r#"{"error":{"grpc_code":2,"http_code":500,"message":"context deadline exceeded","http_status":"Internal Server Error"}}"#;
+    let deadline = r#"{"error":{"grpc_code":4,"http_code":504,"message":"context deadline exceeded","http_status":"Gateway Timeout"}}"#;
+    match Target::from_env() {
+        Target::Etcd => assert!(last == deadline || last == unknown, "{r:?}"),
+        Target::Strata => assert_eq!(last, deadline, "{r:?}"),
+    }
+    // Nobody leading yet: nothing was answered, so a 504.
+    let other = b64(&format!("{name}-none"));
+    let r = curl(
+        "POST",
+        "/v3/election/observe",
+        Some(&format!(r#"{{"name":"{other}"}}"#)),
+        &["-N", "-H", "Grpc-Timeout: 1S"],
+    );
+    assert_eq!(r.status, 504, "{r:?}");
+    assert_eq!(
+        r.body,
+        r#"{"error":"context deadline exceeded","message":"context deadline exceeded","code":4}"#
+    );
 }

@@ -63,7 +63,10 @@ fn every_route_resolves() {
     assert!(resolve(&pool(), &[("/x", "v3lockpb.Lock/Nope")]).is_err());
     let observe = &routes["/v3/election/observe"];
     assert!(!observe.client_streaming && observe.server_streaming);
-    assert_eq!(routes["/v3/lock/lock"].output.full_name(), "v3lockpb.LockResponse");
+    assert_eq!(
+        routes["/v3/lock/lock"].output.full_name(),
+        "v3lockpb.LockResponse"
+    );
 }
 
 #[test]
