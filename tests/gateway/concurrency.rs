@@ -416,3 +416,76 @@ fn observe_ends_at_its_grpc_timeout() {
         r#"{"error":"context deadline exceeded","message":"context deadline exceeded","code":4}"#
     );
 }
+
+#[test]
+fn lock_and_election_check_the_caller() {
+    use super::auth::post_to;
+    // Auth changes the whole server: a fresh one.
+    let c = Cluster::start();
+    for (path, body) in [
+        ("/v3/auth/role/add", r#"{"name":"root"}"#.to_string()),
+        (
+            "/v3/auth/user/add",
+            r#"{"name":"root","password":"pw"}"#.to_string(),
+        ),
+        (
+            "/v3/auth/user/grant",
+            r#"{"user":"root","role":"root"}"#.to_string(),
+        ),
+        ("/v3/auth/role/add", r#"{"name":"r"}"#.to_string()),
+        (
+            "/v3/auth/role/grant",
+            format!(
+                r#"{{"name":"r","perm":{{"permType":"READWRITE","key":"{}","range_end":"{}"}}}}"#,
+                b64("lk/"),
+                b64("lk0")
+            ),
+        ),
+        (
+            "/v3/auth/user/add",
+            r#"{"name":"u","password":"pw"}"#.to_string(),
+        ),
+        (
+            "/v3/auth/user/grant",
+            r#"{"user":"u","role":"r"}"#.to_string(),
+        ),
+        ("/v3/auth/enable", "{}".to_string()),
+    ] {
+        post_to(&c, path, &body, None).ok_json();
+    }
+    let auth = post_to(
+        &c,
+        "/v3/auth/authenticate",
+        r#"{"name":"u","password":"pw"}"#,
+        None,
+    )
+    .ok_json();
+    let t = auth["token"].as_str().expect("token");
+    let g = post_to(&c, "/v3/lease/grant", r#"{"TTL":60}"#, Some(t)).ok_json();
+    let l = int(&g["ID"]);
+    let lock = |name: &str| format!(r#"{{"name":"{}","lease":"{l}"}}"#, b64(name));
+
+    // Under the user's keys: locked, the key made with the caller's rights.
+    let r = post_to(&c, "/v3/lock/lock", &lock("lk"), Some(t)).ok_json();
+    assert_eq!(
+        base64_decode(r["key"].as_str().expect("key")),
+        key_for("lk", l).as_bytes()
+    );
+    // Elsewhere, or without a token: the KV errors, as Unknown.
+    assert_unknown(
+        &post_to(&c, "/v3/lock/lock", &lock("xx"), Some(t)),
+        "etcdserver: permission denied",
+    );
+    assert_unknown(
+        &post_to(&c, "/v3/lock/lock", &lock("lk"), None),
+        "etcdserver: user name is empty",
+    );
+    let leader = format!(r#"{{"name":"{}"}}"#, b64("xx"));
+    assert_unknown(
+        &post_to(&c, "/v3/election/leader", &leader, Some(t)),
+        "etcdserver: permission denied",
+    );
+    // An Observe that may not read ends at once with nothing.
+    let r = post_to(&c, "/v3/election/observe", &leader, Some(t));
+    assert_eq!((r.status, r.body.as_str()), (200, ""), "{r:?}");
+}
