@@ -6,8 +6,8 @@
 //!   answer its response message in etcd's JSON (`json.rs`); streaming calls
 //!   answer newline-delimited `{"result":..}` objects (`call.rs`). Each call
 //!   goes through the same in-process gRPC services as a gRPC client's, so
-//!   no request logic lives here;
-//!   `Grpc-Timeout` bounds the call (`deadline.rs`);
+//!   no request logic lives here; a `Grpc-Timeout` header bounds the call
+//!   as etcd's gateway bounds it (`deadline.rs`);
 //! - `GET /health`, `/livez`, `/readyz` (`health.rs`);
 //! - anything else: 404 (405 for a known path with another method).
 
