@@ -3,7 +3,7 @@
 
 use super::*;
 
-fn post_to(c: &Cluster, path: &str, body: &str, token: Option<&str>) -> Reply {
+pub(super) fn post_to(c: &Cluster, path: &str, body: &str, token: Option<&str>) -> Reply {
     let mut cmd = Command::new("curl");
     cmd.args([
         "-sS",

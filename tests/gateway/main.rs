@@ -11,6 +11,7 @@
 mod common;
 
 mod auth;
+mod concurrency;
 mod errors;
 mod health;
 mod kv;

@@ -158,3 +158,27 @@ fn watch_ends_when_its_http_client_goes() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn watch_ends_at_its_grpc_timeout() {
+    let k = format!("{}t", prefix("gw-watch-timeout"));
+    let body = format!(r#"{{"create_request":{{"key":"{}"}}}}"#, b64(&k));
+    let started = std::time::Instant::now();
+    let r = curl(
+        "POST",
+        "/v3/watch",
+        Some(&body),
+        &["-N", "-H", "Grpc-Timeout: 1S"],
+    );
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert_eq!(r.status, 200, "{r:?}");
+    let got = lines(&r.body);
+    assert_eq!(got.len(), 2, "{r:?}");
+    assert_eq!(got[0]["result"]["created"], true, "{r:?}");
+    assert_eq!(
+        r.body.lines().last(),
+        Some(
+            r#"{"error":{"grpc_code":4,"http_code":504,"message":"context deadline exceeded","http_status":"Gateway Timeout"}}"#
+        )
+    );
+}

@@ -15,6 +15,10 @@ use tonic::body::Body;
 use tonic::{Code, Status};
 use tower_service::Service;
 
+use strata_proto::errors;
+use tokio::time::Instant;
+
+use super::deadline::Deadline;
 use super::routes::{Close, Route};
 use super::{json, BoxError};
 
@@ -24,8 +28,42 @@ pub const MAX_BODY_BYTES: usize = 2 * crate::kv::GRPC_MAX_RECV_BYTES;
 /// The largest gRPC message taken from a service's answer.
 pub const MAX_REPLY_MESSAGE_BYTES: usize = 256 << 20;
 
-/// Runs `req` (a POST to `route`'s HTTP path) through `inner`.
-pub async fn forward<S, B>(route: &Route, mut inner: S, req: Request<Body>) -> Response<Body>
+/// Runs `req` (a POST to `route`'s HTTP path) through `inner`, bounded by
+/// `deadline` (until its answer starts; a stream's lines are bounded too).
+pub async fn forward<S, B>(
+    route: &Route,
+    inner: S,
+    req: Request<Body>,
+    deadline: Option<Deadline>,
+) -> Response<Body>
+where
+    S: Service<Request<Body>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let call = call(route, inner, req, deadline);
+    let Some(d) = deadline else {
+        return call.await;
+    };
+    // The deadline first: a call answering just as it passes is too late,
+    // as for etcd's gateway, whose client gives up at the deadline.
+    tokio::select! {
+        biased;
+        () = tokio::time::sleep_until(d.answer_at) => {
+            let s = errors::deadline_exceeded();
+            unary_error(s.code(), s.message())
+        }
+        r = call => r,
+    }
+}
+
+async fn call<S, B>(
+    route: &Route,
+    mut inner: S,
+    req: Request<Body>,
+    deadline: Option<Deadline>,
+) -> Response<Body>
 where
     S: Service<Request<Body>, Response = Response<B>>,
     S::Error: Into<BoxError>,
@@ -104,6 +142,14 @@ where
     if let Some(token) = parts.headers.get(header::AUTHORIZATION) {
         h.insert(header::AUTHORIZATION, token.clone());
     }
+    // The services see the deadline too (a little later than the gateway's
+    // own answer), so work they spawn is bounded by it.
+    if let Some(v) = deadline
+        .and_then(|d| d.inner_header())
+        .and_then(|v| HeaderValue::from_str(&v).ok())
+    {
+        h.insert("grpc-timeout", v);
+    }
 
     let answer = match poll_fn(|cx| inner.poll_ready(cx)).await {
         Ok(()) => inner.call(grpc).await,
@@ -124,7 +170,7 @@ where
         ended: false,
     };
     if route.server_streaming {
-        stream_answer(route, reply, client_gone).await
+        stream_answer(route, reply, client_gone, deadline.map(|d| d.answer_at)).await
     } else {
         match reply.next().await {
             Ok(Some(m)) => match reply.finish().await {
@@ -147,6 +193,7 @@ async fn stream_answer(
     route: &Route,
     mut reply: Reply,
     client_gone: tokio::sync::oneshot::Sender<()>,
+    deadline: Option<Instant>,
 ) -> Response<Body> {
     let first = match reply.next().await {
         Ok(Some(m)) => match json::stream_result(&route.output, &m) {
@@ -160,19 +207,38 @@ async fn stream_answer(
         reply: Reply,
         output: prost_reflect::MessageDescriptor,
         ended: bool,
+        deadline: Option<Instant>,
         _client_gone: tokio::sync::oneshot::Sender<()>,
     }
     let state = State {
         reply,
         output: route.output.clone(),
         ended: false,
+        deadline,
         _client_gone: client_gone,
     };
     let rest = futures::stream::unfold(state, |mut st| async move {
         if st.ended {
             return None;
         }
-        let line = match st.reply.next().await {
+        let next = match st.deadline {
+            None => Some(st.reply.next().await),
+            Some(at) => tokio::select! {
+                biased;
+                () = tokio::time::sleep_until(at) => None,
+                r = st.reply.next() => Some(r),
+            },
+        };
+        let Some(next) = next else {
+            // etcd's gateway ends such a stream with its client's
+            // DeadlineExceeded (for a Watch always; for an Observe the
+            // server's own Unknown sometimes comes first).
+            st.ended = true;
+            let s = errors::deadline_exceeded();
+            let line = json::stream_error(s.code(), s.message());
+            return Some((Bytes::from(line), st));
+        };
+        let line = match next {
             Ok(Some(m)) => match json::stream_result(&st.output, &m) {
                 Ok(line) => line,
                 Err(e) => {

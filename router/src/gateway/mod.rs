@@ -6,11 +6,13 @@
 //!   answer its response message in etcd's JSON (`json.rs`); streaming calls
 //!   answer newline-delimited `{"result":..}` objects (`call.rs`). Each call
 //!   goes through the same in-process gRPC services as a gRPC client's, so
-//!   no request logic lives here;
+//!   no request logic lives here; a `Grpc-Timeout` header bounds the call
+//!   as etcd's gateway bounds it (`deadline.rs`);
 //! - `GET /health`, `/livez`, `/readyz` (`health.rs`);
 //! - anything else: 404 (405 for a known path with another method).
 
 mod call;
+mod deadline;
 mod health;
 mod json;
 mod routes;
@@ -108,12 +110,19 @@ where
         }
         let inner = self.inner.clone();
         let gw = self.gw.clone();
-        Box::pin(async move { Ok(gw.serve(inner, req).await) })
+        // Taken now: tonic's own timer for the header started just before.
+        let now = tokio::time::Instant::now();
+        Box::pin(async move { Ok(gw.serve(inner, req, now).await) })
     }
 }
 
 impl Gateway {
-    async fn serve<S, B>(&self, inner: S, req: Request<Body>) -> Response<Body>
+    async fn serve<S, B>(
+        &self,
+        inner: S,
+        req: Request<Body>,
+        now: tokio::time::Instant,
+    ) -> Response<Body>
     where
         S: Service<Request<Body>, Response = Response<B>>,
         S::Error: Into<BoxError>,
@@ -133,7 +142,11 @@ impl Gateway {
         if req.method() != Method::POST {
             return plain(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n");
         }
-        call::forward(route, inner, req).await
+        let deadline = match deadline::Deadline::from_headers(req.headers(), now) {
+            Ok(d) => d,
+            Err(m) => return call::unary_error(tonic::Code::InvalidArgument, &m),
+        };
+        call::forward(route, inner, req, deadline).await
     }
 }
 
