@@ -161,6 +161,11 @@ pub struct WriteExec<'a> {
     /// Key → its new version at `rev` (tombstone for deletes).
     pub overlay: BTreeMap<Vec<u8>, Version>,
     pub events: Vec<FeedEvent>,
+    /// The op now running: its number in the txn tree's pre-order over ops
+    /// (0 outside txns). Stored with each version it writes and carried by
+    /// its events, so a revision's events keep op order wherever they are
+    /// read from (etcd orders them by sub-revision, i.e. op order).
+    pub op: u32,
     /// The leases revoked in this range: a Put attached to one is refused.
     pub revoked: Option<crate::lease::Revoked<'a>>,
 }
@@ -173,6 +178,7 @@ impl<'a> WriteExec<'a> {
             compacted,
             overlay: BTreeMap::new(),
             events: Vec::new(),
+            op: 0,
             revoked: None,
         }
     }
@@ -212,6 +218,7 @@ impl<'a> WriteExec<'a> {
                 r.lease
             },
             tombstone: false,
+            op: self.op,
         };
         let new = Version {
             key: r.key.clone(),
@@ -222,6 +229,7 @@ impl<'a> WriteExec<'a> {
             delete: false,
             kv: Some(feed_kv(&new)),
             prev_kv: prev.as_ref().map(feed_kv),
+            op: self.op,
         });
         self.overlay.insert(r.key.clone(), new);
         Ok(PbPutResponse {
@@ -259,6 +267,7 @@ impl<'a> WriteExec<'a> {
                 mod_revision: self.rev,
                 value: MvccValue {
                     tombstone: true,
+                    op: self.op,
                     ..Default::default()
                 },
             };
@@ -270,6 +279,7 @@ impl<'a> WriteExec<'a> {
                     ..Default::default()
                 }),
                 prev_kv: Some(feed_kv(v)),
+                op: self.op,
             });
             self.overlay.insert(v.key.clone(), tomb);
         }
@@ -308,26 +318,27 @@ impl<'a> WriteExec<'a> {
             .collect::<Result<Vec<bool>, Status>>()?;
         let path = strata_proto::xtxn::path(r, &results)
             .ok_or_else(|| Status::internal("strata: a txn's compares do not match its tree"))?;
-        self.txn_along(r, &path, &mut 0)
+        self.txn_along(r, &path, &mut Walk::default())
     }
 
     /// Runs `r`'s ops along `path` (one entry per txn of the tree, in
-    /// pre-order; `node` is `r`'s).
+    /// pre-order; `at.node` is `r`'s).
     fn txn_along(
         &mut self,
         r: &PbTxnRequest,
         path: &[bool],
-        node: &mut usize,
+        at: &mut Walk,
     ) -> Result<PbTxnResponse, Status> {
-        let ok = path.get(*node).copied().unwrap_or(false);
-        *node += 1;
+        let ok = path.get(at.node).copied().unwrap_or(false);
+        at.node += 1;
         let mut responses = Vec::new();
         for (branch, ops) in [(true, &r.success), (false, &r.failure)] {
             for op in ops {
+                self.op = at.next_op();
                 let resp = match &op.request {
-                    // A txn on the branch not taken: skip its tree's nodes.
+                    // A txn on the branch not taken: skip its tree.
                     Some(PbTxnOpRequest::RequestTxn(t)) if branch != ok => {
-                        *node += strata_proto::xtxn::nodes(t);
+                        at.skip(t);
                         continue;
                     }
                     _ if branch != ok => continue,
@@ -344,7 +355,7 @@ impl<'a> WriteExec<'a> {
                         PbTxnOpResponse::ResponseDeleteRange(self.delete(d)?)
                     }
                     Some(PbTxnOpRequest::RequestTxn(t)) => {
-                        PbTxnOpResponse::ResponseTxn(self.txn_along(t, path, node)?)
+                        PbTxnOpResponse::ResponseTxn(self.txn_along(t, path, at)?)
                     }
                     None => return Err(Status::invalid_argument("etcdserver: empty request op")),
                 };
@@ -358,6 +369,30 @@ impl<'a> WriteExec<'a> {
             succeeded: ok,
             responses,
         })
+    }
+}
+
+/// Where a walk of a txn tree is: the next txn's and the next op's number,
+/// both in pre-order (see `strata_proto::xtxn`).
+#[derive(Default)]
+pub(crate) struct Walk {
+    pub node: usize,
+    op: u32,
+}
+
+impl Walk {
+    /// The number of the op the walk reaches; moves past it.
+    pub fn next_op(&mut self) -> u32 {
+        let n = self.op;
+        self.op = self.op.saturating_add(1);
+        n
+    }
+
+    /// Moves past a nested txn's whole tree (a branch not taken).
+    pub fn skip(&mut self, t: &PbTxnRequest) {
+        self.node = self.node.saturating_add(strata_proto::xtxn::nodes(t));
+        let ops = u32::try_from(strata_proto::xtxn::ops(t).len()).unwrap_or(u32::MAX);
+        self.op = self.op.saturating_add(ops);
     }
 }
 
@@ -384,3 +419,6 @@ pub(crate) fn fix_headers(resp: &mut PbTxnResponse, rev: i64) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

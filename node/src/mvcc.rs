@@ -199,8 +199,12 @@ impl Mvcc {
         Ok(None)
     }
 
-    /// Every version in `kr` with revision in `[from, to]`, ordered by revision
-    /// then key, each with the key's previous version (if live). For watch catch-up.
+    /// Every version in `kr` with revision in `[from, to]`, each with the
+    /// key's previous version (if live). For watch catch-up, so in the order
+    /// a watch delivers them: by revision, then by the op that wrote them
+    /// (`MvccValue::op`: op order within a txn), then by key (the order of
+    /// one delete's keys, and of data written before versions had an op).
+    /// etcd's history is keyed by (revision, sub-revision): the same order.
     pub fn history(
         &self,
         kr: &KeyRange,
@@ -236,7 +240,9 @@ impl Mvcc {
             out.push((p, None));
         }
         anyhow::ensure!(!truncated, "watch history too large to replay");
-        out.sort_by(|a, b| (a.0.mod_revision, &a.0.key).cmp(&(b.0.mod_revision, &b.0.key)));
+        out.sort_by(|(a, _), (b, _)| {
+            (a.mod_revision, a.value.op, &a.key).cmp(&(b.mod_revision, b.value.op, &b.key))
+        });
         Ok(out)
     }
 

@@ -2,6 +2,12 @@
 //! watch reads a range feed from the leader of the range it covers; a feed
 //! that ends for a routing reason (leader moved, lagged) is reopened from the
 //! last delivered revision + 1, so nothing is lost, duplicated or reordered.
+//!
+//! A revision's events go out in etcd's order (its sub-revisions): by the op
+//! of the request that wrote them, then by key. Ops are numbered over the
+//! whole txn tree in pre-order (`strata_proto::xtxn`), the same in every
+//! range, so a txn over several ranges gives op order over the whole txn,
+//! as etcd; one op's keys (a delete of many, a lease's keys) in key order.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -17,7 +23,7 @@ use strata_proto::etcd::{
 };
 use strata_proto::etcdutil::KeyRange;
 use strata_proto::oracle::Oracle;
-use strata_proto::strata::{FeedKv, FeedMessage, FeedRequest};
+use strata_proto::strata::{FeedEvent, FeedKv, FeedMessage, FeedRequest};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
@@ -366,6 +372,16 @@ fn to_kv(f: FeedKv) -> PbKeyValue {
     }
 }
 
+/// Orders one revision's events, gathered from every range's feed, as etcd
+/// does (see the module doc): by op, then key. Each feed's own events are in
+/// that order already; the sort is stable.
+fn in_etcd_order(events: &mut [FeedEvent]) {
+    fn key(e: &FeedEvent) -> &[u8] {
+        e.kv.as_ref().map_or(&[], |kv| kv.key.as_slice())
+    }
+    events.sort_by(|a, b| (a.op, key(a)).cmp(&(b.op, key(b))));
+}
+
 impl WatchTask {
     fn advance(&self, rev: i64) {
         self.state.progress.fetch_max(rev, Ordering::AcqRel);
@@ -393,7 +409,7 @@ impl WatchTask {
     }
 
     /// Events of one revision as the client asked for them (filters, prev_kv).
-    fn convert(&self, events: Vec<strata_proto::strata::FeedEvent>) -> Vec<PbEvent> {
+    fn convert(&self, events: Vec<FeedEvent>) -> Vec<PbEvent> {
         events
             .into_iter()
             .filter(|e| !(e.delete && self.nodelete || !e.delete && self.noput))
@@ -485,7 +501,7 @@ impl WatchTask {
             let tasks = self.open_feeds(&ranges, from, &out);
             drop(out);
             let mut promised = vec![from - 1; ranges.len()];
-            let mut pending: std::collections::BTreeMap<i64, Vec<PbEvent>> = Default::default();
+            let mut pending: std::collections::BTreeMap<i64, Vec<FeedEvent>> = Default::default();
             let over = loop {
                 tokio::select! {
                     m = inbox.recv() => {
@@ -511,8 +527,7 @@ impl WatchTask {
                         } else if m.revision > 0 {
                             promised[i] = promised[i].max(m.revision);
                             if m.revision > self.state.progress.load(Ordering::Acquire) {
-                                let evs = self.convert(m.events);
-                                pending.entry(m.revision).or_default().extend(evs);
+                                pending.entry(m.revision).or_default().extend(m.events);
                             }
                         }
                         let bound = promised.iter().copied().min().unwrap_or(0);
@@ -521,6 +536,8 @@ impl WatchTask {
                                 break;
                             }
                             let (rev, mut events) = entry.remove_entry();
+                            in_etcd_order(&mut events);
+                            let mut events = self.convert(events);
                             // Planted bug: an event silently lost.
                             events.retain(|_| !crate::failpoint::on("plant_drop_watch_event"));
                             crate::metrics::WATCH_EVENTS_SENT.inc_by(events.len() as u64);

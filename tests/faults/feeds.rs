@@ -149,3 +149,110 @@ async fn a_feed_ends_when_its_replica_catches_up_by_snapshot() {
          {seen:?} ({got:?})"
     );
 }
+
+/// The next response with events (the first answer only says the watch was
+/// created), as (type, key) pairs and their revision; bounded.
+async fn next_events(s: &mut etcd_client::WatchStream) -> (Vec<(EventType, String)>, i64) {
+    within(Duration::from_secs(10), "watch response", async {
+        loop {
+            let r = s
+                .message()
+                .await
+                .expect("watch stream")
+                .expect("a response");
+            if let Some(e) = r.events().first() {
+                let rev = e.kv().expect("kv").mod_revision();
+                let evs = r
+                    .events()
+                    .iter()
+                    .map(|e| {
+                        let kv = e.kv().expect("kv");
+                        assert_eq!(kv.mod_revision(), rev, "one revision per response");
+                        (e.event_type(), kv.key_str().unwrap().to_string())
+                    })
+                    .collect();
+                return (evs, rev);
+            }
+        }
+    })
+    .await
+}
+
+/// A txn over several ranges: a watch gets its events in op order over the
+/// whole txn (as etcd, whose sub-revisions count the txn's writes), live
+/// from the range feeds and when it replays them from history; a delete over
+/// several ranges gives its keys in key order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn feeds_over_ranges_give_a_txns_events_in_op_order() {
+    use crate::xtxn::{split_at, split_keys};
+    use etcd_client::{DeleteOptions, Txn, TxnOp};
+    let _fp = fail::FailScenario::setup();
+    let c = Cluster::start(Opts::default()).await;
+    // Ranges [.., wo/01), [wo/01, wo/02), [wo/02, wo/03), [wo/03, ..).
+    split_at(&c, &split_keys("wo/", 3)).await;
+    let mut kv = c.client().await;
+    for key in ["wo/00/c", "wo/01/c", "wo/03/c"] {
+        put(&mut kv, key, "old").await;
+    }
+    let mut watch_client = c.client().await;
+    let prefix = || Some(WatchOptions::new().with_prefix());
+    let mut live = within(
+        Duration::from_secs(10),
+        "watch",
+        watch_client.watch("wo/", prefix()),
+    )
+    .await
+    .expect("watch");
+    // The feeds are open (and caught up) once a put made now arrives.
+    let probe = put(&mut kv, "wo/02/probe", "v").await;
+    assert_eq!(next_events(&mut live).await.1, probe);
+
+    let ops = [
+        (EventType::Put, "wo/03/p"),
+        (EventType::Delete, "wo/01/c"),
+        (EventType::Put, "wo/00/p"),
+        (EventType::Delete, "wo/03/c"),
+        (EventType::Put, "wo/02/p"),
+    ];
+    let txn = Txn::new().and_then(ops.map(|(t, key)| match t {
+        EventType::Put => TxnOp::put(key, "1", None),
+        EventType::Delete => TxnOp::delete(key, None),
+    }));
+    let r = within(Duration::from_secs(15), "txn", kv.txn(txn))
+        .await
+        .expect("txn over four ranges");
+    let rt = r.header().unwrap().revision();
+    let want_txn: Vec<(EventType, String)> = ops.map(|(t, k)| (t, k.to_string())).to_vec();
+    let del = within(
+        Duration::from_secs(15),
+        "delete",
+        kv.delete("wo/", Some(DeleteOptions::new().with_prefix())),
+    )
+    .await
+    .expect("delete over four ranges");
+    let rd = del.header().unwrap().revision();
+    let want_del: Vec<(EventType, String)> =
+        ["wo/00/c", "wo/00/p", "wo/02/p", "wo/02/probe", "wo/03/p"]
+            .map(|k| (EventType::Delete, k.to_string()))
+            .to_vec();
+    // Live, then from history (a watch created now, from the txn's revision).
+    let mut hist = within(
+        Duration::from_secs(10),
+        "watch",
+        watch_client.watch("wo/", prefix().map(|o| o.with_start_revision(rt))),
+    )
+    .await
+    .expect("watch");
+    for (what, s) in [("live", &mut live), ("history", &mut hist)] {
+        assert_eq!(
+            next_events(s).await,
+            (want_txn.clone(), rt),
+            "{what}: the txn"
+        );
+        assert_eq!(
+            next_events(s).await,
+            (want_del.clone(), rd),
+            "{what}: the delete"
+        );
+    }
+}

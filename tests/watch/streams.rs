@@ -121,6 +121,95 @@ async fn watch_txn_events_in_one_response() {
     assert!(ev.iter().all(|e| e.modr == rd));
 }
 
+/// The events of one txn come in op order (etcd orders a revision's events
+/// by sub-revision) also when a watch replays them from history: a watch
+/// created after the txn, from its revision. Nested txns count their ops in
+/// the tree's pre-order, a branch not taken included; one delete's keys come
+/// in key order.
+#[tokio::test]
+async fn watch_from_history_gives_a_txns_events_in_op_order() {
+    let mut c = client().await;
+    let p = prefix("watch_txn_hist");
+    let k = |s: &str| format!("{p}{s}");
+    for key in ["c", "x1", "x2"] {
+        put(&mut c, &k(key), "old").await;
+    }
+    let not_taken = Txn::new()
+        .when([Compare::version(k("c"), CompareOp::Equal, 5)])
+        .and_then([
+            TxnOp::txn(Txn::new().and_then([TxnOp::put(k("q"), "1", None)])),
+            TxnOp::put(k("r"), "1", None),
+        ])
+        .or_else([
+            TxnOp::put(k("f"), "1", None),
+            TxnOp::delete(k("x"), Some(DeleteOptions::new().with_prefix())),
+        ]);
+    let r = c
+        .txn(
+            Txn::new()
+                .when([Compare::version(k("c"), CompareOp::Equal, 1)])
+                .and_then([
+                    TxnOp::put(k("b"), "1", None),
+                    TxnOp::put(k("a"), "1", None),
+                    TxnOp::txn(not_taken),
+                    TxnOp::delete(k("c"), None),
+                    TxnOp::put(k("d"), "1", None),
+                ]),
+        )
+        .await
+        .unwrap();
+    assert!(r.succeeded());
+    let rt = rev_of(r.header());
+    let want = [
+        (PUT, k("b")),
+        (PUT, k("a")),
+        (PUT, k("f")),
+        (DELETE, k("x1")),
+        (DELETE, k("x2")),
+        (DELETE, k("c")),
+        (PUT, k("d")),
+    ];
+    // Twice: a watch starting at the txn (its events in one response), and
+    // one from before it (etcd may send both revisions in one response).
+    for start in [rt, rt - 1] {
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_prev_key()
+            .with_start_revision(start);
+        let (mut s, w) = open(&mut c, &p, Some(opts)).await;
+        let ev = if start == rt {
+            let resp = recv(&mut s).await;
+            assert_eq!(resp.watch_id(), w);
+            flatten(&resp)
+        } else {
+            let mut ev = events(&mut s, want.len() + 1).await;
+            // The put of x2 at rt - 1 comes first.
+            let first = ev.remove(0);
+            assert_eq!((first.key, first.modr), (k("x2"), rt - 1));
+            ev
+        };
+        let got: Vec<(EventType, String)> = ev.iter().map(|e| (e.typ, e.key.clone())).collect();
+        assert_eq!(got, want, "from revision {start}");
+        assert!(ev.iter().all(|e| e.modr == rt));
+        let prev: Vec<Option<&str>> = ev
+            .iter()
+            .map(|e| e.prev.as_ref().map(|p| p.0.as_str()))
+            .collect();
+        assert_eq!(
+            prev,
+            [
+                None,
+                None,
+                None,
+                Some("old"),
+                Some("old"),
+                Some("old"),
+                None
+            ]
+        );
+    }
+}
+
 #[tokio::test]
 async fn watch_cancel() {
     let mut c = client().await;

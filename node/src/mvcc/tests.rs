@@ -40,6 +40,7 @@ fn put(m: &Mvcc, db: &Arc<dyn Engine>, key: &[u8], rev: i64, val: &[u8], tomb: b
             version: 1,
             lease: 0,
             tombstone: tomb,
+            op: 0,
         },
     );
     db.write(&wb, false).unwrap();

@@ -168,6 +168,7 @@ impl Feed {
                 delete: v.value.tombstone,
                 kv: Some(crate::apply::feed_kv(&v)),
                 prev_kv: prev.as_ref().map(crate::apply::feed_kv),
+                op: v.value.op,
             };
             match &mut cur {
                 Some(m) if m.revision == v.mod_revision => m.events.push(ev),

@@ -13,7 +13,7 @@ use strata_proto::xtxn::{self, to_etcd};
 use tonic::Status;
 
 use super::clip;
-use crate::apply::{header, WriteExec};
+use crate::apply::{header, Walk, WriteExec};
 
 impl WriteExec<'_> {
     /// Runs this range's share of `t` at `self.rev` along `path` (whether
@@ -29,7 +29,7 @@ impl WriteExec<'_> {
                 "strata: a txn path does not match its txn",
             ));
         }
-        self.part_at(t, path, span, &mut 0)
+        self.part_at(t, path, span, &mut Walk::default())
     }
 
     fn part_at(
@@ -37,20 +37,23 @@ impl WriteExec<'_> {
         t: &PbTxnRequest,
         path: &[bool],
         span: &KeyRange,
-        node: &mut usize,
+        at: &mut Walk,
     ) -> Result<PbTxnResponse, Status> {
-        let ok = path[*node];
-        *node += 1;
+        let ok = path[at.node];
+        at.node += 1;
         let mut responses = Vec::new();
         for (branch, ops) in [(true, &t.success), (false, &t.failure)] {
             for op in ops {
                 let runs = branch == ok;
+                // Numbered over the whole txn, as every range sees it: the
+                // router orders a revision's events from all ranges by it.
+                self.op = at.next_op();
                 let resp = match &op.request {
                     Some(PbTxnOpRequest::RequestTxn(inner)) if runs => {
-                        PbTxnOpResponse::ResponseTxn(self.part_at(inner, path, span, node)?)
+                        PbTxnOpResponse::ResponseTxn(self.part_at(inner, path, span, at)?)
                     }
                     Some(PbTxnOpRequest::RequestTxn(inner)) => {
-                        *node += xtxn::nodes(inner);
+                        at.skip(inner);
                         continue;
                     }
                     _ if !runs => continue,
