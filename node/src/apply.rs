@@ -85,8 +85,30 @@ impl View<'_> {
             self.rev
         };
         let kr = KeyRange::from_etcd(&r.key, &r.range_end);
-        let mut kvs = self.range_at(&kr, rev)?;
-        let count = kvs.len() as i64;
+        // A limited read in key order without revision filters (or a count)
+        // keeps only the keys it answers, not the whole interval.
+        let plain = r.min_mod_revision == 0
+            && r.max_mod_revision == 0
+            && r.min_create_revision == 0
+            && r.max_create_revision == 0
+            && r.sort_target == 0
+            && (r.sort_order == 0 || r.sort_order == 1)
+            && (rev != self.rev || self.overlay.is_none_or(|o| o.is_empty()));
+        let (mut kvs, count) = match (plain, r.count_only, r.limit) {
+            (true, true, _) => self.mvcc.range_at_first(&kr, rev, 0).map_err(internal)?,
+            (true, false, limit) if limit > 0 => {
+                // One past the limit says `more`.
+                let keep = usize::try_from(limit)
+                    .unwrap_or(usize::MAX)
+                    .saturating_add(1);
+                self.mvcc.range_at_first(&kr, rev, keep).map_err(internal)?
+            }
+            _ => {
+                let kvs = self.range_at(&kr, rev)?;
+                let n = kvs.len() as i64;
+                (kvs, n)
+            }
+        };
         kvs.retain(|v| {
             (r.min_mod_revision == 0 || v.mod_revision >= r.min_mod_revision)
                 && (r.max_mod_revision == 0 || v.mod_revision <= r.max_mod_revision)

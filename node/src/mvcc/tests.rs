@@ -9,6 +9,7 @@ engine_tests!(
     snapshot_reads_survive_compaction,
     ranges_are_bounded,
     corrupt_versions_are_errors,
+    first_keys_and_the_count,
 );
 
 #[test]
@@ -205,4 +206,31 @@ fn corrupt_versions_are_errors(t: &mut TestEngine) {
     assert!(m.history(&all, 0, 10, 100).is_err());
     let a_only = KeyRange::from_etcd(b"a", b"");
     assert_eq!(m.range_at(&a_only, 10).unwrap().len(), 1);
+}
+
+fn first_keys_and_the_count(t: &mut TestEngine) {
+    let db = t.engine();
+    let m = Mvcc::new(db.clone());
+    for (i, k) in [b"a", b"b", b"c", b"d"].iter().enumerate() {
+        put(&m, &db, *k, 2 + i as i64, b"v", false);
+    }
+    put(&m, &db, b"b", 7, b"", true); // deleted at 7
+    put(&m, &db, b"c", 8, b"c8", false);
+    let all = KeyRange::from_etcd(b"\0", b"\0");
+    let keys = |vs: &[Version]| -> Vec<(Vec<u8>, i64)> {
+        vs.iter().map(|v| (v.key.clone(), v.mod_revision)).collect()
+    };
+    // Every live key counted, only the first `keep` kept.
+    let (first, count) = m.range_at_first(&all, 8, 2).unwrap();
+    assert_eq!(count, 3);
+    assert_eq!(keys(&first), vec![(b"a".to_vec(), 2), (b"c".to_vec(), 8)]);
+    let (none, count) = m.range_at_first(&all, 6, 0).unwrap();
+    assert_eq!((none.len(), count), (0, 4));
+    // The same as range_at where everything is kept.
+    for rev in 1..=8 {
+        let (kept, count) = m.range_at_first(&all, rev, 100).unwrap();
+        let full = m.range_at(&all, rev).unwrap();
+        assert_eq!(kept, full, "at {rev}");
+        assert_eq!(count as usize, full.len());
+    }
 }

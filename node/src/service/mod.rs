@@ -175,6 +175,10 @@ fn check_request(kind: KvKind, body: &[u8]) -> NodeResult<Checked> {
             Checked::Write
         }
         KvKind::KvSplit => return Err(invalid("splits are proposed by the node itself")),
+        KvKind::KvIngest => {
+            crate::store::ingest::check_ingest(body).map_err(|e| invalid(&e))?;
+            Checked::Unstamped
+        }
         KvKind::KvTxnPrepare => {
             let p: TxnPrepare = decode(body)?;
             decode::<PbTxnRequest>(&p.txn)?;

@@ -278,6 +278,7 @@ impl Store {
                 self.exec_txn_command(&shared, kind, cmd, prev_rev, wb)
             }
             KvKind::KvCompact => self.exec_compact(&shared, &cmd.request, wb),
+            KvKind::KvIngest => self.exec_ingest(&shared, &cmd.request, prev_rev, wb),
             KvKind::KvSplit => match SplitCommand::decode(&cmd.request[..]) {
                 Ok(sc) => self.exec_split(&shared, &sc, wb),
                 Err(e) => Ok(Applied::invalid(format!("bad split command: {e}"))),
@@ -448,6 +449,7 @@ pub fn keys_within(
         KvKind::KvTxn => {
             strata_proto::etcdutil::txn_keys(&PbTxnRequest::decode(request)?, &mut keys)
         }
+        KvKind::KvIngest => keys = super::ingest::ingest_keys(request)?,
         _ => {}
     }
     Ok(keys.iter().all(|k| kr.covers(k)))
