@@ -9,7 +9,9 @@ pub mod kv;
 pub mod metrics;
 pub mod misc;
 mod mux;
+mod range_stream;
 pub mod routing;
+mod scan;
 mod txn;
 pub mod watch;
 
