@@ -12,6 +12,7 @@ mod mux;
 mod range_stream;
 pub mod routing;
 mod scan;
+pub mod snapshot;
 mod txn;
 pub mod watch;
 
