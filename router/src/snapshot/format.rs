@@ -11,13 +11,16 @@
 //!   3 kv       etcd's mvccpb.KeyValue: every live key as of R, in key
 //!              order (key, create/mod revision, version, value, lease)
 //!   4 end      SnapshotEnd: how many kv and lease records came — last
+//! padding    zero bytes up to a multiple of 512 bytes
 //! trailer    32 bytes: SHA-256 of every byte before it
 //! ```
 //!
 //! Like etcd's own snapshot stream, the file ends in a SHA-256 of what came
-//! before (etcd appends one to its bbolt file); `etcdctl snapshot save` 3.4
-//! only copies the stream to the file, and the reader here checks the hash,
-//! the order of records, each key's revisions against R, and the counts.
+//! before (etcd appends one to its bbolt file, whose size is a multiple of
+//! 512). `etcdctl snapshot save` checks only that: the saved size must be
+//! 32 more than a multiple of 512, hence the padding. The reader here checks
+//! the hash, the padding, the order of records, each key's revisions against
+//! R, and the counts.
 //! A payload is at most [`MAX_RECORD_BYTES`], so a reader holds one record
 //! at a time.
 
@@ -39,11 +42,16 @@ const TAG_LEASE: u8 = 2;
 const TAG_KV: u8 = 3;
 const TAG_END: u8 = 4;
 
+/// The file's size is a multiple of this, plus the 32-byte trailer.
+pub const ALIGN: u64 = 512;
+
 /// Writes records into a byte buffer the caller drains (`take`), keeping the
-/// running hash; `finish` appends the end record and the trailer.
+/// running hash; `finish` appends the end record, padding and the trailer.
 pub struct Writer {
     buf: Vec<u8>,
     hash: Sha256,
+    /// Bytes written so far (taken or not).
+    written: u64,
     kvs: u64,
     leases: u64,
 }
@@ -53,6 +61,7 @@ impl Writer {
         let mut w = Writer {
             buf: Vec::with_capacity(64 * 1024),
             hash: Sha256::new(),
+            written: 0,
             kvs: 0,
             leases: 0,
         };
@@ -64,6 +73,7 @@ impl Writer {
     fn raw(&mut self, b: &[u8]) {
         self.hash.update(b);
         self.buf.extend_from_slice(b);
+        self.written += b.len() as u64;
     }
 
     fn record(&mut self, tag: u8, payload: &[u8]) {
@@ -101,6 +111,8 @@ impl Writer {
             leases: self.leases,
         };
         self.record(TAG_END, &end.encode_to_vec());
+        let pad = (ALIGN - self.written % ALIGN) % ALIGN;
+        self.raw(&vec![0u8; pad as usize]);
         let sum = self.hash.finalize();
         self.buf.extend_from_slice(&sum);
         self.buf
@@ -119,6 +131,8 @@ pub enum Record {
 pub struct Reader<R: Read> {
     input: R,
     hash: Sha256,
+    /// Bytes read so far.
+    read: u64,
     pub header: SnapshotHeader,
     kvs: u64,
     leases: u64,
@@ -145,6 +159,7 @@ impl<R: Read> Reader<R> {
         let mut r = Reader {
             input,
             hash: Sha256::new(),
+            read: MAGIC.len() as u64,
             header: SnapshotHeader::default(),
             kvs: 0,
             leases: 0,
@@ -187,6 +202,7 @@ impl<R: Read> Reader<R> {
             .map_err(|e| bad(format!("truncated ({e})")))?;
         self.hash.update(head);
         self.hash.update(&payload);
+        self.read += 5 + len as u64;
         Ok((head[0], payload))
     }
 
@@ -232,6 +248,14 @@ impl<R: Read> Reader<R> {
                         end.kvs, end.leases, self.kvs, self.leases
                     )));
                 }
+                let mut pad = vec![0u8; ((ALIGN - self.read % ALIGN) % ALIGN) as usize];
+                self.input
+                    .read_exact(&mut pad)
+                    .map_err(|e| bad(format!("truncated padding ({e})")))?;
+                if pad.iter().any(|&b| b != 0) {
+                    return Err(bad("padding that is not zero"));
+                }
+                self.hash.update(&pad);
                 let mut sum = [0u8; 32];
                 self.input
                     .read_exact(&mut sum)
@@ -296,6 +320,7 @@ mod tests {
     #[test]
     fn round_trip() {
         let b = sample();
+        assert_eq!(b.len() as u64 % ALIGN, 32, "etcdctl's size check");
         let recs = read_all(&b).expect("valid");
         assert_eq!(recs.len(), 4);
         assert!(matches!(&recs[0], Record::Lease(l) if l.id == 7 && l.ttl == 60));
