@@ -93,9 +93,13 @@ enum CtlCommand {
     /// Placement's own replicas: list, add or remove them.
     #[command(subcommand)]
     Placement(placement::PlacementCommand),
+    /// Snapshots: `restore FILE --data-dir DIR` prepares a new cluster's data dir.
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCommand),
 }
 
 mod placement;
+pub(crate) mod snapshot;
 
 /// Entry point of `strata ctl`.
 pub fn main(args: CtlArgs) -> ExitCode {
@@ -133,6 +137,10 @@ pub fn main(args: CtlArgs) -> ExitCode {
 
 /// Everything to print on stdout.
 async fn run(args: &CtlArgs) -> anyhow::Result<String> {
+    // Needs no cluster.
+    if let CtlCommand::Snapshot(snapshot::SnapshotCommand::Restore { file }) = &args.command {
+        return snapshot::restore(file, &args.data_dir);
+    }
     let target = find_placement(args.placement.as_deref(), &args.data_dir)?;
     let mut peer_tls = args.peer_tls.clone();
     if peer_tls.peer_cert_file.is_none() && args.placement.is_none() {
@@ -148,7 +156,9 @@ async fn run(args: &CtlArgs) -> anyhow::Result<String> {
         (CtlCommand::Ranges, true) => json_lines(&ranges(&resp))?,
         (CtlCommand::Nodes, false) => nodes_table(&nodes(&resp)),
         (CtlCommand::Nodes, true) => json_lines(&nodes(&resp))?,
-        (CtlCommand::Placement(_), _) => unreachable!("answered above"),
+        (CtlCommand::Placement(_) | CtlCommand::Snapshot(_), _) => {
+            unreachable!("answered above")
+        }
     })
 }
 

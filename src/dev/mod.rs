@@ -38,6 +38,7 @@ use setup::{check_placement_dirs, check_ports, find_on_path, lock_data_dir, writ
 
 mod plan;
 mod process;
+mod restore;
 mod serving;
 mod setup;
 #[cfg(test)]
@@ -431,6 +432,17 @@ async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
         Some(Ok(())) => {}
+    }
+    // A snapshot restored into DATA_DIR (`strata ctl snapshot restore`) is
+    // loaded before the cluster is reported ready.
+    match restore::load_pending(&data_dir, &plan).await {
+        Ok(None) => {}
+        Ok(Some(what)) => eprintln!("strata dev: {what}"),
+        Err(e) => {
+            eprintln!("strata dev: error: restoring the snapshot: {e:#}");
+            stop_all(&children, &stopping, &mut signals).await;
+            return Ok(ExitCode::FAILURE);
+        }
     }
 
     let line = ready_line(&plan, &args, &data_dir, &json);

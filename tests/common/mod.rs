@@ -28,7 +28,7 @@ mod tls;
 
 // Not every test binary uses every item.
 #[allow(unused_imports)]
-pub use cluster::{shared, start, start_strata_with, Cluster};
+pub use cluster::{shared, start, start_strata_prepared, start_strata_with, Cluster};
 #[allow(unused_imports)]
 pub use process::{run_bounded, Background};
 #[allow(unused_imports)]
