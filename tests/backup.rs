@@ -101,7 +101,7 @@ async fn snapshot_under_writes_restores_exactly() {
     let mut reader = Reader::open(std::fs::File::open(&file).expect("open")).expect("header");
     let rev = reader.header.revision;
     let (mut keys, mut leases) = (Vec::new(), Vec::new());
-    while let Some(rec) = reader.next().expect("valid snapshot") {
+    while let Some(rec) = reader.next_record().expect("valid snapshot") {
         match rec {
             Record::Kv(kv) => keys.push((
                 kv.key,
@@ -181,4 +181,32 @@ fn restore_refuses_a_file_not_strata() {
         !dir.path().join("d1").exists(),
         "a refused restore made its dir"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_of_an_empty_cluster_restores() {
+    let src = start_strata_with(&[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("empty.db");
+    common::ok(&src.etcdctl(&["snapshot", "save", file.to_str().unwrap()]));
+    let mut reader = Reader::open(std::fs::File::open(&file).expect("open")).expect("header");
+    assert!(
+        reader.next_record().expect("valid").is_none(),
+        "keys in an empty cluster"
+    );
+    let dst = start_strata_prepared(&[], |data| {
+        let out = restore(&file, data);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+    let mut d = dst.client().await;
+    assert!(all_keys(&mut d, 0).await.is_empty());
+    let put = d.put("k", "v", None).await.expect("put");
+    assert!(put.header().unwrap().revision() > reader.header.revision);
+    // The same directory is not restored into twice.
+    let out = restore(&file, &dst.data_dir);
+    assert!(!out.status.success(), "restored into a used data dir");
 }

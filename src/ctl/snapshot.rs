@@ -52,7 +52,7 @@ pub const RESTORE_JSON: &str = "restore.json";
 /// Reads a whole snapshot, checking it; answers its summary.
 pub fn check_file(input: impl Read) -> anyhow::Result<RestoreJson> {
     let mut r = Reader::open(input)?;
-    while r.next()?.is_some() {}
+    while r.next_record()?.is_some() {}
     let (keys, leases) = r.counts();
     Ok(RestoreJson {
         revision: r.header.revision,

@@ -104,7 +104,7 @@ async fn load(file: &Path, plan: &Plan) -> anyhow::Result<(u64, u64)> {
     let mut named: HashSet<i64> = HashSet::new();
     let mut batch: Vec<PbKeyValue> = Vec::new();
     let mut batch_bytes = 0usize;
-    while let Some(rec) = reader.next()? {
+    while let Some(rec) = reader.next_record()? {
         match rec {
             Record::Lease(l) => listed.push(l),
             Record::Kv(kv) => {
@@ -146,7 +146,9 @@ async fn load(file: &Path, plan: &Plan) -> anyhow::Result<(u64, u64)> {
         .await
         .map_err(|e| anyhow::anyhow!("granting lease {id:x}: {}", e.message()))?;
     }
-    compact(plan, revision).await?;
+    if revision > 0 {
+        compact(plan, revision).await?;
+    }
     Ok((keys, listed.len() as u64))
 }
 

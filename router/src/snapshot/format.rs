@@ -127,7 +127,7 @@ pub enum Record {
 }
 
 /// Reads a snapshot file record by record, checking it as it goes; the
-/// checksum is known good only once [`Reader::next`] answered `Ok(None)`.
+/// checksum is known good only once [`Reader::next_record`] answered `Ok(None)`.
 pub struct Reader<R: Read> {
     input: R,
     hash: Sha256,
@@ -178,7 +178,11 @@ impl<R: Read> Reader<R> {
                 r.header.format_version
             )));
         }
-        if r.header.revision < 1 || r.header.compact_revision > r.header.revision {
+        // Revision 0: a snapshot of a cluster nothing was ever written to.
+        if r.header.revision < 0
+            || r.header.compact_revision < 0
+            || r.header.compact_revision > r.header.revision
+        {
             return Err(bad(format!(
                 "revision {} with compaction revision {}",
                 r.header.revision, r.header.compact_revision
@@ -208,7 +212,7 @@ impl<R: Read> Reader<R> {
 
     /// The next lease or key, or `None` at the end once the counts and the
     /// checksum matched.
-    pub fn next(&mut self) -> anyhow::Result<Option<Record>> {
+    pub fn next_record(&mut self) -> anyhow::Result<Option<Record>> {
         if self.done {
             return Ok(None);
         }
@@ -311,7 +315,7 @@ mod tests {
     fn read_all(b: &[u8]) -> anyhow::Result<Vec<Record>> {
         let mut r = Reader::open(b)?;
         let mut out = Vec::new();
-        while let Some(rec) = r.next()? {
+        while let Some(rec) = r.next_record()? {
             out.push(rec);
         }
         Ok(out)
