@@ -32,6 +32,9 @@ object per range or node (the first range starts at \"\", the last ends at \"\")
 Keys are shown as UTF-8 when printable, otherwise escaped (\\\\ for a backslash,
 \\xNN for other bytes); the JSON also carries their exact bytes in hex.
 
+`strata ctl snapshot restore FILE --data-dir DIR` needs no cluster: it prepares a
+new DIR from a snapshot saved with `etcdctl snapshot save` (see its --help).
+
 Placement is found from --placement HOST:PORT[,HOST:PORT...] (any of its
 replicas; requests follow its leader), else from DIR/dev.json (written by
 `strata dev --data-dir DIR`), DIR defaulting to ./strata-data.";

@@ -79,7 +79,8 @@ exits 0. While starting, the cluster is stopped when a quorum of placement repli
 or every router exited; one of several exiting is reported and the rest go on. Once
 ready, a component that exits on its own is reported on stderr; the others keep
 running. Running again on the same DATA_DIR keeps the data of the last run (with
-the same --placement-replicas).";
+the same --placement-replicas). A DATA_DIR made by `strata ctl snapshot restore` is
+loaded with the snapshot's keys on its first start, before \"ready\".";
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DevArgs {
