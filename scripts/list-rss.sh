@@ -46,7 +46,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-rss_mib() { awk '$1 == "VmRSS:" {printf "%.0f", $2 / 1024}' "/proc/$1/status" 2>/dev/null || echo 0; }
+rss_mib() { awk '$1 == "VmRSS:" {printf "%.0f\n", $2 / 1024}' "/proc/$1/status" 2>/dev/null || echo 0; }
 # Samples $1's VmRSS into $2 (one line per sample) until killed.
 sample() { while :; do rss_mib "$1" >> "$2"; sleep 0.02; done; }
 peak() { sort -n "$1" | tail -1; }
