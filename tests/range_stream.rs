@@ -136,9 +136,18 @@ async fn paging_at_a_fixed_revision_is_exact_across_splits() {
         key.push(0);
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
+    let want: Vec<(Vec<u8>, Vec<u8>)> = loaded.into_iter().collect();
+    if c.target == Target::Strata {
+        // The same keys streamed at that revision while splits go on.
+        let opts = GetOptions::new()
+            .with_range(prefix_end(&p))
+            .with_revision(rev);
+        let s = stream(&mut client, &p, opts).await;
+        assert!(s.kvs == want, "RangeStream at {rev} differs");
+        assert_eq!((s.count as usize, s.more), (want.len(), false));
+    }
     stop.store(true, Ordering::Relaxed);
     writer.await.expect("writer");
-    let want: Vec<(Vec<u8>, Vec<u8>)> = loaded.into_iter().collect();
     assert_eq!(seen.len(), want.len(), "keys paged");
     assert!(seen == want, "pages differ from the keys at revision {rev}");
     assert_eq!(pages, 50);
