@@ -181,11 +181,14 @@ impl Mvcc {
     /// Like [`Mvcc::range_at`], keeping only the first `keep` live keys:
     /// answers them and how many live keys `kr` holds at `rev` (a limited
     /// or count-only read holds at most `keep` versions, not the range).
+    /// Without `count_all` the scan stops at the `keep`-th live key (and
+    /// the count is of the keys kept).
     pub fn range_at_first(
         &self,
         kr: &KeyRange,
         rev: i64,
         keep: usize,
+        count_all: bool,
     ) -> anyhow::Result<(Vec<Version>, i64)> {
         let mut out = Vec::new();
         let mut count = 0i64;
@@ -204,6 +207,9 @@ impl Mvcc {
                         mod_revision: r,
                         value,
                     });
+                }
+                if !count_all && out.len() >= keep {
+                    return Ok(false);
                 }
             }
             Ok(true)

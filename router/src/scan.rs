@@ -12,8 +12,10 @@
 //! **Bounded memory.** A page holds at most `limit` keys; the page size
 //! adapts to the sizes seen so far so that a page is about
 //! [`PAGE_TARGET_BYTES`], starting small ([`FIRST_PAGE_KEYS`]) since a value
-//! may be up to etcd's request limit. (A node still reads the rest of its
-//! range to count it; its ranges are bounded by the split thresholds.)
+//! may be up to etcd's request limit. A node reads no further than the page
+//! asks: the first page in a range is a `KV_RANGE` (its `count` is etcd's
+//! count of the range's part), later ones `KV_RANGE_PAGE`s (no count, so
+//! the node stops at the page's end).
 
 use std::sync::Arc;
 
@@ -95,11 +97,18 @@ impl Scan {
             q.key = part.start.clone();
             q.range_end = part.end.clone().unwrap_or_else(|| vec![0]);
             q.limit = self.page_keys.min(max_keys).max(1);
+            // The first page in a range counts its part; later ones need no
+            // count, and a node stops reading at the page's end.
+            let first = self.counted_to.as_ref().is_some_and(|c| part.start >= *c);
+            let kind = match first {
+                true => KvKind::KvRange,
+                false => KvKind::KvRangePage,
+            };
             let res = self
                 .router
                 .call(
                     &range,
-                    KvKind::KvRange,
+                    kind,
                     q.encode_to_vec(),
                     self.read_revision,
                     Retry::Read,
@@ -118,8 +127,7 @@ impl Scan {
             let resp = PbRangeResponse::decode(&body[..])
                 .map_err(|e| Status::internal(format!("strata: bad node response: {e}")))?;
             drop(body);
-            // The first page in a range counts the range's part.
-            if self.counted_to.as_ref().is_some_and(|c| part.start >= *c) {
+            if first {
                 self.count = self.count.saturating_add(resp.count);
                 self.counted_to = part.end.clone();
             }

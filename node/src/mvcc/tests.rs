@@ -221,14 +221,20 @@ fn first_keys_and_the_count(t: &mut TestEngine) {
         vs.iter().map(|v| (v.key.clone(), v.mod_revision)).collect()
     };
     // Every live key counted, only the first `keep` kept.
-    let (first, count) = m.range_at_first(&all, 8, 2).unwrap();
+    let (first, count) = m.range_at_first(&all, 8, 2, true).unwrap();
     assert_eq!(count, 3);
     assert_eq!(keys(&first), vec![(b"a".to_vec(), 2), (b"c".to_vec(), 8)]);
-    let (none, count) = m.range_at_first(&all, 6, 0).unwrap();
+    let (none, count) = m.range_at_first(&all, 6, 0, true).unwrap();
     assert_eq!((none.len(), count), (0, 4));
+    // Without the count: the scan stops at the last key kept.
+    let (first, count) = m.range_at_first(&all, 8, 2, false).unwrap();
+    assert_eq!(
+        (keys(&first), count),
+        (vec![(b"a".to_vec(), 2), (b"c".to_vec(), 8)], 2)
+    );
     // The same as range_at where everything is kept.
     for rev in 1..=8 {
-        let (kept, count) = m.range_at_first(&all, rev, 100).unwrap();
+        let (kept, count) = m.range_at_first(&all, rev, 100, true).unwrap();
         let full = m.range_at(&all, rev).unwrap();
         assert_eq!(kept, full, "at {rev}");
         assert_eq!(count as usize, full.len());

@@ -140,7 +140,7 @@ const MAX_TXN_PARTICIPANTS: usize = 1 << 16;
 /// proposed: a request that fails here never reaches the raft log.
 fn check_request(kind: KvKind, body: &[u8]) -> NodeResult<Checked> {
     Ok(match kind {
-        KvKind::KvRange => {
+        KvKind::KvRange | KvKind::KvRangePage => {
             decode::<PbRangeRequest>(body)?;
             Checked::Read
         }
@@ -333,6 +333,13 @@ impl NodeService {
         }
         let request = req.request;
         match checked {
+            Checked::Read if kind == KvKind::KvRangePage => {
+                let rr: PbRangeRequest = decode(&request)?;
+                self.read(r, kind, &request, (req.read_revision, 0), false, move |v| {
+                    v.range_page(&rr).map(|x| x.encode_to_vec())
+                })
+                .await
+            }
             Checked::Read if kind == KvKind::KvRange => {
                 let rr: PbRangeRequest = decode(&request)?;
                 // Planted bug: a linearizable read of "now" answered from

@@ -288,7 +288,9 @@ impl Store {
             | KvKind::KvTxn
             | KvKind::KvLeaseRevoke
             | KvKind::KvLeaseGrant => self.exec_write(&shared, kind, cmd, prev_rev, wb),
-            KvKind::KvRange | KvKind::KvTxnRead => Ok(Applied::invalid("a read is not a command")),
+            KvKind::KvRange | KvKind::KvRangePage | KvKind::KvTxnRead => {
+                Ok(Applied::invalid("a read is not a command"))
+            }
         }
     }
 
@@ -434,7 +436,7 @@ pub fn keys_within(
 ) -> Result<bool, prost::DecodeError> {
     let mut keys = Vec::new();
     match kind {
-        KvKind::KvRange => {
+        KvKind::KvRange | KvKind::KvRangePage => {
             let r = strata_proto::etcd::PbRangeRequest::decode(request)?;
             keys.push(KeyRange::from_etcd(&r.key, &r.range_end));
         }
