@@ -10,7 +10,7 @@
 #
 # Defaults: --keys 1000000, --split-keys 20000 (about 70 ranges). Binaries:
 # $STRATA_BIN_DIR (default the release build in $CARGO_TARGET_DIR or
-# target/). Ports: base 32790 / client 32379. Everything started is stopped
+# target/). Ports: base 30790 / client 30379. Everything started is stopped
 # on exit. A figure, not a test.
 set -euo pipefail
 
@@ -52,12 +52,12 @@ sample() { while :; do rss_mib "$1" >> "$2"; sleep 0.02; done; }
 peak() { sort -n "$1" | tail -1; }
 
 dir="$tmp/data"
-"$bin_dir/strata" dev --data-dir "$dir" --base-port 32790 --listen-client 127.0.0.1:32379 \
+"$bin_dir/strata" dev --data-dir "$dir" --base-port 30790 --listen-client 127.0.0.1:30379 \
   --range-split-write-rate 0 --range-split-keys "$split" > "$tmp/dev.log" 2>&1 &
 dev_pid=$!
-for _ in $(seq 300); do grep -q ready "$tmp/dev.log" 2>/dev/null && break; sleep 0.2; done
-grep -q ready "$tmp/dev.log" || { echo "list-rss: strata dev did not start (see $tmp/dev.log)" >&2; exit 1; }
-ep=127.0.0.1:32379
+for _ in $(seq 300); do grep -q "strata dev ready" "$tmp/dev.log" 2>/dev/null && break; sleep 0.2; done
+grep -q "strata dev ready" "$tmp/dev.log" || { echo "list-rss: strata dev did not start (see $tmp/dev.log)" >&2; exit 1; }
+ep=127.0.0.1:30379
 "$bin_dir/strata-bench" --endpoints "$ep" --conns 10 --clients 200 --no-progress \
   put --total "$keys" --key-space-size "$keys" --sequential-keys --prefix list/ > /dev/null
 ranges=$("$bin_dir/strata" ctl --data-dir "$dir" --json ranges | wc -l)
