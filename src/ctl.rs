@@ -32,6 +32,9 @@ object per range or node (the first range starts at \"\", the last ends at \"\")
 Keys are shown as UTF-8 when printable, otherwise escaped (\\\\ for a backslash,
 \\xNN for other bytes); the JSON also carries their exact bytes in hex.
 
+`strata ctl snapshot restore FILE --data-dir DIR` needs no cluster: it prepares a
+new DIR from a snapshot saved with `etcdctl snapshot save` (see its --help).
+
 Placement is found from --placement HOST:PORT[,HOST:PORT...] (any of its
 replicas; requests follow its leader), else from DIR/dev.json (written by
 `strata dev --data-dir DIR`), DIR defaulting to ./strata-data.";
@@ -100,10 +103,14 @@ enum CtlCommand {
         #[arg(long, default_value_t = 0)]
         revision: i64,
     },
+    /// Snapshots: `restore FILE --data-dir DIR` prepares a new cluster's data dir.
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCommand),
 }
 
 mod check;
 mod placement;
+pub(crate) mod snapshot;
 
 /// Entry point of `strata ctl`.
 pub fn main(args: CtlArgs) -> ExitCode {
@@ -142,6 +149,10 @@ pub fn main(args: CtlArgs) -> ExitCode {
 
 /// Everything to print on stdout, and whether the command failed anyway.
 async fn run(args: &CtlArgs) -> anyhow::Result<(String, bool)> {
+    // Needs no cluster.
+    if let CtlCommand::Snapshot(snapshot::SnapshotCommand::Restore { file }) = &args.command {
+        return Ok((snapshot::restore(file, &args.data_dir)?, false));
+    }
     let target = find_placement(args.placement.as_deref(), &args.data_dir)?;
     let mut peer_tls = args.peer_tls.clone();
     if peer_tls.peer_cert_file.is_none() && args.placement.is_none() {
@@ -163,7 +174,7 @@ async fn run(args: &CtlArgs) -> anyhow::Result<(String, bool)> {
         (CtlCommand::Ranges, true) => json_lines(&ranges(&resp))?,
         (CtlCommand::Nodes, false) => nodes_table(&nodes(&resp)),
         (CtlCommand::Nodes, true) => json_lines(&nodes(&resp))?,
-        (CtlCommand::Placement(_) | CtlCommand::Check { .. }, _) => {
+        (CtlCommand::Placement(_) | CtlCommand::Check { .. } | CtlCommand::Snapshot(_), _) => {
             unreachable!("answered above")
         }
     };

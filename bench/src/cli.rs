@@ -233,6 +233,9 @@ pub struct RangeArgs {
     /// Range over every key with this prefix when KEY is omitted.
     #[arg(long, default_value = "")]
     pub prefix: String,
+    /// Use etcd 3.7's streaming RangeStream (chunks) instead of Range.
+    #[arg(long)]
+    pub stream: bool,
 }
 
 #[derive(Args, Debug, Clone, Serialize)]

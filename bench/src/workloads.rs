@@ -178,13 +178,24 @@ pub async fn run(cli: &Cli, argv: Vec<String>, progress: &Progress) -> Result<Ru
             if a.count_only {
                 opts = opts.with_count_only();
             }
+            let stream = a.stream;
             let workers = clients
                 .iter()
                 .map(|c| {
-                    let (kv, key, opts) = (c.kv_client(), key.clone(), opts.clone());
+                    // A whole LIST may be far above gRPC's 4 MiB default.
+                    let kv = c.kv_client().max_decoding_message_size(usize::MAX);
+                    let (key, opts) = (key.clone(), opts.clone());
                     Box::new(move |_i| {
                         let (mut kv, key, opts) = (kv.clone(), key.clone(), opts.clone());
                         let f: OpFuture = Box::pin(async move {
+                            if stream {
+                                let mut s = kv
+                                    .get_stream(key, Some(opts))
+                                    .await
+                                    .map_err(|e| err_text(&e))?;
+                                while s.message().await.map_err(|e| err_text(&e))?.is_some() {}
+                                return Ok(());
+                            }
                             kv.get(key, Some(opts))
                                 .await
                                 .map(|_| ())

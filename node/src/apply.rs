@@ -67,6 +67,17 @@ impl View<'_> {
     }
 
     pub fn range(&self, r: &PbRangeRequest) -> Result<PbRangeResponse, Status> {
+        self.range_with(r, true)
+    }
+
+    /// A Range answered as a page (`KV_RANGE_PAGE`): a limited read in key
+    /// order stops at the key past the limit instead of counting the rest;
+    /// `count` is then only the keys it read.
+    pub fn range_page(&self, r: &PbRangeRequest) -> Result<PbRangeResponse, Status> {
+        self.range_with(r, false)
+    }
+
+    fn range_with(&self, r: &PbRangeRequest, count_all: bool) -> Result<PbRangeResponse, Status> {
         if r.key.is_empty() {
             return Err(errors::empty_key());
         }
@@ -85,8 +96,35 @@ impl View<'_> {
             self.rev
         };
         let kr = KeyRange::from_etcd(&r.key, &r.range_end);
-        let mut kvs = self.range_at(&kr, rev)?;
-        let count = kvs.len() as i64;
+        // A limited read in key order without revision filters (or a count)
+        // keeps only the keys it answers, not the whole interval.
+        let plain = r.min_mod_revision == 0
+            && r.max_mod_revision == 0
+            && r.min_create_revision == 0
+            && r.max_create_revision == 0
+            && r.sort_target == 0
+            && (r.sort_order == 0 || r.sort_order == 1)
+            && (rev != self.rev || self.overlay.is_none_or(|o| o.is_empty()));
+        let (mut kvs, count) = match (plain, r.count_only, r.limit) {
+            (true, true, _) => self
+                .mvcc
+                .range_at_first(&kr, rev, 0, true)
+                .map_err(internal)?,
+            (true, false, limit) if limit > 0 => {
+                // One past the limit says `more`.
+                let keep = usize::try_from(limit)
+                    .unwrap_or(usize::MAX)
+                    .saturating_add(1);
+                self.mvcc
+                    .range_at_first(&kr, rev, keep, count_all)
+                    .map_err(internal)?
+            }
+            _ => {
+                let kvs = self.range_at(&kr, rev)?;
+                let n = kvs.len() as i64;
+                (kvs, n)
+            }
+        };
         kvs.retain(|v| {
             (r.min_mod_revision == 0 || v.mod_revision >= r.min_mod_revision)
                 && (r.max_mod_revision == 0 || v.mod_revision <= r.max_mod_revision)

@@ -178,6 +178,45 @@ impl Mvcc {
         Ok(out)
     }
 
+    /// Like [`Mvcc::range_at`], keeping only the first `keep` live keys:
+    /// answers them and how many live keys `kr` holds at `rev` (a limited
+    /// or count-only read holds at most `keep` versions, not the range).
+    /// Without `count_all` the scan stops at the `keep`-th live key (and
+    /// the count is of the keys kept).
+    pub fn range_at_first(
+        &self,
+        kr: &KeyRange,
+        rev: i64,
+        keep: usize,
+        count_all: bool,
+    ) -> anyhow::Result<(Vec<Version>, i64)> {
+        let mut out = Vec::new();
+        let mut count = 0i64;
+        let mut last: Option<Vec<u8>> = None;
+        self.scan(kr, |user, r, v| {
+            if r > rev || last.as_deref() == Some(user.as_slice()) {
+                return Ok(true);
+            }
+            let value = MvccValue::decode(v)?;
+            last = Some(user.clone());
+            if !value.tombstone {
+                count += 1;
+                if out.len() < keep {
+                    out.push(Version {
+                        key: user,
+                        mod_revision: r,
+                        value,
+                    });
+                }
+                if !count_all && out.len() >= keep {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })?;
+        Ok((out, count))
+    }
+
     /// The live version of `key` at revision `rev`.
     pub fn get_at(&self, key: &[u8], rev: i64) -> anyhow::Result<Option<Version>> {
         let mut it = self.reader().iter(Cf::Data);

@@ -23,6 +23,7 @@ pub const MAX_REQUEST_BYTES: usize = 1536 * 1024;
 /// gRPC's own receive limit: etcd allows `max-request-bytes` plus 512 KiB.
 pub const GRPC_MAX_RECV_BYTES: usize = MAX_REQUEST_BYTES + 512 * 1024;
 
+#[derive(Clone)]
 pub struct Kv {
     pub router: Arc<Router>,
     pub auth: Arc<crate::auth::Auth>,
@@ -130,7 +131,7 @@ impl Kv {
         self.auth.caller(req.metadata(), crate::tls_cn(req))
     }
 
-    fn range_allowed(
+    pub(crate) fn range_allowed(
         &self,
         caller: &crate::auth::Caller,
         r: &PbRangeRequest,
@@ -143,7 +144,7 @@ impl Kv {
 
     /// Revision for a linearizable read: at or after every write that completed
     /// before the read began. 0 means a serializable read.
-    async fn read_revision(&self, serializable: bool) -> Result<i64, Status> {
+    pub(crate) async fn read_revision(&self, serializable: bool) -> Result<i64, Status> {
         if serializable {
             Ok(0)
         } else {
@@ -199,7 +200,10 @@ impl Kv {
 
     /// A read over several ranges: every range is read at the same revision
     /// `rr` (each range first closes it), and the parts are merged here: counts
-    /// add up, sort and limit apply to the whole.
+    /// add up, sort and limit apply to the whole. A limited read in key order
+    /// reads ranges one after another only until the limit is reached (and
+    /// counts the rest), a `count_only` read fetches no keys: neither
+    /// materialises the interval (`crate::scan`).
     async fn range_many(
         &self,
         ranges: &[CachedRange],
@@ -213,6 +217,23 @@ impl Kv {
         } else {
             rr
         };
+        if r.limit > 0 && !r.count_only && crate::scan::key_order(r) {
+            return crate::scan::limited(self, kr, r, rr).await;
+        }
+        let mut out = self.range_parts(ranges, kr, r, rr).await?;
+        finish_range(&mut out, r);
+        Ok(out)
+    }
+
+    /// Every part of `kr` read at once (without limit or sort; `count_only`
+    /// kept), concatenated in key order.
+    pub(crate) async fn range_parts(
+        &self,
+        ranges: &[CachedRange],
+        kr: &KeyRange,
+        r: &PbRangeRequest,
+        rr: i64,
+    ) -> Result<PbRangeResponse, Status> {
         let mut parts = Vec::with_capacity(ranges.len());
         for range in ranges {
             let part_kr = kr.clamp(&range.desc.start_key, &range.desc.end_key);
@@ -222,24 +243,23 @@ impl Kv {
             q.limit = 0;
             q.sort_order = 0;
             q.sort_target = 0;
-            q.count_only = false;
             let router = self.router.clone();
             let range = range.clone();
             parts.push(tokio::spawn(crate::reqmeta::inherit(async move {
-                router
+                let body = router
                     .call(&range, KvKind::KvRange, q.encode_to_vec(), rr, Retry::Read)
-                    .await
+                    .await?;
+                // Decoded here, so the encoded copy goes at once.
+                decode::<PbRangeResponse>(&body)
             })));
         }
         let mut out = PbRangeResponse::default();
         for p in parts {
-            let body = p.await.map_err(|e| Status::internal(e.to_string()))??;
-            let part: PbRangeResponse = decode(&body)?;
+            let part = p.await.map_err(|e| Status::internal(e.to_string()))??;
             out.count += part.count;
             out.kvs.extend(part.kvs);
             out.header = out.header.or(part.header);
         }
-        finish_range(&mut out, r);
         Ok(out)
     }
 }
@@ -275,7 +295,7 @@ fn sort_kvs(kvs: &mut [strata_proto::etcd::PbKeyValue], order: i32, target: i32)
     }
 }
 
-type RangeStream = std::pin::Pin<
+pub(crate) type RangeStream = std::pin::Pin<
     Box<
         dyn futures::Stream<Item = Result<strata_proto::etcd::PbRangeStreamResponse, Status>>
             + Send,
@@ -286,7 +306,8 @@ type RangeStream = std::pin::Pin<
 impl PbKvService for Kv {
     type RangeStreamStream = RangeStream;
 
-    /// The streaming Range of newer etcd versions: one chunk with the whole result.
+    /// etcd 3.7's streaming Range: the result in chunks of bounded size
+    /// (`crate::range_stream`).
     async fn range_stream(
         &self,
         req: Request<PbRangeRequest>,
@@ -295,11 +316,7 @@ impl PbKvService for Kv {
         let r = req.into_inner();
         check_size(&r)?;
         self.range_allowed(&caller, &r)?;
-        let resp = self.do_range(r).await?;
-        let chunk = strata_proto::etcd::PbRangeStreamResponse {
-            range_response: Some(resp),
-        };
-        Ok(Response::new(Box::pin(futures::stream::iter([Ok(chunk)]))))
+        Ok(Response::new(crate::range_stream::serve(self.clone(), r)))
     }
 
     async fn range(

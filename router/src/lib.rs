@@ -12,8 +12,11 @@ pub mod maintenance;
 pub mod metrics;
 pub mod misc;
 mod mux;
+mod range_stream;
 pub mod reqmeta;
 pub mod routing;
+mod scan;
+pub mod snapshot;
 mod txn;
 pub mod watch;
 

@@ -39,6 +39,7 @@ use setup::{check_placement_dirs, check_ports, find_on_path, lock_data_dir, writ
 mod ids;
 mod plan;
 mod process;
+mod restore;
 mod serving;
 mod setup;
 #[cfg(test)]
@@ -79,7 +80,8 @@ exits 0. While starting, the cluster is stopped when a quorum of placement repli
 or every router exited; one of several exiting is reported and the rest go on. Once
 ready, a component that exits on its own is reported on stderr; the others keep
 running. Running again on the same DATA_DIR keeps the data of the last run (with
-the same --placement-replicas).";
+the same --placement-replicas). A DATA_DIR made by `strata ctl snapshot restore` is
+loaded with the snapshot's keys on its first start, before \"ready\".";
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DevArgs {
@@ -439,6 +441,17 @@ async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
         Some(Ok(())) => {}
+    }
+    // A snapshot restored into DATA_DIR (`strata ctl snapshot restore`) is
+    // loaded before the cluster is reported ready.
+    match restore::load_pending(&data_dir, &plan).await {
+        Ok(None) => {}
+        Ok(Some(what)) => eprintln!("strata dev: {what}"),
+        Err(e) => {
+            eprintln!("strata dev: error: restoring the snapshot: {e:#}");
+            stop_all(&children, &stopping, &mut signals).await;
+            return Ok(ExitCode::FAILURE);
+        }
     }
     // Serving means placement runs: every node's id is known (or soon).
     if let Err(e) = ids::learn_node_ids(&mut json, plan.tls.as_ref(), args.ready_timeout).await {

@@ -55,6 +55,12 @@ pub fn start_strata_with(extra: &[&str]) -> Cluster {
     Cluster::start_strata_args(extra.iter().map(|s| s.to_string()).collect())
 }
 
+/// Starts a fresh `strata dev` cluster whose data directory `prepare` (for
+/// example `strata ctl snapshot restore`) filled first. Strata only.
+pub fn start_strata_prepared(extra: &[&str], prepare: impl FnOnce(&Path)) -> Cluster {
+    Cluster::start_strata_prepared(extra.iter().map(|s| s.to_string()).collect(), prepare)
+}
+
 /// One server shared by all tests of a test binary (started on first use, stopped at
 /// process exit). Tests that change global state (compaction) must use `start()`.
 /// If it fails to start, every test that asks for it fails at once with the reason.
@@ -211,8 +217,13 @@ impl Cluster {
     }
 
     fn start_strata_args(extra: Vec<String>) -> Cluster {
+        Self::start_strata_prepared(extra, |_| {})
+    }
+
+    fn start_strata_prepared(extra: Vec<String>, prepare: impl FnOnce(&Path)) -> Cluster {
         let tmp = tempdir();
         let data_dir = tmp.path().join("data");
+        prepare(&data_dir);
         let log_dir = tmp.path().to_path_buf();
         let layout = Layout::of(&extra);
         let span = layout.port_span();

@@ -29,7 +29,7 @@ mod tls;
 
 // Not every test binary uses every item.
 #[allow(unused_imports)]
-pub use cluster::{shared, start, start_strata_with, Cluster};
+pub use cluster::{shared, start, start_strata_prepared, start_strata_with, Cluster};
 #[allow(unused_imports)]
 pub use components::placement_leader;
 #[allow(unused_imports)]

@@ -10,6 +10,7 @@ engine_tests!(
     ranges_are_bounded,
     corrupt_versions_are_errors,
     hashes_at_a_revision_add_up_over_spans,
+    first_keys_and_the_count,
 );
 
 #[test]
@@ -236,4 +237,37 @@ fn hashes_at_a_revision_add_up_over_spans(t: &mut TestEngine) {
     // The same value under another revision, or another value, differs.
     put(&m, &db, b"a", 5, b"a5!", false);
     assert_ne!(m.hash_at(&all, 5).unwrap().0, h5);
+}
+
+fn first_keys_and_the_count(t: &mut TestEngine) {
+    let db = t.engine();
+    let m = Mvcc::new(db.clone());
+    for (i, k) in [b"a", b"b", b"c", b"d"].iter().enumerate() {
+        put(&m, &db, *k, 2 + i as i64, b"v", false);
+    }
+    put(&m, &db, b"b", 7, b"", true); // deleted at 7
+    put(&m, &db, b"c", 8, b"c8", false);
+    let all = KeyRange::from_etcd(b"\0", b"\0");
+    let keys = |vs: &[Version]| -> Vec<(Vec<u8>, i64)> {
+        vs.iter().map(|v| (v.key.clone(), v.mod_revision)).collect()
+    };
+    // Every live key counted, only the first `keep` kept.
+    let (first, count) = m.range_at_first(&all, 8, 2, true).unwrap();
+    assert_eq!(count, 3);
+    assert_eq!(keys(&first), vec![(b"a".to_vec(), 2), (b"c".to_vec(), 8)]);
+    let (none, count) = m.range_at_first(&all, 6, 0, true).unwrap();
+    assert_eq!((none.len(), count), (0, 4));
+    // Without the count: the scan stops at the last key kept.
+    let (first, count) = m.range_at_first(&all, 8, 2, false).unwrap();
+    assert_eq!(
+        (keys(&first), count),
+        (vec![(b"a".to_vec(), 2), (b"c".to_vec(), 8)], 2)
+    );
+    // The same as range_at where everything is kept.
+    for rev in 1..=8 {
+        let (kept, count) = m.range_at_first(&all, rev, 100, true).unwrap();
+        let full = m.range_at(&all, rev).unwrap();
+        assert_eq!(kept, full, "at {rev}");
+        assert_eq!(count as usize, full.len());
+    }
 }

@@ -39,7 +39,7 @@ const MAX_TXN_PARTICIPANTS: usize = 1 << 16;
 pub(super) fn check_request(kind: KvKind, body: &[u8]) -> NodeResult<(Checked, u64)> {
     let mut cost = 0u64;
     let checked = match kind {
-        KvKind::KvRange => {
+        KvKind::KvRange | KvKind::KvRangePage => {
             decode::<PbRangeRequest>(body)?;
             Checked::Read
         }
@@ -81,6 +81,10 @@ pub(super) fn check_request(kind: KvKind, body: &[u8]) -> NodeResult<(Checked, u
             Checked::Write
         }
         KvKind::KvSplit => return Err(invalid("splits are proposed by the node itself")),
+        KvKind::KvIngest => {
+            crate::store::ingest::check_ingest(body).map_err(|e| invalid(&e))?;
+            Checked::Unstamped
+        }
         KvKind::KvTxnPrepare => {
             let p: TxnPrepare = decode(body)?;
             cost = txn_put_bytes(&decode::<PbTxnRequest>(&p.txn)?);

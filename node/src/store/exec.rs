@@ -278,6 +278,7 @@ impl Store {
                 self.exec_txn_command(&shared, kind, cmd, prev_rev, wb)
             }
             KvKind::KvCompact => self.exec_compact(&shared, &cmd.request, wb),
+            KvKind::KvIngest => self.exec_ingest(&shared, &cmd.request, prev_rev, wb),
             KvKind::KvSplit => match SplitCommand::decode(&cmd.request[..]) {
                 Ok(sc) => self.exec_split(&shared, &sc, wb),
                 Err(e) => Ok(Applied::invalid(format!("bad split command: {e}"))),
@@ -287,7 +288,9 @@ impl Store {
             | KvKind::KvTxn
             | KvKind::KvLeaseRevoke
             | KvKind::KvLeaseGrant => self.exec_write(&shared, kind, cmd, prev_rev, wb),
-            KvKind::KvRange | KvKind::KvTxnRead => Ok(Applied::invalid("a read is not a command")),
+            KvKind::KvRange | KvKind::KvRangePage | KvKind::KvTxnRead => {
+                Ok(Applied::invalid("a read is not a command"))
+            }
             KvKind::KvTxnTouch => Ok(Applied::invalid("a txn touch is not a command")),
         }
     }
@@ -434,7 +437,7 @@ pub fn keys_within(
 ) -> Result<bool, prost::DecodeError> {
     let mut keys = Vec::new();
     match kind {
-        KvKind::KvRange => {
+        KvKind::KvRange | KvKind::KvRangePage => {
             let r = strata_proto::etcd::PbRangeRequest::decode(request)?;
             keys.push(KeyRange::from_etcd(&r.key, &r.range_end));
         }
@@ -449,6 +452,7 @@ pub fn keys_within(
         KvKind::KvTxn => {
             strata_proto::etcdutil::txn_keys(&PbTxnRequest::decode(request)?, &mut keys)
         }
+        KvKind::KvIngest => keys = super::ingest::ingest_keys(request)?,
         _ => {}
     }
     Ok(keys.iter().all(|k| kr.covers(k)))

@@ -20,6 +20,7 @@
 mod catchup;
 mod conf_change;
 mod exec;
+pub(crate) mod ingest;
 mod log_gc;
 pub(crate) mod meta;
 mod propose;

@@ -155,7 +155,7 @@ impl PbMaintenanceService for Maintenance {
         req: Request<PbSnapshotRequest>,
     ) -> Result<Response<SnapshotStream>, Status> {
         self.0.admin(&req)?;
-        Err(unimplemented("Snapshot"))
+        Ok(Response::new(crate::snapshot::serve(&self.0).await?))
     }
 
     async fn move_leader(
