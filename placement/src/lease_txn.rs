@@ -3,7 +3,7 @@
 //! lease is deleted at one revision in every range, and every range records
 //! the lease revoked in the same apply (so a Put racing the revoke never
 //! leaves a key on a dead lease). The protocol is the routers' (see
-//! ARCHITECTURE.md, "Cross-range transactions"): prepare every range — the
+//! docs/cross-range-txns.md): prepare every range — the
 //! ranges placement knows, which must cover the keyspace exactly at their
 //! epochs, else a prepare answers EpochNotMatch and the attempt is retried —
 //! then take the commit revision, record the decision, commit everywhere.

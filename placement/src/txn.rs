@@ -1,5 +1,5 @@
 //! Decision records of cross-range transactions (the protocol is in
-//! ARCHITECTURE.md, "Cross-range transactions").
+//! docs/cross-range-txns.md).
 //!
 //! A coordinator (a router) that prepared every participant range records
 //! its commit decision here before telling any range; a participant that

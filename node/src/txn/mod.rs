@@ -1,5 +1,5 @@
 //! A range's part in cross-range transactions (the protocol and its
-//! argument: ARCHITECTURE.md, "Cross-range transactions").
+//! argument: docs/cross-range-txns.md).
 //!
 //! - **Prepare** (`KV_TXN_PREPARE`, unstamped, through the sequencer like a
 //!   write): the range records the txn as its *intent* (meta CF

@@ -1,5 +1,5 @@
 //! The coordinator of cross-range transactions (the protocol and its
-//! argument: ARCHITECTURE.md, "Cross-range transactions").
+//! argument: docs/cross-range-txns.md).
 //!
 //! A write txn whose keys lie in several ranges: prepare every participant
 //! (each freezes and answers its compares and failing ops), compute the
