@@ -98,9 +98,11 @@ pub enum SeqItem {
         reply: oneshot::Sender<NodeResult<()>>,
     },
     /// Phase one of cross-range txn `txn_id` (a `TxnPrepare`), which may
-    /// wait until `wait_until` for a range another txn holds.
+    /// wait until `wait_until` for a range another txn holds; waiting ones
+    /// get the range oldest (lowest `priority`) first.
     Prepare {
         txn_id: u64,
+        priority: u64,
         wait_until: tokio::time::Instant,
         request: Vec<u8>,
         reply: Reply,
@@ -267,6 +269,7 @@ impl Seq {
             }
             let Some(SeqItem::Prepare {
                 txn_id,
+                priority,
                 wait_until,
                 request,
                 reply,
@@ -287,6 +290,7 @@ impl Seq {
                     self.preparing = Some(txn_id);
                     let item = SeqItem::Prepare {
                         txn_id,
+                        priority,
                         wait_until,
                         request,
                         reply,
@@ -454,10 +458,50 @@ async fn run(
         } else {
             let mut items: Vec<SeqItem> = s.waiting.drain(..).collect();
             items.append(&mut batch);
+            oldest_first(&mut items);
             s.flush(items).await
         };
         if !ok {
             return; // store stopped
+        }
+    }
+}
+
+/// Puts the prepares among `items` in age order (lowest priority first; 0,
+/// no age, last), in the places prepares hold: writes keep their order, and
+/// the range goes to the oldest waiting txn, so a txn queueing range after
+/// range is not overtaken at each by younger ones.
+fn oldest_first(items: &mut [SeqItem]) {
+    let age = |i: &SeqItem| match i {
+        SeqItem::Prepare { priority: 0, .. } => Some(u64::MAX),
+        SeqItem::Prepare { priority, .. } => Some(*priority),
+        _ => None,
+    };
+    let slots: Vec<usize> = (0..items.len())
+        .filter(|&i| age(&items[i]).is_some())
+        .collect();
+    if slots.len() < 2 {
+        return;
+    }
+    // A selection sort over the prepare slots (stable for equal ages).
+    for (n, &slot) in slots.iter().enumerate() {
+        let oldest = slots[n..]
+            .iter()
+            .copied()
+            .min_by_key(|&i| age(&items[i]))
+            .expect("a slot");
+        if oldest != slot {
+            // Keep the others' order: rotate the oldest into this slot.
+            let rest: Vec<usize> = slots[n..]
+                .iter()
+                .copied()
+                .take_while(|&i| i != oldest)
+                .collect();
+            let mut prev = oldest;
+            for &i in rest.iter().rev() {
+                items.swap(prev, i);
+                prev = i;
+            }
         }
     }
 }
@@ -475,5 +519,60 @@ fn stamp_range(start: i64, n: u64) -> Result<i64, tonic::Status> {
         _ => Err(tonic::Status::internal(format!(
             "strata: oracle revisions [{start}, {start} + {n}) are not valid revisions"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prepare(txn_id: u64, priority: u64) -> SeqItem {
+        SeqItem::Prepare {
+            txn_id,
+            priority,
+            wait_until: tokio::time::Instant::now(),
+            request: Vec::new(),
+            reply: oneshot::channel().0,
+        }
+    }
+
+    fn write(n: u8) -> SeqItem {
+        SeqItem::Write {
+            kind: KvKind::KvPut,
+            request: vec![n],
+            reply: oneshot::channel().0,
+        }
+    }
+
+    fn order(items: &[SeqItem]) -> Vec<String> {
+        items
+            .iter()
+            .map(|i| match i {
+                SeqItem::Prepare { txn_id, .. } => format!("p{txn_id}"),
+                SeqItem::Write { request, .. } => format!("w{}", request[0]),
+                _ => "other".into(),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn waiting_prepares_go_oldest_first_and_writes_keep_their_places() {
+        // Arrival order: a young txn, a write, an old one, another write, a
+        // middle-aged one, one without an age, and the oldest.
+        let mut items = vec![
+            prepare(1, 50),
+            write(1),
+            prepare(2, 10),
+            write(2),
+            prepare(3, 30),
+            prepare(4, 0),
+            prepare(5, 5),
+        ];
+        oldest_first(&mut items);
+        assert_eq!(order(&items), ["p5", "w1", "p2", "w2", "p3", "p1", "p4"]);
+        // Equal ages keep their arrival order.
+        let mut items = vec![prepare(7, 9), prepare(8, 9), write(3), prepare(9, 1)];
+        oldest_first(&mut items);
+        assert_eq!(order(&items), ["p9", "p7", "w3", "p8"]);
     }
 }

@@ -81,6 +81,7 @@ impl PlacementService {
                 lease_revoke: lease,
                 // Never waits (a busy range makes the attempt start over).
                 wait_ms: 0,
+                priority: 0,
             }
             .encode_to_vec();
             async move { self.call_range(d, KvKind::KvTxnPrepare, &body).await }

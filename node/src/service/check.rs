@@ -18,9 +18,9 @@ pub(super) enum Checked {
     Write,
     /// Ordered with writes but consumes no revision (compaction).
     Unstamped,
-    /// Phase one of a cross-range txn (`crate::txn`): its id, and how long
-    /// it may wait for a range another txn holds.
-    Prepare(u64, std::time::Duration),
+    /// Phase one of a cross-range txn (`crate::txn`): its id, how long it
+    /// may wait for a range another txn holds, and its age (priority).
+    Prepare(u64, std::time::Duration, u64),
     /// A cross-range txn's commit (at this revision) or abort (0).
     Decision(i64),
     /// A cross-range read-only txn's part.
@@ -97,7 +97,8 @@ pub(super) fn check_request(kind: KvKind, body: &[u8]) -> NodeResult<(Checked, u
                 ));
             }
             let wait = std::time::Duration::from_millis(p.wait_ms.into());
-            Checked::Prepare(p.txn_id, wait.min(crate::txn::MAX_PREPARE_WAIT))
+            let wait = wait.min(crate::txn::MAX_PREPARE_WAIT);
+            Checked::Prepare(p.txn_id, wait, p.priority)
         }
         KvKind::KvTxnCommit | KvKind::KvTxnAbort => {
             let d: TxnDecision = decode(body)?;

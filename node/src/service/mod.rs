@@ -294,10 +294,11 @@ impl NodeService {
                 })
                 .await
             }
-            Checked::Prepare(txn_id, wait) => {
+            Checked::Prepare(txn_id, wait, priority) => {
                 let wait_until = tokio::time::Instant::now() + wait;
                 self.submit(r, |reply| SeqItem::Prepare {
                     txn_id,
+                    priority,
                     wait_until,
                     request,
                     reply,

@@ -112,6 +112,8 @@ impl Kv {
         keys: &[KeyRange],
     ) -> Result<PbTxnResponse, Status> {
         let deadline = crate::reqmeta::deadline(self.router.request_timeout);
+        // The txn's age, kept over its attempts: its first txn id.
+        let mut priority = 0u64;
         for attempt in 0u32.. {
             if Instant::now() >= deadline {
                 break;
@@ -122,7 +124,10 @@ impl Kv {
                 continue;
             };
             let ordered = attempt > 0 || contended();
-            match self.attempt(t, &parts, ordered, deadline).await {
+            match self
+                .attempt(t, &parts, ordered, deadline, &mut priority)
+                .await
+            {
                 Ok(resp) => return Ok(resp),
                 Err(Retryable::Fail(s)) => return Err(s),
                 Err(Retryable::Again) => {
@@ -146,9 +151,14 @@ impl Kv {
         parts: &[CachedRange],
         ordered: bool,
         deadline: Instant,
+        priority: &mut u64,
     ) -> Result<PbTxnResponse, Retryable> {
         let fail = Retryable::Fail;
         let txn_id = self.oracle.alloc(1).await.map_err(fail)? as u64;
+        if *priority == 0 {
+            *priority = txn_id;
+        }
+        let priority = *priority;
         let ids: Vec<u64> = parts.iter().map(|p| p.desc.id).collect();
         let body = t.encode_to_vec();
         let prepare = |p: &CachedRange| {
@@ -166,6 +176,8 @@ impl Kv {
                     true => millis(left.saturating_sub(PREPARE_WAIT_MARGIN)),
                     false => 0,
                 },
+                // Ranges that free up go to the oldest waiting txn first.
+                priority,
             }
             .encode_to_vec();
             let p = p.clone();

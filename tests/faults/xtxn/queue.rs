@@ -51,6 +51,7 @@ fn prepare(c: &Cluster, leader: u64, txn_id: u64, wait_ms: u32) -> KvRequest {
             version,
             lease_revoke: 0,
             wait_ms,
+            priority: txn_id,
         }
         .encode_to_vec(),
         read_revision: 0,
