@@ -26,8 +26,9 @@
 //! the writes; from then until the range's intent is gone, writes wait here
 //! (up to [`QUEUE_CAP`] of them), and so does a prepare of another txn that
 //! may wait (until its `wait_until`; one that may not is refused busy at
-//! once), in arrival order: the range is handed to waiting txns first come,
-//! first served, so none starves. Decisions (commit, abort) come on their
+//! once); when the range frees up it goes to the oldest waiting txn
+//! ([`oldest_first`]), so none starves or is overtaken at every range it
+//! queues for. Decisions (commit, abort) come on their
 //! own channel and are proposed at once. Barriers pass: the raft thread
 //! holds them while the range is frozen (`store/read.rs`), and a waiting
 //! write will be stamped with a revision above every one handed out before

@@ -169,8 +169,8 @@ impl Kv {
                 txn: body.clone(),
                 version: p.desc.epoch.unwrap_or_default().version,
                 lease_revoke: 0,
-                // Ordered attempts wait in the range's queue (first come,
-                // first served) for what is left of the deadline, less a
+                // Ordered attempts wait in the range's queue (oldest txn
+                // first) for what is left of the deadline, less a
                 // margin to abort in; the first attempt never waits.
                 wait_ms: match ordered {
                     true => millis(left.saturating_sub(PREPARE_WAIT_MARGIN)),
