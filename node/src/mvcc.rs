@@ -158,24 +158,7 @@ impl Mvcc {
     /// Live keys of `kr` as of revision `rev` (latest version ≤ rev, not deleted),
     /// in key order.
     pub fn range_at(&self, kr: &KeyRange, rev: i64) -> anyhow::Result<Vec<Version>> {
-        let mut out = Vec::new();
-        let mut last: Option<Vec<u8>> = None;
-        self.scan(kr, |user, r, v| {
-            if r > rev || last.as_deref() == Some(user.as_slice()) {
-                return Ok(true);
-            }
-            let value = MvccValue::decode(v)?;
-            last = Some(user.clone());
-            if !value.tombstone {
-                out.push(Version {
-                    key: user,
-                    mod_revision: r,
-                    value,
-                });
-            }
-            Ok(true)
-        })?;
-        Ok(out)
+        Ok(self.range_at_first(kr, rev, usize::MAX, false)?.0)
     }
 
     /// Like [`Mvcc::range_at`], keeping only the first `keep` live keys:

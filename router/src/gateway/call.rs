@@ -362,35 +362,29 @@ fn set_json_headers(resp: &mut Response<Body>) {
 }
 
 fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+    let mut resp = json_only(status, body);
+    set_json_headers(&mut resp);
+    resp
+}
+
+/// A JSON body with `status` and only its content type.
+fn json_only(status: StatusCode, body: Vec<u8>) -> Response<Body> {
     let mut resp = Response::new(Body::new(Full::new(Bytes::from(body))));
     *resp.status_mut() = status;
-    set_json_headers(&mut resp);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
 /// A failed unary call (or a request the gateway refused before calling).
 pub fn unary_error(code: Code, message: &str) -> Response<Body> {
-    let mut resp = Response::new(Body::new(Full::new(Bytes::from(json::error_body(
-        code, message,
-    )))));
-    *resp.status_mut() = json::http_status(code);
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
+    json_only(json::http_status(code), json::error_body(code, message))
 }
 
 fn stream_failed(code: Code, message: &str) -> Response<Body> {
-    let mut resp = Response::new(Body::new(Full::new(Bytes::from(json::stream_error(
-        code, message,
-    )))));
-    *resp.status_mut() = json::http_status(code);
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
+    json_only(json::http_status(code), json::stream_error(code, message))
 }
 
 /// A body over `MAX_BODY_BYTES`: 413, with etcd's error shape.
