@@ -6,16 +6,18 @@
 # used (/proc/PID/stat) and the raft messages each node sent (its /metrics).
 #
 #   scripts/idle-cost.sh [--keys N] [--split-keys K] [--window S] [--nodes N]
-#                        [--quiesce-after-ticks T] [--keep]
+#                        [--quiesce-after-ticks T] [--put N] [--keep]
 #
 # Defaults: 3 nodes, 40000 keys, split at 16 keys (so ~5000 ranges, ~5000 replicas
 # per node), 30 s window. --quiesce-after-ticks 0 turns quiescence off for a
 # comparison; --keys 0 measures a cluster with its single initial range.
-# Prints one line per process and a summary; --keep leaves the cluster running.
+# Prints one line per process (CPU, raft messages, resident memory now and peak)
+# and a summary. --put N then runs N puts over the whole keyspace (1000 clients,
+# 100 conns) and prints each process's memory again. --keep leaves it running.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-keys=40000 split_keys=16 window=30 nodes=3 quiesce="" keep=0
+keys=40000 split_keys=16 window=30 nodes=3 quiesce="" keep=0 load=0
 while (($#)); do
     case $1 in
     --keys) keys=$2; shift 2 ;;
@@ -23,8 +25,9 @@ while (($#)); do
     --window) window=$2; shift 2 ;;
     --nodes) nodes=$2; shift 2 ;;
     --quiesce-after-ticks) quiesce=$2; shift 2 ;;
+    --put) load=$2; shift 2 ;;
     --keep) keep=1; shift ;;
-    -h | --help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "idle-cost: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -108,14 +111,16 @@ done
 sleep "$window"
 hz=$(getconf CLK_TCK)
 total=0
-printf '%-10s %12s %14s %16s\n' process "cpu ms/s" "% of a core" "raft msgs/s"
+# Resident memory now / peak, MiB.
+rss() { awk '/^VmRSS/ {r = $2} /^VmHWM/ {h = $2} END {printf "%d / %d", r / 1024, h / 1024}' "/proc/$1/status"; }
+printf '%-10s %12s %14s %16s %18s\n' process "cpu ms/s" "% of a core" "raft msgs/s" "RSS/peak MiB"
 for c in "${comps[@]}"; do
     read -r pid name url <<<"$c"
     ticks=$(($(cpu_ticks "$pid") - c0[$name]))
     msgs=$(($(sent "$pid" "$url") - m0[$name]))
     total=$((total + ticks))
-    awk -v t="$ticks" -v hz="$hz" -v w="$window" -v m="$msgs" -v n="$name" \
-        'BEGIN {ms = t * 1000 / hz / w; printf "%-10s %12.1f %13.2f%% %16.1f\n", n, ms, ms / 10, m / w}'
+    awk -v t="$ticks" -v hz="$hz" -v w="$window" -v m="$msgs" -v n="$name" -v r="$(rss "$pid")" \
+        'BEGIN {ms = t * 1000 / hz / w; printf "%-10s %12.1f %13.2f%% %16.1f %18s\n", n, ms, ms / 10, m / w, r}'
 done
 n=$(ranges)
 awk -v t="$total" -v hz="$hz" -v w="$window" -v n="$n" -v k="$nodes" 'BEGIN {
@@ -123,3 +128,16 @@ awk -v t="$total" -v hz="$hz" -v w="$window" -v n="$n" -v k="$nodes" 'BEGIN {
     printf "idle-cost: %d ranges (%d replicas), all processes together %.1f ms CPU per second (%.2f%% of one core); %.2f us per replica per second\n",
         n, n * 3, ms, ms / 10, ms * 1000 / (n * 3)
 }'
+
+if ((load > 0)); then
+    echo "idle-cost: $load puts over the $keys keys (1000 clients, 100 conns)"
+    "$bin/strata-bench" --endpoints "$endpoint" --conns 100 --clients 1000 --no-progress \
+        --json "$data/put.json" put --total "$load" --key-space-size "$((keys > 0 ? keys : 100000))" \
+        --val-size 256 >"$data/put.out" 2>&1 || { cat "$data/put.out" >&2; exit 1; }
+    jq -r '.results[0] | "idle-cost: \(.requests_per_sec | round) puts/s, \(.errors) errors"' "$data/put.json"
+    printf '%-10s %18s\n' process "RSS/peak MiB"
+    for c in "${comps[@]}"; do
+        read -r pid name _ <<<"$c"
+        printf '%-10s %18s\n' "$name" "$(rss "$pid")"
+    done
+fi

@@ -333,6 +333,8 @@ struct RangeRow {
     epoch: EpochRow,
     /// Node ids holding a replica, in peer order.
     replicas: Vec<u64>,
+    /// Those of them that are learners (being added: not voting yet).
+    learners: Vec<u64>,
     /// Node id of the leader; null when placement does not know it.
     leader_node: Option<u64>,
     /// Approximate stats, reported by the leader (null until it has).
@@ -383,6 +385,10 @@ fn ranges(resp: &GetRangesResponse) -> Vec<RangeRow> {
                     version: epoch.version,
                 },
                 replicas: desc.peers.iter().map(|p| p.node_id).collect(),
+                learners: (desc.peers.iter())
+                    .filter(|p| p.learner)
+                    .map(|p| p.node_id)
+                    .collect(),
                 leader_node: (r.leader_node != 0).then_some(r.leader_node),
                 approx_bytes: r.stats.as_ref().map(|s| s.approx_bytes),
                 approx_keys: r.stats.as_ref().map(|s| s.approx_keys),

@@ -50,6 +50,11 @@ pub struct NodeConfig {
     /// further behind catches up from a snapshot.
     #[arg(long, default_value_t = 5000)]
     pub raft_log_keep_entries: u64,
+    /// Bytes of raft log entries a replica keeps behind its applied index (the
+    /// log is truncated once it holds twice this), so big values do not keep
+    /// a second copy of the data in the log.
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    pub raft_log_keep_bytes: u64,
     /// etcd's space quota, per node: once this node's MVCC storage (RocksDB
     /// `data` and `meta`, not the raft log) would pass this many bytes, writes
     /// that add data are refused with `database space exceeded` and a NOSPACE

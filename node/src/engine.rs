@@ -53,6 +53,11 @@ struct Cache {
     /// The log is truncated up to and including this index (a snapshot covers it).
     truncated_index: u64,
     truncated_term: u64,
+    /// Entries and their bytes appended since the last truncation (an
+    /// estimate: after a truncation, what is left is counted at the average
+    /// size; a restart starts from zero). Log GC bounds the log by these.
+    log_entries: u64,
+    log_bytes: u64,
 }
 
 /// Where the raft log of a range created by a split starts: as if entries up
@@ -196,6 +201,9 @@ impl RaftStorage {
             c.last_index = e.index;
             c.last_term = e.term;
         }
+        c.log_entries = c.log_entries.saturating_add(entries.len() as u64);
+        let bytes: u64 = entries.iter().map(|e| e.data.len() as u64).sum();
+        c.log_bytes = c.log_bytes.saturating_add(bytes);
         if let Some(hs) = hs {
             c.hard_state = hs.clone();
         }
@@ -233,6 +241,13 @@ impl RaftStorage {
         self.cache.lock().truncated_index
     }
 
+    /// Estimated (entries, bytes of entry data) in the log since the last
+    /// truncation.
+    pub fn log_size(&self) -> (u64, u64) {
+        let c = self.cache.lock();
+        (c.log_entries, c.log_bytes)
+    }
+
     /// Persists a new conf state (applied conf change) in `wb`.
     pub fn stage_conf_state(&self, wb: &mut WriteBatch, cs: &ConfState) -> anyhow::Result<()> {
         wb.put(
@@ -264,6 +279,12 @@ impl RaftStorage {
         v.extend_from_slice(&term.to_be_bytes());
         wb.put(Cf::Raft, raft_key(self.range_id, KIND_TRUNCATED, 0), v);
         let mut c = self.cache.lock();
+        let left = last - index;
+        c.log_bytes = match c.log_entries {
+            0 => 0,
+            n => c.log_bytes / n * left.min(n),
+        };
+        c.log_entries = left;
         c.truncated_index = index;
         c.truncated_term = term;
         Ok(())
@@ -290,6 +311,8 @@ impl RaftStorage {
         c.truncated_term = md.term;
         c.last_index = md.index;
         c.last_term = md.term;
+        c.log_entries = 0;
+        c.log_bytes = 0;
         c.conf_state = md.get_conf_state().clone();
         if c.hard_state.commit < md.index {
             c.hard_state.commit = md.index;

@@ -144,6 +144,7 @@ pub async fn run_with(cfg: NodeConfig, net: RaftNet) -> anyhow::Result<NodeHandl
     );
     store.quiesce_after_ticks = cfg.quiesce_after_ticks;
     store.log_keep_entries = cfg.raft_log_keep_entries;
+    store.log_keep_bytes = cfg.raft_log_keep_bytes;
     store.set_inbox(&store_tx);
     let snapshots = Arc::new(snapshot::SnapshotReceiver {
         db: db.clone(),

@@ -102,7 +102,7 @@ RANGE  START    END    EPOCH(CONF/VER)  REPLICAS  LEADER     SIZE  KEYS  WRITES/
         json_lines(&rows[1..]).unwrap(),
         "{\"range_id\":2,\"start_key\":\"m\",\"end_key\":\"\",\"start_key_hex\":\"6d\",\
              \"end_key_hex\":\"\",\"epoch\":{\"conf_ver\":1,\"version\":2},\"replicas\":[1,2,3],\
-             \"leader_node\":null,\"approx_bytes\":null,\"approx_keys\":null,\
+             \"learners\":[],\"leader_node\":null,\"approx_bytes\":null,\"approx_keys\":null,\
              \"writes_per_sec\":null}\n"
     );
     assert_eq!(

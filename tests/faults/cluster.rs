@@ -23,6 +23,7 @@ pub struct Opts {
     pub raft_tick_ms: u64,
     pub range_split_keys: u64,
     pub raft_log_keep_entries: u64,
+    pub raft_log_keep_bytes: u64,
 }
 
 impl Default for Opts {
@@ -32,6 +33,7 @@ impl Default for Opts {
             raft_tick_ms: 20,
             range_split_keys: 500_000,
             raft_log_keep_entries: 5000,
+            raft_log_keep_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -99,6 +101,7 @@ impl Cluster {
                 range_split_write_rate: 0.0,
                 range_split_keys: opts.range_split_keys,
                 raft_log_keep_entries: opts.raft_log_keep_entries,
+                raft_log_keep_bytes: opts.raft_log_keep_bytes,
                 quota_backend_bytes: 0,
             };
             let node = strata_node::run_with(cfg, RaftNet::Memory(net.clone()))

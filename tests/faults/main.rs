@@ -13,6 +13,7 @@ mod cluster;
 mod concurrency;
 mod feeds;
 mod leases;
+mod log_gc;
 mod partition;
 mod planted;
 #[allow(dead_code)] // shared with tests/common

@@ -1,5 +1,10 @@
 //! Raft log GC: entries well behind the applied index are dropped, so the
-//! log stays bounded; a follower that still needs them gets a snapshot.
+//! log stays bounded in entries and in bytes; a follower that still needs
+//! them gets a snapshot.
+//!
+//! The byte bound matters for big values: 5000 entries of 64 KiB values
+//! would keep 320 MiB of log per replica beside the data itself (TiKV bounds
+//! its raft log by size as well, `raft-log-gc-size-limit`).
 //!
 //! Also, no log that applied anything starts at index 1 (see
 //! [`truncate_index_one`]): a peer with an empty log is always sent a
@@ -17,20 +22,47 @@ impl Store {
             return Ok(());
         };
         let applied = r.raw.raft.raft_log.applied;
-        let keep = self.log_keep_entries.max(1);
-        if applied
-            > r.raw
-                .store()
-                .truncated_index()
-                .saturating_add(keep.saturating_mul(2))
+        let storage = r.raw.store();
+        let bound = LogBound {
+            entries: self.log_keep_entries,
+            bytes: self.log_keep_bytes,
+        };
+        if let Some(to) = bound.truncate_to(applied, storage.truncated_index(), storage.log_size())
         {
             let mut wb = WriteBatch::default();
-            r.raw.store().stage_truncate(&mut wb, applied - keep)?;
+            storage.stage_truncate(&mut wb, to)?;
             self.db.write(&wb, false)?;
         } else {
             truncate_index_one(&*self.db, r.raw.store(), applied)?;
         }
         Ok(())
+    }
+}
+
+/// How much log a replica keeps behind its applied index.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct LogBound {
+    /// Entries kept; the log is truncated once it holds twice this.
+    pub entries: u64,
+    /// Bytes of entry data kept; the log is truncated once it holds twice
+    /// this, keeping about this much (at the entries' average size).
+    pub bytes: u64,
+}
+
+impl LogBound {
+    /// The index to truncate the log up to (inclusive), if it is time to:
+    /// `applied` is the replica's applied index, `truncated` the log's
+    /// truncated index, `size` the (entries, bytes) since that truncation.
+    pub fn truncate_to(self, applied: u64, truncated: u64, size: (u64, u64)) -> Option<u64> {
+        let (entries, bytes) = size;
+        let mut keep = self.entries.max(1);
+        let too_big = bytes > self.bytes.saturating_mul(2);
+        if too_big {
+            let avg = (bytes / entries.max(1)).max(1);
+            keep = keep.min((self.bytes / avg).max(1));
+        }
+        let behind = applied.saturating_sub(truncated);
+        (behind > keep.saturating_mul(2) || (too_big && behind > keep)).then(|| applied - keep)
     }
 }
 
@@ -57,3 +89,45 @@ pub(super) fn truncate_index_one(
 /// Raft log entries kept behind the applied index before truncation, by
 /// default.
 pub(super) const LOG_KEEP_ENTRIES: u64 = 5000;
+
+/// Bytes of log entries kept behind the applied index, by default: the log
+/// is truncated once it holds twice this.
+pub(super) const LOG_KEEP_BYTES: u64 = 16 * 1024 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::LogBound;
+
+    const BOUND: LogBound = LogBound {
+        entries: 100,
+        bytes: 1 << 20,
+    };
+
+    #[test]
+    fn small_entries_are_bounded_by_count() {
+        // 200 entries of 100 bytes: not yet twice the count.
+        assert_eq!(BOUND.truncate_to(200, 0, (200, 20_000)), None);
+        // 201 behind: truncate, keeping 100.
+        assert_eq!(BOUND.truncate_to(201, 0, (201, 20_100)), Some(101));
+        assert_eq!(BOUND.truncate_to(1201, 1000, (201, 20_100)), Some(1101));
+    }
+
+    #[test]
+    fn big_entries_are_bounded_by_bytes() {
+        // 40 entries of 64 KiB: 2.5 MiB, over twice the byte bound although
+        // far under the count: keep 1 MiB of them (16 entries).
+        let size = (40, 40 * 65_536);
+        assert_eq!(BOUND.truncate_to(40, 0, size), Some(24));
+        // Under twice the bytes: nothing yet.
+        assert_eq!(BOUND.truncate_to(30, 0, (30, 30 * 65_536)), None);
+        // Unapplied entries are never dropped: with only 10 applied, keep
+        // 16 of them means nothing to do.
+        assert_eq!(BOUND.truncate_to(10, 0, size), None);
+    }
+
+    #[test]
+    fn one_huge_entry_keeps_one() {
+        assert_eq!(BOUND.truncate_to(5, 0, (5, 5 << 20)), Some(4));
+        assert_eq!(BOUND.truncate_to(0, 0, (0, 0)), None);
+    }
+}

@@ -133,6 +133,8 @@ pub struct Store {
     pub quiesce_after_ticks: u32,
     /// Raft log entries kept behind the applied index (see `log_gc.rs`).
     pub log_keep_entries: u64,
+    /// Bytes of raft log entries kept behind the applied index (see `log_gc.rs`).
+    pub log_keep_bytes: u64,
     /// Ranges quiesced by this round's tick whose followers are told after
     /// the round's raft messages went out (see `run`).
     quiesce_pending: Vec<u64>,
@@ -170,6 +172,7 @@ impl Store {
             split_children: Vec::new(),
             quiesce_after_ticks: 20,
             log_keep_entries: log_gc::LOG_KEEP_ENTRIES,
+            log_keep_bytes: log_gc::LOG_KEEP_BYTES,
             quiesce_pending: Vec::new(),
             stop: None,
             touched: HashSet::new(),
