@@ -5,12 +5,14 @@
 # holds about three quarters of the data), then:
 #   1. measures put on the (nearly) EMPTY store: --measure puts of --val-size
 #      values (random keys, 100 clients / 10 conns), after as many unmeasured;
-#   2. fills it with --gib GiB of such values (random keys, not measured);
+#   2. fills it with --gib GiB of such values (random keys, 256 clients / 32
+#      conns, not measured; under 1 % may time out, none may hit the quota);
 #   3. measures the same put again on the FULL store;
-#   4. kill -9s the node holding the most replicas and times, from the kill,
-#      until every range has 3 voting replicas on live nodes again (placement
-#      declares the node down after --down-after, then adds learners, streams
-#      snapshots and promotes them); polls `strata ctl ranges --json`.
+#   4. kill -9s the node holding the most replicas and deletes its data (a
+#      replaced machine), then times, from the kill, until every range has 3
+#      voting replicas on live nodes again (placement declares the node down
+#      after --down-after, then adds learners, streams snapshots and promotes
+#      them); polls `strata ctl ranges --json`.
 # Prints a table (throughput full vs empty, data on disk, re-replication time).
 #
 #   scripts/bench-bigdata.sh [--gib G] [--val-size B] [--measure N]
@@ -24,7 +26,7 @@
 # stopped on exit (--keep leaves the data). A figure, not a test.
 set -euo pipefail
 
-gib=10 val=65536 measure=3000 down_after=10s dir="" keep=0
+gib=10 val=65536 measure=3000 down_after=10s dir="" keep=0 fill_errors=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --gib) gib="$2"; shift 2 ;;
@@ -33,7 +35,7 @@ while [ $# -gt 0 ]; do
     --down-after) down_after="$2"; shift 2 ;;
     --dir) dir="$2"; shift 2 ;;
     --keep) keep=1; shift ;;
-    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench-bigdata: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -71,7 +73,8 @@ cleanup() {
 trap cleanup EXIT
 
 # etcd's default space quota (2 GiB) would stop the fill: allow twice the data.
-quota=$(awk -v g="$gib" 'BEGIN {printf "%d", (g * 2 + 1) * 1073741824}')
+# (%.0f: mawk's %d stops at 2^31 - 1.)
+quota=$(awk -v g="$gib" 'BEGIN {printf "%.0f", (g * 2 + 1) * 1073741824}')
 "$bin/strata" dev --data-dir "$data" --nodes 4 --listen-client "$endpoint" \
   --base-port 32790 --node-down-after "$down_after" --quota-backend-bytes "$quota" \
   >"$dir/dev.out" 2>&1 &
@@ -84,11 +87,20 @@ done
 [ -s "$data/dev.json" ] || { echo "bench-bigdata: cluster did not start" >&2; cat "$dir/dev.out" >&2; exit 1; }
 
 ctl() { "$bin/strata" ctl --data-dir "$data" "$@"; }
-# put COUNT PREFIX CLIENTS CONNS JSON: random keys in a 2^32 key space.
+# put COUNT PREFIX CLIENTS CONNS JSON [MAX_ERRORS]: random keys in a 2^32 key
+# space; fails past MAX_ERRORS (default 0) errors or on any quota refusal.
 put() {
   "$bin/strata-bench" --endpoints "$endpoint" --conns "$4" --clients "$3" --json "$5" "${progress[@]}" \
     put --total "$1" --prefix "$2" --key-size 8 --key-space-size 4294967296 --val-size "$val" \
     >"$5.out" 2>&1 || { cat "$5.out" >&2; exit 1; }
+  local errors
+  errors=$(jq '.results[0].errors' "$5")
+  if ((errors > ${6:-0})) || grep -q 'space exceeded' "$5.out"; then
+    echo "bench-bigdata: $errors of $1 puts failed:" >&2
+    jq '.results[0].error_distribution' "$5" >&2
+    exit 1
+  fi
+  fill_errors=$((fill_errors + errors))
 }
 progress=(--no-progress)
 [ -t 2 ] && progress=()
@@ -100,6 +112,7 @@ put "$measure" w/ 100 10 "$dir/warmup.json"
 put "$measure" m1/ 100 10 "$dir/empty.json"
 read -r empty_rps empty_p50 empty_p99 empty_err < <(rate "$dir/empty.json")
 
+
 fill=$(awk -v g="$gib" -v v="$val" 'BEGIN {printf "%d", g * 1073741824 / v}')
 echo "bench-bigdata: filling with $fill x $val B ($gib GiB)" >&2
 start=$SECONDS
@@ -107,7 +120,7 @@ chunk=$(( fill / 20 > 0 ? fill / 20 : 1 ))
 done_n=0
 while ((done_n < fill)); do
   n=$(( fill - done_n < chunk ? fill - done_n : chunk ))
-  put "$n" "f$done_n/" 1000 100 "$dir/fill.json"
+  put "$n" "f$done_n/" 256 32 "$dir/fill.json" $((n / 100))
   done_n=$((done_n + n))
   ((($(free_kib) > 3 * 1048576))) || { echo "bench-bigdata: under 3 GiB free, stopping" >&2; exit 1; }
   printf 'bench-bigdata: %d of %d written in %ds, %s GiB on disk, %s ranges\n' \
@@ -131,11 +144,16 @@ disk_full=$(disk_gib)
 # The node holding the most replicas.
 victim=$(ctl ranges --json | jq -r '.replicas[]' | sort | uniq -c | sort -rn | awk 'NR == 1 {print $2}')
 held=$(ctl ranges --json | jq -r --argjson v "$victim" 'select(.replicas | index($v)) | .range_id' | wc -l)
-pid=$(jq -r --argjson v "$victim" '.components[] | select(.role == "node" and .id == $v) | .pid' "$data/dev.json")
-vdir=$(du -sk "$data/node-$victim" 2>/dev/null | awk '{printf "%.1f", $1 / 1048576}')
-echo "bench-bigdata: kill -9 node $victim (pid $pid, $held replicas, $vdir GiB)" >&2
+# Node ids are placement's; the component's name names its data directory.
+read -r pid name < <(jq -r --argjson v "$victim" \
+  '.components[] | select(.role == "node" and .id == $v) | "\(.pid) \(.name)"' "$data/dev.json")
+[[ "$pid" =~ ^[0-9]+$ ]] || { echo "bench-bigdata: node $victim is not in dev.json" >&2; exit 1; }
+vdir=$(du -sk "$data/$name" | awk '{printf "%.1f", $1 / 1048576}')
+echo "bench-bigdata: kill -9 node $victim ($name, pid $pid, $held replicas, $vdir GiB)" >&2
 kill -9 "$pid"
 t0=$(date +%s.%N)
+sleep 1
+rm -rf "${data:?}/$name"
 while :; do
   sleep 2
   rows=$(ctl ranges --json 2>/dev/null) || continue
@@ -156,7 +174,7 @@ echo
 echo "| measure | value |"
 echo "|---|---:|"
 echo "| put, empty store ($measure puts, 100 clients) | $empty_rps req/s, p50 / p99 $empty_p50 / $empty_p99 ms, $empty_err errors |"
-echo "| fill: $fill puts, 1000 clients | ${fill_secs} s ($(awk -v n="$fill" -v s="$fill_secs" 'BEGIN {printf "%.0f", n / (s > 0 ? s : 1)}') puts/s) |"
+echo "| fill: $fill puts, 256 clients ($fill_errors timed out, under 1 %) | ${fill_secs} s ($(awk -v n="$fill" -v s="$fill_secs" 'BEGIN {printf "%.0f", n / (s > 0 ? s : 1)}') puts/s) |"
 echo "| put, full store ($ranges_full ranges) | $full_rps req/s, p50 / p99 $full_p50 / $full_p99 ms, $full_err errors |"
 echo "| full / empty | $(awk -v a="$full_rps" -v b="$empty_rps" 'BEGIN {printf "%.2f", a / b}') |"
 echo "| on disk, all nodes | $disk_full GiB |"

@@ -21,6 +21,9 @@ use raft::{GetEntriesContext, RaftState, StorageError};
 
 use crate::storage::{Cf, Engine, RocksEngine, WriteBatch};
 
+mod entry_cache;
+use entry_cache::EntryCache;
+
 const KIND_ENTRY: u8 = 1;
 const KIND_HARD_STATE: u8 = 2;
 const KIND_CONF_STATE: u8 = 3;
@@ -58,6 +61,8 @@ struct Cache {
     /// size; a restart starts from zero). Log GC bounds the log by these.
     log_entries: u64,
     log_bytes: u64,
+    /// The newest entries, as written (see `entry_cache.rs`).
+    entry_cache: EntryCache,
 }
 
 /// Where the raft log of a range created by a split starts: as if entries up
@@ -201,6 +206,7 @@ impl RaftStorage {
             c.last_index = e.index;
             c.last_term = e.term;
         }
+        c.entry_cache.append(entries);
         c.log_entries = c.log_entries.saturating_add(entries.len() as u64);
         let bytes: u64 = entries.iter().map(|e| e.data.len() as u64).sum();
         c.log_bytes = c.log_bytes.saturating_add(bytes);
@@ -285,6 +291,7 @@ impl RaftStorage {
             n => c.log_bytes / n * left.min(n),
         };
         c.log_entries = left;
+        c.entry_cache.compact_to(index);
         c.truncated_index = index;
         c.truncated_term = term;
         Ok(())
@@ -313,6 +320,7 @@ impl RaftStorage {
         c.last_term = md.term;
         c.log_entries = 0;
         c.log_bytes = 0;
+        c.entry_cache.clear();
         c.conf_state = md.get_conf_state().clone();
         if c.hard_state.commit < md.index {
             c.hard_state.commit = md.index;
@@ -332,7 +340,20 @@ impl RaftStorage {
 
     /// Deletes every trace of this replica's raft state (replica removed).
     pub fn stage_destroy(&self, wb: &mut WriteBatch) {
+        self.cache.lock().entry_cache.clear();
         stage_destroy_range(wb, self.range_id);
+    }
+
+    /// Drops cached entries more than `entry_cache::KEEP_APPLIED` behind
+    /// `applied`.
+    pub fn compact_entry_cache(&self, applied: u64) {
+        let keep_from = applied.saturating_sub(entry_cache::KEEP_APPLIED);
+        self.cache.lock().entry_cache.compact_to(keep_from);
+    }
+
+    /// Empties the entry cache (the replica went quiet).
+    pub fn drop_entry_cache(&self) {
+        self.cache.lock().entry_cache.clear();
     }
 
     /// Stages the raft state of a replica a split creates, replacing any
@@ -405,8 +426,14 @@ impl raft::Storage for RaftStorage {
         _ctx: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
         let max = max_size.into().unwrap_or(u64::MAX);
-        if low <= self.cache.lock().truncated_index {
-            return Err(raft::Error::Store(StorageError::Compacted));
+        {
+            let c = self.cache.lock();
+            if low <= c.truncated_index {
+                return Err(raft::Error::Store(StorageError::Compacted));
+            }
+            if let Some(out) = c.entry_cache.slice(low, high, max) {
+                return Ok(out);
+            }
         }
         let mut it = self.db.iter(Cf::Raft);
         it.seek(&raft_key(self.range_id, KIND_ENTRY, low));
@@ -451,6 +478,9 @@ impl raft::Storage for RaftStorage {
             }
             if idx > c.last_index {
                 return Err(raft::Error::Store(StorageError::Unavailable));
+            }
+            if let Some(term) = c.entry_cache.term(idx) {
+                return Ok(term);
             }
         }
         match self

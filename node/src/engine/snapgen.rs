@@ -20,6 +20,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use protobuf::Message as _;
@@ -55,7 +56,14 @@ pub(super) struct SnapGen {
     state: Gen,
     /// Handed to raft for a follower (peer id), until its transfer starts.
     handed: HashMap<u64, GeneratedSnapshot>,
+    /// The applied index the last snapshot generated was taken at, and when
+    /// its generation started: log GC keeps the entries after it for a while
+    /// (see [`RaftStorage::snapshot_floor`]).
+    floor: Option<(u64, Instant)>,
 }
+
+/// How long a snapshot being generated holds back log GC at most.
+const FLOOR_HELD: Duration = Duration::from_secs(120);
 
 fn unavailable() -> raft::Error {
     raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable)
@@ -66,6 +74,17 @@ impl RaftStorage {
     /// told snapshots are unavailable.
     pub fn set_snapshot_header(&self, f: SnapshotHeaderFn) {
         self.snapgen.lock().header = Some(f);
+    }
+
+    /// For [`FLOOR_HELD`] after a snapshot's generation started: the index
+    /// it is taken at. The log after it should stay until the follower that
+    /// gets it has installed it and caught up, or it needs another; its
+    /// generation, transfer and install take a while.
+    pub fn snapshot_floor(&self) -> Option<u64> {
+        let g = self.snapgen.lock();
+        g.floor
+            .filter(|(_, at)| at.elapsed() < FLOOR_HELD)
+            .map(|(i, _)| i)
     }
 
     /// The engine view a snapshot handed to raft for peer `to` streams from,
@@ -101,6 +120,9 @@ impl RaftStorage {
             }
             Gen::Idle | Gen::Ready(_) => {
                 g.state = Gen::Running;
+                // What the engine view below will hold (every apply writes
+                // its applied index with its data, on this thread).
+                g.floor = self.applied_index().ok().map(|i| (i, Instant::now()));
                 drop(g);
                 self.start_generating(header);
                 Err(unavailable())

@@ -15,7 +15,8 @@ engine_tests!(
     split_init_starts_the_log_past_index_one,
     reload_clamps_commit_to_the_log,
     conf_state_commit_and_applied_persist,
-    corrupt_records_are_errors;
+    corrupt_records_are_errors,
+    the_entry_cache_agrees_with_the_log;
     rocks_only: reload_after_engine_restart,
 );
 
@@ -387,6 +388,9 @@ fn corrupt_records_are_errors(t: &mut TestEngine) {
     wb.put(Cf::Raft, raft_key(7, KIND_ENTRY, 2), b"\xff\xff\xff");
     wb.put(Cf::Raft, raft_key(7, KIND_APPLIED, 0), b"short");
     db.write(&wb, false).unwrap();
+    // What was written is served from the entry cache; what is read from
+    // the engine is checked.
+    s.drop_entry_cache();
     assert!(get(&s, 1, 4).is_err(), "undecodable entry");
     assert!(s.term(2).is_err());
     assert!(s.applied_index().is_err());
@@ -424,4 +428,94 @@ fn reload_after_engine_restart(t: &mut TestEngine) {
     assert_eq!(st.hard_state, hs);
     assert_eq!(st.conf_state.voters, vec![1, 2, 3]);
     assert_eq!(get(&s, 3, 7).unwrap(), entries(3..=6, 2));
+}
+
+/// Whatever happens to a log (appends, a new leader's overwrites,
+/// truncation, snapshots, cache trimming and dropping), a storage that reads
+/// through its entry cache answers `entries` and `term` exactly as one just
+/// opened over the same engine, which has nothing cached.
+fn the_entry_cache_agrees_with_the_log(t: &mut TestEngine) {
+    let db = t.engine();
+    let s = RaftStorage::open(db.clone(), 7, &[1]).unwrap();
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n.max(1)
+    };
+    let mut term = 1;
+    for step in 0..400 {
+        let (first, last) = (s.first_index().unwrap(), s.last_index().unwrap());
+        match next(20) {
+            0..=11 => {
+                // Mostly extend the log; sometimes a new leader overwrites its tail.
+                let from = if next(4) == 0 {
+                    term += 1;
+                    first + next(last + 2 - first)
+                } else {
+                    last + 1
+                };
+                let ents: Vec<Entry> = (from..from + 1 + next(8))
+                    .map(|i| Entry {
+                        index: i,
+                        term,
+                        data: vec![i as u8; if next(10) == 0 { 300_000 } else { 40 }].into(),
+                        ..Default::default()
+                    })
+                    .collect();
+                append(&db, &s, &ents, None);
+            }
+            12..=14 if last >= first => {
+                let mut wb = WriteBatch::new();
+                s.stage_truncate(&mut wb, first + next(last + 1 - first))
+                    .unwrap();
+                db.write(&wb, true).unwrap();
+            }
+            15..=17 => s.compact_entry_cache(first + next(last + 2 - first)),
+            18 => s.drop_entry_cache(),
+            _ => {
+                let mut snap = Snapshot::default();
+                // Past the log, or inside it (a follower's uncommitted
+                // tail that the snapshot replaces).
+                snap.mut_metadata().index = match next(2) {
+                    0 => last + next(3),
+                    _ => first + next(last + 1 - first),
+                };
+                snap.mut_metadata().term = term;
+                let mut wb = WriteBatch::new();
+                s.stage_snapshot(&mut wb, &snap).unwrap();
+                db.write(&wb, true).unwrap();
+            }
+        }
+        let fresh = RaftStorage::open(db.clone(), 7, &[]).unwrap();
+        let (first, last) = (s.first_index().unwrap(), s.last_index().unwrap());
+        assert_eq!(
+            (first, last),
+            (fresh.first_index().unwrap(), fresh.last_index().unwrap())
+        );
+        for low in first.saturating_sub(1)..=last + 1 {
+            assert_eq!(
+                format!("{:?}", s.term(low)),
+                format!("{:?}", fresh.term(low)),
+                "step {step}: term({low})"
+            );
+            for high in low + 1..=last + 1 {
+                for max in [None, Some(500)] {
+                    let ctx = || GetEntriesContext::empty(false);
+                    assert_eq!(
+                        format!(
+                            "{:?}",
+                            s.entries(low, high, max, ctx()).map(|e| indexes(&e))
+                        ),
+                        format!(
+                            "{:?}",
+                            fresh.entries(low, high, max, ctx()).map(|e| indexes(&e))
+                        ),
+                        "step {step}: entries({low}, {high}, {max:?})"
+                    );
+                }
+            }
+        }
+    }
 }

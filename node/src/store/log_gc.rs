@@ -10,6 +10,8 @@
 //! [`truncate_index_one`]): a peer with an empty log is always sent a
 //! snapshot, never the log from its beginning.
 
+use raft::{ProgressState, StateRole};
+
 use super::Store;
 use crate::engine::RaftStorage;
 use crate::storage::{Engine, WriteBatch};
@@ -23,12 +25,32 @@ impl Store {
         };
         let applied = r.raw.raft.raft_log.applied;
         let storage = r.raw.store();
+        storage.compact_entry_cache(applied);
         let bound = LogBound {
             entries: self.log_keep_entries,
             bytes: self.log_keep_bytes,
         };
-        if let Some(to) = bound.truncate_to(applied, storage.truncated_index(), storage.log_size())
-        {
+        // A leader keeps what its peers still need: the entries after a
+        // snapshot it is generating or sending, and after what an active
+        // follower has (see `LogBound`).
+        let floor = (r.raw.raft.state == StateRole::Leader)
+            .then(|| {
+                let prs = r.raw.raft.prs();
+                let snapshot = storage
+                    .snapshot_floor()
+                    .filter(|f| prs.iter().any(|(_, p)| p.matched < *f));
+                (prs.iter())
+                    .filter_map(|(_, p)| match p.state {
+                        ProgressState::Snapshot => Some(p.pending_snapshot),
+                        ProgressState::Replicate if p.recent_active => Some(p.matched),
+                        _ => None,
+                    })
+                    .chain(snapshot)
+                    .min()
+            })
+            .flatten();
+        let truncated = storage.truncated_index();
+        if let Some(to) = bound.truncate_to(applied, truncated, storage.log_size(), floor) {
             let mut wb = WriteBatch::default();
             storage.stage_truncate(&mut wb, to)?;
             self.db.write(&wb, false)?;
@@ -53,7 +75,20 @@ impl LogBound {
     /// The index to truncate the log up to (inclusive), if it is time to:
     /// `applied` is the replica's applied index, `truncated` the log's
     /// truncated index, `size` the (entries, bytes) since that truncation.
-    pub fn truncate_to(self, applied: u64, truncated: u64, size: (u64, u64)) -> Option<u64> {
+    ///
+    /// `floor`: peers still need the entries after it (a snapshot on its
+    /// way, an active follower behind). The log is not truncated past it
+    /// until it holds [`HARD_FACTOR`] times the bound, in entries or bytes;
+    /// past that, such a peer gets a snapshot instead. Without the floor, a
+    /// range taking big writes truncates past each snapshot before it is
+    /// installed, and its new replica never catches up.
+    pub fn truncate_to(
+        self,
+        applied: u64,
+        truncated: u64,
+        size: (u64, u64),
+        floor: Option<u64>,
+    ) -> Option<u64> {
         let (entries, bytes) = size;
         let mut keep = self.entries.max(1);
         let too_big = bytes > self.bytes.saturating_mul(2);
@@ -62,9 +97,21 @@ impl LogBound {
             keep = keep.min((self.bytes / avg).max(1));
         }
         let behind = applied.saturating_sub(truncated);
-        (behind > keep.saturating_mul(2) || (too_big && behind > keep)).then(|| applied - keep)
+        if !(behind > keep.saturating_mul(2) || (too_big && behind > keep)) {
+            return None;
+        }
+        let hard = bytes > self.bytes.saturating_mul(HARD_FACTOR)
+            || behind > self.entries.max(1).saturating_mul(HARD_FACTOR);
+        let to = match floor {
+            Some(f) if !hard => (applied - keep).min(f),
+            _ => applied - keep,
+        };
+        (to > truncated).then_some(to)
     }
 }
+
+/// How far past its bound a log grows for peers that still need it.
+const HARD_FACTOR: u64 = 8;
 
 /// Drops entry 1 of a log that applied it. A peer with an empty log (an
 /// uninitialized replica, see `catchup.rs`) must get a snapshot: replayed
@@ -106,10 +153,13 @@ mod tests {
     #[test]
     fn small_entries_are_bounded_by_count() {
         // 200 entries of 100 bytes: not yet twice the count.
-        assert_eq!(BOUND.truncate_to(200, 0, (200, 20_000)), None);
+        assert_eq!(BOUND.truncate_to(200, 0, (200, 20_000), None), None);
         // 201 behind: truncate, keeping 100.
-        assert_eq!(BOUND.truncate_to(201, 0, (201, 20_100)), Some(101));
-        assert_eq!(BOUND.truncate_to(1201, 1000, (201, 20_100)), Some(1101));
+        assert_eq!(BOUND.truncate_to(201, 0, (201, 20_100), None), Some(101));
+        assert_eq!(
+            BOUND.truncate_to(1201, 1000, (201, 20_100), None),
+            Some(1101)
+        );
     }
 
     #[test]
@@ -117,17 +167,35 @@ mod tests {
         // 40 entries of 64 KiB: 2.5 MiB, over twice the byte bound although
         // far under the count: keep 1 MiB of them (16 entries).
         let size = (40, 40 * 65_536);
-        assert_eq!(BOUND.truncate_to(40, 0, size), Some(24));
+        assert_eq!(BOUND.truncate_to(40, 0, size, None), Some(24));
         // Under twice the bytes: nothing yet.
-        assert_eq!(BOUND.truncate_to(30, 0, (30, 30 * 65_536)), None);
+        assert_eq!(BOUND.truncate_to(30, 0, (30, 30 * 65_536), None), None);
         // Unapplied entries are never dropped: with only 10 applied, keep
         // 16 of them means nothing to do.
-        assert_eq!(BOUND.truncate_to(10, 0, size), None);
+        assert_eq!(BOUND.truncate_to(10, 0, size, None), None);
+    }
+
+    #[test]
+    fn what_peers_need_stays_up_to_a_hard_bound() {
+        let size = (40, 40 * 65_536);
+        // A peer needs the entries after 10: only up to 10 goes.
+        assert_eq!(BOUND.truncate_to(40, 0, size, Some(10)), Some(10));
+        // Nothing, when it needs everything there is.
+        assert_eq!(BOUND.truncate_to(40, 10, size, Some(10)), None);
+        assert_eq!(BOUND.truncate_to(40, 10, size, Some(3)), None);
+        // Past eight times the bound in bytes (or entries), it goes anyway.
+        let huge = (200, 200 * 65_536);
+        assert_eq!(BOUND.truncate_to(200, 0, huge, Some(10)), Some(184));
+        assert_eq!(
+            BOUND.truncate_to(1000, 0, (1000, 1000), Some(10)),
+            Some(900)
+        );
+        assert_eq!(BOUND.truncate_to(500, 0, (500, 500), Some(10)), Some(10));
     }
 
     #[test]
     fn one_huge_entry_keeps_one() {
-        assert_eq!(BOUND.truncate_to(5, 0, (5, 5 << 20)), Some(4));
-        assert_eq!(BOUND.truncate_to(0, 0, (0, 0)), None);
+        assert_eq!(BOUND.truncate_to(5, 0, (5, 5 << 20), None), Some(4));
+        assert_eq!(BOUND.truncate_to(0, 0, (0, 0), None), None);
     }
 }

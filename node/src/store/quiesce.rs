@@ -41,6 +41,7 @@ impl Replica {
             self.idle_ticks += 1;
             if self.idle_ticks >= quiesce_after_ticks {
                 self.quiesced = true;
+                self.raw.store().drop_entry_cache();
                 return true;
             }
         } else {
@@ -59,6 +60,7 @@ impl Replica {
             && raft.raft_log.committed == env.index
         {
             self.quiesced = true;
+            self.raw.store().drop_entry_cache();
         }
     }
 
