@@ -28,6 +28,9 @@ pub struct RangeShared {
     pub feed: broadcast::Sender<Arc<FeedMessage>>,
     /// Writes applied (for the write rate) and splits applied.
     pub writes: AtomicU64,
+    /// Bytes of the write requests applied (for split checks: a range is
+    /// measured again once enough was written since the last time).
+    pub written_bytes: AtomicU64,
     pub splits: AtomicU64,
     /// Approximate size, from the last split check.
     pub approx_keys: AtomicU64,
@@ -101,6 +104,7 @@ impl RangeShared {
             splits: AtomicU64::new(0),
             approx_keys: AtomicU64::new(0),
             approx_bytes: AtomicU64::new(0),
+            written_bytes: AtomicU64::new(0),
             data_gen: AtomicU64::new(0),
             intent: parking_lot::RwLock::new(None),
             touched: parking_lot::Mutex::new(None),

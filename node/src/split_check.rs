@@ -20,6 +20,11 @@ use crate::range::{desc_range, Ranges};
 use crate::sequencer::{SeqItem, Sequencers};
 
 const CHECK_EVERY: Duration = Duration::from_millis(500);
+/// A range is measured (a scan of its data) again once this share of the
+/// split thresholds was written since its last measure (TiKV's
+/// `region-split-check-diff` is 1/16 of the split size too): scanning every
+/// written range twice a second cost more CPU than its writes did.
+const RESCAN_SHARE: u64 = 16;
 
 pub struct SplitChecker {
     pub ranges: Ranges,
@@ -56,6 +61,9 @@ impl SplitChecker {
             Default::default();
         let mut rounds = 0u64;
         let mut cpu = crate::cpu::CpuGauge::default();
+        // Writes, bytes written and descriptor version at each range's last
+        // measure.
+        let mut measured: std::collections::HashMap<u64, (u64, u64, u64)> = Default::default();
         let mut saturated_for = 0u32;
         let mut last_saturated_split: Option<std::time::Instant> = None;
         loop {
@@ -64,6 +72,7 @@ impl SplitChecker {
             if rounds.is_multiple_of(60) {
                 // Forget ranges no longer here (moved away, removed).
                 seen.retain(|id, _| self.ranges.contains_key(id));
+                measured.retain(|id, _| self.ranges.contains_key(id));
             }
             saturated_for = match cpu.sample() {
                 Some(u) if u >= SATURATED => saturated_for.saturating_add(1),
@@ -111,6 +120,20 @@ impl SplitChecker {
                 let id = r.desc.read().id;
                 let by_rate = self.max_write_rate > 0.0 && rate > self.max_write_rate;
                 let hot = by_rate || hottest == Some(id);
+                let now = (
+                    r.writes.load(Ordering::Relaxed),
+                    r.written_bytes.load(Ordering::Relaxed),
+                    r.epoch().version,
+                );
+                let due = measured.get(&id).is_none_or(|then| {
+                    now.2 != then.2
+                        || now.0 - then.0 >= (self.max_keys / RESCAN_SHARE).max(1)
+                        || now.1 - then.1 >= (self.max_bytes / RESCAN_SHARE).max(1)
+                });
+                if !hot && !due {
+                    continue;
+                }
+                measured.insert(id, now);
                 let kr = desc_range(&r.desc.read());
                 let (mvcc, mk, mb) = (self.mvcc.clone(), self.max_keys, self.max_bytes);
                 let scan = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {

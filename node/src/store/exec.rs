@@ -379,6 +379,7 @@ impl Store {
                 .map(|()| span_applied(&kr, 0)),
         };
         shared.writes.fetch_add(1, Ordering::Relaxed);
+        (shared.written_bytes).fetch_add(cmd.request.len() as u64, Ordering::Relaxed);
         let mut out = Applied::default();
         if res.is_ok() {
             out.feed = self.stage_writes(&mut ex, wb);

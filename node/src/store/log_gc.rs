@@ -31,26 +31,27 @@ impl Store {
             bytes: self.log_keep_bytes,
         };
         // A leader keeps what its peers still need: the entries after a
-        // snapshot it is generating or sending, and after what an active
-        // follower has (see `LogBound`).
-        let floor = (r.raw.raft.state == StateRole::Leader)
-            .then(|| {
-                let prs = r.raw.raft.prs();
-                let snapshot = storage
-                    .snapshot_floor()
-                    .filter(|f| prs.iter().any(|(_, p)| p.matched < *f));
-                (prs.iter())
-                    .filter_map(|(_, p)| match p.state {
-                        ProgressState::Snapshot => Some(p.pending_snapshot),
-                        ProgressState::Replicate if p.recent_active => Some(p.matched),
-                        _ => None,
-                    })
-                    .chain(snapshot)
-                    .min()
-            })
-            .flatten();
+        // snapshot it is generating or sending (`snapshot`), and after what
+        // an active follower has (`peers`); see `LogBound`.
+        let (mut snapshot, mut peers) = (None, None);
+        if r.raw.raft.state == StateRole::Leader {
+            let prs = r.raw.raft.prs();
+            let generated = storage
+                .snapshot_floor()
+                .filter(|f| prs.iter().any(|(_, p)| p.matched < *f));
+            snapshot = (prs.iter())
+                .filter(|(_, p)| p.state == ProgressState::Snapshot)
+                .map(|(_, p)| p.pending_snapshot)
+                .chain(generated)
+                .min();
+            peers = (prs.iter())
+                .filter(|(_, p)| p.state == ProgressState::Replicate && p.recent_active)
+                .map(|(_, p)| p.matched)
+                .min();
+        }
         let truncated = storage.truncated_index();
-        if let Some(to) = bound.truncate_to(applied, truncated, storage.log_size(), floor) {
+        let held = Held { snapshot, peers };
+        if let Some(to) = bound.truncate_to(applied, truncated, storage.log_size(), held) {
             let mut wb = WriteBatch::default();
             storage.stage_truncate(&mut wb, to)?;
             self.db.write(&wb, false)?;
@@ -76,18 +77,15 @@ impl LogBound {
     /// `applied` is the replica's applied index, `truncated` the log's
     /// truncated index, `size` the (entries, bytes) since that truncation.
     ///
-    /// `floor`: peers still need the entries after it (a snapshot on its
-    /// way, an active follower behind). The log is not truncated past it
-    /// until it holds [`HARD_FACTOR`] times the bound, in entries or bytes;
-    /// past that, such a peer gets a snapshot instead. Without the floor, a
-    /// range taking big writes truncates past each snapshot before it is
-    /// installed, and its new replica never catches up.
+    /// `held`: what peers still need. Without it, a range taking big writes
+    /// truncates past each snapshot before it is installed, and its new
+    /// replica never catches up.
     pub fn truncate_to(
         self,
         applied: u64,
         truncated: u64,
         size: (u64, u64),
-        floor: Option<u64>,
+        held: Held,
     ) -> Option<u64> {
         let (entries, bytes) = size;
         let mut keep = self.entries.max(1);
@@ -102,15 +100,31 @@ impl LogBound {
         }
         let hard = bytes > self.bytes.saturating_mul(HARD_FACTOR)
             || behind > self.entries.max(1).saturating_mul(HARD_FACTOR);
-        let to = match floor {
-            Some(f) if !hard => (applied - keep).min(f),
-            _ => applied - keep,
-        };
+        let peers = held.peers.filter(|_| !hard);
+        let to = [Some(applied - keep), held.snapshot, peers]
+            .into_iter()
+            .flatten()
+            .min()
+            .expect("one");
         (to > truncated).then_some(to)
     }
 }
 
-/// How far past its bound a log grows for peers that still need it.
+/// Entries peers still need: the log is not truncated past them.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Held {
+    /// A snapshot is being generated or sent at this index, or was and its
+    /// peer has not caught up after it yet. Bounded in time, not in size
+    /// (see `RaftStorage::snapshot_floor`): truncated past, the peer needs
+    /// another snapshot, which takes as long again.
+    pub snapshot: Option<u64>,
+    /// An active follower has the log only up to here. Held until the log
+    /// holds [`HARD_FACTOR`] times the bound (entries or bytes); past that,
+    /// such a follower gets a snapshot instead.
+    pub peers: Option<u64>,
+}
+
+/// How far past its bound a log grows for followers that are behind.
 const HARD_FACTOR: u64 = 8;
 
 /// Drops entry 1 of a log that applied it. A peer with an empty log (an
@@ -143,7 +157,14 @@ pub(super) const LOG_KEEP_BYTES: u64 = 16 * 1024 * 1024;
 
 #[cfg(test)]
 mod tests {
-    use super::LogBound;
+    use super::{Held, LogBound};
+
+    fn peers(at: u64) -> Held {
+        Held {
+            peers: Some(at),
+            ..Held::default()
+        }
+    }
 
     const BOUND: LogBound = LogBound {
         entries: 100,
@@ -153,11 +174,17 @@ mod tests {
     #[test]
     fn small_entries_are_bounded_by_count() {
         // 200 entries of 100 bytes: not yet twice the count.
-        assert_eq!(BOUND.truncate_to(200, 0, (200, 20_000), None), None);
-        // 201 behind: truncate, keeping 100.
-        assert_eq!(BOUND.truncate_to(201, 0, (201, 20_100), None), Some(101));
         assert_eq!(
-            BOUND.truncate_to(1201, 1000, (201, 20_100), None),
+            BOUND.truncate_to(200, 0, (200, 20_000), Held::default()),
+            None
+        );
+        // 201 behind: truncate, keeping 100.
+        assert_eq!(
+            BOUND.truncate_to(201, 0, (201, 20_100), Held::default()),
+            Some(101)
+        );
+        assert_eq!(
+            BOUND.truncate_to(1201, 1000, (201, 20_100), Held::default()),
             Some(1101)
         );
     }
@@ -167,35 +194,46 @@ mod tests {
         // 40 entries of 64 KiB: 2.5 MiB, over twice the byte bound although
         // far under the count: keep 1 MiB of them (16 entries).
         let size = (40, 40 * 65_536);
-        assert_eq!(BOUND.truncate_to(40, 0, size, None), Some(24));
+        assert_eq!(BOUND.truncate_to(40, 0, size, Held::default()), Some(24));
         // Under twice the bytes: nothing yet.
-        assert_eq!(BOUND.truncate_to(30, 0, (30, 30 * 65_536), None), None);
+        assert_eq!(
+            BOUND.truncate_to(30, 0, (30, 30 * 65_536), Held::default()),
+            None
+        );
         // Unapplied entries are never dropped: with only 10 applied, keep
         // 16 of them means nothing to do.
-        assert_eq!(BOUND.truncate_to(10, 0, size, None), None);
+        assert_eq!(BOUND.truncate_to(10, 0, size, Held::default()), None);
     }
 
     #[test]
     fn what_peers_need_stays_up_to_a_hard_bound() {
         let size = (40, 40 * 65_536);
-        // A peer needs the entries after 10: only up to 10 goes.
-        assert_eq!(BOUND.truncate_to(40, 0, size, Some(10)), Some(10));
+        // A follower needs the entries after 10: only up to 10 goes.
+        assert_eq!(BOUND.truncate_to(40, 0, size, peers(10)), Some(10));
         // Nothing, when it needs everything there is.
-        assert_eq!(BOUND.truncate_to(40, 10, size, Some(10)), None);
-        assert_eq!(BOUND.truncate_to(40, 10, size, Some(3)), None);
+        assert_eq!(BOUND.truncate_to(40, 10, size, peers(10)), None);
+        assert_eq!(BOUND.truncate_to(40, 10, size, peers(3)), None);
         // Past eight times the bound in bytes (or entries), it goes anyway.
         let huge = (200, 200 * 65_536);
-        assert_eq!(BOUND.truncate_to(200, 0, huge, Some(10)), Some(184));
-        assert_eq!(
-            BOUND.truncate_to(1000, 0, (1000, 1000), Some(10)),
-            Some(900)
-        );
-        assert_eq!(BOUND.truncate_to(500, 0, (500, 500), Some(10)), Some(10));
+        assert_eq!(BOUND.truncate_to(200, 0, huge, peers(10)), Some(184));
+        let many = (1000, 1000);
+        assert_eq!(BOUND.truncate_to(1000, 0, many, peers(10)), Some(900));
+        assert_eq!(BOUND.truncate_to(500, 0, (500, 500), peers(10)), Some(10));
+        // A snapshot on its way holds the log whatever its size.
+        let snapshot = Held {
+            snapshot: Some(10),
+            peers: Some(150),
+        };
+        assert_eq!(BOUND.truncate_to(200, 0, huge, snapshot), Some(10));
+        assert_eq!(BOUND.truncate_to(200, 10, huge, snapshot), None);
     }
 
     #[test]
     fn one_huge_entry_keeps_one() {
-        assert_eq!(BOUND.truncate_to(5, 0, (5, 5 << 20), None), Some(4));
-        assert_eq!(BOUND.truncate_to(0, 0, (0, 0), None), None);
+        assert_eq!(
+            BOUND.truncate_to(5, 0, (5, 5 << 20), Held::default()),
+            Some(4)
+        );
+        assert_eq!(BOUND.truncate_to(0, 0, (0, 0), Held::default()), None);
     }
 }

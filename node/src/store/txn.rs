@@ -158,6 +158,7 @@ impl Store {
             ),
         }
         shared.writes.fetch_add(1, Ordering::Relaxed);
+        (shared.written_bytes).fetch_add(intent.txn.len() as u64, Ordering::Relaxed);
         wb.put(Cf::Meta, meta::maxrev_key(range_id), rev.to_be_bytes());
         wb.delete(Cf::Meta, intent_key(range_id));
         out.applied_rev = Some(rev);
