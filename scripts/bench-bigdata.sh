@@ -88,7 +88,9 @@ done
 
 ctl() { "$bin/strata" ctl --data-dir "$data" "$@"; }
 # put COUNT PREFIX CLIENTS CONNS JSON [MAX_ERRORS]: random keys in a 2^32 key
-# space; fails past MAX_ERRORS (default 0) errors or on any quota refusal.
+# space (every phase writes over the whole of it, as a real load would, so
+# the ~164k keys of 10 GiB hardly ever collide); fails past MAX_ERRORS
+# (default 0) errors or on any quota refusal.
 put() {
   "$bin/strata-bench" --endpoints "$endpoint" --conns "$4" --clients "$3" --json "$5" "${progress[@]}" \
     put --total "$1" --prefix "$2" --key-size 8 --key-space-size 4294967296 --val-size "$val" \
@@ -108,8 +110,8 @@ rate() { jq -r '.results[0] | "\(.requests_per_sec | round) \(.percentiles[] | s
 disk_gib() { du -sk "$data"/node-* 2>/dev/null | awk '{s += $1} END {printf "%.1f", s / 1048576}'; }
 
 echo "bench-bigdata: warming up, then measuring put on the empty store ($measure x $val B)" >&2
-put "$measure" w/ 100 10 "$dir/warmup.json"
-put "$measure" m1/ 100 10 "$dir/empty.json"
+put "$measure" d/ 100 10 "$dir/warmup.json"
+put "$measure" d/ 100 10 "$dir/empty.json"
 read -r empty_rps empty_p50 empty_p99 empty_err < <(rate "$dir/empty.json")
 
 
@@ -120,7 +122,7 @@ chunk=$(( fill / 20 > 0 ? fill / 20 : 1 ))
 done_n=0
 while ((done_n < fill)); do
   n=$(( fill - done_n < chunk ? fill - done_n : chunk ))
-  put "$n" "f$done_n/" 256 32 "$dir/fill.json" $((n / 100))
+  put "$n" d/ 256 32 "$dir/fill.json" $((n / 100))
   done_n=$((done_n + n))
   ((($(free_kib) > 3 * 1048576))) || { echo "bench-bigdata: under 3 GiB free, stopping" >&2; exit 1; }
   printf 'bench-bigdata: %d of %d written in %ds, %s GiB on disk, %s ranges\n' \
@@ -137,7 +139,7 @@ while ((same < 20)); do
 done
 ranges_full=$(ctl ranges --json | wc -l)
 echo "bench-bigdata: measuring put on the full store ($ranges_full ranges)" >&2
-put "$measure" m2/ 100 10 "$dir/full.json"
+put "$measure" d/ 100 10 "$dir/full.json"
 read -r full_rps full_p50 full_p99 full_err < <(rate "$dir/full.json")
 disk_full=$(disk_gib)
 

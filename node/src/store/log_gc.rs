@@ -98,8 +98,8 @@ impl LogBound {
         if !(behind > keep.saturating_mul(2) || (too_big && behind > keep)) {
             return None;
         }
-        let hard = bytes > self.bytes.saturating_mul(HARD_FACTOR)
-            || behind > self.entries.max(1).saturating_mul(HARD_FACTOR);
+        let hard = bytes > self.bytes.saturating_mul(HARD_BYTES_FACTOR)
+            || behind > self.entries.max(1).saturating_mul(HARD_ENTRIES_FACTOR);
         let peers = held.peers.filter(|_| !hard);
         let to = [Some(applied - keep), held.snapshot, peers]
             .into_iter()
@@ -119,13 +119,19 @@ pub(super) struct Held {
     /// another snapshot, which takes as long again.
     pub snapshot: Option<u64>,
     /// An active follower has the log only up to here. Held until the log
-    /// holds [`HARD_FACTOR`] times the bound (entries or bytes); past that,
-    /// such a follower gets a snapshot instead.
+    /// holds [`HARD_ENTRIES_FACTOR`] times the entry bound or
+    /// [`HARD_BYTES_FACTOR`] times the byte bound; past that, such a
+    /// follower gets a snapshot instead.
     pub peers: Option<u64>,
 }
 
-/// How far past its bound a log grows for followers that are behind.
-const HARD_FACTOR: u64 = 8;
+/// How far past its bounds a log grows for followers that are behind: the
+/// byte bound keeps a caught-up range's log small; a follower catching up
+/// after a snapshot of a big range taking big writes is hundreds of MiB
+/// behind (5000 entries of 64 KiB, the entry bound, are 320 MiB), and
+/// truncated past, it needs snapshot after snapshot.
+const HARD_ENTRIES_FACTOR: u64 = 8;
+const HARD_BYTES_FACTOR: u64 = 64;
 
 /// Drops entry 1 of a log that applied it. A peer with an empty log (an
 /// uninitialized replica, see `catchup.rs`) must get a snapshot: replayed
@@ -213,9 +219,10 @@ mod tests {
         // Nothing, when it needs everything there is.
         assert_eq!(BOUND.truncate_to(40, 10, size, peers(10)), None);
         assert_eq!(BOUND.truncate_to(40, 10, size, peers(3)), None);
-        // Past eight times the bound in bytes (or entries), it goes anyway.
-        let huge = (200, 200 * 65_536);
-        assert_eq!(BOUND.truncate_to(200, 0, huge, peers(10)), Some(184));
+        // Past 64 times the bound in bytes (or 8 times in entries), it
+        // goes anyway.
+        let huge = (1100, 1100 * 65_536);
+        assert_eq!(BOUND.truncate_to(1100, 0, huge, peers(10)), Some(1084));
         let many = (1000, 1000);
         assert_eq!(BOUND.truncate_to(1000, 0, many, peers(10)), Some(900));
         assert_eq!(BOUND.truncate_to(500, 0, (500, 500), peers(10)), Some(10));
@@ -224,8 +231,8 @@ mod tests {
             snapshot: Some(10),
             peers: Some(150),
         };
-        assert_eq!(BOUND.truncate_to(200, 0, huge, snapshot), Some(10));
-        assert_eq!(BOUND.truncate_to(200, 10, huge, snapshot), None);
+        assert_eq!(BOUND.truncate_to(1100, 0, huge, snapshot), Some(10));
+        assert_eq!(BOUND.truncate_to(1100, 10, huge, snapshot), None);
     }
 
     #[test]
