@@ -25,7 +25,7 @@ pub struct RangeShared {
     /// Highest revision applied here (the replica's "current revision").
     pub applied_rev: AtomicI64,
     pub compacted: AtomicI64,
-    pub feed: broadcast::Sender<Arc<FeedMessage>>,
+    pub feed: Feed,
     /// Writes applied (for the write rate) and splits applied.
     pub writes: AtomicU64,
     /// Bytes of the write requests applied (for split checks: a range is
@@ -99,7 +99,7 @@ impl RangeShared {
             applied_index: AtomicU64::new(0),
             applied_rev: AtomicI64::new(0),
             compacted: AtomicI64::new(0),
-            feed: broadcast::channel(1).0,
+            feed: Feed::default(),
             writes: AtomicU64::new(0),
             splits: AtomicU64::new(0),
             approx_keys: AtomicU64::new(0),
@@ -109,5 +109,39 @@ impl RangeShared {
             intent: parking_lot::RwLock::new(None),
             touched: parking_lot::Mutex::new(None),
         })
+    }
+}
+
+/// Feed messages a subscriber may fall behind by before its feed ends
+/// (lagged; the router resumes it from the last revision it released).
+pub const FEED_CAP: usize = 4096;
+
+/// A replica's range feed (`service/feed.rs` subscribes, apply sends): a
+/// broadcast channel made on the first subscription and dropped once no
+/// receiver is left. A broadcast channel allocates all its slots up front
+/// (4096 of them, about 190 KiB), and most replicas have no watcher: made
+/// for every replica, they were most of a node's memory with thousands of
+/// ranges.
+#[derive(Default)]
+pub struct Feed(parking_lot::Mutex<Option<broadcast::Sender<Arc<FeedMessage>>>>);
+
+impl Feed {
+    /// A receiver of every message sent from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<FeedMessage>> {
+        let mut tx = self.0.lock();
+        tx.get_or_insert_with(|| broadcast::channel(FEED_CAP).0)
+            .subscribe()
+    }
+
+    /// Sends `m` to the current receivers, if there are any.
+    pub fn send(&self, m: Arc<FeedMessage>) {
+        let mut tx = self.0.lock();
+        match tx.as_ref() {
+            Some(t) if t.receiver_count() > 0 => {
+                let _ = t.send(m);
+            }
+            Some(_) => *tx = None,
+            None => {}
+        }
     }
 }

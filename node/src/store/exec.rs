@@ -225,7 +225,7 @@ impl Store {
                 *shared.intent.write() = i;
             }
             if let Some(m) = applied.feed {
-                let _ = shared.feed.send(Arc::new(m));
+                shared.feed.send(Arc::new(m));
             }
             let r = self.replicas.get_mut(&range_id).expect("replica");
             r.answer_proposals(index, term, applied.result);

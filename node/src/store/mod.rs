@@ -42,7 +42,7 @@ use protobuf::Message as _;
 use raft::eraftpb::{Message as RaftMessage, MessageType};
 use raft::{RawNode, StateRole};
 use strata_proto::strata::{AdminKind, Peer, RaftEnvelope, RangeCommand, RangeDescriptor};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 pub use crate::range::{desc_range, RangeShared, Ranges};
 pub use exec::keys_within;
@@ -61,7 +61,6 @@ const DRAIN_MAX: usize = 4096;
 /// Pending proposals per replica before new ones are refused.
 const PROPOSALS_MAX: usize = 8192;
 /// Events buffered per range feed channel.
-const FEED_CAP: usize = 4096;
 /// A read barrier that did not complete in this time fails (client retries).
 const READ_DEADLINE: Duration = Duration::from_secs(5);
 /// A ReadIndex request unanswered for this many ticks is asked again.
@@ -240,7 +239,6 @@ impl Store {
         // The highest revision applied before a restart (see `exec`).
         let applied_rev = meta::load_i64(&*self.db, &meta::maxrev_key(desc.id))?;
         let raw = RawNode::new(&raft_config(peer_id, applied), storage, &self.logger)?;
-        let (feed, _) = broadcast::channel(FEED_CAP);
         let shared = Arc::new(RangeShared {
             peer_id,
             desc: parking_lot::RwLock::new(desc.clone()),
@@ -250,7 +248,7 @@ impl Store {
             applied_index: AtomicU64::new(applied),
             applied_rev: AtomicI64::new(applied_rev),
             compacted: AtomicI64::new(compacted),
-            feed,
+            feed: crate::range::Feed::default(),
             writes: AtomicU64::new(0),
             splits: AtomicU64::new(0),
             approx_keys: AtomicU64::new(0),

@@ -280,7 +280,7 @@ impl Store {
             }),
             ..Default::default()
         };
-        let _ = r.shared.feed.send(std::sync::Arc::new(end));
+        r.shared.feed.send(std::sync::Arc::new(end));
         let (db, events, node_id) = (self.db.clone(), self.snap_events.clone(), self.node_id);
         tracing::info!(
             range = range_id,
