@@ -171,6 +171,34 @@ impl Cluster {
         .await
     }
 
+    /// Counts the raft snapshots of range `range` sent to node `to`; they
+    /// still go, `delay`ed when given.
+    pub fn count_snapshots(
+        &self,
+        range: u64,
+        to: u64,
+        delay: Option<Duration>,
+    ) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+        use raft::eraftpb::MessageType;
+        use strata_node::transport::memory::Rule;
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = count.clone();
+        let rule = Rule::new()
+            .range(range)
+            .to(to)
+            .msg_type(MessageType::MsgSnapshot)
+            .when(move |_| {
+                seen.fetch_add(1, Ordering::SeqCst);
+                delay.is_some()
+            });
+        self.net.add(match delay {
+            Some(d) => rule.delay(d),
+            // The condition never holds: nothing is dropped.
+            None => rule.drop(),
+        });
+        count
+    }
+
     /// The nodes other than `node_id`.
     pub fn others(&self, node_id: u64) -> Vec<u64> {
         self.nodes

@@ -32,20 +32,24 @@ impl Store {
         };
         // A leader keeps what its peers still need: the entries after a
         // snapshot it is generating or sending (`snapshot`), and after what
-        // an active follower has (`peers`); see `LogBound`.
+        // a follower has (`peers`); see `LogBound`.
         let (mut snapshot, mut peers) = (None, None);
         if r.raw.raft.state == StateRole::Leader {
             let prs = r.raw.raft.prs();
-            let generated = storage
-                .snapshot_floor()
-                .filter(|f| prs.iter().any(|(_, p)| p.matched < *f));
+            let floor = storage.snapshot_floor();
+            let generated = floor.filter(|f| prs.iter().any(|(_, p)| p.matched < *f));
             snapshot = (prs.iter())
                 .filter(|(_, p)| p.state == ProgressState::Snapshot)
                 .map(|(_, p)| p.pending_snapshot)
                 .chain(generated)
                 .min();
+            // Followers the leader heard from lately; and, for a while after
+            // a snapshot, every follower: the one catching up after it may
+            // have just answered in Probe state, and check-quorum clears
+            // `recent_active` every election timeout.
             peers = (prs.iter())
-                .filter(|(_, p)| p.state == ProgressState::Replicate && p.recent_active)
+                .filter(|(_, p)| p.state != ProgressState::Snapshot)
+                .filter(|(_, p)| floor.is_some() || p.recent_active)
                 .map(|(_, p)| p.matched)
                 .min();
         }
