@@ -119,13 +119,7 @@ async fn snapshot_under_writes_restores_exactly() {
     assert_eq!(keys, want, "the file is not the keyspace at revision {rev}");
     assert!(leases.contains(&lease), "lease {lease:x} not in the file");
     // Writes went on past it while it was read.
-    let now = c
-        .get("x", None)
-        .await
-        .expect("get")
-        .header()
-        .unwrap()
-        .revision();
+    let now = common::current_revision(&mut c).await;
     assert!(
         now > rev,
         "no write after the snapshot's revision {rev} (now {now})"

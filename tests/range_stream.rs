@@ -76,13 +76,7 @@ async fn paging_at_a_fixed_revision_is_exact_across_splits() {
     let mut client = c.client().await;
     let p = common::prefix("page");
     let loaded = load(&client, &p, 2000, 8).await;
-    let rev = client
-        .get("x", None)
-        .await
-        .expect("get")
-        .header()
-        .unwrap()
-        .revision();
+    let rev = common::current_revision(&mut client).await;
     let ranges_before = range_count(&c).await;
     // New keys between the paged ones, written while paging: the ranges
     // holding the paged keys fill up and split under the pager.

@@ -206,13 +206,7 @@ async fn a_200_mib_range_catches_up_by_snapshot() {
             .expect("writer");
     }
     let mut cl = client.clone();
-    let loaded_rev = cl
-        .get("x", None)
-        .await
-        .expect("get")
-        .header()
-        .unwrap()
-        .revision();
+    let loaded_rev = common::current_revision(&mut cl).await;
     for i in 0..10 {
         cl.put(key(i), value(i, 2, 1000), None)
             .await

@@ -102,7 +102,7 @@ impl SplitChecker {
                 seen.insert(id, (writes, version, now));
                 let secs = now.duration_since(at).as_secs_f64();
                 let rate = if secs > 0.0 {
-                    (writes - before) as f64 / secs
+                    writes.saturating_sub(before) as f64 / secs
                 } else {
                     0.0
                 };
@@ -127,8 +127,8 @@ impl SplitChecker {
                 );
                 let due = measured.get(&id).is_none_or(|then| {
                     now.2 != then.2
-                        || now.0 - then.0 >= (self.max_keys / RESCAN_SHARE).max(1)
-                        || now.1 - then.1 >= (self.max_bytes / RESCAN_SHARE).max(1)
+                        || now.0.saturating_sub(then.0) >= (self.max_keys / RESCAN_SHARE).max(1)
+                        || now.1.saturating_sub(then.1) >= (self.max_bytes / RESCAN_SHARE).max(1)
                 });
                 if !hot && !due {
                     continue;

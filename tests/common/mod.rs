@@ -111,6 +111,16 @@ pub fn assert_grpc_err<T: Debug>(r: Result<T, etcd_client::Error>, code: &str, m
     }
 }
 
+/// The store's current revision, from the header of a read.
+pub async fn current_revision(c: &mut etcd_client::Client) -> i64 {
+    c.get("x", None)
+        .await
+        .expect("get")
+        .header()
+        .expect("header")
+        .revision()
+}
+
 /// Runs `f` with a bound; panics with `what` if it takes longer.
 pub async fn within<F: Future>(limit: Duration, what: &str, f: F) -> F::Output {
     match tokio::time::timeout(limit, f).await {
