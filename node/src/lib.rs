@@ -146,6 +146,7 @@ pub async fn run_with(cfg: NodeConfig, net: RaftNet) -> anyhow::Result<NodeHandl
     store.log_keep_entries = cfg.raft_log_keep_entries;
     store.log_keep_bytes = cfg.raft_log_keep_bytes;
     store.set_inbox(&store_tx);
+    let suspects = store.suspects();
     let snapshots = Arc::new(snapshot::SnapshotReceiver {
         db: db.clone(),
         ranges: ranges.clone(),
@@ -264,6 +265,7 @@ pub async fn run_with(cfg: NodeConfig, net: RaftNet) -> anyhow::Result<NodeHandl
         addrs,
         store_tx.clone(),
         space,
+        suspects,
     ));
     metrics::ready(&telemetry);
     Ok(NodeHandle {
@@ -283,6 +285,7 @@ async fn heartbeat(
     addrs: Arc<DashMap<u64, String>>,
     store: mpsc::Sender<StoreMsg>,
     space: Arc<space::Space>,
+    suspects: store::Suspects,
 ) {
     let mut iv = tokio::time::interval(HEARTBEAT_EVERY);
     let mut last_writes: std::collections::HashMap<u64, (u64, std::time::Instant)> =
@@ -367,11 +370,18 @@ async fn heartbeat(
         } else {
             Vec::new()
         };
+        // Replicas whose span kept a snapshot out since the last heartbeat
+        // (see `store/gc.rs`); asked about again if they do so again.
+        let check_range_ids: Vec<u64> = std::mem::take(&mut *suspects.lock())
+            .into_iter()
+            .filter(|id| ranges.contains_key(id))
+            .collect();
         let mut req = tonic::Request::new(HeartbeatRequest {
             node_id,
             leader_ranges,
             full_report: full,
             hosted_range_ids,
+            check_range_ids,
         });
         req.set_timeout(Duration::from_secs(2));
         let answer = match failpoint::placement_reachable(node_id).await {
@@ -406,6 +416,13 @@ async fn heartbeat(
                 // wake on the first report.
                 if down != last_down && store.try_send(StoreMsg::NodesDown(down.clone())).is_ok() {
                     last_down = down;
+                }
+                // Replicas here that placement's directory does not place
+                // here: the store destroys those removed from their range.
+                for d in resp.not_listed {
+                    if store.send(StoreMsg::NotListed(d)).await.is_err() {
+                        return;
+                    }
                 }
                 for d in resp.ranges {
                     // Ranges that list this node but that it did not report

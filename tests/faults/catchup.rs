@@ -82,7 +82,7 @@ async fn serializable_read(
 /// nodes its leader's descriptor lists, and that `lagging` serves each of its
 /// ranges with exactly its leader's data. Returns the number of ranges, or
 /// the first difference found.
-async fn caught_up(c: &Cluster, lagging: u64) -> Result<usize, String> {
+pub(crate) async fn caught_up(c: &Cluster, lagging: u64) -> Result<usize, String> {
     let mut pc = PlacementClient::connect(format!("http://{}", c.placement))
         .await
         .map_err(|e| e.to_string())?;

@@ -21,6 +21,7 @@ mod planted;
 mod rawgrpc;
 mod reads;
 mod reqmeta;
+mod stale;
 mod writes;
 mod xtxn;
 

@@ -12,6 +12,7 @@
 //!   installing; the data path is `crate::snapshot`);
 //! - `catchup.rs`: replicas listed here but without data (uninitialized),
 //!   initialized only by a snapshot;
+//! - `gc.rs`: replicas removed from their range while this node did not hear;
 //! - `quiesce.rs`: idle ranges stop ticking;
 //! - `log_gc.rs`: raft log truncation;
 //! - `ready.rs`: the Ready round, the only place raft state is written;
@@ -20,6 +21,7 @@
 mod catchup;
 mod conf_change;
 mod exec;
+mod gc;
 pub(crate) mod ingest;
 mod log_gc;
 pub(crate) mod meta;
@@ -46,6 +48,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use crate::range::{desc_range, RangeShared, Ranges};
 pub use exec::keys_within;
+pub use gc::Suspects;
 
 use crate::engine::RaftStorage;
 use crate::error::NodeResult;
@@ -60,7 +63,6 @@ pub const INBOX_CAP: usize = 16_384;
 const DRAIN_MAX: usize = 4096;
 /// Pending proposals per replica before new ones are refused.
 const PROPOSALS_MAX: usize = 8192;
-/// Events buffered per range feed channel.
 /// A read barrier that did not complete in this time fails (client retries).
 const READ_DEADLINE: Duration = Duration::from_secs(5);
 /// A ReadIndex request unanswered for this many ticks is asked again.
@@ -86,6 +88,9 @@ pub enum StoreMsg {
         reply: oneshot::Sender<NodeResult<()>>,
     },
     Create(RangeDescriptor),
+    /// Placement's descriptor of a range hosted here, which does not list
+    /// this node (see `gc.rs`).
+    NotListed(RangeDescriptor),
     Tick,
     /// Stops the raft thread after this round (in-process tests); `done`
     /// hears once every replica is closed.
@@ -146,6 +151,8 @@ pub struct Store {
     touched: HashSet<u64>,
     /// Snapshot transfers and installs report here (see `snapshot.rs`).
     snap_events: Arc<snapshot::SnapEvents>,
+    /// Replicas to ask placement about (see `gc.rs`).
+    suspects: Suspects,
 }
 
 impl Store {
@@ -176,6 +183,7 @@ impl Store {
             stop: None,
             touched: HashSet::new(),
             snap_events: Arc::default(),
+            suspects: Suspects::default(),
         }
     }
 
@@ -349,7 +357,7 @@ impl Store {
             StoreMsg::Propose { range_id, .. }
             | StoreMsg::ReadBarrier { range_id, .. }
             | StoreMsg::Admin { range_id, .. } => self.touched.insert(*range_id),
-            StoreMsg::Create(desc) => self.touched.insert(desc.id),
+            StoreMsg::Create(desc) | StoreMsg::NotListed(desc) => self.touched.insert(desc.id),
             StoreMsg::Snapshot { env, .. } => self.touched.insert(env.range_id),
             StoreMsg::Tick | StoreMsg::NodesDown(_) | StoreMsg::Wake | StoreMsg::Stop(_) => false,
         };
@@ -359,6 +367,7 @@ impl Store {
             StoreMsg::Snapshot { env, staged, reply } => self.step_snapshot(env, *staged, reply),
             StoreMsg::NodesDown(down) => self.nodes_down(&down),
             StoreMsg::Create(desc) => self.on_create(desc),
+            StoreMsg::NotListed(desc) => self.on_not_listed(desc),
             StoreMsg::Raft(env) => self.step(env),
             StoreMsg::Admin {
                 range_id,

@@ -191,6 +191,7 @@ impl Store {
                 other,
                 "snapshot waits: range {other} here still covers part of it"
             );
+            self.suspect(other);
             return refuse(self, staged, reply, "overlaps another replica here");
         }
         let r = self.replicas.get_mut(&range_id).expect("replica");

@@ -1,0 +1,166 @@
+//! Stale replicas: a node removed from a range while it heard nothing keeps
+//! its replica, with the range's old span. After the range splits, that span
+//! covers the new range too, so a snapshot of the new range is refused there
+//! (initialized replicas never overlap) — unless the node learns its replica
+//! was removed and destroys it (`node/src/store/gc.rs`).
+
+use std::time::{Duration, Instant};
+
+use strata_proto::strata::placement_client::PlacementClient;
+use strata_proto::strata::{AdminKind, AdminRequest, AllocIdsRequest, Peer};
+
+use crate::admin_split::split_request;
+use crate::catchup::caught_up;
+use crate::cluster::{eventually, Cluster, Opts};
+use crate::{put, within};
+use strata_node::transport::memory::Rule;
+
+/// Asks `range_id`'s leader for a membership change, retrying until it is
+/// accepted (the range may be busy with the previous one for a moment).
+async fn change(c: &Cluster, range_id: u64, kind: AdminKind, peer: Peer) {
+    let start = Instant::now();
+    loop {
+        let leader = c.wait_leader(range_id).await;
+        let req = AdminRequest {
+            range_id,
+            epoch: None,
+            kind: kind as i32,
+            peer: Some(peer),
+            split_key: Vec::new(),
+        };
+        let mut client = c.node_client(leader).await;
+        let resp = within(Duration::from_secs(10), "admin", client.admin(req)).await;
+        match resp.map(|r| r.into_inner().error) {
+            Ok(None) => return,
+            other => assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "range {range_id}: {kind:?} of {peer:?} refused: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A new peer id from placement, as its scheduler would allocate it.
+async fn new_peer(c: &Cluster, node_id: u64) -> Peer {
+    let mut pc = PlacementClient::connect(format!("http://{}", c.placement))
+        .await
+        .expect("placement");
+    let ids = pc
+        .alloc_ids(AllocIdsRequest {
+            ranges: 0,
+            peers: 1,
+        })
+        .await
+        .expect("peer id")
+        .into_inner();
+    Peer {
+        id: ids.first_peer_id,
+        node_id,
+        learner: true,
+    }
+}
+
+/// Waits until `range_id`'s leader lists `peer` as a voter (`true`) or not
+/// at all (`false`).
+async fn wait_membership(c: &Cluster, range_id: u64, peer: u64, voter: bool) {
+    eventually(
+        Duration::from_secs(30),
+        "a membership change to apply",
+        || {
+            let leader = c.leader_of(range_id)?;
+            let r = c.node(leader).ranges.get(&range_id)?.clone();
+            let desc = r.desc.read();
+            let p = desc.peers.iter().find(|p| p.id == peer);
+            (p.is_some_and(|p| !p.learner) == voter && p.is_some() == voter).then_some(())
+        },
+    )
+    .await;
+}
+
+/// Range 1 is on nodes A, B and C of four. C is cut off while D replaces it
+/// and range 1 splits; healed, C still holds range 1's old replica (over the
+/// whole keyspace) and is then given a replica of the new range. Its
+/// snapshot must get in: C destroys the stale replica, hosts the new range
+/// with its leader's data, and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_removed_replica_does_not_keep_a_new_range_out() {
+    let _fp = fail::FailScenario::setup();
+    let c = Cluster::start(Opts {
+        nodes: 4,
+        ..Opts::default()
+    })
+    .await;
+    let leader = c.wait_leader(1).await;
+    let in_range: Vec<u64> = {
+        let r = c.node(leader).ranges.get(&1).expect("range 1").clone();
+        let d = r.desc.read();
+        d.peers.iter().map(|p| p.node_id).collect()
+    };
+    let stale = *in_range.iter().find(|n| **n != leader).expect("a follower");
+    let spare = c
+        .nodes
+        .iter()
+        .map(|n| n.node_id)
+        .find(|n| !in_range.contains(n))
+        .expect("a node outside range 1");
+    let mut kv = c.client().await;
+    for i in 0..30 {
+        put(&mut kv, &format!("k/{i:02}"), "before").await;
+    }
+
+    let cut = c.net.add(Rule::new().touching(stale).drop());
+    let added = new_peer(&c, spare).await;
+    change(&c, 1, AdminKind::AddLearner, added).await;
+    wait_membership(&c, 1, added.id, true).await;
+    let removed = c.peer(c.wait_leader(1).await, 1, stale);
+    change(&c, 1, AdminKind::RemovePeer, removed).await;
+    wait_membership(&c, 1, removed.id, false).await;
+    for i in 0..30 {
+        put(&mut kv, &format!("k/{i:02}"), &format!("after {i}")).await;
+    }
+    let l = c.wait_leader(1).await;
+    let resp = c
+        .node_client(l)
+        .await
+        .admin(split_request(1, b"k/15"))
+        .await
+        .expect("admin split")
+        .into_inner();
+    assert!(resp.error.is_none(), "{:?}", resp.error);
+    let new_range = eventually(Duration::from_secs(20), "the split's new range", || {
+        c.node(l)
+            .ranges
+            .iter()
+            .map(|r| *r.key())
+            .find(|id| *id != 1)
+    })
+    .await;
+    c.net.remove(cut);
+    assert!(
+        c.node(stale).ranges.contains_key(&1),
+        "node {stale} still holds range 1's old replica (else this test checks nothing)"
+    );
+
+    let given = new_peer(&c, stale).await;
+    change(&c, new_range, AdminKind::AddLearner, given).await;
+    let added_at = Instant::now();
+    let limit = Duration::from_secs(60);
+    loop {
+        match caught_up(&c, stale).await {
+            Ok(n) => {
+                assert_eq!(n, 2, "two ranges");
+                break;
+            }
+            Err(e) if added_at.elapsed() > limit => panic!(
+                "node {stale} was not given range {new_range} {limit:?} after it was added: {e}"
+            ),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    wait_membership(&c, new_range, given.id, true).await;
+    assert!(
+        !c.node(stale).ranges.contains_key(&1),
+        "node {stale}'s stale replica of range 1 is gone"
+    );
+}
