@@ -267,7 +267,7 @@ pub fn feed() -> GaugeGuard {
 pub static ROCKSDB_SST_BYTES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "strata_node_rocksdb_sst_bytes",
-        "Size of all SST files of a RocksDB column family (rocksdb.total-sst-files-size).",
+        "Size of all SST and blob files of a RocksDB column family (rocksdb.total-sst-files-size + rocksdb.total-blob-file-size).",
         &["cf"]
     )
     .expect("register")
@@ -285,7 +285,7 @@ pub static ROCKSDB_MEMTABLE_BYTES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 pub static ROCKSDB_LIVE_DATA_BYTES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "strata_node_rocksdb_live_data_bytes",
-        "Estimated live data of a RocksDB column family (rocksdb.estimate-live-data-size).",
+        "Estimated live data of a RocksDB column family (rocksdb.estimate-live-data-size + rocksdb.live-blob-file-size).",
         &["cf"]
     )
     .expect("register")

@@ -23,7 +23,8 @@ engine_tests!(
     snapshot_outlives_engine_handle,
     sync_and_unsynced_writes,
     properties_are_plausible,
-    matches_a_model;
+    matches_a_model,
+    big_values_survive_compaction;
     rocks_only: reopen_keeps_writes,
 );
 
@@ -545,6 +546,47 @@ fn matches_a_model(t: &mut TestEngine) {
         }
         for (k, v) in &model {
             assert_eq!(e.get(Cf::Data, k).unwrap().as_ref(), Some(v));
+        }
+    }
+}
+
+/// Values big enough for RocksDB's blob files read back exactly, by `get`
+/// and by iteration, after deletions and a full compaction (which runs blob
+/// garbage collection), and the size properties count them.
+fn big_values_survive_compaction(t: &mut TestEngine) {
+    let e = t.engine();
+    let value = |i: u32| -> Vec<u8> {
+        let len = 64 * 1024 + i as usize; // above the blob threshold
+        (0..len)
+            .map(|j| (j as u32 ^ i.wrapping_mul(2_654_435_761)) as u8)
+            .collect()
+    };
+    for cf in [Cf::Raft, Cf::Data] {
+        for round in 0..2u32 {
+            let mut wb = WriteBatch::new();
+            for i in 0..32u32 {
+                wb.put(cf, i.to_be_bytes(), value(i + round));
+            }
+            e.write(&wb, false).unwrap();
+            e.compact_all(cf).unwrap();
+        }
+        let mut wb = WriteBatch::new();
+        for i in (0..32u32).filter(|i| i % 2 == 1) {
+            wb.delete(cf, i.to_be_bytes());
+        }
+        e.write(&wb, false).unwrap();
+        e.compact_all(cf).unwrap();
+        let want: Vec<_> = (0..32u32)
+            .filter(|i| i % 2 == 0)
+            .map(|i| (i.to_be_bytes().to_vec(), value(i + 1)))
+            .collect();
+        assert_eq!(scan(&*e, cf, IterOptions::default()), want, "{cf:?}");
+        for (k, v) in &want {
+            assert_eq!(e.get(cf, k).unwrap().as_ref(), Some(v), "{cf:?}");
+        }
+        if let Some(n) = e.property(cf, Property::SstBytes) {
+            let live = want.iter().map(|(_, v)| v.len() as u64).sum::<u64>();
+            assert!(n >= live, "{cf:?}: {n} bytes on disk, {live} live");
         }
     }
 }

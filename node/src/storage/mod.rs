@@ -149,11 +149,12 @@ pub trait Snapshot: Reader {}
 /// engine returns `None` for one it does not track.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Property {
-    /// Bytes in on-disk sorted tables.
+    /// Bytes in on-disk sorted tables and blob files.
     SstBytes,
     /// Bytes in in-memory write buffers.
     MemtableBytes,
-    /// Estimated bytes of live (not overwritten or deleted) data.
+    /// Estimated bytes of live (not overwritten or deleted) data, blob
+    /// files' included.
     LiveDataBytes,
     /// Estimated number of keys.
     EstimatedKeys,
