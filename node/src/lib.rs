@@ -63,6 +63,30 @@ pub struct NodeHandle {
     pub store: mpsc::Sender<StoreMsg>,
 }
 
+impl Drop for NodeHandle {
+    /// Stops the raft thread and waits (up to 10 s) until every replica is
+    /// closed, so a node shutting down does not leave the process exiting
+    /// under a raft thread still writing to RocksDB (which aborts the exit).
+    /// A handle whose raft thread already stopped returns at once.
+    fn drop(&mut self) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut msg = StoreMsg::Stop(tx);
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.store.try_send(msg) {
+                Ok(()) => break,
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+                Err(mpsc::error::TrySendError::Full(m)) if std::time::Instant::now() < until => {
+                    msg = m;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => return,
+            }
+        }
+        let _ = rx.recv_timeout(until.saturating_duration_since(std::time::Instant::now()));
+    }
+}
+
 /// How a node's raft messages travel.
 #[derive(Clone, Default)]
 pub enum RaftNet {
@@ -370,8 +394,9 @@ async fn heartbeat(
         } else {
             Vec::new()
         };
-        // Replicas whose span kept a snapshot out since the last heartbeat
-        // (see `store/gc.rs`); asked about again if they do so again.
+        // Replicas whose span kept a snapshot out, or whose range sent to a
+        // newer peer of this node, since the last heartbeat (see
+        // `store/gc.rs`); asked about again if that happens again.
         let check_range_ids: Vec<u64> = std::mem::take(&mut *suspects.lock())
             .into_iter()
             .filter(|id| ranges.contains_key(id))
@@ -417,10 +442,11 @@ async fn heartbeat(
                 if down != last_down && store.try_send(StoreMsg::NodesDown(down.clone())).is_ok() {
                     last_down = down;
                 }
-                // Replicas here that placement's directory does not place
-                // here: the store destroys those removed from their range.
-                for d in resp.not_listed {
-                    if store.send(StoreMsg::NotListed(d)).await.is_err() {
+                // Replicas here asked about, or that placement's directory
+                // does not place here: the store destroys those removed from
+                // their range.
+                for d in resp.checked {
+                    if store.send(StoreMsg::Checked(d)).await.is_err() {
                         return;
                     }
                 }

@@ -115,22 +115,27 @@ impl Hosting {
     }
 }
 
-/// Of `ids`, which `node` says it hosts, the ranges whose descriptor does not
-/// list `node`: it may hold a replica removed from its range while it did not
-/// hear (the node compares epochs and peers before destroying anything). A
-/// range the directory does not know yet (a split's new range not reported)
-/// is left out.
-pub fn not_listed(
+/// What placement answers a node asking about its replicas: every range of
+/// `check` (asked about by id), and those of `hosted` (its full report) whose
+/// descriptor does not list `node` — either may be a replica removed from its
+/// range while the node did not hear (the node compares epochs and peers
+/// before destroying anything). Each range once; one the directory does not
+/// know yet (a split's new range not reported) is left out.
+pub fn checked(
     node: u64,
-    ids: impl IntoIterator<Item = u64>,
+    check: &[u64],
+    hosted: &[u64],
     ranges: &BTreeMap<u64, StoredRange>,
 ) -> Vec<StoredRange> {
     let mut seen = HashSet::new();
-    ids.into_iter()
-        .filter(|id| seen.insert(*id))
-        .filter_map(|id| ranges.get(&id))
-        .filter(|r| r.peers.iter().all(|(_, n)| *n != node))
-        .cloned()
+    let asked = check.iter().map(|id| (id, true));
+    let reported = hosted.iter().map(|id| (id, false));
+    asked
+        .chain(reported)
+        .filter_map(|(id, any)| Some((ranges.get(id)?, any)))
+        .filter(|(r, any)| *any || r.peers.iter().all(|(_, n)| *n != node))
+        .filter(|(r, _)| seen.insert(r.id))
+        .map(|(r, _)| r.clone())
         .collect()
 }
 
@@ -202,16 +207,22 @@ mod tests {
     }
 
     #[test]
-    fn ranges_that_do_not_list_a_node_are_named_once() {
+    fn asked_ranges_are_answered_and_hosted_ones_only_if_not_listed() {
         let d = dir(vec![
             range(1, &[1, 2, 3], None),
             range(2, &[1, 3, 4], None),
             range(3, &[1, 3, 4], Some(4)),
         ]);
         let ids = |v: Vec<StoredRange>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
-        // Range 9 is unknown (not reported yet): never named.
-        assert_eq!(ids(not_listed(2, [1, 2, 2, 3, 9], &d)), vec![2, 3]);
-        assert!(not_listed(4, [2, 3], &d).is_empty(), "a learner is listed");
-        assert!(not_listed(2, [], &d).is_empty());
+        // Hosted: only ranges that do not list the node; range 9 is unknown
+        // (not reported yet): never named.
+        assert_eq!(ids(checked(2, &[], &[1, 2, 2, 3, 9], &d)), vec![2, 3]);
+        assert!(
+            checked(4, &[], &[2, 3], &d).is_empty(),
+            "a learner is listed"
+        );
+        // Asked about: answered whether listed or not, each once.
+        assert_eq!(ids(checked(2, &[1, 9, 1], &[1, 2], &d)), vec![1, 2]);
+        assert!(checked(2, &[], &[], &d).is_empty());
     }
 }

@@ -311,18 +311,22 @@ impl Placement for Svc {
             .map(|rg| rg.descriptor())
             .collect();
         drop(hosting);
-        let asked = r.hosted_range_ids.iter().chain(&r.check_range_ids).copied();
-        let not_listed = crate::hosting::not_listed(r.node_id, asked, &st.ranges)
-            .iter()
-            .map(StoredRange::descriptor)
-            .collect();
+        let checked = crate::hosting::checked(
+            r.node_id,
+            &r.check_range_ids,
+            &r.hosted_range_ids,
+            &st.ranges,
+        )
+        .iter()
+        .map(StoredRange::descriptor)
+        .collect();
         drop(st);
         let alarms = crate::alarm::active(&self.0.rep.state());
         Ok(Response::new(HeartbeatResponse {
             ranges,
             nodes: self.nodes(false),
             alarms,
-            not_listed,
+            checked,
         }))
     }
 

@@ -1,8 +1,10 @@
 //! Stale replicas: a node removed from a range while it heard nothing keeps
 //! its replica, with the range's old span. After the range splits, that span
 //! covers the new range too, so a snapshot of the new range is refused there
-//! (initialized replicas never overlap) — unless the node learns its replica
-//! was removed and destroys it (`node/src/store/gc.rs`).
+//! (initialized replicas never overlap); and if the node is added to the
+//! range again, its old replica ignores the new peer's messages. Either way
+//! the node must learn its replica was removed and destroy it
+//! (`node/src/store/gc.rs`).
 
 use std::time::{Duration, Instant};
 
@@ -13,7 +15,7 @@ use crate::admin_split::split_request;
 use crate::catchup::caught_up;
 use crate::cluster::{eventually, Cluster, Opts};
 use crate::{put, within};
-use strata_node::transport::memory::Rule;
+use strata_node::transport::memory::{FilterId, Rule};
 
 /// Asks `range_id`'s leader for a membership change, retrying until it is
 /// accepted (the range may be busy with the previous one for a moment).
@@ -109,13 +111,10 @@ async fn a_removed_replica_does_not_keep_a_new_range_out() {
         put(&mut kv, &format!("k/{i:02}"), "before").await;
     }
 
-    let cut = c.net.add(Rule::new().touching(stale).drop());
+    let cut = remove_while_cut_off(&c, stale).await;
     let added = new_peer(&c, spare).await;
     change(&c, 1, AdminKind::AddLearner, added).await;
     wait_membership(&c, 1, added.id, true).await;
-    let removed = c.peer(c.wait_leader(1).await, 1, stale);
-    change(&c, 1, AdminKind::RemovePeer, removed).await;
-    wait_membership(&c, 1, removed.id, false).await;
     for i in 0..30 {
         put(&mut kv, &format!("k/{i:02}"), &format!("after {i}")).await;
     }
@@ -144,23 +143,77 @@ async fn a_removed_replica_does_not_keep_a_new_range_out() {
 
     let given = new_peer(&c, stale).await;
     change(&c, new_range, AdminKind::AddLearner, given).await;
-    let added_at = Instant::now();
-    let limit = Duration::from_secs(60);
-    loop {
-        match caught_up(&c, stale).await {
-            Ok(n) => {
-                assert_eq!(n, 2, "two ranges");
-                break;
-            }
-            Err(e) if added_at.elapsed() > limit => panic!(
-                "node {stale} was not given range {new_range} {limit:?} after it was added: {e}"
-            ),
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
+    assert_eq!(
+        hosts_what_it_should(&c, stale, new_range).await,
+        2,
+        "two ranges"
+    );
     wait_membership(&c, new_range, given.id, true).await;
     assert!(
         !c.node(stale).ranges.contains_key(&1),
         "node {stale}'s stale replica of range 1 is gone"
     );
+}
+
+/// Range 1 is on nodes A, B and C. C is cut off while it is removed, and
+/// writes go on; healed, C is added to range 1 again, under a new peer. C's
+/// old replica must give way to the new peer, which catches up with exactly
+/// its leader's data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_added_again_replaces_its_removed_replica() {
+    let _fp = fail::FailScenario::setup();
+    let c = Cluster::start(Opts::default()).await;
+    let leader = c.wait_leader(1).await;
+    let stale = c.others(leader)[0];
+    let mut kv = c.client().await;
+    for i in 0..10 {
+        put(&mut kv, &format!("k/{i:02}"), "before").await;
+    }
+    let cut = remove_while_cut_off(&c, stale).await;
+    for i in 0..10 {
+        put(&mut kv, &format!("k/{i:02}"), &format!("after {i}")).await;
+    }
+    c.net.remove(cut);
+    let old_peer = c.node(stale).ranges.get(&1).map(|r| r.peer_id);
+    assert!(
+        old_peer.is_some(),
+        "node {stale} still holds its old replica"
+    );
+
+    let given = new_peer(&c, stale).await;
+    change(&c, 1, AdminKind::AddLearner, given).await;
+    assert_eq!(hosts_what_it_should(&c, stale, 1).await, 1, "one range");
+    wait_membership(&c, 1, given.id, true).await;
+    assert_eq!(
+        c.node(stale).ranges.get(&1).map(|r| r.peer_id),
+        Some(given.id),
+        "node {stale} hosts range 1 as its new peer"
+    );
+}
+
+/// Cuts `node` off and removes it from range 1 (it hears of neither);
+/// returns the rule to heal it with.
+async fn remove_while_cut_off(c: &Cluster, node: u64) -> FilterId {
+    let cut = c.net.add(Rule::new().touching(node).drop());
+    let removed = c.peer(c.wait_leader(1).await, 1, node);
+    change(c, 1, AdminKind::RemovePeer, removed).await;
+    wait_membership(c, 1, removed.id, false).await;
+    cut
+}
+
+/// Waits until `node` hosts exactly what the descriptors say, with its
+/// leaders' data (`catchup::caught_up`), after it was given `range_id`;
+/// returns the number of ranges.
+async fn hosts_what_it_should(c: &Cluster, node: u64, range_id: u64) -> usize {
+    let added_at = Instant::now();
+    let limit = Duration::from_secs(60);
+    loop {
+        match caught_up(c, node).await {
+            Ok(n) => return n,
+            Err(e) if added_at.elapsed() > limit => panic!(
+                "node {node} was not given range {range_id} {limit:?} after it was added: {e}"
+            ),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
 }

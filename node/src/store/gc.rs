@@ -7,16 +7,24 @@
 //! split, the node cannot be given the new range, and re-replication onto it
 //! stalls for good.
 //!
+//! The same happens when the node is later added to that range again: the
+//! range's leader sends to the node's new peer, which the old replica (whose
+//! peer id differs) ignores, and placement, told by the node that it hosts
+//! the range, never has it create the new one.
+//!
 //! Placement knows every range's current descriptor. The node asks about
-//! the replicas it hosts — all of them in the periodic full report, and at
-//! once the one whose span just kept a snapshot out (`suspects`) — and
-//! placement answers with the descriptors that do not list the node
-//! (`HeartbeatResponse.not_listed`). The node destroys its replica only if
-//! that descriptor is at least as new in membership as its own (`conf_ver`)
-//! and lacks its peer: membership changes are one history per range, so a
-//! later membership without the peer means the peer was removed. A
-//! descriptor older than the replica's (placement not told yet of the change
-//! that added it) changes nothing.
+//! the replicas it hosts — all of them in the periodic full report (placement
+//! answers for those whose descriptor does not list the node), and at once
+//! about one whose span just kept a snapshot out or whose range sent to a
+//! newer peer of this node (`suspects`; placement answers with the
+//! descriptor either way) — in `HeartbeatResponse.checked`. The node
+//! destroys its replica only if that descriptor is at least as new in
+//! membership as its own (`conf_ver`) and lacks its peer: membership changes
+//! are one history per range, so a later membership without the peer means
+//! the peer was removed. A descriptor older than the replica's (placement
+//! not told yet of the change that added it) changes nothing. If the
+//! descriptor lists this node under a new peer, that replica is created
+//! right away (uninitialized, as any added replica; `catchup.rs`).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -36,9 +44,10 @@ impl Store {
         self.suspects.clone()
     }
 
-    /// Placement's descriptor of a range hosted here does not list this
-    /// node: destroys the replica if it was removed (see the module doc).
-    pub(super) fn on_not_listed(&mut self, desc: RangeDescriptor) {
+    /// Placement's current descriptor of a range hosted here: destroys the
+    /// replica if it was removed, and creates this node's new peer if the
+    /// descriptor lists one (see the module doc).
+    pub(super) fn on_checked(&mut self, desc: RangeDescriptor) {
         let Some(r) = self.replicas.get(&desc.id) else {
             return;
         };
@@ -57,12 +66,14 @@ impl Store {
         );
         if let Err(e) = self.destroy(desc.id) {
             tracing::warn!(range = desc.id, "cannot destroy a stale replica: {e:#}");
+            return;
         }
+        self.on_create(desc);
     }
 
-    /// A snapshot for another range was refused because `range_id`'s
-    /// replica here covers part of it: ask placement whether that replica
-    /// is still a member of its range.
+    /// `range_id`'s replica here kept a snapshot of another range out, or
+    /// its range sent to a newer peer of this node: ask placement whether
+    /// that replica is still a member of its range.
     pub(super) fn suspect(&self, range_id: u64) {
         self.suspects.lock().insert(range_id);
     }

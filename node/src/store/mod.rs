@@ -88,9 +88,9 @@ pub enum StoreMsg {
         reply: oneshot::Sender<NodeResult<()>>,
     },
     Create(RangeDescriptor),
-    /// Placement's descriptor of a range hosted here, which does not list
-    /// this node (see `gc.rs`).
-    NotListed(RangeDescriptor),
+    /// Placement's current descriptor of a range hosted here that this
+    /// node asked about (see `gc.rs`).
+    Checked(RangeDescriptor),
     Tick,
     /// Stops the raft thread after this round (in-process tests); `done`
     /// hears once every replica is closed.
@@ -357,7 +357,7 @@ impl Store {
             StoreMsg::Propose { range_id, .. }
             | StoreMsg::ReadBarrier { range_id, .. }
             | StoreMsg::Admin { range_id, .. } => self.touched.insert(*range_id),
-            StoreMsg::Create(desc) | StoreMsg::NotListed(desc) => self.touched.insert(desc.id),
+            StoreMsg::Create(desc) | StoreMsg::Checked(desc) => self.touched.insert(desc.id),
             StoreMsg::Snapshot { env, .. } => self.touched.insert(env.range_id),
             StoreMsg::Tick | StoreMsg::NodesDown(_) | StoreMsg::Wake | StoreMsg::Stop(_) => false,
         };
@@ -367,7 +367,7 @@ impl Store {
             StoreMsg::Snapshot { env, staged, reply } => self.step_snapshot(env, *staged, reply),
             StoreMsg::NodesDown(down) => self.nodes_down(&down),
             StoreMsg::Create(desc) => self.on_create(desc),
-            StoreMsg::NotListed(desc) => self.on_not_listed(desc),
+            StoreMsg::Checked(desc) => self.on_checked(desc),
             StoreMsg::Raft(env) => self.step(env),
             StoreMsg::Admin {
                 range_id,
@@ -404,6 +404,11 @@ impl Store {
             return; // unknown range: placement will tell us if it is ours
         };
         if env.to_peer != r.shared.peer_id {
+            // A newer peer of this node in the range (peer ids only grow):
+            // this replica may have been removed and the node added again.
+            if env.to_peer > r.shared.peer_id && r.initialized {
+                self.suspect(env.range_id);
+            }
             return;
         }
         if r.install.is_some() {
