@@ -550,15 +550,21 @@ fn matches_a_model(t: &mut TestEngine) {
     }
 }
 
-/// Values big enough for RocksDB's blob files read back exactly, by `get`
+/// Values big enough for RocksDB's blob files (in `data`) read back exactly, by `get`
 /// and by iteration, after deletions and a full compaction (which runs blob
 /// garbage collection), and the size properties count them.
 fn big_values_survive_compaction(t: &mut TestEngine) {
     let e = t.engine();
+    // Above the blob threshold, and random (so no compression shrinks it).
     let value = |i: u32| -> Vec<u8> {
-        let len = 64 * 1024 + i as usize; // above the blob threshold
-        (0..len)
-            .map(|j| (j as u32 ^ i.wrapping_mul(2_654_435_761)) as u8)
+        let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(i);
+        (0..64 * 1024 + i as usize)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
             .collect()
     };
     for cf in [Cf::Raft, Cf::Data] {

@@ -49,22 +49,27 @@ impl RocksEngine {
 /// Values at least this big live in blob files, out of the LSM tree.
 pub const MIN_BLOB_SIZE: u64 = 4096;
 
-/// Per column family: big values (raft entries and MVCC versions of
-/// multi-KiB values) go to **blob files** (RocksDB's key-value separation),
-/// so compactions move keys and small blob references instead of rewriting
-/// every value at each level, and a read's seek through the data's SSTs
-/// touches small blocks that stay cached. A raft log's entries are deleted
-/// soon after they are written, so its blob files mostly die whole. Blob
-/// garbage collection rewrites the live values of the oldest blob files
-/// during compaction. Small values (the usual etcd workload) stay inline.
+/// Per column family. In `data`, big values (MVCC versions of multi-KiB
+/// values) go to **blob files** (RocksDB's key-value separation), so
+/// compactions move keys and small blob references instead of rewriting every
+/// value at each level, and a read's seek through the data's SSTs touches
+/// small blocks that stay cached. Blob garbage collection rewrites the live
+/// values of the oldest blob files during compaction, and compacts files
+/// whose blobs are mostly garbage (deleted ranges, replicas moved away).
+/// Small values (the usual etcd workload) stay inline. The raft log is not
+/// separated: its entries die soon after they are written, a blob file
+/// would hold those of many ranges and be freed only once every one of them
+/// is truncated and compacted, while compaction drops dead log entries from
+/// SSTs directly.
 fn cf_options(cf: Cf) -> Options {
     let mut o = Options::default();
-    if matches!(cf, Cf::Raft | Cf::Data) {
+    if cf == Cf::Data {
         o.set_enable_blob_files(true);
         o.set_min_blob_size(MIN_BLOB_SIZE);
         o.set_blob_file_size(256 << 20);
         o.set_enable_blob_gc(true);
         o.set_blob_gc_age_cutoff(0.25);
+        o.set_blob_gc_force_threshold(0.5);
     }
     o
 }
