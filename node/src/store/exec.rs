@@ -94,27 +94,36 @@ impl Applied {
     }
 }
 
-/// Entries applied but not yet written: consecutive plain Puts on distinct
-/// keys share one write batch (one RocksDB write per Ready round under load,
-/// not one per entry). Their effects are published, in log order, only once
-/// that batch is written.
+/// Entries applied but not yet written, over every range of a Ready round:
+/// plain Puts on distinct keys share one write batch (one RocksDB write per
+/// round under load, not one per entry or per range; the ranges of a node
+/// never overlap, so their keys are distinct too). Their effects are
+/// published, in log order per range, only once that batch is written
+/// ([`Store::flush_applied`]).
 #[derive(Default)]
-struct Group {
+pub(super) struct Pending {
     wb: WriteBatch,
+    /// Per range with entries here, in the order they came.
+    ranges: Vec<RangeGroup>,
+    /// Keys the pending Puts write: a Put of one of them must see the
+    /// earlier one's version, so it waits for the batch's write.
+    keys: std::collections::HashSet<Vec<u8>>,
+}
+
+/// One range's entries in [`Pending`].
+struct RangeGroup {
+    range_id: u64,
     /// (index, term, effects, led when applied) in log order.
     done: Vec<(u64, u64, Applied, bool)>,
-    /// Keys the group's Puts write: a Put of one of them must see the
-    /// earlier one's version, so it waits for the group's write.
-    keys: std::collections::HashSet<Vec<u8>>,
-    /// The revision of the group's last stamped write.
+    /// The revision of the range's last stamped write here.
     last_rev: i64,
     /// The last entry removed this node's replica.
     destroy: bool,
 }
 
-/// The key of a command that may join a [`Group`]: a plain Put (no other
-/// command reads state an earlier entry of the group may have changed
-/// without that entry's key telling).
+/// The key of a command that may wait in [`Pending`]: a plain Put (no other
+/// command reads state an earlier pending entry may have changed without
+/// that entry's key telling).
 fn groupable_key(e: &Entry, cmd: Option<&RangeCommand>) -> Option<Vec<u8>> {
     let cmd = cmd.filter(|_| e.get_entry_type() == EntryType::EntryNormal)?;
     if cmd.kind != KvKind::KvPut as i32 {
@@ -124,9 +133,11 @@ fn groupable_key(e: &Entry, cmd: Option<&RangeCommand>) -> Option<Vec<u8>> {
 }
 
 impl Store {
+    /// Applies committed entries of `range_id` into [`Pending`]; plain Puts
+    /// wait there for the round's write (`flush_applied`), anything else is
+    /// written and published at once, after everything before it.
     pub(super) fn apply(&mut self, range_id: u64, entries: Vec<Entry>) -> anyhow::Result<()> {
         let _apply = crate::metrics::applying(entries.len());
-        let mut group = Group::default();
         for e in entries {
             let cmd = match e.get_entry_type() {
                 EntryType::EntryNormal if !e.data.is_empty() => {
@@ -135,26 +146,28 @@ impl Store {
                 _ => None,
             };
             let key = groupable_key(&e, cmd.as_ref().and_then(|c| c.as_ref().ok()));
-            if key.as_ref().is_none_or(|k| group.keys.contains(k)) {
-                // Applied alone, or after the group that wrote its key.
-                if self.write_group(range_id, &mut group)? {
-                    return Ok(());
+            if key.as_ref().is_none_or(|k| self.pending.keys.contains(k)) {
+                // Applied alone, or after the batch that wrote its key.
+                self.flush_applied()?;
+                if !self.replicas.contains_key(&range_id) {
+                    return Ok(()); // removed here: nothing after applies
                 }
             }
-            let r = self.replicas.get_mut(&range_id).expect("replica");
-            // The commit index covering this entry is persisted with it, so the
-            // applied index never exceeds the persisted commit index.
-            r.raw.store().set_commit(&mut group.wb, e.index)?;
-            r.raw.store().stage_applied(&mut group.wb, e.index);
-            if group.last_rev == 0 {
-                group.last_rev = r.shared.applied_rev.load(Ordering::Acquire);
-            }
+            let last_rev = match self.pending.ranges.iter().find(|g| g.range_id == range_id) {
+                Some(g) => g.last_rev,
+                None => {
+                    let r = self.replicas.get(&range_id).expect("replica");
+                    r.shared.applied_rev.load(Ordering::Acquire)
+                }
+            };
+            let mut wb = std::mem::take(&mut self.pending.wb);
+            let mut destroy = false;
             let applied = match (e.get_entry_type(), cmd) {
                 (EntryType::EntryConfChangeV2, _) => {
-                    group.destroy = self.apply_conf_change(range_id, &e, &mut group.wb)?;
+                    destroy = self.apply_conf_change(range_id, &e, &mut wb)?;
                     Applied::answer(Ok(Vec::new()))
                 }
-                (_, Some(Ok(cmd))) => self.exec(range_id, &cmd, group.last_rev, &mut group.wb)?,
+                (_, Some(Ok(cmd))) => self.exec(range_id, &cmd, last_rev, &mut wb)?,
                 (_, Some(Err(err))) => {
                     tracing::error!(
                         range = range_id,
@@ -167,53 +180,105 @@ impl Store {
                 // proposed here) change nothing but the applied index.
                 _ => Applied::answer(Ok(Vec::new())),
             };
-            if let Some(rev) = applied.applied_rev {
-                group.last_rev = rev;
-            }
-            let r = self.replicas.get_mut(&range_id).expect("replica");
+            self.pending.wb = wb;
+            let r = self.replicas.get(&range_id).expect("replica");
             let was_leader = r.raw.raft.state == StateRole::Leader;
-            group.done.push((e.index, e.term, applied, was_leader));
+            let g = match self
+                .pending
+                .ranges
+                .iter()
+                .position(|g| g.range_id == range_id)
+            {
+                Some(i) => &mut self.pending.ranges[i],
+                None => {
+                    self.pending.ranges.push(RangeGroup {
+                        range_id,
+                        done: Vec::new(),
+                        last_rev,
+                        destroy: false,
+                    });
+                    self.pending.ranges.last_mut().expect("just pushed")
+                }
+            };
+            if let Some(rev) = applied.applied_rev {
+                g.last_rev = rev;
+            }
+            g.destroy |= destroy;
+            g.done.push((e.index, e.term, applied, was_leader));
             match key {
                 Some(k) => {
-                    group.keys.insert(k);
+                    self.pending.keys.insert(k);
                 }
                 None => {
-                    if self.write_group(range_id, &mut group)? {
+                    self.flush_applied()?;
+                    if !self.replicas.contains_key(&range_id) {
                         return Ok(());
                     }
                 }
             }
         }
-        self.write_group(range_id, &mut group)?;
         Ok(())
     }
 
-    /// Writes the group's batch, then publishes its entries' effects in log
-    /// order. Returns whether the replica was destroyed (nothing after that
-    /// applies here).
-    fn write_group(&mut self, range_id: u64, group: &mut Group) -> anyhow::Result<bool> {
-        let mut g = std::mem::take(group);
-        if g.done.is_empty() {
-            return Ok(false);
+    /// Writes the pending batch, then publishes its entries' effects, in log
+    /// order per range (see [`Pending`]).
+    pub(super) fn flush_applied(&mut self) -> anyhow::Result<()> {
+        let mut p = std::mem::take(&mut self.pending);
+        if p.ranges.is_empty() {
+            return Ok(());
         }
-        let r = self.replicas.get_mut(&range_id).expect("replica");
-        let shared = r.shared.clone();
-        for (_, _, a, _) in &g.done {
-            if let Some(c) = a.compacted {
-                shared.compacted.store(c, Ordering::Release);
+        let mut stamped = false;
+        let mut split = false;
+        for g in &p.ranges {
+            let r = self.replicas.get(&g.range_id).expect("replica");
+            // Each range's bookkeeping, once per batch rather than per entry:
+            // the commit index covering its entries is persisted with them
+            // (so the applied index never exceeds the persisted commit
+            // index), the applied index, and the range's current revision if
+            // a stamped write moved it (which survives restarts).
+            let last_index = g.done.last().map_or(0, |d| d.0);
+            r.raw.store().set_commit(&mut p.wb, last_index)?;
+            r.raw.store().stage_applied(&mut p.wb, last_index);
+            if g.done.iter().any(|(_, _, a, _)| a.applied_rev.is_some()) {
+                p.wb.put(
+                    Cf::Meta,
+                    meta::maxrev_key(g.range_id),
+                    g.last_rev.to_be_bytes(),
+                );
+                stamped = true;
+            }
+            for (_, _, a, _) in &g.done {
+                if let Some(c) = a.compacted {
+                    r.shared.compacted.store(c, Ordering::Release);
+                }
+                split |= a.child.is_some();
             }
         }
-        if g.done.iter().any(|(_, _, a, _)| a.applied_rev.is_some()) {
+        if stamped {
             crate::failpoint::pause_blocking(self.node_id, "apply_before_write");
         }
-        self.db.write(&g.wb, false)?;
+        self.db.write(&p.wb, false)?;
         crate::metrics::APPLY_WRITES.inc();
-        if g.done.iter().any(|(_, _, a, _)| a.child.is_some()) {
+        if split {
             crate::failpoint::crash(self.node_id, "crash_mid_split");
         }
         crate::failpoint::crash(self.node_id, "crash_mid_apply");
         // Published only now that the batch is written (see the module doc).
-        for (index, term, applied, was_leader) in g.done.drain(..) {
+        for g in p.ranges {
+            self.publish(g)?;
+        }
+        Ok(())
+    }
+
+    fn publish(&mut self, g: RangeGroup) -> anyhow::Result<()> {
+        let range_id = g.range_id;
+        let shared = self
+            .replicas
+            .get(&range_id)
+            .expect("replica")
+            .shared
+            .clone();
+        for (index, term, applied, was_leader) in g.done {
             shared.applied_index.store(index, Ordering::Release);
             if let Some(d) = applied.desc {
                 *shared.desc.write() = d;
@@ -235,15 +300,14 @@ impl Store {
         }
         if g.destroy {
             self.destroy(range_id)?;
-            return Ok(true);
         }
-        Ok(false)
+        Ok(())
     }
 
     /// Decides what one command does, staging its writes into `wb`.
     /// Returns an error only when our own storage fails.
     /// `prev_rev` is the range's revision before this command (the last
-    /// stamped write applied, perhaps not yet written, see [`Group`]).
+    /// stamped write applied, perhaps not yet written, see [`Pending`]).
     fn exec(
         &mut self,
         range_id: u64,
@@ -386,8 +450,8 @@ impl Store {
         }
         out.result = res.map_err(NodeError::from);
         // The replica's current revision advances with every stamped write
-        // (even one that changed nothing), and survives restarts.
-        wb.put(Cf::Meta, meta::maxrev_key(range_id), rev.to_be_bytes());
+        // (even one that changed nothing), and survives restarts: the apply
+        // batch stages it (`flush_applied`).
         out.applied_rev = Some(rev);
         Ok(out)
     }

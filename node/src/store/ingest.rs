@@ -17,10 +17,10 @@ use strata_proto::strata::{IngestRequest, MvccValue};
 use tonic::Status;
 
 use super::replica::RangeShared;
-use super::{desc_range, meta, Store};
+use super::{desc_range, Store};
 use crate::error::NodeError;
 use crate::mvcc::KeyRange;
-use crate::storage::{Cf, WriteBatch};
+use crate::storage::WriteBatch;
 
 use super::exec::Applied;
 
@@ -117,13 +117,9 @@ impl Store {
             self.mvcc
                 .stage_version(wb, &kv.key, kv.mod_revision, &value);
         }
-        let range_id = shared.desc.read().id;
-        wb.put(
-            Cf::Meta,
-            meta::maxrev_key(range_id),
-            req.revision.to_be_bytes(),
-        );
         let mut out = Applied::answer(Ok(Vec::new()));
+        // Staged as the range's current revision with the apply batch
+        // (`exec.rs`, `flush_applied`).
         out.applied_rev = Some(req.revision);
         Ok(out)
     }

@@ -153,6 +153,8 @@ pub struct Store {
     snap_events: Arc<snapshot::SnapEvents>,
     /// Replicas to ask placement about (see `gc.rs`).
     suspects: Suspects,
+    /// Applied entries of this Ready round not yet written (see `exec.rs`).
+    pending: exec::Pending,
 }
 
 impl Store {
@@ -184,6 +186,7 @@ impl Store {
             touched: HashSet::new(),
             snap_events: Arc::default(),
             suspects: Suspects::default(),
+            pending: exec::Pending::default(),
         }
     }
 

@@ -10,7 +10,9 @@
 //!    replica stays paused and publishes it when done, see `snapshot.rs`),
 //!    send `persisted_messages()` (votes, append acks) — only after that
 //!    fsync;
-//! 4. apply committed entries, `advance`, handle the `LightReady`.
+//! 4. apply committed entries, `advance`, handle the `LightReady`;
+//! 5. write every range's applied entries in ONE batch (`exec.rs`), publish
+//!    them, then complete read barriers and truncate logs.
 //!
 //! Nothing steps or proposes between `ready()` and `advance()` of a replica,
 //! because the whole round runs without touching the inbox; a snapshot
@@ -99,6 +101,7 @@ impl Store {
             self.start_install(id, rec);
         }
         // Phase 2: after the fsync.
+        let mut applied = Vec::with_capacity(readies.len());
         for (id, mut rd) in readies {
             let (shared, persisted) = {
                 let r = self.replicas.get_mut(&id).expect("replica");
@@ -137,9 +140,19 @@ impl Store {
                 continue;
             };
             r.raw.advance_apply();
-            r.complete_reads();
             // Asked again next round (cheap for a range that went quiet).
             self.touched.insert(id);
+            applied.push(id);
+        }
+        // Phase 3: the round's applied entries, every range's, in one write;
+        // then what needs them durable and published: read barriers, and
+        // log truncation (never ahead of the apply that covers the log).
+        self.flush_applied()?;
+        for id in applied {
+            let Some(r) = self.replicas.get_mut(&id) else {
+                continue;
+            };
+            r.complete_reads();
             self.gc_log(id)?;
         }
         // Each uninitialized replica's Ready of this round is complete: the

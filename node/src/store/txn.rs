@@ -11,7 +11,7 @@ use strata_proto::strata::{KvKind, RangeCommand, TxnDecision, TxnIntent, TxnPrep
 
 use super::exec::Applied;
 use super::replica::RangeShared;
-use super::{desc_range, meta, Store};
+use super::{desc_range, Store};
 use crate::apply::{View, WriteExec};
 use crate::error::NodeError;
 use crate::storage::{Cf, WriteBatch};
@@ -159,8 +159,9 @@ impl Store {
         }
         shared.writes.fetch_add(1, Ordering::Relaxed);
         (shared.written_bytes).fetch_add(intent.txn.len() as u64, Ordering::Relaxed);
-        wb.put(Cf::Meta, meta::maxrev_key(range_id), rev.to_be_bytes());
         wb.delete(Cf::Meta, intent_key(range_id));
+        // Staged as the range's current revision with the apply batch
+        // (`exec.rs`, `flush_applied`).
         out.applied_rev = Some(rev);
         out.intent = Some(None);
         let r = self.replicas.get_mut(&range_id).expect("replica");
