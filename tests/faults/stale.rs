@@ -191,6 +191,73 @@ async fn a_node_added_again_replaces_its_removed_replica() {
     );
 }
 
+/// Placement may ask for a learner again before the first request applied
+/// (it did under load: its cool-down ended first). A range must never get a
+/// second peer on a node: the leader refuses a membership change while one
+/// is in flight, and a learner on a node that already has a replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_never_gets_two_peers_in_one_range() {
+    let _fp = fail::FailScenario::setup();
+    let c = Cluster::start(Opts {
+        nodes: 4,
+        ..Opts::default()
+    })
+    .await;
+    let leader = c.wait_leader(1).await;
+    let spare = c
+        .nodes
+        .iter()
+        .map(|n| n.node_id)
+        .find(|n| {
+            c.node(leader)
+                .ranges
+                .get(&1)
+                .is_some_and(|r| !r.desc.read().peers.iter().any(|p| p.node_id == *n))
+        })
+        .expect("a node outside range 1");
+    let ask = |peer: Peer| {
+        let c = &c;
+        async move {
+            let req = AdminRequest {
+                range_id: 1,
+                epoch: None,
+                kind: AdminKind::AddLearner as i32,
+                peer: Some(peer),
+                split_key: Vec::new(),
+            };
+            let mut client = c.node_client(leader).await;
+            within(Duration::from_secs(10), "admin", client.admin(req)).await
+        }
+    };
+    let first = new_peer(&c, spare).await;
+    let again = new_peer(&c, spare).await;
+    ask(first).await.expect("the first learner is accepted");
+    // At once, before the first applied: refused as in progress; or, if it
+    // applied already, refused because the node has a replica.
+    let e = ask(again)
+        .await
+        .expect_err("a second peer on the same node");
+    assert!(
+        e.message().contains("still in progress") || e.message().contains("already has a replica"),
+        "{e:?}"
+    );
+    wait_membership(&c, 1, first.id, true).await;
+    let e = ask(again)
+        .await
+        .expect_err("a second peer on the same node");
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("already has a replica"), "{e:?}");
+    let r = c.node(leader).ranges.get(&1).expect("range 1").clone();
+    let on_spare = r
+        .desc
+        .read()
+        .peers
+        .iter()
+        .filter(|p| p.node_id == spare)
+        .count();
+    assert_eq!(on_spare, 1, "one peer of range 1 on node {spare}");
+}
+
 /// Cuts `node` off and removes it from range 1 (it hears of neither);
 /// returns the rule to heal it with.
 async fn remove_while_cut_off(c: &Cluster, node: u64) -> FilterId {

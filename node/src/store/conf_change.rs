@@ -36,6 +36,33 @@ impl Store {
             return Err(NodeError::NotLeader);
         }
         let change = |t: ConfChangeType| single_change(t, peer.id);
+        if matches!(kind, AdminKind::AddLearner | AdminKind::RemovePeer) {
+            // One membership change at a time, each checked against the
+            // membership the ones before it left: placement may ask again
+            // before the first one applied (it did, under load, and the
+            // range got two peers on one node, one of them never served).
+            let raft = &r.raw.raft;
+            if raft.pending_conf_index > raft.raft_log.applied {
+                return Err(Status::unavailable(
+                    "strata: a membership change of this range is still in progress",
+                )
+                .into());
+            }
+        }
+        if kind == AdminKind::AddLearner {
+            let desc = r.shared.desc.read();
+            if let Some(p) = desc
+                .peers
+                .iter()
+                .find(|p| p.node_id == peer.node_id || p.id == peer.id)
+            {
+                return Err(Status::failed_precondition(format!(
+                    "strata: node {} already has a replica of range {range_id} (peer {})",
+                    p.node_id, p.id
+                ))
+                .into());
+            }
+        }
         let cc = match kind {
             AdminKind::TransferLeader => {
                 r.raw.transfer_leader(peer.id);
