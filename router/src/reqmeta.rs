@@ -44,11 +44,21 @@ pub fn current() -> Meta {
     META.try_with(|m| *m).unwrap_or_default()
 }
 
+/// How long past the client's deadline a step of the request may still run.
+/// The layer ([`MetaService`]) answers at the deadline, with etcd's error for
+/// the method; a step giving up at that same instant could, on a busy
+/// machine where the task is polled late, be polled first and answer with
+/// its own last error (a Put past its deadline answered "no leader").
+const STEP_BACKSTOP: Duration = Duration::from_secs(1);
+
 /// The deadline of a step that by itself would take at most `limit`: the
-/// earlier of `now + limit` and the client's deadline.
+/// earlier of `now + limit` and the client's deadline (plus
+/// [`STEP_BACKSTOP`]: the client's deadline is answered by the layer).
 pub fn deadline(limit: Duration) -> Instant {
     let own = Instant::now() + limit;
-    current().deadline.map_or(own, |d| d.min(own))
+    current()
+        .deadline
+        .map_or(own, |d| (d + STEP_BACKSTOP).min(own))
 }
 
 /// Did the request ask to fail when a range has no leader?
@@ -259,7 +269,12 @@ mod tests {
         META.scope(m, async {
             assert_eq!(current(), m);
             assert!(require_leader());
-            assert!(deadline(Duration::from_secs(10)) <= m.deadline.unwrap());
+            // The layer answers at the client's deadline, before any step
+            // gives up; a step's own shorter limit still holds.
+            let d = m.deadline.unwrap();
+            let step = deadline(Duration::from_secs(10));
+            assert!(step > d && step <= d + STEP_BACKSTOP, "{step:?} vs {d:?}");
+            assert!(deadline(Duration::from_millis(1)) < d);
             let spawned = tokio::spawn(inherit(async { current() }));
             assert_eq!(spawned.await.unwrap(), m);
             // A task spawned without `inherit` has none.
