@@ -44,7 +44,7 @@ use crate::error::{NodeError, NodeResult};
 use crate::mvcc::KeyRange;
 use crate::storage::{Cf, WriteBatch};
 
-/// What applying one command produced, published by `apply` once the
+/// What applying one command produced, published by `flush_applied` once the
 /// entry's batch is written.
 pub(super) struct Applied {
     /// The proposer's answer.
