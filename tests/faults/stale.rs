@@ -88,24 +88,12 @@ async fn wait_membership(c: &Cluster, range_id: u64, peer: u64, voter: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_removed_replica_does_not_keep_a_new_range_out() {
     let _fp = fail::FailScenario::setup();
-    let c = Cluster::start(Opts {
-        nodes: 4,
-        ..Opts::default()
-    })
-    .await;
-    let leader = c.wait_leader(1).await;
-    let in_range: Vec<u64> = {
-        let r = c.node(leader).ranges.get(&1).expect("range 1").clone();
-        let d = r.desc.read();
-        d.peers.iter().map(|p| p.node_id).collect()
-    };
-    let stale = *in_range.iter().find(|n| **n != leader).expect("a follower");
-    let spare = c
-        .nodes
-        .iter()
-        .map(|n| n.node_id)
-        .find(|n| !in_range.contains(n))
-        .expect("a node outside range 1");
+    let (c, leader, spare) = four_nodes().await;
+    let stale = c
+        .others(leader)
+        .into_iter()
+        .find(|n| *n != spare)
+        .expect("a follower");
     let mut kv = c.client().await;
     for i in 0..30 {
         put(&mut kv, &format!("k/{i:02}"), "before").await;
@@ -198,23 +186,7 @@ async fn a_node_added_again_replaces_its_removed_replica() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_never_gets_two_peers_in_one_range() {
     let _fp = fail::FailScenario::setup();
-    let c = Cluster::start(Opts {
-        nodes: 4,
-        ..Opts::default()
-    })
-    .await;
-    let leader = c.wait_leader(1).await;
-    let spare = c
-        .nodes
-        .iter()
-        .map(|n| n.node_id)
-        .find(|n| {
-            c.node(leader)
-                .ranges
-                .get(&1)
-                .is_some_and(|r| !r.desc.read().peers.iter().any(|p| p.node_id == *n))
-        })
-        .expect("a node outside range 1");
+    let (c, leader, spare) = four_nodes().await;
     let ask = |peer: Peer| {
         let c = &c;
         async move {
@@ -256,6 +228,28 @@ async fn a_node_never_gets_two_peers_in_one_range() {
         .filter(|p| p.node_id == spare)
         .count();
     assert_eq!(on_spare, 1, "one peer of range 1 on node {spare}");
+}
+
+/// A 4-node cluster: range 1's leader, and the node outside range 1.
+async fn four_nodes() -> (Cluster, u64, u64) {
+    let c = Cluster::start(Opts {
+        nodes: 4,
+        ..Opts::default()
+    })
+    .await;
+    let leader = c.wait_leader(1).await;
+    let in_range: Vec<u64> = {
+        let r = c.node(leader).ranges.get(&1).expect("range 1").clone();
+        let d = r.desc.read();
+        d.peers.iter().map(|p| p.node_id).collect()
+    };
+    let spare = c
+        .nodes
+        .iter()
+        .map(|n| n.node_id)
+        .find(|n| !in_range.contains(n))
+        .expect("a node outside range 1");
+    (c, leader, spare)
 }
 
 /// Cuts `node` off and removes it from range 1 (it hears of neither);

@@ -220,6 +220,15 @@ impl Store {
         Ok(())
     }
 
+    /// The published state of `range_id`'s replica, which applies here.
+    fn shared(&self, range_id: u64) -> Arc<RangeShared> {
+        self.replicas
+            .get(&range_id)
+            .expect("replica")
+            .shared
+            .clone()
+    }
+
     /// Writes the pending batch, then publishes its entries' effects, in log
     /// order per range (see [`Pending`]).
     pub(super) fn flush_applied(&mut self) -> anyhow::Result<()> {
@@ -272,12 +281,7 @@ impl Store {
 
     fn publish(&mut self, g: RangeGroup) -> anyhow::Result<()> {
         let range_id = g.range_id;
-        let shared = self
-            .replicas
-            .get(&range_id)
-            .expect("replica")
-            .shared
-            .clone();
+        let shared = self.shared(range_id);
         for (index, term, applied, was_leader) in g.done {
             shared.applied_index.store(index, Ordering::Release);
             if let Some(d) = applied.desc {
@@ -315,12 +319,7 @@ impl Store {
         prev_rev: i64,
         wb: &mut WriteBatch,
     ) -> anyhow::Result<Applied> {
-        let shared = self
-            .replicas
-            .get(&range_id)
-            .expect("replica")
-            .shared
-            .clone();
+        let shared = self.shared(range_id);
         let Ok(kind) = KvKind::try_from(cmd.kind) else {
             return Ok(Applied::invalid(format!(
                 "unknown command kind {}",
