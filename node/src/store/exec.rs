@@ -105,6 +105,8 @@ pub(super) struct Pending {
     wb: WriteBatch,
     /// Per range with entries here, in the order they came.
     ranges: Vec<RangeGroup>,
+    /// Range id → its place in `ranges` (a round may touch thousands).
+    index: std::collections::HashMap<u64, usize>,
     /// Keys the pending Puts write: a Put of one of them must see the
     /// earlier one's version, so it waits for the batch's write.
     keys: std::collections::HashSet<Vec<u8>>,
@@ -153,8 +155,9 @@ impl Store {
                     return Ok(()); // removed here: nothing after applies
                 }
             }
-            let last_rev = match self.pending.ranges.iter().find(|g| g.range_id == range_id) {
-                Some(g) => g.last_rev,
+            let at = self.pending.index.get(&range_id).copied();
+            let last_rev = match at {
+                Some(i) => self.pending.ranges[i].last_rev,
                 None => {
                     let r = self.replicas.get(&range_id).expect("replica");
                     r.shared.applied_rev.load(Ordering::Acquire)
@@ -183,15 +186,12 @@ impl Store {
             self.pending.wb = wb;
             let r = self.replicas.get(&range_id).expect("replica");
             let was_leader = r.raw.raft.state == StateRole::Leader;
-            let g = match self
-                .pending
-                .ranges
-                .iter()
-                .position(|g| g.range_id == range_id)
-            {
+            let g = match at {
                 Some(i) => &mut self.pending.ranges[i],
                 None => {
-                    self.pending.ranges.push(RangeGroup {
+                    let p = &mut self.pending;
+                    p.index.insert(range_id, p.ranges.len());
+                    p.ranges.push(RangeGroup {
                         range_id,
                         done: Vec::new(),
                         last_rev,
