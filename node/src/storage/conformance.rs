@@ -551,8 +551,8 @@ fn matches_a_model(t: &mut TestEngine) {
 }
 
 /// Values big enough for RocksDB's blob files (in `data`) read back exactly, by `get`
-/// and by iteration, after deletions and a full compaction (which runs blob
-/// garbage collection), and the size properties count them.
+/// and by iteration, after deletions and full compactions, and the size
+/// properties count them.
 fn big_values_survive_compaction(t: &mut TestEngine) {
     let e = t.engine();
     // Above the blob threshold, and random (so no compression shrinks it).
