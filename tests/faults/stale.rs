@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use strata_proto::strata::placement_client::PlacementClient;
-use strata_proto::strata::{AdminKind, AdminRequest, AllocIdsRequest, Peer};
+use strata_proto::strata::{AdminKind, AdminRequest, AdminResponse, AllocIdsRequest, Peer};
 
 use crate::admin_split::split_request;
 use crate::catchup::caught_up;
@@ -17,21 +17,32 @@ use crate::cluster::{eventually, Cluster, Opts};
 use crate::{put, within};
 use strata_node::transport::memory::{FilterId, Rule};
 
+/// One membership change asked of node `on` (no retry).
+async fn admin(
+    c: &Cluster,
+    on: u64,
+    range_id: u64,
+    kind: AdminKind,
+    peer: Peer,
+) -> Result<tonic::Response<AdminResponse>, tonic::Status> {
+    let req = AdminRequest {
+        range_id,
+        epoch: None,
+        kind: kind as i32,
+        peer: Some(peer),
+        split_key: Vec::new(),
+    };
+    let mut client = c.node_client(on).await;
+    within(Duration::from_secs(10), "admin", client.admin(req)).await
+}
+
 /// Asks `range_id`'s leader for a membership change, retrying until it is
 /// accepted (the range may be busy with the previous one for a moment).
 async fn change(c: &Cluster, range_id: u64, kind: AdminKind, peer: Peer) {
     let start = Instant::now();
     loop {
         let leader = c.wait_leader(range_id).await;
-        let req = AdminRequest {
-            range_id,
-            epoch: None,
-            kind: kind as i32,
-            peer: Some(peer),
-            split_key: Vec::new(),
-        };
-        let mut client = c.node_client(leader).await;
-        let resp = within(Duration::from_secs(10), "admin", client.admin(req)).await;
+        let resp = admin(c, leader, range_id, kind, peer).await;
         match resp.map(|r| r.into_inner().error) {
             Ok(None) => return,
             other => assert!(
@@ -187,20 +198,7 @@ async fn a_node_added_again_replaces_its_removed_replica() {
 async fn a_node_never_gets_two_peers_in_one_range() {
     let _fp = fail::FailScenario::setup();
     let (c, leader, spare) = four_nodes().await;
-    let ask = |peer: Peer| {
-        let c = &c;
-        async move {
-            let req = AdminRequest {
-                range_id: 1,
-                epoch: None,
-                kind: AdminKind::AddLearner as i32,
-                peer: Some(peer),
-                split_key: Vec::new(),
-            };
-            let mut client = c.node_client(leader).await;
-            within(Duration::from_secs(10), "admin", client.admin(req)).await
-        }
-    };
+    let ask = |peer: Peer| admin(&c, leader, 1, AdminKind::AddLearner, peer);
     let first = new_peer(&c, spare).await;
     let again = new_peer(&c, spare).await;
     ask(first).await.expect("the first learner is accepted");
