@@ -201,8 +201,15 @@ impl Mvcc {
     }
 
     /// The live version of `key` at revision `rev`.
+    /// The iterator is bounded by the key's own versions.
     pub fn get_at(&self, key: &[u8], rev: i64) -> anyhow::Result<Option<Version>> {
-        let mut it = self.reader().iter(Cf::Data);
+        let mut past_versions = enc_key(key);
+        if let Some(last) = past_versions.last_mut() {
+            *last = ESC_END + 1;
+        }
+        let mut it = self
+            .reader()
+            .iter_opt(Cf::Data, IterOptions::range(None, Some(past_versions)));
         it.seek(&version_key(key, rev));
         if it.valid() {
             let (k, v) = (it.key(), it.value());
