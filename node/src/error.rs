@@ -17,10 +17,12 @@ pub enum NodeError {
     EpochNotMatch,
     #[error("range not found")]
     RangeNotFound,
-    /// The range is held by a cross-range txn (`txn/`); the request
-    /// certainly did not apply and may be sent again shortly.
-    #[error("range held by a transaction")]
-    Busy,
+    /// The range is held by a cross-range txn (`txn/`), or the node's
+    /// storage is close to stalling writes (`crate::pressure`); the reason
+    /// says which. The request certainly did not apply and may be sent
+    /// again shortly.
+    #[error("{0}")]
+    Busy(&'static str),
     #[error("{}", .0.message())]
     Etcd(Status),
 }
@@ -32,6 +34,11 @@ impl From<Status> for NodeError {
 }
 
 impl NodeError {
+    /// The range is held by a cross-range txn.
+    pub fn held() -> Self {
+        NodeError::Busy("range held by a transaction")
+    }
+
     /// Whether the request certainly never applied, so the router may send
     /// it again elsewhere.
     pub fn is_route(&self) -> bool {
@@ -44,7 +51,7 @@ impl NodeError {
             NodeError::NotLeader => Status::unavailable("strata: not leader"),
             NodeError::EpochNotMatch => Status::unavailable("strata: epoch not match"),
             NodeError::RangeNotFound => Status::not_found("strata: range not found"),
-            NodeError::Busy => Status::unavailable("strata: range held by a transaction"),
+            NodeError::Busy(why) => Status::unavailable(format!("strata: {why}")),
             NodeError::Etcd(s) => s,
         }
     }

@@ -27,6 +27,10 @@
 //! - `crash_mid_snapshot_install`: a received snapshot staged and its raft
 //!   state written, before its data is installed (`store/snapshot.rs`).
 //!
+//! Values (action `return(N)`):
+//! - `engine_level0_files`: the storage engine reports N level-0 files to
+//!   write flow control (`pressure.rs`), so writes are refused as busy.
+//!
 //! Faults (action `return`, evaluated on every use):
 //! - `partition`: the node drops all raft traffic in and out (messages and
 //!   snapshots), holds incoming `Kv`, `Admin`, `Status` and new `Feed`
@@ -48,10 +52,23 @@ const HOLD_MAX: Duration = Duration::from_secs(30);
 
 #[cfg(feature = "failpoints")]
 fn pause_ms(node_id: u64, name: &str) -> Option<u64> {
-    fail::eval(&format!("{name}.{node_id}"), |arg| {
+    number(node_id, name)
+}
+
+/// The number `name.<node_id>` is configured with (action `return(N)`), if
+/// it is; always `None` without the `failpoints` feature.
+#[inline]
+pub fn number(node_id: u64, name: &str) -> Option<u64> {
+    #[cfg(feature = "failpoints")]
+    return fail::eval(&format!("{name}.{node_id}"), |arg| {
         arg.and_then(|a| a.trim().parse::<u64>().ok())
     })
-    .flatten()
+    .flatten();
+    #[cfg(not(feature = "failpoints"))]
+    {
+        let _ = (node_id, name);
+        None
+    }
 }
 
 /// Pauses the calling task when the point is configured.

@@ -19,6 +19,7 @@ pub mod failpoint;
 pub mod lease;
 pub mod metrics;
 pub mod mvcc;
+pub mod pressure;
 pub mod range;
 pub mod sequencer;
 pub mod service;
@@ -248,6 +249,7 @@ pub async fn run_with(cfg: NodeConfig, net: RaftNet) -> anyhow::Result<NodeHandl
         snapshots,
         placement: placement.clone(),
         space: space.clone(),
+        pressure: pressure::WritePressure::new(node_id, db.clone()),
         db: db.clone(),
     };
     let checker = split_check::SplitChecker {

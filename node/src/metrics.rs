@@ -50,13 +50,14 @@ counter!(
 pub static PROPOSALS_REJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "strata_node_proposals_rejected_total",
-        "Proposals refused before raft, by reason (not_leader, stale_term, busy, dropped).",
+        "Proposals refused before raft, by reason (not_leader, stale_term, busy, dropped, engine_busy).",
         &["reason"]
     )
     .expect("register")
 });
 
-/// Counts a proposal refused for `reason` (`not_leader`, `stale_term`, `busy`, `dropped`).
+/// Counts a proposal refused for `reason` (`not_leader`, `stale_term`, `busy`, `dropped`,
+/// `engine_busy`: storage close to stalling, see `crate::pressure`).
 pub fn proposal_rejected(reason: &'static str) {
     PROPOSALS_REJECTED.with_label_values(&[reason]).inc();
 }
@@ -291,6 +292,24 @@ pub static ROCKSDB_LIVE_DATA_BYTES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     .expect("register")
 });
 
+pub static ROCKSDB_LEVEL0_FILES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "strata_node_rocksdb_level0_files",
+        "Level-0 files of a RocksDB column family (rocksdb.num-files-at-level0); writes are refused as busy from 15, RocksDB slows them at 20.",
+        &["cf"]
+    )
+    .expect("register")
+});
+
+pub static ROCKSDB_PENDING_COMPACTION_BYTES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "strata_node_rocksdb_pending_compaction_bytes",
+        "Bytes compaction estimates it must rewrite in a RocksDB column family (rocksdb.estimate-pending-compaction-bytes); writes are refused as busy from 48 GiB.",
+        &["cf"]
+    )
+    .expect("register")
+});
+
 pub static ROCKSDB_KEYS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "strata_node_rocksdb_estimated_keys",
@@ -445,11 +464,16 @@ fn refresh(db: &dyn Engine, ranges: &Ranges) {
     NO_LEADER.set(leaderless);
     // An engine without a statistic leaves its gauge out.
     for cf in Cf::ALL {
-        let sets: [(&IntGaugeVec, Property); 4] = [
+        let sets: [(&IntGaugeVec, Property); 6] = [
             (&ROCKSDB_SST_BYTES, Property::SstBytes),
             (&ROCKSDB_MEMTABLE_BYTES, Property::MemtableBytes),
             (&ROCKSDB_LIVE_DATA_BYTES, Property::LiveDataBytes),
             (&ROCKSDB_KEYS, Property::EstimatedKeys),
+            (&ROCKSDB_LEVEL0_FILES, Property::Level0Files),
+            (
+                &ROCKSDB_PENDING_COMPACTION_BYTES,
+                Property::PendingCompactionBytes,
+            ),
         ];
         for (g, p) in sets {
             if let Some(v) = db.property(cf, p) {

@@ -241,7 +241,7 @@ impl Seq {
                     reply,
                     ..
                 } if Some(txn_id) != holder && !may_wait(wait_until, &reply) => {
-                    let _ = reply.send(Err(NodeError::Busy));
+                    let _ = reply.send(Err(NodeError::held()));
                 }
                 SeqItem::Prepare { txn_id, .. } if Some(txn_id) == holder => {
                     let term = lead_term(&self.seqs, self.range_id).unwrap_or(0);
@@ -315,7 +315,7 @@ impl Seq {
                 SeqItem::Prepare {
                     wait_until, reply, ..
                 } if wait_until <= now || reply.is_closed() => {
-                    let _ = reply.send(Err(NodeError::Busy));
+                    let _ = reply.send(Err(NodeError::held()));
                 }
                 other => self.waiting.push_back(other),
             }

@@ -16,6 +16,7 @@ mod leases;
 mod log_gc;
 mod partition;
 mod planted;
+mod pressure;
 #[allow(dead_code)] // shared with tests/common
 #[path = "../common/rawgrpc.rs"]
 mod rawgrpc;

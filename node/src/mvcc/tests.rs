@@ -275,6 +275,9 @@ fn first_keys_and_the_count(t: &mut TestEngine) {
     }
 }
 
+/// A version written: its revision, and its value (`None`: a tombstone).
+type Written = (i64, Option<Vec<u8>>);
+
 /// `get_at` reads only the key's own versions (its iterator is bounded by
 /// them): whether they sit in SSTs, the memtable or both, next to keys that
 /// are prefixes of each other or hold `0x00` bytes, it finds the right one,
@@ -291,7 +294,7 @@ fn point_reads_see_every_layer(t: &mut TestEngine) {
         })
         .collect();
     // key -> (revision, value or tombstone), oldest first.
-    let mut model: BTreeMap<Vec<u8>, Vec<(i64, Option<Vec<u8>>)>> = BTreeMap::new();
+    let mut model: BTreeMap<Vec<u8>, Vec<Written>> = BTreeMap::new();
     let mut seed = 7u64;
     let mut rev = 1;
     for phase in 0..3 {
@@ -305,7 +308,7 @@ fn point_reads_see_every_layer(t: &mut TestEngine) {
             if i % 2 == 1 && phase < 2 {
                 continue;
             }
-            let tomb = (seed >> 20) % 5 == 0;
+            let tomb = (seed >> 20).is_multiple_of(5);
             let val = format!("v{rev}").into_bytes();
             put(&m, &db, &names[i], rev, &val, tomb);
             model

@@ -60,6 +60,8 @@ pub struct NodeService {
     pub placement: strata_proto::oracle::PlacementConn,
     /// The space quota and NOSPACE alarm (`crate::space`).
     pub space: Arc<crate::space::Space>,
+    /// Write flow control (`crate::pressure`).
+    pub pressure: Arc<crate::pressure::WritePressure>,
     /// The node's storage engine (defragment, the test-only corruption).
     pub db: Arc<dyn crate::storage::Engine>,
 }
@@ -89,9 +91,7 @@ fn route_error(r: Option<&RangeShared>, e: NodeError) -> Result<RouteError, Stat
         (NodeError::RangeNotFound, _) => {
             route_err(RouteErrorKind::RangeNotFound, 0, "range not found")
         }
-        (NodeError::Busy, _) => {
-            route_err(RouteErrorKind::ServerBusy, 0, "range held by a transaction")
-        }
+        (NodeError::Busy(why), _) => route_err(RouteErrorKind::ServerBusy, 0, why),
         (NodeError::Etcd(s), _) => return Err(s),
     })
 }
@@ -246,6 +246,11 @@ impl NodeService {
             return Err(NodeError::NotLeader);
         }
         self.space.check(cost)?;
+        // New writes wait while storage is close to stalling; compaction
+        // (frees space) and a txn's decision (releases its ranges) go on.
+        if matches!(checked, Checked::Write | Checked::Prepare(..)) {
+            self.pressure.check()?;
+        }
         let request = req.request;
         match checked {
             Checked::Read if kind == KvKind::KvRangePage => {

@@ -73,7 +73,11 @@ impl Engine for MemoryEngine {
     fn property(&self, cf: Cf, property: Property) -> Option<u64> {
         match property {
             Property::EstimatedKeys => Some(self.maps.read()[cf.index()].len() as u64),
-            Property::SstBytes | Property::MemtableBytes | Property::LiveDataBytes => None,
+            Property::SstBytes
+            | Property::MemtableBytes
+            | Property::LiveDataBytes
+            | Property::Level0Files
+            | Property::PendingCompactionBytes => None,
         }
     }
 }

@@ -158,16 +158,34 @@ pub enum Property {
     LiveDataBytes,
     /// Estimated number of keys.
     EstimatedKeys,
+    /// Sorted tables in level 0, where flushed memtables land (writes slow
+    /// down at [`L0_SLOWDOWN_FILES`] of them).
+    Level0Files,
+    /// Bytes compaction estimates it must rewrite to bring every level
+    /// within its target size (writes slow down at
+    /// [`PENDING_COMPACTION_SOFT_BYTES`]).
+    PendingCompactionBytes,
 }
 
 impl Property {
-    pub const ALL: [Property; 4] = [
+    pub const ALL: [Property; 6] = [
         Property::SstBytes,
         Property::MemtableBytes,
         Property::LiveDataBytes,
         Property::EstimatedKeys,
+        Property::Level0Files,
+        Property::PendingCompactionBytes,
     ];
 }
+
+/// Where the engine starts delaying writes (and, at the `STOP` / `HARD`
+/// values, stops them) until compaction catches up: level-0 files per column
+/// family, and bytes of pending compaction. RocksDB's defaults, set
+/// explicitly so that flow control (`crate::pressure`) can stay below them.
+pub const L0_SLOWDOWN_FILES: u64 = 20;
+pub const L0_STOP_FILES: u64 = 36;
+pub const PENDING_COMPACTION_SOFT_BYTES: u64 = 64 << 30;
+pub const PENDING_COMPACTION_HARD_BYTES: u64 = 256 << 30;
 
 /// The node's storage engine. Object safe: the node holds an `Arc<dyn Engine>`.
 pub trait Engine: Reader {

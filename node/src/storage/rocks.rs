@@ -12,7 +12,8 @@ use rocksdb::{
 
 use super::{
     BatchOp, Cf, Engine, EngineError, EngineIterator, IterOptions, Property, Reader, Result,
-    Snapshot, WriteBatch,
+    Snapshot, WriteBatch, L0_SLOWDOWN_FILES, L0_STOP_FILES, PENDING_COMPACTION_HARD_BYTES,
+    PENDING_COMPACTION_SOFT_BYTES,
 };
 
 pub struct RocksEngine {
@@ -66,6 +67,10 @@ pub const MIN_BLOB_SIZE: u64 = 4096;
 /// compacted, while compaction drops dead log entries from SSTs directly.
 fn cf_options(cf: Cf) -> Options {
     let mut o = Options::default();
+    o.set_level_zero_slowdown_writes_trigger(L0_SLOWDOWN_FILES as i32);
+    o.set_level_zero_stop_writes_trigger(L0_STOP_FILES as i32);
+    o.set_soft_pending_compaction_bytes_limit(PENDING_COMPACTION_SOFT_BYTES as usize);
+    o.set_hard_pending_compaction_bytes_limit(PENDING_COMPACTION_HARD_BYTES as usize);
     if cf == Cf::Data {
         o.set_enable_blob_files(true);
         o.set_min_blob_size(MIN_BLOB_SIZE);
@@ -149,8 +154,15 @@ impl Engine for RocksEngine {
 
     fn property(&self, cf: Cf, property: Property) -> Option<u64> {
         use rocksdb::properties as p;
+        let h = handle(&self.db, cf).ok()?;
         // Blob files hold the big values: sizes count them too.
         let (name, blobs) = match property {
+            Property::Level0Files => {
+                // A string property (RocksDB has no integer one for it).
+                let v = self.db.property_value_cf(h, p::num_files_at_level(0));
+                return v.ok().flatten()?.trim().parse().ok();
+            }
+            Property::PendingCompactionBytes => (p::ESTIMATE_PENDING_COMPACTION_BYTES, None),
             Property::SstBytes => (
                 p::TOTAL_SST_FILES_SIZE,
                 Some("rocksdb.total-blob-file-size"),
@@ -162,7 +174,6 @@ impl Engine for RocksEngine {
             ),
             Property::EstimatedKeys => (p::ESTIMATE_NUM_KEYS, None),
         };
-        let h = handle(&self.db, cf).ok()?;
         let v = self.db.property_int_value_cf(h, name).ok().flatten()?;
         let blob_bytes = blobs
             .and_then(|b| self.db.property_int_value_cf(h, b).ok().flatten())

@@ -334,7 +334,7 @@ impl Store {
             KvKind::KvTxnPrepare | KvKind::KvTxnCommit | KvKind::KvTxnAbort
         );
         if !txn_cmd && shared.intent.read().is_some() {
-            return Ok(Applied::answer(Err(NodeError::Busy)));
+            return Ok(Applied::answer(Err(NodeError::held())));
         }
         match kind {
             KvKind::KvTxnPrepare | KvKind::KvTxnCommit | KvKind::KvTxnAbort => {

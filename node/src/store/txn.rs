@@ -60,7 +60,7 @@ impl Store {
             // Asked again (a retry): the same answer. Another txn: busy.
             return Ok(Applied::answer(match i.txn_id == p.txn_id {
                 true => Ok(i.prepared.clone().unwrap_or_default().encode_to_vec()),
-                false => Err(NodeError::Busy),
+                false => Err(NodeError::held()),
             }));
         }
         let desc = shared.desc.read().clone();
