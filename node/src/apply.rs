@@ -37,6 +37,9 @@ pub struct View<'a> {
     pub rev: i64,
     pub compacted: i64,
     pub overlay: Option<&'a BTreeMap<Vec<u8>, Version>>,
+    /// The raft thread's newest versions (only in the apply path, see
+    /// [`latest`]): a key found there needs no read of the engine.
+    pub latest: Option<&'a latest::Latest>,
 }
 
 impl View<'_> {
@@ -62,6 +65,9 @@ impl View<'_> {
     pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Version>, Status> {
         if let Some(v) = self.overlay.and_then(|o| o.get(key)) {
             return Ok((!v.value.tombstone).then(|| v.clone()));
+        }
+        if let Some(known) = self.latest.and_then(|l| l.get(key, self.rev)) {
+            return Ok(known);
         }
         self.mvcc.get_at(key, self.rev).map_err(internal)
     }
@@ -206,6 +212,8 @@ pub struct WriteExec<'a> {
     pub op: u32,
     /// The leases revoked in this range: a Put attached to one is refused.
     pub revoked: Option<crate::lease::Revoked<'a>>,
+    /// See [`View::latest`].
+    pub latest: Option<&'a latest::Latest>,
 }
 
 impl<'a> WriteExec<'a> {
@@ -218,6 +226,7 @@ impl<'a> WriteExec<'a> {
             events: Vec::new(),
             op: 0,
             revoked: None,
+            latest: None,
         }
     }
 
@@ -227,6 +236,7 @@ impl<'a> WriteExec<'a> {
             rev: self.rev - 1,
             compacted: self.compacted,
             overlay: Some(&self.overlay),
+            latest: self.latest,
         }
     }
 
@@ -458,5 +468,6 @@ pub(crate) fn fix_headers(resp: &mut PbTxnResponse, rev: i64) {
     }
 }
 
+pub mod latest;
 #[cfg(test)]
 mod tests;

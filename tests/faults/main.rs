@@ -12,6 +12,7 @@ mod catchup;
 mod cluster;
 mod concurrency;
 mod feeds;
+mod latest;
 mod leases;
 mod log_gc;
 mod partition;

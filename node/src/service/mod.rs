@@ -209,6 +209,7 @@ impl NodeService {
                 rev,
                 compacted,
                 overlay: None,
+                latest: None,
             };
             let out = f(&view)?;
             if rev < r2.compacted.load(Ordering::Acquire) {

@@ -168,6 +168,8 @@ impl Store {
         let Some(r) = self.replicas.remove(&range_id) else {
             return Ok(());
         };
+        // Its data goes (see `crate::apply::latest`).
+        self.latest.clear();
         self.ranges.remove(&range_id);
         let conf_ver = r.shared.epoch().conf_ver;
         self.destroyed.insert(range_id, conf_ver);

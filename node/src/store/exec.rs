@@ -41,7 +41,7 @@ use super::replica::RangeShared;
 use super::{desc_range, meta, Store};
 use crate::apply::{header, WriteExec};
 use crate::error::{NodeError, NodeResult};
-use crate::mvcc::KeyRange;
+use crate::mvcc::{KeyRange, Version};
 use crate::storage::{Cf, WriteBatch};
 
 /// What applying one command produced, published by `flush_applied` once the
@@ -110,6 +110,9 @@ pub(super) struct Pending {
     /// Keys the pending Puts write: a Put of one of them must see the
     /// earlier one's version, so it waits for the batch's write.
     keys: std::collections::HashSet<Vec<u8>>,
+    /// The versions Puts, deletes and txns staged here, for
+    /// `crate::apply::latest` once the batch is written.
+    written: Vec<Version>,
 }
 
 /// One range's entries in [`Pending`].
@@ -266,8 +269,14 @@ impl Store {
         if stamped {
             crate::failpoint::pause_blocking(self.node_id, "apply_before_write");
         }
-        self.db.write(&p.wb, false)?;
+        if let Err(e) = self.db.write(&p.wb, false) {
+            self.latest.clear();
+            return Err(e.into());
+        }
         crate::metrics::APPLY_WRITES.inc();
+        for v in p.written {
+            self.latest.record(v.key, v.mod_revision, v.value);
+        }
         if split {
             crate::failpoint::crash(self.node_id, "crash_mid_split");
         }
@@ -335,6 +344,18 @@ impl Store {
         );
         if !txn_cmd && shared.intent.read().is_some() {
             return Ok(Applied::answer(Err(NodeError::held())));
+        }
+        // Commands that may change data outside `Pending::written` (see
+        // `crate::apply::latest`): the newest versions known are forgotten.
+        if !matches!(
+            kind,
+            KvKind::KvPut
+                | KvKind::KvDeleteRange
+                | KvKind::KvTxn
+                | KvKind::KvLeaseGrant
+                | KvKind::KvSplit
+        ) {
+            self.latest.clear();
         }
         match kind {
             KvKind::KvTxnPrepare | KvKind::KvTxnCommit | KvKind::KvTxnAbort => {
@@ -420,6 +441,7 @@ impl Store {
         let range_id = shared.desc.read().id;
         let mut ex = WriteExec::new(&self.mvcc, rev, compacted);
         ex.revoked = Some(crate::lease::Revoked::of(&*self.db, range_id));
+        ex.latest = Some(&self.latest);
         let res: Result<Vec<u8>, Status> = match kind {
             KvKind::KvPut => PbPutRequest::decode(&cmd.request[..])
                 .map_err(bad_request)
@@ -446,6 +468,13 @@ impl Store {
         let mut out = Applied::default();
         if res.is_ok() {
             out.feed = self.stage_writes(&mut ex, wb);
+            let staged = std::mem::take(&mut ex.overlay);
+            self.pending
+                .written
+                .extend(staged.into_values().map(|v| Version {
+                    mod_revision: rev,
+                    ..v
+                }));
         }
         out.result = res.map_err(NodeError::from);
         // The replica's current revision advances with every stamped write

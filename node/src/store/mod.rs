@@ -155,6 +155,8 @@ pub struct Store {
     suspects: Suspects,
     /// Applied entries of this Ready round not yet written (see `exec.rs`).
     pending: exec::Pending,
+    /// The newest versions apply wrote (`crate::apply::latest`).
+    latest: crate::apply::latest::Latest,
 }
 
 impl Store {
@@ -187,6 +189,7 @@ impl Store {
             snap_events: Arc::default(),
             suspects: Suspects::default(),
             pending: exec::Pending::default(),
+            latest: Default::default(),
         }
     }
 

@@ -77,6 +77,8 @@ impl Store {
             };
             shared.lead_term.store(lead_term, Ordering::Release);
             if !rd.snapshot().is_empty() {
+                // Data is replaced (see `crate::apply::latest`).
+                self.latest.clear();
                 self.stage_leftovers(&mut wb, id, &rd.snapshot().data)?;
                 installs.push((id, self.stage_snapshot(id, &mut wb, rd.snapshot())?));
             }

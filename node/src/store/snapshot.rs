@@ -344,6 +344,8 @@ impl Store {
 
     /// Publishes an installed snapshot's state and resumes the replica.
     fn on_snapshot_installed(&mut self, range_id: u64, st: Installed) {
+        // Its data was replaced (see `crate::apply::latest`).
+        self.latest.clear();
         let Some(r) = self.replicas.get_mut(&range_id) else {
             return;
         };

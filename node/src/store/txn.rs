@@ -77,6 +77,7 @@ impl Store {
             rev: prev_rev,
             compacted: shared.compacted.load(Ordering::Acquire),
             overlay: None,
+            latest: None,
         };
         let revoked = crate::lease::Revoked::of(&*self.db, desc.id);
         let prepared = match prepare_eval(&view, &t, &span, &revoked) {
