@@ -103,6 +103,11 @@ put() {
     jq '.results[0].error_distribution' "$5" >&2
     exit 1
   fi
+  if ((errors > 0)); then
+    # Allowed, but said: what failed, for the run's log.
+    echo "bench-bigdata: $errors of $1 puts failed (allowed):" \
+      "$(jq -c '.results[0].error_distribution' "$5")" >&2
+  fi
   fill_errors=$((fill_errors + errors))
 }
 progress=(--no-progress)
