@@ -9,7 +9,8 @@ use std::time::Duration;
 use strata_node::transport::memory::Rule;
 use strata_proto::etcd::PbRangeRequest;
 
-use crate::cluster::{eventually, Cluster, Opts};
+use crate::cluster::{eventually, Cluster};
+use crate::log_gc::{caught_up, small_log_cluster};
 use crate::{node_range, put, within};
 
 const KEY: &str = "cached/k";
@@ -48,16 +49,7 @@ async fn all_applied(c: &Cluster, rev: i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_replaced_by_a_snapshot_forgets_its_newest_versions() {
     let _fp = fail::FailScenario::setup();
-    // A log bounded at 16 KiB: 80 entries of 16 KiB send the lagging node a
-    // snapshot (see `log_gc.rs`).
-    let c = Cluster::start(Opts {
-        raft_log_keep_bytes: 16 * 1024,
-        ..Opts::default()
-    })
-    .await;
-    let leader = c.wait_leader(1).await;
-    let lagging = c.others(leader)[0];
-    let mut kv = c.client().await;
+    let (c, leader, lagging, mut kv) = small_log_cluster().await;
     let mut rev = 0;
     for v in ["1", "2", "3"] {
         rev = put(&mut kv, KEY, v).await;
@@ -76,12 +68,7 @@ async fn a_replica_replaced_by_a_snapshot_forgets_its_newest_versions() {
     }
     let snapshots = c.count_snapshots(1, lagging, None);
     c.net.remove(cut);
-    eventually(
-        Duration::from_secs(30),
-        "the cut-off node to catch up",
-        || (c.applied_rev(lagging, 1) == c.applied_rev(leader, 1)).then_some(()),
-    )
-    .await;
+    caught_up(&c, leader, lagging).await;
     assert!(
         snapshots.load(Ordering::SeqCst) > 0,
         "node {lagging} caught up from the log: the test needs a snapshot"

@@ -24,7 +24,9 @@ struct CutOff {
     cut: FilterId,
 }
 
-async fn cut_off_during_big_writes() -> CutOff {
+/// A cluster whose logs keep 16 KiB (80 puts of 16 KiB written while a node
+/// is cut off send it a snapshot): it, range 1's leader, a follower, a client.
+pub(crate) async fn small_log_cluster() -> (Cluster, u64, u64, etcd_client::Client) {
     let c = Cluster::start(Opts {
         raft_log_keep_bytes: 16 * 1024,
         ..Opts::default()
@@ -32,7 +34,12 @@ async fn cut_off_during_big_writes() -> CutOff {
     .await;
     let leader = c.wait_leader(1).await;
     let lagging = c.others(leader)[0];
-    let mut kv = c.client().await;
+    let kv = c.client().await;
+    (c, leader, lagging, kv)
+}
+
+async fn cut_off_during_big_writes() -> CutOff {
+    let (c, leader, lagging, mut kv) = small_log_cluster().await;
     put(&mut kv, "big/start", "x").await;
     let cut = c.net.add(Rule::new().touching(lagging).drop());
     let value = "v".repeat(16 * 1024);
@@ -49,7 +56,7 @@ async fn cut_off_during_big_writes() -> CutOff {
     }
 }
 
-async fn caught_up(c: &Cluster, leader: u64, lagging: u64) {
+pub(crate) async fn caught_up(c: &Cluster, leader: u64, lagging: u64) {
     eventually(
         Duration::from_secs(30),
         "the cut-off node to catch up",
