@@ -295,7 +295,11 @@ pub static ROCKSDB_LIVE_DATA_BYTES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 pub static ROCKSDB_LEVEL0_FILES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "strata_node_rocksdb_level0_files",
-        "Level-0 files of a RocksDB column family (rocksdb.num-files-at-level0); writes are refused as busy from 15, RocksDB slows them at 20.",
+        format!(
+            "Level-0 files of a RocksDB column family (rocksdb.num-files-at-level0); writes are refused as busy from {}, RocksDB slows them at {}.",
+            crate::pressure::BUSY_LEVEL0_FILES,
+            crate::storage::L0_SLOWDOWN_FILES
+        ),
         &["cf"]
     )
     .expect("register")
@@ -304,7 +308,10 @@ pub static ROCKSDB_LEVEL0_FILES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 pub static ROCKSDB_PENDING_COMPACTION_BYTES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "strata_node_rocksdb_pending_compaction_bytes",
-        "Bytes compaction estimates it must rewrite in a RocksDB column family (rocksdb.estimate-pending-compaction-bytes); writes are refused as busy from 48 GiB.",
+        format!(
+            "Bytes compaction estimates it must rewrite in a RocksDB column family (rocksdb.estimate-pending-compaction-bytes); writes are refused as busy from {} GiB.",
+            crate::pressure::BUSY_PENDING_COMPACTION_BYTES >> 30
+        ),
         &["cf"]
     )
     .expect("register")

@@ -86,14 +86,6 @@ impl Latest {
         self.map.shrink_to(1024);
         self.bytes = 0;
     }
-
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -124,7 +116,7 @@ mod tests {
         assert_eq!(l.get(b"a", 4), None, "newer than asked: the engine answers");
         l.record(b"a".to_vec(), 7, val(b"", true));
         assert_eq!(l.get(b"a", 9), Some(None), "deleted");
-        assert_eq!(l.len(), 1);
+        assert_eq!(l.map.len(), 1);
         l.clear();
         assert_eq!(l.get(b"a", 9), None);
     }
@@ -143,7 +135,7 @@ mod tests {
             l.record(format!("k{i:08}").into_bytes(), 4, val(&value, false));
             assert!(l.bytes <= BUDGET_BYTES);
         }
-        assert!(l.len() < fits, "started over past the budget");
+        assert!(l.map.len() < fits, "started over past the budget");
         assert!(l.get(format!("k{:08}", fits + 9).as_bytes(), 4).is_some());
         // Replacing an entry accounts its old size.
         let before = l.bytes;
