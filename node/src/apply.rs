@@ -186,6 +186,18 @@ fn sort_versions(kvs: &mut [Version], order: i32, target: i32) {
 }
 
 /// A stored version as a feed event carries it.
+/// [`feed_kv`] of a version no longer needed.
+fn into_feed_kv(v: Version) -> FeedKv {
+    FeedKv {
+        key: v.key,
+        create_revision: v.value.create_revision,
+        mod_revision: v.mod_revision,
+        version: v.value.version,
+        value: v.value.value,
+        lease: v.value.lease,
+    }
+}
+
 pub fn feed_kv(v: &Version) -> FeedKv {
     FeedKv {
         key: v.key.clone(),
@@ -241,6 +253,12 @@ impl<'a> WriteExec<'a> {
     }
 
     pub fn put(&mut self, r: &PbPutRequest) -> Result<PbPutResponse, Status> {
+        self.put_owned(r.clone())
+    }
+
+    /// [`WriteExec::put`] of a request it may take apart (one copy fewer of
+    /// the key and the value: the plain Put's path).
+    pub fn put_owned(&mut self, r: PbPutRequest) -> Result<PbPutResponse, Status> {
         if r.key.is_empty() {
             return Err(errors::empty_key());
         }
@@ -256,7 +274,7 @@ impl<'a> WriteExec<'a> {
             value: if r.ignore_value {
                 p.map(|v| v.value.value.clone()).unwrap_or_default()
             } else {
-                r.value.clone()
+                r.value
             },
             create_revision: p.map(|v| v.value.create_revision).unwrap_or(self.rev),
             version: p.map(|v| v.value.version + 1).unwrap_or(1),
@@ -269,24 +287,25 @@ impl<'a> WriteExec<'a> {
             op: self.op,
         };
         let new = Version {
-            key: r.key.clone(),
+            key: r.key,
             mod_revision: self.rev,
             value,
+        };
+        let prev_kv = if r.prev_kv {
+            prev.as_ref().map(|v| v.to_kv())
+        } else {
+            None
         };
         self.events.push(FeedEvent {
             delete: false,
             kv: Some(feed_kv(&new)),
-            prev_kv: prev.as_ref().map(feed_kv),
+            prev_kv: prev.map(into_feed_kv),
             op: self.op,
         });
-        self.overlay.insert(r.key.clone(), new);
+        self.overlay.insert(new.key.clone(), new);
         Ok(PbPutResponse {
             header: header(self.rev),
-            prev_kv: if r.prev_kv {
-                prev.map(|v| v.to_kv())
-            } else {
-                None
-            },
+            prev_kv,
         })
     }
 

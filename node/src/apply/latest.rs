@@ -23,8 +23,10 @@
 //! Bounded: [`BUDGET_BYTES`] of keys and values, values above
 //! [`MAX_VALUE_BYTES`] never kept; past the budget it starts over empty.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
+use foldhash::fast::RandomState;
 use strata_proto::strata::MvccValue;
 
 use crate::mvcc::Version;
@@ -40,7 +42,7 @@ const ENTRY_OVERHEAD: usize = 96;
 pub struct Latest {
     /// Key → (mod revision, value) of its newest version; a tombstone says
     /// the key is deleted.
-    map: HashMap<Vec<u8>, (i64, MvccValue)>,
+    map: HashMap<Vec<u8>, (i64, MvccValue), RandomState>,
     bytes: usize,
 }
 
@@ -66,17 +68,33 @@ impl Latest {
 
     /// `key`'s newest version is now `value` at `mod_revision` (written).
     pub fn record(&mut self, key: Vec<u8>, mod_revision: i64, value: MvccValue) {
-        if let Some((_, old)) = self.map.remove(&key) {
-            self.bytes -= cost(&key, &old);
-        }
-        if value.value.len() > MAX_VALUE_BYTES {
+        let c = cost(&key, &value);
+        let keep = value.value.len() <= MAX_VALUE_BYTES;
+        // One hash of the key on the usual paths (replace, add).
+        let key = match self.map.entry(key) {
+            Entry::Occupied(mut e) => {
+                self.bytes -= cost(e.key(), &e.get().1);
+                if keep && self.bytes + c <= BUDGET_BYTES {
+                    self.bytes += c;
+                    *e.get_mut() = (mod_revision, value);
+                    return;
+                }
+                e.remove_entry().0
+            }
+            Entry::Vacant(e) => {
+                if keep && self.bytes + c <= BUDGET_BYTES {
+                    self.bytes += c;
+                    e.insert((mod_revision, value));
+                    return;
+                }
+                e.into_key()
+            }
+        };
+        if !keep {
             return;
         }
-        let c = cost(&key, &value);
-        if self.bytes + c > BUDGET_BYTES {
-            self.clear();
-        }
-        self.bytes += c;
+        self.clear();
+        self.bytes = c;
         self.map.insert(key, (mod_revision, value));
     }
 
@@ -145,5 +163,20 @@ mod tests {
             val(&value, false),
         );
         assert_eq!(l.bytes, before);
+        // Replacing an entry past the budget starts over with the new entry.
+        let small = val(b"", false);
+        let small_cost = cost(b"f00000000", &small);
+        for i in 0.. {
+            if l.bytes + per - small_cost > BUDGET_BYTES {
+                break;
+            }
+            l.record(format!("f{i:08}").into_bytes(), 6, small.clone());
+        }
+        let key = b"f00000000".to_vec();
+        assert!(l.get(&key, 6).is_some());
+        l.record(key.clone(), 7, val(&value, false));
+        assert_eq!(l.get(&key, 7).unwrap().unwrap().mod_revision, 7);
+        assert_eq!(l.bytes, per, "only it is left");
+        assert_eq!(l.get(b"f00000001", 7), None);
     }
 }

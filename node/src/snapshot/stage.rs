@@ -172,7 +172,7 @@ fn install_until(
             "corrupt staged chunk"
         );
         let mut wb = WriteBatch::new();
-        for (k, v) in chunk.keys.iter().zip(&chunk.values) {
+        for (k, v) in chunk.keys.into_iter().zip(chunk.values) {
             wb.put(Cf::Data, k, v);
         }
         db.write(&wb, false)?;

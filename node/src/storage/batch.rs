@@ -43,14 +43,16 @@ impl WriteBatch {
         Self::default()
     }
 
-    pub fn put(&mut self, cf: Cf, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
-        let (key, value) = (key.as_ref().to_vec(), value.as_ref().to_vec());
+    /// Owned keys and values (`Vec<u8>`) are taken as they are, borrowed
+    /// ones copied.
+    pub fn put(&mut self, cf: Cf, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        let (key, value) = (key.into(), value.into());
         self.size_bytes += key.len() + value.len() + OP_OVERHEAD_BYTES;
         self.ops.push(BatchOp::Put { cf, key, value });
     }
 
-    pub fn delete(&mut self, cf: Cf, key: impl AsRef<[u8]>) {
-        let key = key.as_ref().to_vec();
+    pub fn delete(&mut self, cf: Cf, key: impl Into<Vec<u8>>) {
+        let key = key.into();
         self.size_bytes += key.len() + OP_OVERHEAD_BYTES;
         self.ops.push(BatchOp::Delete { cf, key });
     }

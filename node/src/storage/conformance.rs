@@ -172,7 +172,7 @@ fn iterator_orders_keys_as_bytes(t: &mut TestEngine) {
     // Written in reverse order, in one batch.
     let mut wb = WriteBatch::new();
     for k in want.iter().rev() {
-        wb.put(Cf::Data, k, [k.as_slice(), b"=v"].concat());
+        wb.put(Cf::Data, k.as_slice(), [k.as_slice(), b"=v"].concat());
     }
     e.write(&wb, false).unwrap();
     let got = scan(&*e, Cf::Data, IterOptions::default());
@@ -508,12 +508,12 @@ fn matches_a_model(t: &mut TestEngine) {
             match rand(10) {
                 0..=5 => {
                     let (k, v) = (key(rand(1 << 12)), round.to_be_bytes().to_vec());
-                    wb.put(Cf::Data, &k, &v);
+                    wb.put(Cf::Data, k.as_slice(), v.as_slice());
                     model.insert(k, v);
                 }
                 6..=8 => {
                     let k = key(rand(1 << 12));
-                    wb.delete(Cf::Data, &k);
+                    wb.delete(Cf::Data, k.as_slice());
                     model.remove(&k);
                 }
                 _ => {

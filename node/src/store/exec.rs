@@ -109,7 +109,7 @@ pub(super) struct Pending {
     index: std::collections::HashMap<u64, usize>,
     /// Keys the pending Puts write: a Put of one of them must see the
     /// earlier one's version, so it waits for the batch's write.
-    keys: std::collections::HashSet<Vec<u8>>,
+    keys: std::collections::HashSet<Vec<u8>, foldhash::fast::RandomState>,
     /// The versions Puts, deletes and txns staged here, for
     /// `crate::apply::latest` once the batch is written.
     written: Vec<Version>,
@@ -126,15 +126,15 @@ struct RangeGroup {
     destroy: bool,
 }
 
-/// The key of a command that may wait in [`Pending`]: a plain Put (no other
+/// A command that may wait in [`Pending`], decoded: a plain Put (no other
 /// command reads state an earlier pending entry may have changed without
-/// that entry's key telling).
-fn groupable_key(e: &Entry, cmd: Option<&RangeCommand>) -> Option<Vec<u8>> {
+/// that entry's key telling). Decoded once here for the whole apply.
+fn plain_put(e: &Entry, cmd: Option<&RangeCommand>) -> Option<PbPutRequest> {
     let cmd = cmd.filter(|_| e.get_entry_type() == EntryType::EntryNormal)?;
     if cmd.kind != KvKind::KvPut as i32 {
         return None;
     }
-    PbPutRequest::decode(&cmd.request[..]).ok().map(|p| p.key)
+    PbPutRequest::decode(&cmd.request[..]).ok()
 }
 
 impl Store {
@@ -150,7 +150,8 @@ impl Store {
                 }
                 _ => None,
             };
-            let key = groupable_key(&e, cmd.as_ref().and_then(|c| c.as_ref().ok()));
+            let put = plain_put(&e, cmd.as_ref().and_then(|c| c.as_ref().ok()));
+            let key = put.as_ref().map(|p| p.key.clone());
             if key.as_ref().is_none_or(|k| self.pending.keys.contains(k)) {
                 // Applied alone, or after the batch that wrote its key.
                 self.flush_applied()?;
@@ -173,7 +174,7 @@ impl Store {
                     destroy = self.apply_conf_change(range_id, &e, &mut wb)?;
                     Applied::answer(Ok(Vec::new()))
                 }
-                (_, Some(Ok(cmd))) => self.exec(range_id, &cmd, last_rev, &mut wb)?,
+                (_, Some(Ok(cmd))) => self.exec(range_id, &cmd, put, last_rev, &mut wb)?,
                 (_, Some(Err(err))) => {
                     tracing::error!(
                         range = range_id,
@@ -325,6 +326,7 @@ impl Store {
         &mut self,
         range_id: u64,
         cmd: &RangeCommand,
+        put: Option<PbPutRequest>,
         prev_rev: i64,
         wb: &mut WriteBatch,
     ) -> anyhow::Result<Applied> {
@@ -371,7 +373,7 @@ impl Store {
             | KvKind::KvDeleteRange
             | KvKind::KvTxn
             | KvKind::KvLeaseRevoke
-            | KvKind::KvLeaseGrant => self.exec_write(&shared, kind, cmd, prev_rev, wb),
+            | KvKind::KvLeaseGrant => self.exec_write(&shared, kind, cmd, put, prev_rev, wb),
             KvKind::KvRange | KvKind::KvRangePage | KvKind::KvTxnRead => {
                 Ok(Applied::invalid("a read is not a command"))
             }
@@ -412,6 +414,7 @@ impl Store {
         shared: &RangeShared,
         kind: KvKind,
         cmd: &RangeCommand,
+        put: Option<PbPutRequest>,
         prev: i64,
         wb: &mut WriteBatch,
     ) -> anyhow::Result<Applied> {
@@ -432,7 +435,11 @@ impl Store {
         let kr = desc_range(&shared.desc.read());
         // A split may have applied since the request was checked: keys that
         // left the range are refused (unapplied, so the router may retry).
-        match keys_within(kind, &cmd.request, &kr) {
+        let within = match &put {
+            Some(p) => Ok(kr.contains(&p.key)),
+            None => keys_within(kind, &cmd.request, &kr),
+        };
+        match within {
             Ok(true) => {}
             Ok(false) => return Ok(Applied::answer(Err(NodeError::EpochNotMatch))),
             Err(e) => return Ok(Applied::invalid(format!("bad request: {e}"))),
@@ -443,9 +450,10 @@ impl Store {
         ex.revoked = Some(crate::lease::Revoked::of(&*self.db, range_id));
         ex.latest = Some(&self.latest);
         let res: Result<Vec<u8>, Status> = match kind {
-            KvKind::KvPut => PbPutRequest::decode(&cmd.request[..])
+            KvKind::KvPut => put
+                .map_or_else(|| PbPutRequest::decode(&cmd.request[..]), Ok)
                 .map_err(bad_request)
-                .and_then(|p| ex.put(&p))
+                .and_then(|p| ex.put_owned(p))
                 .map(|r| r.encode_to_vec()),
             KvKind::KvDeleteRange => PbDeleteRequest::decode(&cmd.request[..])
                 .map_err(bad_request)

@@ -302,7 +302,7 @@ impl Loop {
             .map_err(|e| anyhow::anyhow!("undecodable placement snapshot: {e}"))?;
         let mut wb = WriteBatch::default();
         self.raw.store().stage_snapshot(&mut wb, &snap)?;
-        wb.put(Cf::Meta, STATE_KEY, &snap.data);
+        wb.put(Cf::Meta, STATE_KEY, &snap.data[..]);
         self.db.write(&wb, true)?;
         let index = snap.get_metadata().index;
         for (&id, addr) in &st.members {
@@ -392,7 +392,7 @@ impl Loop {
             return Ok(());
         }
         let data = serde_json::to_vec(&*self.sh.state.read())?;
-        wb.put(Cf::Meta, STATE_KEY, &data);
+        wb.put(Cf::Meta, STATE_KEY, data);
         self.raw.store().stage_applied(&mut wb, applied);
         // After a membership change the log goes entirely: a replica just
         // added starts with no conf state and must be sent the state as a
