@@ -157,6 +157,8 @@ pub struct Store {
     pending: exec::Pending,
     /// The newest versions apply wrote (`crate::apply::latest`).
     latest: crate::apply::latest::Latest,
+    /// Checked proposals not yet in raft, in arrival order (see `propose.rs`).
+    queued: Vec<propose::Queued>,
 }
 
 impl Store {
@@ -190,6 +192,7 @@ impl Store {
             suspects: Suspects::default(),
             pending: exec::Pending::default(),
             latest: Default::default(),
+            queued: Vec::new(),
         }
     }
 
@@ -320,6 +323,7 @@ impl Store {
                     Err(_) => break,
                 }
             }
+            self.flush_proposals();
             if let Err(e) = self.drain_snapshot_events() {
                 tracing::error!("fatal storage error in raft loop: {e:#}");
                 std::process::exit(70);
@@ -358,6 +362,10 @@ impl Store {
     }
 
     fn handle(&mut self, m: StoreMsg, new_reads: &mut Vec<u64>) {
+        if !matches!(m, StoreMsg::Propose { .. }) {
+            // Proposals enter raft before anything else happens here.
+            self.flush_proposals();
+        }
         match &m {
             StoreMsg::Raft(env) => self.touched.insert(env.range_id),
             StoreMsg::Propose { range_id, .. }

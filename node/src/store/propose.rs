@@ -1,7 +1,17 @@
 //! Proposals: a stamped (or unstamped) command enters the leader's raft log,
 //! and is answered when the entry at its index applies.
+//!
+//! Checked proposals wait in [`Store::queued`] while the raft loop drains
+//! its inbox, and enter raft together, one `MsgPropose` per range with all
+//! of that range's entries, in arrival order ([`Store::flush_proposals`]):
+//! raft sends each follower one append for them instead of one per entry.
+//! The queue is flushed before the loop handles anything else (a raft
+//! message, a tick, an admin command…), so nothing that could change a
+//! range's leadership or log runs between a proposal's checks and its
+//! entry, and entries keep the order the proposals arrived in.
 
 use prost::Message as _;
+use raft::eraftpb::{Entry, Message, MessageType};
 use raft::StateRole;
 use strata_proto::errors;
 use strata_proto::strata::RangeCommand;
@@ -10,8 +20,17 @@ use super::replica::{Proposal, Replica};
 use super::{Reply, Store, PROPOSALS_MAX};
 use crate::error::{NodeError, NodeResult};
 
+/// A checked proposal waiting for [`Store::flush_proposals`].
+pub(super) struct Queued {
+    range_id: u64,
+    data: Vec<u8>,
+    rev: i64,
+    reply: Reply,
+}
+
 impl Store {
-    /// Proposes `cmd`, prepared (stamped) under the leadership of `term`.
+    /// Checks `cmd`, prepared (stamped) under the leadership of `term`, and
+    /// queues it for the log (see the module doc).
     ///
     /// **Invariant:** a command is proposed only in the term it was stamped
     /// in. A stamp taken under an earlier leadership of this replica could
@@ -34,40 +53,100 @@ impl Store {
             let _ = reply.send(Err(NodeError::NotLeader));
             return;
         }
-        if r.proposals.len() >= PROPOSALS_MAX {
+        // Counts every range's queued proposals: a bound, and the queue is
+        // at most one inbox drain long.
+        if r.proposals.len() + self.queued.len() >= PROPOSALS_MAX {
             crate::metrics::proposal_rejected("busy");
             let _ = reply.send(Err(errors::too_many_requests().into()));
             return;
         }
         let rev = cmd.revision;
-        if let Err(e) = r.raw.propose(vec![], cmd.encode_to_vec()) {
-            // Dropped before reaching the log (e.g. during a leader
-            // transfer): certainly never applied, so the router may
-            // send it again, to the new leader.
-            tracing::debug!(range = range_id, "propose dropped: {e}");
-            crate::metrics::proposal_rejected("dropped");
-            let _ = reply.send(Err(NodeError::NotLeader));
-            return;
-        }
-        crate::metrics::PROPOSALS.inc();
-        let index = r.raw.raft.raft_log.last_index();
-        let term = r.raw.raft.term;
         if rev > 0 {
+            // Pending from now: a read must not pass it while it is queued.
             r.pending_revs.insert(rev);
         }
-        // Kept proposals of an earlier leadership at this index or
-        // above lost their entries (our log now ends below `index`);
-        // dropping them keeps the queue in index order.
-        while r.proposals.back().is_some_and(|p| p.index >= index) {
-            let p = r.proposals.pop_back().expect("back");
-            let _ = p.reply.send(Err(errors::leader_changed().into()));
-        }
-        r.proposals.push_back(Proposal {
-            index,
-            term,
+        self.queued.push(Queued {
+            range_id,
+            data: cmd.encode_to_vec(),
             rev,
             reply,
         });
+    }
+
+    /// Proposes every queued command: per range, one `MsgPropose` carrying
+    /// its entries in arrival order.
+    pub(super) fn flush_proposals(&mut self) {
+        if self.queued.is_empty() {
+            return;
+        }
+        let mut queued = std::mem::take(&mut self.queued);
+        // Stable: each range's proposals keep their order.
+        queued.sort_by_key(|q| q.range_id);
+        let mut it = queued.into_iter().peekable();
+        while let Some(q) = it.next() {
+            let id = q.range_id;
+            let mut batch = vec![q];
+            while let Some(next) = it.next_if(|n| n.range_id == id) {
+                batch.push(next);
+            }
+            self.propose_batch(batch);
+        }
+    }
+
+    fn propose_batch(&mut self, batch: Vec<Queued>) {
+        let range_id = batch[0].range_id;
+        let Some(r) = self.replicas.get_mut(&range_id) else {
+            for q in batch {
+                let _ = q.reply.send(Err(NodeError::RangeNotFound));
+            }
+            return;
+        };
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgPropose);
+        m.from = r.raw.raft.id;
+        let mut entries = Vec::with_capacity(batch.len());
+        let mut rest = Vec::with_capacity(batch.len());
+        for q in batch {
+            entries.push(Entry {
+                data: q.data.into(),
+                ..Default::default()
+            });
+            rest.push((q.rev, q.reply));
+        }
+        m.set_entries(entries.into());
+        let before = r.raw.raft.raft_log.last_index();
+        if let Err(e) = r.raw.raft.step(m) {
+            // Dropped before reaching the log (e.g. during a leader
+            // transfer): certainly never applied, so the router may
+            // send them again, to the new leader.
+            tracing::debug!(range = range_id, "propose dropped: {e}");
+            for (rev, reply) in rest {
+                r.pending_revs.remove(&rev);
+                crate::metrics::proposal_rejected("dropped");
+                let _ = reply.send(Err(NodeError::NotLeader));
+            }
+            return;
+        }
+        // Raft appended them, in order, at the end of its log.
+        let first = r.raw.raft.raft_log.last_index() + 1 - rest.len() as u64;
+        debug_assert_eq!(first, before + 1);
+        let term = r.raw.raft.term;
+        // Kept proposals of an earlier leadership at this index or
+        // above lost their entries (our log now ends below `first`);
+        // dropping them keeps the queue in index order.
+        while r.proposals.back().is_some_and(|p| p.index >= first) {
+            let p = r.proposals.pop_back().expect("back");
+            let _ = p.reply.send(Err(errors::leader_changed().into()));
+        }
+        for (i, (rev, reply)) in rest.into_iter().enumerate() {
+            crate::metrics::PROPOSALS.inc();
+            r.proposals.push_back(Proposal {
+                index: first + i as u64,
+                term,
+                rev,
+                reply,
+            });
+        }
     }
 }
 
