@@ -253,3 +253,47 @@ async fn garbage_requests_and_entries_do_not_stop_nodes() {
     let (v, _) = get_at(&mut kv, "after", 0).await;
     assert_eq!(v.len(), 1);
 }
+
+/// Proposals a leader receives together enter raft as one batch
+/// (`node/src/store/propose.rs`): each must still be answered with its own
+/// entry's result. Many puts at once, and a leader transfer in the middle
+/// (a batch may be dropped whole, or its entries replaced): every
+/// acknowledged put's revision is its key's revision, and each key holds
+/// its own value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_proposals_is_answered_entry_by_entry() {
+    let c = Cluster::start(Opts::default()).await;
+    let l = c.wait_leader(1).await;
+    let kv = c.client().await;
+    const N: usize = 400;
+    let mut tasks = Vec::new();
+    for i in 0..N {
+        let mut kv = kv.clone();
+        tasks.push(tokio::spawn(async move {
+            let key = format!("burst/{i:04}");
+            let rev = put(&mut kv, &key, &format!("value-{i}")).await;
+            (key, i, rev)
+        }));
+        if i == N / 2 {
+            let to = c.others(l)[0];
+            c.transfer_leader(1, to).await;
+        }
+    }
+    let mut kv = kv.clone();
+    let mut revs = std::collections::HashSet::new();
+    for t in tasks {
+        let (key, i, rev) = within(Duration::from_secs(30), "burst put", t)
+            .await
+            .expect("put task");
+        assert!(revs.insert(rev), "two puts acknowledged at revision {rev}");
+        let r = within(Duration::from_secs(15), "get", kv.get(key.as_str(), None))
+            .await
+            .expect("get");
+        let got = &r.kvs()[0];
+        assert_eq!(
+            (got.mod_revision(), got.value_str().expect("utf-8")),
+            (rev, format!("value-{i}").as_str()),
+            "{key}: the put was answered with another entry's revision"
+        );
+    }
+}
