@@ -1,5 +1,5 @@
 //! The write path under faults: stale-term stamps (bug 1), state published
-//! before it is written (bug 2), bad input (bug 5).
+//! before it is written (bug 2), bad input (bug 5), batched proposals.
 
 use std::time::Duration;
 
