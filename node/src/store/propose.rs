@@ -128,8 +128,8 @@ impl Store {
             return;
         }
         // Raft appended them, in order, at the end of its log.
-        let first = r.raw.raft.raft_log.last_index() + 1 - rest.len() as u64;
-        debug_assert_eq!(first, before + 1);
+        let first = before + 1;
+        debug_assert_eq!(r.raw.raft.raft_log.last_index(), before + rest.len() as u64);
         let term = r.raw.raft.term;
         // Kept proposals of an earlier leadership at this index or
         // above lost their entries (our log now ends below `first`);
