@@ -17,6 +17,7 @@ use strata_proto::strata::{FeedEvent, FeedKv, MvccValue};
 use tonic::Status;
 
 use crate::mvcc::{KeyRange, Mvcc, Version};
+use crate::storage::WriteBatch;
 
 pub fn header(rev: i64) -> Option<PbResponseHeader> {
     Some(PbResponseHeader {
@@ -228,7 +229,32 @@ pub struct WriteExec<'a> {
     pub latest: Option<&'a latest::Latest>,
 }
 
+/// What a command added to its range's data, as split checks measure it
+/// ([`Mvcc::split_scan`]): an upper bound on the live keys it created, and
+/// the bytes of the versions it wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Growth {
+    pub keys: u64,
+    pub bytes: u64,
+}
+
 impl<'a> WriteExec<'a> {
+    /// Stages every version the command wrote into `wb`; returns what it
+    /// added. A key live before the command keeps its creation revision, so
+    /// a live version created at this revision is a key that was not live
+    /// before (or was deleted and put again in this command, counted too:
+    /// the figure may overcount, never undercount).
+    pub fn stage(&self, wb: &mut WriteBatch) -> Growth {
+        let mut g = Growth::default();
+        for v in self.overlay.values() {
+            g.bytes += self.mvcc.stage_version(wb, &v.key, self.rev, &v.value);
+            if !v.value.tombstone && v.value.create_revision == self.rev {
+                g.keys += 1;
+            }
+        }
+        g
+    }
+
     pub fn new(mvcc: &'a Mvcc, rev: i64, compacted: i64) -> Self {
         Self {
             mvcc,

@@ -66,6 +66,12 @@ pub fn dec_key(k: &[u8]) -> Option<(Vec<u8>, i64)> {
 const SPLIT_SCAN_KEYS: u64 = 1_000_000;
 const SPLIT_SCAN_BYTES: u64 = 256 * 1024 * 1024;
 
+/// What one stored version weighs in a range's size: its user key, its
+/// encoded value and its revision.
+pub fn version_size(user_key: &[u8], encoded_value: &[u8]) -> u64 {
+    (user_key.len() + encoded_value.len() + 8) as u64
+}
+
 pub fn version_key(key: &[u8], rev: i64) -> Vec<u8> {
     let mut k = enc_key(key);
     k.extend_from_slice(&(u64::MAX - rev as u64).to_be_bytes());
@@ -298,7 +304,7 @@ impl Mvcc {
         let (mut keys, mut bytes) = (0u64, 0u64);
         let mut last: Option<Vec<u8>> = None;
         self.scan(kr, |user, _rev, v| {
-            bytes += (user.len() + v.len() + 8) as u64;
+            bytes += version_size(&user, v);
             if last.as_deref() != Some(user.as_slice()) {
                 if !MvccValue::decode(v)?.tombstone {
                     keys += 1;
@@ -317,7 +323,7 @@ impl Mvcc {
         let mut last: Option<Vec<u8>> = None;
         let mut split = None;
         self.scan(kr, |user, _rev, v| {
-            b2 += (user.len() + v.len() + 8) as u64;
+            b2 += version_size(&user, v);
             if last.as_deref() == Some(user.as_slice()) {
                 return Ok(true);
             }
@@ -394,8 +400,19 @@ impl Mvcc {
         Ok((sum, keys))
     }
 
-    pub fn stage_version(&self, wb: &mut WriteBatch, key: &[u8], rev: i64, value: &MvccValue) {
-        wb.put(Cf::Data, version_key(key, rev), value.encode_to_vec());
+    /// Stages one version; returns its size as [`Mvcc::split_scan`] counts
+    /// it ([`version_size`]).
+    pub fn stage_version(
+        &self,
+        wb: &mut WriteBatch,
+        key: &[u8],
+        rev: i64,
+        value: &MvccValue,
+    ) -> u64 {
+        let v = value.encode_to_vec();
+        let size = version_size(key, &v);
+        wb.put(Cf::Data, version_key(key, rev), v);
+        size
     }
 
     /// Removes history below `rev` in `kr`: each key keeps every version above

@@ -28,9 +28,11 @@ pub struct RangeShared {
     pub feed: Feed,
     /// Writes applied (for the write rate) and splits applied.
     pub writes: AtomicU64,
-    /// Bytes of the write requests applied (for split checks: a range is
-    /// measured again once enough was written since the last time).
-    pub written_bytes: AtomicU64,
+    /// What the writes applied here added to the range's data (an upper
+    /// bound on live keys created, bytes of versions written): split checks
+    /// measure a range again only once it may have crossed a threshold.
+    pub added_keys: AtomicU64,
+    pub added_bytes: AtomicU64,
     pub splits: AtomicU64,
     /// Approximate size, from the last split check.
     pub approx_keys: AtomicU64,
@@ -72,6 +74,11 @@ impl RangeShared {
         let g = self.data_gen.load(Ordering::Acquire);
         g.is_multiple_of(2).then_some(g)
     }
+    /// Counts what an applied write added (see [`crate::apply::Growth`]).
+    pub fn grew(&self, g: crate::apply::Growth) {
+        self.added_keys.fetch_add(g.keys, Ordering::Relaxed);
+        self.added_bytes.fetch_add(g.bytes, Ordering::Relaxed);
+    }
     pub fn epoch(&self) -> Epoch {
         self.desc.read().epoch.unwrap_or_default()
     }
@@ -104,7 +111,8 @@ impl RangeShared {
             splits: AtomicU64::new(0),
             approx_keys: AtomicU64::new(0),
             approx_bytes: AtomicU64::new(0),
-            written_bytes: AtomicU64::new(0),
+            added_keys: AtomicU64::new(0),
+            added_bytes: AtomicU64::new(0),
             data_gen: AtomicU64::new(0),
             intent: parking_lot::RwLock::new(None),
             touched: parking_lot::Mutex::new(None),

@@ -23,8 +23,12 @@ const CHECK_EVERY: Duration = Duration::from_millis(500);
 /// A range is measured (a scan of its data) again once this share of the
 /// split thresholds was written since its last measure (TiKV's
 /// `region-split-check-diff` is 1/16 of the split size too): scanning every
-/// written range twice a second cost more CPU than its writes did.
+/// written range twice a second cost more CPU than its writes did…
 const RESCAN_SHARE: u64 = 16;
+/// …and only if what was written since may have taken it over a threshold,
+/// or, for the size it reports (`strata ctl ranges`), this long after the
+/// last measure.
+const REMEASURE_EVERY: Duration = Duration::from_secs(60);
 
 pub struct SplitChecker {
     pub ranges: Ranges,
@@ -61,9 +65,7 @@ impl SplitChecker {
             Default::default();
         let mut rounds = 0u64;
         let mut cpu = crate::cpu::CpuGauge::default();
-        // Writes, bytes written and descriptor version at each range's last
-        // measure.
-        let mut measured: std::collections::HashMap<u64, (u64, u64, u64)> = Default::default();
+        let mut measured: std::collections::HashMap<u64, Measure> = Default::default();
         let mut saturated_for = 0u32;
         let mut last_saturated_split: Option<std::time::Instant> = None;
         loop {
@@ -120,20 +122,16 @@ impl SplitChecker {
                 let id = r.desc.read().id;
                 let by_rate = self.max_write_rate > 0.0 && rate > self.max_write_rate;
                 let hot = by_rate || hottest == Some(id);
-                let now = (
-                    r.writes.load(Ordering::Relaxed),
-                    r.written_bytes.load(Ordering::Relaxed),
-                    r.epoch().version,
-                );
-                let due = measured.get(&id).is_none_or(|then| {
-                    now.2 != then.2
-                        || now.0.saturating_sub(then.0) >= (self.max_keys / RESCAN_SHARE).max(1)
-                        || now.1.saturating_sub(then.1) >= (self.max_bytes / RESCAN_SHARE).max(1)
-                });
+                let now = Counters::of(&r);
+                let due = measured
+                    .get(&id)
+                    .is_none_or(|then| then.due(&now, self.max_keys, self.max_bytes));
                 if !hot && !due {
                     continue;
                 }
-                measured.insert(id, now);
+                // A failed scan leaves nothing found: measured again once
+                // enough is written (not every round).
+                measured.insert(id, Measure::start(now));
                 let kr = desc_range(&r.desc.read());
                 let (mvcc, mk, mb) = (self.mvcc.clone(), self.max_keys, self.max_bytes);
                 let scan = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
@@ -153,6 +151,9 @@ impl SplitChecker {
                 };
                 r.approx_keys.store(keys, Ordering::Relaxed);
                 r.approx_bytes.store(bytes, Ordering::Relaxed);
+                if let Some(m) = measured.get_mut(&id) {
+                    m.found = Some((keys, bytes));
+                }
                 if let Some(k) = split_key {
                     if hottest == Some(id) && !by_rate {
                         last_saturated_split = Some(std::time::Instant::now());
@@ -167,6 +168,79 @@ impl SplitChecker {
                 }
             }
         }
+    }
+}
+
+/// What a range's replica had applied, as the split checker compares it
+/// between checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Counters {
+    /// Which replica (a range removed and added back here is a new one,
+    /// whose counters start over).
+    replica: usize,
+    writes: u64,
+    added_keys: u64,
+    added_bytes: u64,
+    version: u64,
+    /// Changes when a snapshot replaced the data (counted by no write).
+    data_gen: u64,
+}
+
+impl Counters {
+    fn of(r: &std::sync::Arc<crate::store::RangeShared>) -> Self {
+        Self {
+            replica: std::sync::Arc::as_ptr(r) as usize,
+            writes: r.writes.load(Ordering::Relaxed),
+            added_keys: r.added_keys.load(Ordering::Relaxed),
+            added_bytes: r.added_bytes.load(Ordering::Relaxed),
+            version: r.epoch().version,
+            data_gen: r.data_gen.load(Ordering::Acquire),
+        }
+    }
+}
+
+/// A range's last measure: the counters then, and the live keys and bytes
+/// the scan found (`None` until it answered, or if it failed).
+#[derive(Clone, Copy, Debug)]
+struct Measure {
+    at: Counters,
+    found: Option<(u64, u64)>,
+    when: std::time::Instant,
+}
+
+impl Measure {
+    fn start(at: Counters) -> Self {
+        Self {
+            at,
+            found: None,
+            when: std::time::Instant::now(),
+        }
+    }
+
+    /// Is the range to be measured again? Yes if its data was replaced or
+    /// its bounds changed; otherwise once a [`RESCAN_SHARE`] of a threshold
+    /// was written since, if the keys and bytes the writes added (upper
+    /// bounds: overwrites add no key, compaction is not subtracted) may have
+    /// taken it over a threshold, or [`REMEASURE_EVERY`] passed. So a range
+    /// that is only overwritten far below the key threshold is not scanned
+    /// over and over.
+    fn due(&self, now: &Counters, max_keys: u64, max_bytes: u64) -> bool {
+        let then = &self.at;
+        if now.replica != then.replica
+            || now.version != then.version
+            || now.data_gen != then.data_gen
+        {
+            return true;
+        }
+        let writes = now.writes.saturating_sub(then.writes);
+        let keys = now.added_keys.saturating_sub(then.added_keys);
+        let bytes = now.added_bytes.saturating_sub(then.added_bytes);
+        let enough = writes >= (max_keys / RESCAN_SHARE).max(1)
+            || bytes >= (max_bytes / RESCAN_SHARE).max(1);
+        let may_cross = self.found.is_none_or(|(k, b)| {
+            k.saturating_add(keys) > max_keys || b.saturating_add(bytes) > max_bytes
+        });
+        enough && (may_cross || self.when.elapsed() >= REMEASURE_EVERY)
     }
 }
 
@@ -234,7 +308,70 @@ pub async fn propose_split(
 
 #[cfg(test)]
 mod tests {
-    use super::split_when_saturated;
+    use super::{split_when_saturated, Counters, Measure, REMEASURE_EVERY};
+
+    const KEYS: u64 = 1600;
+    const BYTES: u64 = 64 << 20;
+
+    fn at(writes: u64, added_keys: u64, added_bytes: u64) -> Counters {
+        Counters {
+            replica: 1,
+            writes,
+            added_keys,
+            added_bytes,
+            version: 3,
+            data_gen: 0,
+        }
+    }
+
+    fn measured(keys: u64, bytes: u64) -> Measure {
+        Measure {
+            found: Some((keys, bytes)),
+            ..Measure::start(at(1000, 500, 1 << 20))
+        }
+    }
+
+    #[test]
+    fn a_range_is_measured_again_only_when_it_may_have_crossed_a_threshold() {
+        let m = measured(1500, 10 << 20);
+        // Fewer writes than a sixteenth of the key threshold: never.
+        assert!(!m.due(&at(1099, 600, 2 << 20), KEYS, BYTES));
+        // Enough writes, all overwrites: 1500 keys stay under 1600.
+        assert!(!m.due(&at(1100, 500, 2 << 20), KEYS, BYTES));
+        assert!(!m.due(&at(5000, 599, 50 << 20), KEYS, BYTES));
+        // 101 new keys may make 1601.
+        assert!(m.due(&at(1100, 601, 2 << 20), KEYS, BYTES));
+        // Bytes may pass the byte threshold (10 MiB measured + 55 MiB).
+        assert!(m.due(&at(1100, 500, 56 << 20), KEYS, BYTES));
+        // A new descriptor, new data or a new replica: always.
+        for changed in [
+            Counters {
+                version: 4,
+                ..at(1000, 500, 1 << 20)
+            },
+            Counters {
+                data_gen: 2,
+                ..at(1000, 500, 1 << 20)
+            },
+            Counters {
+                replica: 2,
+                ..at(1000, 500, 1 << 20)
+            },
+        ] {
+            assert!(m.due(&changed, KEYS, BYTES), "{changed:?}");
+        }
+        // Not answered (or failed): once enough was written.
+        let unknown = Measure { found: None, ..m };
+        assert!(!unknown.due(&at(1099, 500, 1 << 20), KEYS, BYTES));
+        assert!(unknown.due(&at(1100, 500, 1 << 20), KEYS, BYTES));
+        // An old measure is refreshed once enough was written.
+        let old = Measure {
+            when: std::time::Instant::now() - REMEASURE_EVERY,
+            ..m
+        };
+        assert!(!old.due(&at(1099, 500, 1 << 20), KEYS, BYTES));
+        assert!(old.due(&at(1100, 500, 1 << 20), KEYS, BYTES));
+    }
 
     #[test]
     fn a_saturated_node_splits_only_a_range_that_carries_its_load() {

@@ -1,5 +1,6 @@
 //! The op number each write of a txn carries (`WriteExec::op`), and history
-//! replaying a revision's versions in that order.
+//! replaying a revision's versions in that order; what a write adds to its
+//! range as split checks measure it (`WriteExec::stage`).
 
 use std::sync::Arc;
 
@@ -108,9 +109,7 @@ fn write_and_replay(
     kr: &KeyRange,
 ) -> Vec<(Vec<u8>, u32)> {
     let mut wb = WriteBatch::new();
-    for v in ex.overlay.values() {
-        ex.mvcc.stage_version(&mut wb, &v.key, ex.rev, &v.value);
-    }
+    ex.stage(&mut wb);
     db.write(&wb, false).unwrap();
     ex.mvcc
         .history(kr, ex.rev, ex.rev, 100)
@@ -185,4 +184,61 @@ fn a_plain_delete_replays_in_key_order_and_old_data_has_op_0() {
     let old = m.history(&all(), 2, 2, 100).unwrap();
     assert_eq!(old.len(), 3);
     assert!(old.iter().all(|(v, _)| v.value.op == 0));
+}
+
+#[test]
+fn staged_growth_bounds_the_keys_and_matches_the_bytes_a_split_scan_measures() {
+    let db: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+    let m = Mvcc::new(db.clone());
+    let plain = |key: &[u8], value: &[u8]| PbPutRequest {
+        key: key.to_vec(),
+        value: value.to_vec(),
+        ..Default::default()
+    };
+    let mut total = Growth::default();
+    let mut run = |rev: i64, f: &dyn Fn(&mut WriteExec<'_>)| {
+        let mut ex = WriteExec::new(&m, rev, 0);
+        f(&mut ex);
+        let mut wb = WriteBatch::new();
+        let g = ex.stage(&mut wb);
+        db.write(&wb, false).unwrap();
+        total.keys += g.keys;
+        total.bytes += g.bytes;
+        g.keys
+    };
+    let new3 = run(10, &|ex| {
+        for k in [&b"a"[..], b"b", b"c"] {
+            ex.put(&plain(k, b"v1")).unwrap();
+        }
+    });
+    assert_eq!(new3, 3, "three new keys");
+    let none = run(11, &|ex| {
+        ex.put(&plain(b"a", b"a longer value")).unwrap();
+        ex.delete(&PbDeleteRequest {
+            key: b"b".to_vec(),
+            ..Default::default()
+        })
+        .unwrap();
+    });
+    assert_eq!(none, 0, "an overwrite and a delete add no key");
+    let two = run(12, &|ex| {
+        ex.put(&plain(b"b", b"again")).unwrap();
+        ex.put(&plain(b"d", b"v1")).unwrap();
+        ex.put(&plain(b"c", b"v2")).unwrap();
+    });
+    assert_eq!(two, 2, "a deleted key put again, and a new one");
+    let txn = run(13, &|ex| {
+        let r = ex.txn(&PbTxnRequest {
+            success: vec![put(b"e"), put(b"a")],
+            ..Default::default()
+        });
+        assert!(r.unwrap().succeeded);
+    });
+    assert_eq!(txn, 1, "a txn's new key");
+    // Live now: a b c d e. The bytes are exactly what a scan counts over
+    // every version written (nothing compacted).
+    let (keys, bytes, split) = m.split_scan(&all(), u64::MAX, u64::MAX).unwrap();
+    assert_eq!((keys, split), (5, None));
+    assert_eq!(total.keys, 6, "an upper bound: b counted twice");
+    assert_eq!(total.bytes, bytes);
 }

@@ -472,10 +472,9 @@ impl Store {
                 .map(|()| span_applied(&kr, 0)),
         };
         shared.writes.fetch_add(1, Ordering::Relaxed);
-        (shared.written_bytes).fetch_add(cmd.request.len() as u64, Ordering::Relaxed);
         let mut out = Applied::default();
         if res.is_ok() {
-            out.feed = self.stage_writes(&mut ex, wb);
+            out.feed = self.stage_writes(shared, &mut ex, wb);
             let staged = std::mem::take(&mut ex.overlay);
             self.pending
                 .written
@@ -498,15 +497,14 @@ impl Store {
     /// carrying its events (none if it wrote nothing).
     pub(super) fn stage_writes(
         &self,
+        shared: &RangeShared,
         ex: &mut WriteExec<'_>,
         wb: &mut WriteBatch,
     ) -> Option<FeedMessage> {
         if ex.overlay.is_empty() {
             return None;
         }
-        for v in ex.overlay.values() {
-            self.mvcc.stage_version(wb, &v.key, ex.rev, &v.value);
-        }
+        shared.grew(ex.stage(wb));
         Some(FeedMessage {
             revision: ex.rev,
             events: std::mem::take(&mut ex.events),

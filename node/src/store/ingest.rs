@@ -103,6 +103,7 @@ impl Store {
         if !kvs.iter().all(|kv| kr.contains(&kv.key)) {
             return Ok(Applied::answer(Err(NodeError::EpochNotMatch)));
         }
+        let mut added = crate::apply::Growth::default();
         for kv in kvs {
             let value = MvccValue {
                 value: kv.value,
@@ -114,9 +115,12 @@ impl Store {
                 // revision, so no history below it is replayed).
                 op: 0,
             };
-            self.mvcc
+            added.keys += 1;
+            added.bytes += self
+                .mvcc
                 .stage_version(wb, &kv.key, kv.mod_revision, &value);
         }
+        shared.grew(added);
         let mut out = Applied::answer(Ok(Vec::new()));
         // Staged as the range's current revision with the apply batch
         // (`exec.rs`, `flush_applied`).

@@ -270,7 +270,8 @@ impl Store {
             splits: AtomicU64::new(0),
             approx_keys: AtomicU64::new(0),
             approx_bytes: AtomicU64::new(0),
-            written_bytes: AtomicU64::new(0),
+            added_keys: AtomicU64::new(0),
+            added_bytes: AtomicU64::new(0),
             data_gen: AtomicU64::new(0),
             intent: parking_lot::RwLock::new(
                 crate::txn::load_intent(&*self.db, desc.id)?.map(Arc::new),

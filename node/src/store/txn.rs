@@ -149,7 +149,7 @@ impl Store {
         };
         let mut out = Applied::default();
         match &res {
-            Ok(_) => out.feed = self.stage_writes(&mut ex, wb),
+            Ok(_) => out.feed = self.stage_writes(shared, &mut ex, wb),
             // Prepare checked every op that can fail on the range's state,
             // which has not changed since: this is a bug, not a client error.
             Err(e) => tracing::error!(
@@ -159,7 +159,6 @@ impl Store {
             ),
         }
         shared.writes.fetch_add(1, Ordering::Relaxed);
-        (shared.written_bytes).fetch_add(intent.txn.len() as u64, Ordering::Relaxed);
         wb.delete(Cf::Meta, intent_key(range_id));
         // Staged as the range's current revision with the apply batch
         // (`exec.rs`, `flush_applied`).
