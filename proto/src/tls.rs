@@ -27,7 +27,7 @@ mod client;
 mod reload;
 mod server;
 
-pub use server::{incoming, Conn, ConnInfo, Incoming};
+pub use server::{incoming, incoming_from, Conn, ConnInfo, Incoming};
 
 use reload::{Files, Reloading};
 

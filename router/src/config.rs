@@ -48,6 +48,11 @@ pub struct RouterConfig {
     /// bcrypt cost of the password hashes of new users (etcd's --bcrypt-cost).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(4..=31))]
     pub bcrypt_cost: u32,
+    /// Threads serving client connections, each its own event loop with its
+    /// own connections to the nodes for KV calls (0: one per CPU this process
+    /// may use).
+    #[arg(long, default_value_t = 0)]
+    pub client_threads: usize,
     /// TLS on the client port (etcd's client flags).
     #[command(flatten)]
     pub client_tls: strata_proto::tls::ClientPortFlags,

@@ -17,6 +17,7 @@ pub mod reqmeta;
 pub mod routing;
 mod scan;
 pub mod snapshot;
+mod threads;
 mod txn;
 pub mod watch;
 
@@ -118,14 +119,17 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<RouterHandle> {
         .add_service(LockServer::new(concurrency::lock::LockSvc(recipes.clone())))
         .add_service(ElectionServer::new(concurrency::election::ElectionSvc(
             recipes,
-        )))
-        .serve_with_incoming(strata_proto::tls::incoming(listener, client_tls));
-    tokio::spawn(async move {
-        if let Err(e) = server.await {
-            tracing::error!("router gRPC server stopped: {e}");
+        )));
+    let client_threads = threads::count(cfg.client_threads);
+    threads::serve(listener, client_tls, client_threads, move |incoming| {
+        let server = server.clone();
+        async move {
+            if let Err(e) = server.serve_with_incoming(incoming).await {
+                tracing::error!("router gRPC server stopped: {e}");
+            }
         }
-    });
-    tracing::info!(%addr, "router serving etcd clients");
+    })?;
+    tracing::info!(%addr, client_threads, "router serving etcd clients");
     metrics::ready(&telemetry);
     Ok(RouterHandle { client_addr: addr })
 }

@@ -120,6 +120,7 @@ impl Cluster {
             auth_token: "simple".into(),
             auth_token_ttl: 300,
             bcrypt_cost: 10,
+            client_threads: 0,
             client_tls: Default::default(),
             peer_tls: Default::default(),
         })

@@ -152,6 +152,15 @@ pub type Incoming = Pin<Box<dyn Stream<Item = io::Result<Conn>> + Send>>;
 /// connection and is logged.
 pub fn incoming(listener: TcpListener, tls: Option<ServerTls>) -> Incoming {
     let tcp = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    incoming_from(tcp, tls)
+}
+
+/// As [`incoming`], for connections accepted elsewhere (TCP_NODELAY is the
+/// caller's to set).
+pub fn incoming_from<S>(tcp: S, tls: Option<ServerTls>) -> Incoming
+where
+    S: Stream<Item = io::Result<TcpStream>> + Send + 'static,
+{
     let Some(tls) = tls else {
         return Box::pin(tcp.map(|s| s.map(Conn::Plain)));
     };

@@ -113,7 +113,10 @@ pub struct Router {
     ranges: RwLock<RangeCache>,
     nodes: RwLock<HashMap<u64, String>>,
     clients: DashMap<u64, NodeClient<Channel>>,
-    muxes: DashMap<u64, NodeMux>,
+    /// Per node and client thread (`threads::slot`): each client thread
+    /// calls nodes on connections of its own, so a node's answers complete
+    /// that thread's calls without waking another thread.
+    muxes: DashMap<(u64, usize), NodeMux>,
     feed_clients: DashMap<u64, NodeClient<Channel>>,
     pub compacted: std::sync::atomic::AtomicI64,
     pub request_timeout: Duration,
@@ -229,7 +232,7 @@ impl Router {
         for n in resp.nodes {
             if nodes.get(&n.id) != Some(&n.addr) {
                 self.clients.remove(&n.id);
-                self.muxes.remove(&n.id);
+                self.muxes.retain(|(node, _), _| *node != n.id);
                 self.feed_clients.remove(&n.id);
             }
             nodes.insert(n.id, n.addr);
@@ -331,13 +334,18 @@ impl Router {
     /// The multiplexed Kv stream to `node` (see `mux.rs`), on the same
     /// connection as [`Router::client`].
     pub fn mux(&self, node: u64) -> Option<NodeMux> {
-        if let Some(m) = self.muxes.get(&node) {
+        let key = (node, crate::threads::slot());
+        if let Some(m) = self.muxes.get(&key) {
             return Some(m.clone());
         }
-        let client = self.client(node)?;
+        // A client thread's own connection (its tasks run on that thread).
+        let client = match key.1 {
+            0 => self.client(node)?,
+            _ => self.connect(node)?,
+        };
         Some(
             self.muxes
-                .entry(node)
+                .entry(key)
                 .or_insert_with(|| NodeMux::start(node, client))
                 .clone(),
         )
@@ -358,16 +366,23 @@ impl Router {
         if let Some(c) = map.get(&node) {
             return Some(c.clone());
         }
+        let c = self.connect(node)?;
+        map.insert(node, c.clone());
+        Some(c)
+    }
+
+    /// A new (lazy) connection to `node`.
+    fn connect(&self, node: u64) -> Option<NodeClient<Channel>> {
         let addr = self.nodes.read().get(&node)?.clone();
         let ep = strata_proto::tls::endpoint(&addr)
             .ok()?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true);
-        let c = NodeClient::new(strata_proto::tls::connect_lazy(&ep))
-            .max_decoding_message_size(64 * 1024 * 1024)
-            .max_encoding_message_size(64 * 1024 * 1024);
-        map.insert(node, c.clone());
-        Some(c)
+        Some(
+            NodeClient::new(strata_proto::tls::connect_lazy(&ep))
+                .max_decoding_message_size(64 * 1024 * 1024)
+                .max_encoding_message_size(64 * 1024 * 1024),
+        )
     }
 
     /// The node to try for a range: its leader hint, else peers in turn.
