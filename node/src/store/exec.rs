@@ -39,7 +39,7 @@ use tonic::Status;
 
 use super::replica::RangeShared;
 use super::{desc_range, meta, Store};
-use crate::apply::{header, WriteExec};
+use crate::apply::{header, Growth, WriteExec};
 use crate::error::{NodeError, NodeResult};
 use crate::mvcc::{KeyRange, Version};
 use crate::storage::{Cf, WriteBatch};
@@ -61,6 +61,9 @@ pub(super) struct Applied {
     pub child: Option<RangeDescriptor>,
     /// The range's new txn intent (`Some(None)`: none any more).
     pub intent: Option<Option<Arc<TxnIntent>>>,
+    /// What the write added to the range's data (counted for split checks
+    /// once published, so a scan taken after the count sees the data).
+    pub growth: Growth,
 }
 
 impl Default for Applied {
@@ -73,6 +76,7 @@ impl Default for Applied {
             desc: None,
             child: None,
             intent: None,
+            growth: Growth::default(),
         }
     }
 }
@@ -300,6 +304,7 @@ impl Store {
             if let Some(rev) = applied.applied_rev {
                 shared.applied_rev.store(rev, Ordering::Release);
             }
+            shared.grew(applied.growth);
             if let Some(i) = applied.intent {
                 *shared.intent.write() = i;
             }
@@ -474,7 +479,7 @@ impl Store {
         shared.writes.fetch_add(1, Ordering::Relaxed);
         let mut out = Applied::default();
         if res.is_ok() {
-            out.feed = self.stage_writes(shared, &mut ex, wb);
+            (out.feed, out.growth) = self.stage_writes(&mut ex, wb);
             let staged = std::mem::take(&mut ex.overlay);
             self.pending
                 .written
@@ -497,19 +502,19 @@ impl Store {
     /// carrying its events (none if it wrote nothing).
     pub(super) fn stage_writes(
         &self,
-        shared: &RangeShared,
         ex: &mut WriteExec<'_>,
         wb: &mut WriteBatch,
-    ) -> Option<FeedMessage> {
+    ) -> (Option<FeedMessage>, Growth) {
         if ex.overlay.is_empty() {
-            return None;
+            return (None, Growth::default());
         }
-        shared.grew(ex.stage(wb));
-        Some(FeedMessage {
+        let growth = ex.stage(wb);
+        let feed = FeedMessage {
             revision: ex.rev,
             events: std::mem::take(&mut ex.events),
             ..Default::default()
-        })
+        };
+        (Some(feed), growth)
     }
 }
 

@@ -120,8 +120,8 @@ impl Store {
                 .mvcc
                 .stage_version(wb, &kv.key, kv.mod_revision, &value);
         }
-        shared.grew(added);
         let mut out = Applied::answer(Ok(Vec::new()));
+        out.growth = added;
         // Staged as the range's current revision with the apply batch
         // (`exec.rs`, `flush_applied`).
         out.applied_rev = Some(req.revision);

@@ -149,7 +149,7 @@ impl Store {
         };
         let mut out = Applied::default();
         match &res {
-            Ok(_) => out.feed = self.stage_writes(shared, &mut ex, wb),
+            Ok(_) => (out.feed, out.growth) = self.stage_writes(&mut ex, wb),
             // Prepare checked every op that can fail on the range's state,
             // which has not changed since: this is a bug, not a client error.
             Err(e) => tracing::error!(
