@@ -26,7 +26,6 @@ use std::sync::Arc;
 
 use futures::Stream;
 use strata_proto::strata::{AllocAnswer, AllocRequest};
-use tokio::sync::mpsc;
 use tonic::Status;
 
 use crate::service::PlacementService;
@@ -141,19 +140,20 @@ pub type AllocAnswers = Pin<Box<dyn Stream<Item = Result<AllocAnswer, Status>> +
 impl PlacementService {
     /// Serves one `AllocStream`: each request is run as a unary `Alloc` is
     /// (the serving check, the lease re-check after the answer), one at a
-    /// time, in order; the first refusal ends the stream.
-    pub fn alloc_stream(self: Arc<Self>, mut reqs: tonic::Streaming<AllocRequest>) -> AllocAnswers {
-        let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(async move {
-            while let Ok(Some(r)) = reqs.message().await {
-                let answer = strata_proto::answers::alloc_answer(self.alloc(r.count).await);
-                let refused = answer.code != 0;
-                if tx.send(Ok(answer)).await.is_err() || refused {
-                    return;
-                }
-            }
-        });
-        Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+    /// time, in order; the first refusal ends the stream. Answered where the
+    /// server polls the response, with no task of its own in between (a
+    /// hand-off between tasks is a thread wake-up on every allocation).
+    pub fn alloc_stream(self: Arc<Self>, reqs: tonic::Streaming<AllocRequest>) -> AllocAnswers {
+        Box::pin(futures::stream::unfold(
+            Some((self, reqs)),
+            |open| async move {
+                let (svc, mut reqs) = open?;
+                let r = reqs.message().await.ok()??;
+                let answer = strata_proto::answers::alloc_answer(svc.alloc(r.count).await);
+                let next = (answer.code == 0).then_some((svc, reqs));
+                Some((Ok(answer), next))
+            },
+        ))
     }
 }
 
@@ -171,6 +171,56 @@ mod tests {
             Err(s) if s.code() == Code::InvalidArgument => {}
             other => panic!("{what}: expected InvalidArgument, got {other:?}"),
         }
+    }
+
+    /// Over real gRPC: an `AllocStream` answers in order, each allocation
+    /// above the last, `alloc(0)` without consuming; a refusal is answered
+    /// and then ends the stream.
+    #[tokio::test]
+    async fn an_alloc_stream_answers_in_order_and_ends_at_a_refusal() {
+        use strata_proto::strata::placement_client::PlacementClient;
+        use strata_proto::strata::placement_server::PlacementServer;
+        use strata_proto::strata::AllocRequest;
+
+        let dir = tempfile::tempdir().unwrap();
+        let svc = service(&dir, 0).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(PlacementServer::new(Svc(svc)))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let mut client = PlacementClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let mut answers = client
+            .alloc_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut ask = async |count: u64| {
+            tx.send(AllocRequest { count }).await.unwrap();
+            let a = answers.message().await.unwrap().expect("an answer");
+            (a.code, a.start)
+        };
+        let (code, a) = ask(5).await;
+        assert_eq!(code, 0);
+        let (_, next) = ask(0).await;
+        assert!(next >= a + 5, "alloc(0) = {next} inside [{a}, {a} + 5)");
+        let (_, again) = ask(0).await;
+        assert_eq!(again, next, "alloc(0) consumed a revision");
+        let (_, b) = ask(1).await;
+        assert!(b >= next, "allocation went back: next {next}, then {b}");
+        let (code, _) = ask((1 << 20) + 1).await;
+        assert_eq!(code, Code::InvalidArgument as i32);
+        let _ = tx.send(AllocRequest { count: 1 }).await;
+        let end = tokio::time::timeout(std::time::Duration::from_secs(5), answers.message())
+            .await
+            .expect("the stream ends after a refusal");
+        assert!(matches!(end, Ok(None)), "answered after a refusal: {end:?}");
+        server.abort();
     }
 
     #[tokio::test]

@@ -119,6 +119,16 @@ pub(super) struct Pending {
     written: Vec<Version>,
 }
 
+impl Pending {
+    /// Puts `wb` ahead of everything staged here, to be written with it
+    /// (hard states whose commit index alone moved: a later commit index
+    /// staged for the applied entries then overwrites theirs in the batch).
+    pub(super) fn lead_with(&mut self, mut wb: WriteBatch) {
+        wb.append(std::mem::take(&mut self.wb));
+        self.wb = wb;
+    }
+}
+
 /// One range's entries in [`Pending`].
 struct RangeGroup {
     range_id: u64,
@@ -242,6 +252,10 @@ impl Store {
     pub(super) fn flush_applied(&mut self) -> anyhow::Result<()> {
         let mut p = std::mem::take(&mut self.pending);
         if p.ranges.is_empty() {
+            // Nothing applied; perhaps hard states to write (`lead_with`).
+            if !p.wb.is_empty() {
+                self.db.write(&p.wb, false)?;
+            }
             return Ok(());
         }
         let mut stamped = false;

@@ -97,7 +97,9 @@ impl Store {
             self.db.write(&wb, true)?;
             crate::failpoint::crash(self.node_id, "crash_after_log_fsync");
         } else if !wb.is_empty() {
-            self.db.write(&wb, false)?;
+            // Only commit indexes moved: nothing to wait for, so no write of
+            // its own either — it leads the round's apply batch.
+            self.pending.lead_with(wb);
         }
         for (id, rec) in installs {
             self.start_install(id, rec);
