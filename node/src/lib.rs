@@ -252,6 +252,7 @@ pub async fn run_with(cfg: NodeConfig, net: RaftNet) -> anyhow::Result<NodeHandl
         pressure: pressure::WritePressure::new(node_id, db.clone()),
         db: db.clone(),
     };
+    let lead_share = split_check::LeadShare::default();
     let checker = split_check::SplitChecker {
         ranges: ranges.clone(),
         mvcc: mvcc::Mvcc::new(db.clone()),
@@ -260,6 +261,7 @@ pub async fn run_with(cfg: NodeConfig, net: RaftNet) -> anyhow::Result<NodeHandl
         max_keys: cfg.range_split_keys.max(2),
         max_bytes: cfg.range_split_bytes.max(1024),
         max_write_rate: cfg.range_split_write_rate.max(0.0),
+        lead_share: lead_share.clone(),
     };
     tokio::spawn(checker.run());
     tokio::spawn(txn::resolver::run(
@@ -290,7 +292,7 @@ pub async fn run_with(cfg: NodeConfig, net: RaftNet) -> anyhow::Result<NodeHandl
         ranges.clone(),
         addrs,
         store_tx.clone(),
-        space,
+        Told { space, lead_share },
         suspects,
     ));
     metrics::ready(&telemetry);
@@ -304,15 +306,23 @@ pub async fn run_with(cfg: NodeConfig, net: RaftNet) -> anyhow::Result<NodeHandl
 
 /// Reports the ranges this node leads; learns node addresses and the ranges it
 /// must host.
+/// What heartbeat answers tell the rest of the node: the cluster's alarms,
+/// and this node's share of the writes the nodes lead.
+struct Told {
+    space: Arc<space::Space>,
+    lead_share: split_check::LeadShare,
+}
+
 async fn heartbeat(
     node_id: u64,
     mut placement: strata_proto::oracle::PlacementConn,
     ranges: Ranges,
     addrs: Arc<DashMap<u64, String>>,
     store: mpsc::Sender<StoreMsg>,
-    space: Arc<space::Space>,
+    told: Told,
     suspects: store::Suspects,
 ) {
+    let Told { space, lead_share } = told;
     let mut iv = tokio::time::interval(HEARTBEAT_EVERY);
     let mut last_writes: std::collections::HashMap<u64, (u64, std::time::Instant)> =
         Default::default();
@@ -435,6 +445,7 @@ async fn heartbeat(
                 }
                 let resp = resp.into_inner();
                 space.learn(&resp.alarms);
+                lead_share.set(resp.leader_writes_per_sec, resp.mean_leader_writes_per_sec);
                 let down: Vec<u64> = resp.nodes.iter().filter(|n| !n.up).map(|n| n.id).collect();
                 for n in resp.nodes {
                     addrs.insert(n.id, n.addr);

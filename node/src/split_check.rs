@@ -39,6 +39,8 @@ pub struct SplitChecker {
     pub max_bytes: u64,
     /// Writes per second above which a range splits (0 = never by load).
     pub max_write_rate: f64,
+    /// This node's share of the cluster's led writes (heartbeat answers).
+    pub lead_share: LeadShare,
 }
 
 /// A node using at least this share of the CPU it may use is saturated…
@@ -54,6 +56,45 @@ const SATURATED_MIN_RATE: f64 = 50.0;
 /// After a split by saturation, the next waits this long, so that placement
 /// can move a leader and the CPU figure shows the new state.
 const SATURATED_COOLDOWN: Duration = Duration::from_secs(3);
+/// …and it splits only while the writes it leads are at least this multiple
+/// of the mean over the cluster's nodes (as placement last told it): below
+/// that, leaders carry even loads, every node is as busy, and another split
+/// only adds per-range work (6 saturated nodes went on splitting to 68
+/// ranges, losing a quarter of their throughput).
+const SATURATED_LEAD_SHARE: f64 = 1.2;
+
+/// The writes this node leads over the mean of the cluster's nodes, as
+/// placement last said in a heartbeat answer (`placement/src/load.rs`);
+/// unknown until one says (then saturation alone decides, as before).
+#[derive(Clone)]
+pub struct LeadShare(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl Default for LeadShare {
+    fn default() -> Self {
+        Self(std::sync::Arc::new(f64::NAN.to_bits().into()))
+    }
+}
+
+impl LeadShare {
+    /// Records placement's figures (writes/s led here, mean over nodes).
+    pub fn set(&self, mine: f64, mean: f64) {
+        let share = if mean > 0.0 && mine.is_finite() && mean.is_finite() {
+            mine.max(0.0) / mean
+        } else {
+            f64::NAN // nothing reported yet
+        };
+        self.0.store(share.to_bits(), Ordering::Relaxed);
+    }
+
+    fn get(&self) -> Option<f64> {
+        Some(f64::from_bits(self.0.load(Ordering::Relaxed))).filter(|s| !s.is_nan())
+    }
+
+    /// May a saturated node split its hottest range?
+    fn splits_help(&self) -> bool {
+        self.get().is_none_or(|s| s >= SATURATED_LEAD_SHARE)
+    }
+}
 
 impl SplitChecker {
     pub async fn run(self) {
@@ -115,7 +156,8 @@ impl SplitChecker {
                 .iter()
                 .map(|(r, rate)| (r.desc.read().id, *rate))
                 .collect();
-            let hottest = (saturated_for >= SATURATED_CHECKS && cooled)
+            let saturated = saturated_for >= SATURATED_CHECKS;
+            let hottest = (saturated && cooled && self.lead_share.splits_help())
                 .then(|| split_when_saturated(&rates))
                 .flatten();
             for (r, rate) in rated {
@@ -308,7 +350,7 @@ pub async fn propose_split(
 
 #[cfg(test)]
 mod tests {
-    use super::{split_when_saturated, Counters, Measure, REMEASURE_EVERY};
+    use super::{split_when_saturated, Counters, LeadShare, Measure, REMEASURE_EVERY};
 
     const KEYS: u64 = 1600;
     const BYTES: u64 = 64 << 20;
@@ -388,5 +430,26 @@ mod tests {
         // Idle ranges never split, nor does a node leading nothing.
         assert_eq!(split_when_saturated(&[(1, 20.0)]), None);
         assert_eq!(split_when_saturated(&[]), None);
+    }
+
+    #[test]
+    fn a_saturated_node_splits_only_while_it_leads_more_than_its_share() {
+        let share = LeadShare::default();
+        assert!(share.splits_help(), "nothing heard yet: saturation decides");
+        // One range on three nodes: its leader leads three times the mean.
+        share.set(900.0, 300.0);
+        assert!(share.splits_help());
+        // Leaders even: another split would only add per-range work.
+        share.set(310.0, 300.0);
+        assert!(!share.splits_help());
+        share.set(0.0, 300.0);
+        assert!(!share.splits_help());
+        // Nothing reported (a fresh placement), or nonsense: unknown again.
+        share.set(0.0, 0.0);
+        assert!(share.splits_help());
+        share.set(f64::NAN, 300.0);
+        assert!(share.splits_help());
+        share.set(400.0, f64::INFINITY);
+        assert!(share.splits_help());
     }
 }

@@ -10,6 +10,7 @@ pub mod hosting;
 mod identity;
 mod lease;
 mod lease_txn;
+mod load;
 pub mod metrics;
 pub mod operator;
 mod oracle;

@@ -322,11 +322,14 @@ impl Placement for Svc {
         .collect();
         drop(st);
         let alarms = crate::alarm::active(&self.0.rep.state());
+        let (leader_writes_per_sec, mean_leader_writes_per_sec) = self.0.leader_load(r.node_id);
         Ok(Response::new(HeartbeatResponse {
             ranges,
             nodes: self.nodes(false),
             alarms,
             checked,
+            leader_writes_per_sec,
+            mean_leader_writes_per_sec,
         }))
     }
 
