@@ -60,7 +60,7 @@ const SATURATED_COOLDOWN: Duration = Duration::from_secs(3);
 /// of the mean over the cluster's nodes (as placement last told it): below
 /// that, leaders carry even loads, every node is as busy, and another split
 /// only adds per-range work (6 saturated nodes went on splitting to 68
-/// ranges, losing a quarter of their throughput).
+/// ranges in two minutes, long after their leaders were even).
 const SATURATED_LEAD_SHARE: f64 = 1.2;
 
 /// The writes this node leads over the mean of the cluster's nodes, as

@@ -35,6 +35,8 @@ pub struct PlacementService {
     pub last_seen: Mutex<HashMap<u64, Instant>>,
     /// Latest stats reported by each range's leader.
     pub stats: Mutex<HashMap<u64, RangeStats>>,
+    /// Their last sum per leading node (`load.rs`).
+    pub(crate) led: Mutex<crate::load::Led>,
     /// What each node reports hosting, and the voters it does not host.
     pub hosting: Mutex<Hosting>,
     /// Lease id → deadline (leader-local, reset on restart as in etcd).
@@ -65,6 +67,7 @@ impl PlacementService {
             leaders: Mutex::new(HashMap::new()),
             last_seen: Mutex::new(HashMap::new()),
             stats: Mutex::new(HashMap::new()),
+            led: Mutex::default(),
             hosting: Mutex::new(Hosting::default()),
             lease_deadlines: Mutex::new(HashMap::new()),
             routers: Mutex::default(),
