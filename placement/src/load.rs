@@ -9,8 +9,6 @@ use std::time::{Duration, Instant};
 
 use crate::service::PlacementService;
 
-/// A node heard from within this long is up (as `Placement.Nodes` says).
-const UP_WITHIN: Duration = Duration::from_secs(5);
 /// The figures are summed over every range at most this often (every node
 /// asks each second; the sum walks all the cluster's ranges).
 const RECOUNT_EVERY: Duration = Duration::from_secs(1);
@@ -20,6 +18,16 @@ const RECOUNT_EVERY: Duration = Duration::from_secs(1);
 pub struct Led(Option<(Instant, HashMap<u64, f64>, f64)>);
 
 impl PlacementService {
+    /// Nodes heard from within [`crate::metrics::NODE_DOWN_AFTER`].
+    pub fn up_nodes(&self) -> HashSet<u64> {
+        self.last_seen
+            .lock()
+            .iter()
+            .filter(|(_, t)| t.elapsed() < crate::metrics::NODE_DOWN_AFTER)
+            .map(|(n, _)| *n)
+            .collect()
+    }
+
     /// The write rate of the ranges `node` leads and the mean of that over
     /// the nodes that are up, from the rates their leaders last reported
     /// (ranges that split or were removed since do not count).
@@ -31,13 +39,7 @@ impl PlacementService {
         }
         // Lock order, everywhere: state, then last_seen, leaders, stats.
         let st = self.rep.state();
-        let up: HashSet<u64> = self
-            .last_seen
-            .lock()
-            .iter()
-            .filter(|(_, t)| t.elapsed() < UP_WITHIN)
-            .map(|(n, _)| *n)
-            .collect();
+        let up = self.up_nodes();
         let (per_node, mean) = {
             let leaders = self.leaders.lock();
             let stats = self.stats.lock();

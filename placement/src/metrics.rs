@@ -336,13 +336,7 @@ fn refresh(svc: &PlacementService) {
         NODES.with_label_values(&["down"]).set(0);
         return;
     }
-    let up: std::collections::HashSet<u64> = svc
-        .last_seen
-        .lock()
-        .iter()
-        .filter(|(_, t)| t.elapsed() < NODE_DOWN_AFTER)
-        .map(|(id, _)| *id)
-        .collect();
+    let up = svc.up_nodes();
     let leaders: std::collections::HashMap<u64, u64> = svc
         .leaders
         .lock()
