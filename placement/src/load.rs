@@ -2,12 +2,15 @@
 //! it from the ranges' leaders — told to every node in its heartbeat answer,
 //! so a saturated node splits its hottest range only while it leads clearly
 //! more than its share (`node/src/split_check.rs`): once leaders carry even
-//! loads, another split only adds per-range work.
+//! loads, another split only adds per-range work. Also what `Nodes` and
+//! heartbeat answers list of each node (`Svc::nodes`).
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use crate::service::PlacementService;
+use strata_proto::strata::NodeInfo;
+
+use crate::service::{PlacementService, Svc};
 
 /// The figures are summed over every range at most this often (every node
 /// asks each second; the sum walks all the cluster's ranges).
@@ -53,6 +56,47 @@ impl PlacementService {
         let mine = per_node.get(&node).copied().unwrap_or(0.0);
         self.led.lock().0 = Some((Instant::now(), per_node, mean));
         (mine, mean)
+    }
+}
+
+impl Svc {
+    /// The registered nodes; with `counts`, how many replicas and leaders each
+    /// holds (one pass over the ranges — heartbeats, ten a second per node,
+    /// ask without).
+    pub(crate) fn nodes(&self, counts: bool) -> Vec<NodeInfo> {
+        // Lock order, everywhere: state, then last_seen, leaders, stats,
+        // hosting. (A reader waiting for the state behind a queued writer
+        // while holding last_seen, which a state reader wants, deadlocks
+        // placement.)
+        let st = self.0.rep.state();
+        let seen = self.0.last_seen.lock();
+        let mut per_node: HashMap<u64, (u64, u64)> = HashMap::new();
+        if counts {
+            let leaders = self.0.leaders.lock();
+            for r in st.ranges.values() {
+                for (_, node) in &r.peers {
+                    per_node.entry(*node).or_default().0 += 1;
+                }
+                if let Some(h) = leaders.get(&r.id) {
+                    per_node.entry(h.node).or_default().1 += 1;
+                }
+            }
+        }
+        st.nodes
+            .iter()
+            .map(|(&id, addr)| {
+                let (range_count, leader_count) = per_node.get(&id).copied().unwrap_or_default();
+                NodeInfo {
+                    id,
+                    addr: addr.clone(),
+                    up: seen
+                        .get(&id)
+                        .is_some_and(|t| t.elapsed() < crate::metrics::NODE_DOWN_AFTER),
+                    range_count,
+                    leader_count,
+                }
+            })
+            .collect()
     }
 }
 

@@ -584,47 +584,6 @@ impl Placement for Svc {
     }
 }
 
-impl Svc {
-    /// The registered nodes; with `counts`, how many replicas and leaders each
-    /// holds (one pass over the ranges — heartbeats, ten a second per node,
-    /// ask without).
-    fn nodes(&self, counts: bool) -> Vec<NodeInfo> {
-        // Lock order, everywhere: state, then last_seen, leaders, stats,
-        // hosting. (A reader waiting for the state behind a queued writer
-        // while holding last_seen, which a state reader wants, deadlocks
-        // placement.)
-        let st = self.0.rep.state();
-        let seen = self.0.last_seen.lock();
-        let mut per_node: HashMap<u64, (u64, u64)> = HashMap::new();
-        if counts {
-            let leaders = self.0.leaders.lock();
-            for r in st.ranges.values() {
-                for (_, node) in &r.peers {
-                    per_node.entry(*node).or_default().0 += 1;
-                }
-                if let Some(h) = leaders.get(&r.id) {
-                    per_node.entry(h.node).or_default().1 += 1;
-                }
-            }
-        }
-        st.nodes
-            .iter()
-            .map(|(&id, addr)| {
-                let (range_count, leader_count) = per_node.get(&id).copied().unwrap_or_default();
-                NodeInfo {
-                    id,
-                    addr: addr.clone(),
-                    up: seen
-                        .get(&id)
-                        .is_some_and(|t| t.elapsed() < Duration::from_secs(5)),
-                    range_count,
-                    leader_count,
-                }
-            })
-            .collect()
-    }
-}
-
 #[cfg(test)]
 #[path = "service_tests.rs"]
 pub(crate) mod tests;
