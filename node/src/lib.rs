@@ -304,8 +304,6 @@ pub async fn run_with(cfg: NodeConfig, net: RaftNet) -> anyhow::Result<NodeHandl
     })
 }
 
-/// Reports the ranges this node leads; learns node addresses and the ranges it
-/// must host.
 /// What heartbeat answers tell the rest of the node: the cluster's alarms,
 /// and this node's share of the writes the nodes lead.
 struct Told {
@@ -313,6 +311,8 @@ struct Told {
     lead_share: split_check::LeadShare,
 }
 
+/// Reports the ranges this node leads; learns node addresses and the ranges it
+/// must host.
 async fn heartbeat(
     node_id: u64,
     mut placement: strata_proto::oracle::PlacementConn,

@@ -13,7 +13,8 @@ use strata_proto::strata::NodeInfo;
 use crate::service::{PlacementService, Svc};
 
 /// The figures are summed over every range at most this often (every node
-/// asks each second; the sum walks all the cluster's ranges).
+/// asks in each heartbeat, about three a second; the sum walks all the
+/// cluster's ranges).
 const RECOUNT_EVERY: Duration = Duration::from_secs(1);
 
 /// The last sum: when, writes/s led per node, and the mean over up nodes.
@@ -61,7 +62,7 @@ impl PlacementService {
 
 impl Svc {
     /// The registered nodes; with `counts`, how many replicas and leaders each
-    /// holds (one pass over the ranges — heartbeats, ten a second per node,
+    /// holds (one pass over the ranges — heartbeats, about three a second per node,
     /// ask without).
     pub(crate) fn nodes(&self, counts: bool) -> Vec<NodeInfo> {
         // Lock order, everywhere: state, then last_seen, leaders, stats,
