@@ -4,8 +4,8 @@
 //! `strata-placement` and `strata-router`. Those crates cannot depend on the root
 //! package (it depends on them), so they include this file with
 //! `#[path = "../../src/component.rs"] mod component;`: keep it free of anything but
-//! `std`, `tokio`, `tracing`, `tracing-subscriber` and `anyhow`, which every component
-//! crate has, and `fail` under the `failpoints` feature, which every component crate
+//! `std`, `tokio`, `tracing`, `tracing-subscriber`, `clap` and `anyhow`, which every
+//! component crate has, and `fail` under the `failpoints` feature, which every component crate
 //! (and the root package) defines.
 //!
 //! **Runtime fault injection** (built with `--features failpoints`): when
@@ -72,18 +72,33 @@ pub fn init_tracing() {
         .try_init();
 }
 
+/// The most worker threads `--worker-threads` accepts.
+pub const MAX_WORKER_THREADS: u16 = 1024;
+
+/// The process's async runtime, as every component's flags set it.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct RuntimeArgs {
+    /// Worker threads of this process's async runtime (0: one per CPU this process
+    /// may use). Lower it when several Strata processes share a machine's CPUs:
+    /// `strata dev` gives each of its processes its share. A thread per CPU that the
+    /// machine does not have only adds hand-offs between threads to each request.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=i64::from(MAX_WORKER_THREADS)))]
+    pub worker_threads: u16,
+}
+
 /// Starts a component with `start` (its library's `run(config)`), then serves until
 /// SIGTERM, SIGINT (Ctrl-C) or SIGHUP. Exits 0 after a signal, 1 if `start` fails.
-pub fn serve<H, F>(name: &str, start: F) -> ExitCode
+pub fn serve<H, F>(name: &str, runtime: &RuntimeArgs, start: F) -> ExitCode
 where
     F: Future<Output = anyhow::Result<H>>,
 {
     init_tracing();
     watch_failpoints_file();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if runtime.worker_threads > 0 {
+        builder.worker_threads(usize::from(runtime.worker_threads));
+    }
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("{name}: error: cannot start the tokio runtime: {e}");

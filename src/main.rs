@@ -39,11 +39,26 @@ enum Command {
     #[command(long_about = dev::DEV_LONG_ABOUT)]
     Dev(dev::DevArgs),
     #[command(about = component::NODE_ABOUT, long_about = component::NODE_LONG_ABOUT)]
-    Node(strata_node::NodeConfig),
+    Node {
+        #[command(flatten)]
+        config: strata_node::NodeConfig,
+        #[command(flatten)]
+        runtime: component::RuntimeArgs,
+    },
     #[command(about = component::PLACEMENT_ABOUT, long_about = component::PLACEMENT_LONG_ABOUT)]
-    Placement(strata_placement::PlacementConfig),
+    Placement {
+        #[command(flatten)]
+        config: strata_placement::PlacementConfig,
+        #[command(flatten)]
+        runtime: component::RuntimeArgs,
+    },
     #[command(about = component::ROUTER_ABOUT, long_about = component::ROUTER_LONG_ABOUT)]
-    Router(strata_router::RouterConfig),
+    Router {
+        #[command(flatten)]
+        config: strata_router::RouterConfig,
+        #[command(flatten)]
+        runtime: component::RuntimeArgs,
+    },
     #[command(about = ctl::CTL_ABOUT, long_about = ctl::CTL_LONG_ABOUT)]
     Ctl(ctl::CtlArgs),
     #[command(about = certs::CERTS_ABOUT, long_about = certs::CERTS_LONG_ABOUT)]
@@ -55,9 +70,15 @@ enum Command {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Dev(args) => dev::main(args),
-        Command::Node(cfg) => component::serve("strata node", strata_node::run(cfg)),
-        Command::Placement(cfg) => component::serve("strata placement", strata_placement::run(cfg)),
-        Command::Router(cfg) => component::serve("strata router", strata_router::run(cfg)),
+        Command::Node { config, runtime } => {
+            component::serve("strata node", &runtime, strata_node::run(config))
+        }
+        Command::Placement { config, runtime } => {
+            component::serve("strata placement", &runtime, strata_placement::run(config))
+        }
+        Command::Router { config, runtime } => {
+            component::serve("strata router", &runtime, strata_router::run(config))
+        }
         Command::Ctl(args) => ctl::main(args),
         Command::Robustness(args) => robustness::main(args),
         Command::Certs(args) => certs::main(args),

@@ -15,9 +15,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(flatten)]
     config: strata_node::NodeConfig,
+    #[command(flatten)]
+    runtime: component::RuntimeArgs,
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    component::serve("strata-node", strata_node::run(cli.config))
+    component::serve("strata-node", &cli.runtime, strata_node::run(cli.config))
 }

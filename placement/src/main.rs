@@ -15,9 +15,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(flatten)]
     config: strata_placement::PlacementConfig,
+    #[command(flatten)]
+    runtime: component::RuntimeArgs,
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    component::serve("strata-placement", strata_placement::run(cli.config))
+    component::serve(
+        "strata-placement",
+        &cli.runtime,
+        strata_placement::run(cli.config),
+    )
 }

@@ -15,9 +15,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(flatten)]
     config: strata_router::RouterConfig,
+    #[command(flatten)]
+    runtime: component::RuntimeArgs,
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    component::serve("strata-router", strata_router::run(cli.config))
+    component::serve(
+        "strata-router",
+        &cli.runtime,
+        strata_router::run(cli.config),
+    )
 }

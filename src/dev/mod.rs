@@ -161,6 +161,13 @@ pub struct DevArgs {
     #[arg(long)]
     pub quota_backend_bytes: Option<u64>,
 
+    /// Threads of each process's async runtime (nodes', placement's and routers'
+    /// --worker-threads, routers' --client-threads) [default: the CPUs this machine
+    /// gives `strata dev` shared among its processes, at least 1]. Threads beyond
+    /// the CPUs there are only add hand-offs between threads to each request.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=i64::from(crate::component::MAX_WORKER_THREADS)))]
+    pub threads_per_process: Option<u16>,
+
     /// How long to wait for the cluster to serve a client request before giving up.
     #[arg(long, default_value = "60s", value_parser = strata_router::parse_duration)]
     pub ready_timeout: Duration,
@@ -313,7 +320,8 @@ async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("finding the path of this executable")?;
     let data_dir = std::path::absolute(&args.data_dir)
         .with_context(|| format!("resolving --data-dir {}", args.data_dir.display()))?;
-    let plan = plan(&args, &exe, &data_dir)?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let plan = plan(&args, &exe, &data_dir, cpus)?;
 
     // Data dir: created if missing, must be writable, one `strata dev` at a time.
     let logs = data_dir.join("logs");

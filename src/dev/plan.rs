@@ -33,8 +33,23 @@ pub(super) fn quorum(replicas: usize) -> usize {
     replicas / 2 + 1
 }
 
-/// Computes the processes, ports and argvs; pure, so it is unit-tested.
-pub(super) fn plan(args: &DevArgs, exe: &Path, data_dir: &Path) -> anyhow::Result<Plan> {
+/// Threads of each process's runtime: `--threads-per-process`, or the `cpus` this
+/// machine gives `strata dev` shared evenly among its `processes` (at least one).
+pub(super) fn threads_per_process(args: &DevArgs, processes: u32, cpus: usize) -> u16 {
+    args.threads_per_process.unwrap_or_else(|| {
+        let share = cpus / (processes.max(1) as usize);
+        share.clamp(1, usize::from(crate::component::MAX_WORKER_THREADS)) as u16
+    })
+}
+
+/// Computes the processes, ports and argvs for a machine with `cpus` CPUs; pure,
+/// so it is unit-tested.
+pub(super) fn plan(
+    args: &DevArgs,
+    exe: &Path,
+    data_dir: &Path,
+    cpus: usize,
+) -> anyhow::Result<Plan> {
     let n = u32::from(args.nodes);
     let p = u32::from(args.placement_replicas);
     let r = u32::from(args.routers);
@@ -57,6 +72,7 @@ pub(super) fn plan(args: &DevArgs, exe: &Path, data_dir: &Path) -> anyhow::Resul
         );
     }
     let port = |q: u32| localhost(q as u16);
+    let threads = threads_per_process(args, p + n + r, cpus).to_string();
     let exe = exe.to_string_lossy().into_owned();
     let dir = |name: &str| data_dir.join(name).to_string_lossy().into_owned();
     let log = |name: &str| data_dir.join("logs").join(format!("{name}.log"));
@@ -100,6 +116,8 @@ pub(super) fn plan(args: &DevArgs, exe: &Path, data_dir: &Path) -> anyhow::Resul
             n.min(3).to_string(),
             "--metrics-addr".into(),
             m.to_string(),
+            "--worker-threads".into(),
+            threads.clone(),
         ];
         if let Some(d) = &args.node_down_after {
             argv.extend(["--node-down-after".into(), d.clone()]);
@@ -131,6 +149,8 @@ pub(super) fn plan(args: &DevArgs, exe: &Path, data_dir: &Path) -> anyhow::Resul
             placement_list.clone(),
             "--metrics-addr".into(),
             m.to_string(),
+            "--worker-threads".into(),
+            threads.clone(),
         ];
         if let Some(t) = args.raft_tick_ms {
             argv.extend(["--raft-tick-ms".into(), t.to_string()]);
@@ -182,6 +202,10 @@ pub(super) fn plan(args: &DevArgs, exe: &Path, data_dir: &Path) -> anyhow::Resul
             placement_list.clone(),
             "--metrics-addr".into(),
             m.to_string(),
+            "--worker-threads".into(),
+            threads.clone(),
+            "--client-threads".into(),
+            threads.clone(),
         ];
         if let Some(d) = &args.watch_progress_notify_interval {
             argv.extend(["--watch-progress-notify-interval".into(), d.clone()]);

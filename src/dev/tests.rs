@@ -45,7 +45,7 @@ fn default_plan() {
     let a = args(&[]);
     assert_eq!((a.nodes, a.placement_replicas, a.routers), (3, 3, 1));
     assert_eq!(a.ready_timeout, Duration::from_secs(60));
-    let p = plan(&a, Path::new("/bin/strata"), Path::new("/d")).unwrap();
+    let p = plan(&a, Path::new("/bin/strata"), Path::new("/d"), 2).unwrap();
     assert_eq!(p.client_endpoints, ["127.0.0.1:2379"]);
     assert_eq!(
         names(&p),
@@ -119,7 +119,7 @@ fn custom_plan() {
         "--prometheus",
     ]);
     assert_eq!(a.ready_timeout, Duration::from_secs(5));
-    let p = plan(&a, Path::new("/x"), Path::new("/d")).unwrap();
+    let p = plan(&a, Path::new("/x"), Path::new("/d"), 2).unwrap();
     assert_eq!(p.client_endpoints, ["127.0.0.1:4000"]);
     assert_eq!(names(&p), ["placement-1", "node-1", "router-1"]);
     let pl = &p.components[0];
@@ -166,7 +166,7 @@ fn two_routers_three_placement_replicas() {
         "3",
         "--prometheus",
     ]);
-    let p = plan(&a, Path::new("/x"), Path::new("/d")).unwrap();
+    let p = plan(&a, Path::new("/x"), Path::new("/d"), 2).unwrap();
     assert_eq!(p.client_endpoints, ["127.0.0.1:2379", "127.0.0.1:2380"]);
     assert_eq!(
         names(&p),
@@ -281,7 +281,13 @@ fn placement_data_must_match_the_replicas() {
 
 #[test]
 fn many_nodes_do_not_collide() {
-    let p = plan(&args(&["--nodes", "12"]), Path::new("/x"), Path::new("/d")).unwrap();
+    let p = plan(
+        &args(&["--nodes", "12"]),
+        Path::new("/x"),
+        Path::new("/d"),
+        2,
+    )
+    .unwrap();
     let mut ports: Vec<SocketAddr> = p
         .components
         .iter()
@@ -292,7 +298,7 @@ fn many_nodes_do_not_collide() {
     ports.dedup();
     assert_eq!(ports.len(), n);
     let bad = |argv: &[&str]| {
-        plan(&args(argv), Path::new("/x"), Path::new("/d"))
+        plan(&args(argv), Path::new("/x"), Path::new("/d"), 2)
             .unwrap_err()
             .to_string()
     };
@@ -343,7 +349,7 @@ fn tail_lines() {
 #[test]
 fn tls_plan() {
     let a = args(&["--tls", "--placement-replicas", "1", "--nodes", "1"]);
-    let p = plan(&a, Path::new("/x"), Path::new("/d")).unwrap();
+    let p = plan(&a, Path::new("/x"), Path::new("/d"), 2).unwrap();
     let t = p.tls.clone().expect("--tls plans certificates");
     assert_eq!(t.ca, "/d/tls/ca.pem");
     // Every component gets the peer flags; the router also the client port's.
@@ -385,16 +391,48 @@ fn tls_plan() {
     // Metrics over HTTPS, and Prometheus told so.
     assert_eq!(r.metrics_url, "https://127.0.0.1:23802/metrics");
     let a = args(&["--tls", "--prometheus"]);
-    let p = plan(&a, Path::new("/x"), Path::new("/d")).unwrap();
+    let p = plan(&a, Path::new("/x"), Path::new("/d"), 2).unwrap();
     let (_, config) = p.prometheus.unwrap();
     assert!(config.contains("scheme: https"), "{config}");
     assert!(config.contains("cert_file: '/d/tls/peer.pem'"), "{config}");
     assert!(config.contains("- '127.0.0.1:23806'"), "{config}");
     // Without --tls: plaintext, no TLS flag anywhere.
-    let p = plan(&args(&[]), Path::new("/x"), Path::new("/d")).unwrap();
+    let p = plan(&args(&[]), Path::new("/x"), Path::new("/d"), 2).unwrap();
     assert!(p.tls.is_none());
     assert!(p
         .components
         .iter()
         .all(|c| !c.args.iter().any(|a| a.contains("tls"))));
+}
+
+/// Every process's runtime gets its share of the machine's CPUs, at least one
+/// thread, unless `--threads-per-process` says how many.
+#[test]
+fn threads_are_the_machines_cpus_shared_among_the_processes() {
+    let threads = |argv: &[&str], cpus: usize| {
+        let p = plan(&args(argv), Path::new("/x"), Path::new("/d"), cpus).unwrap();
+        let mut seen = Vec::new();
+        for c in &p.components {
+            let w = flag(&c.args, "--worker-threads").map(str::to_owned);
+            let client = flag(&c.args, "--client-threads").map(str::to_owned);
+            match c.role {
+                "router" => assert_eq!(client, w, "{}", c.name),
+                _ => assert_eq!(client, None, "{}", c.name),
+            }
+            seen.push(w.expect("every process is told its threads"));
+        }
+        seen.dedup();
+        assert_eq!(seen.len(), 1, "one share for all: {seen:?}");
+        seen.remove(0)
+    };
+    // 3 placement replicas, 3 nodes, a router: 7 processes.
+    assert_eq!(threads(&[], 2), "1");
+    assert_eq!(threads(&[], 1), "1");
+    assert_eq!(threads(&[], 16), "2");
+    assert_eq!(threads(&["--placement-replicas", "1"], 16), "3");
+    assert_eq!(threads(&["--threads-per-process", "4"], 2), "4");
+    for bad in ["0", "1025", "x"] {
+        let argv = ["dev", "--threads-per-process", bad];
+        assert!(Cli::try_parse_from(argv).is_err(), "{bad}");
+    }
 }
