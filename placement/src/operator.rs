@@ -9,7 +9,7 @@ use strata_proto::strata::node_client::NodeClient;
 use strata_proto::strata::{AdminKind, AdminRequest, Peer};
 use tonic::Request;
 
-use crate::scheduler::{schedule, Config, NodeView, Op, RangeView};
+use crate::scheduler::{schedule, Config, NodeView, Op, RangeView, SwapDamping};
 use crate::service::PlacementService;
 use crate::state::{Command, Outcome};
 
@@ -22,10 +22,17 @@ const NODE_UP_WINDOW: Duration = Duration::from_secs(3);
 /// was told after `hosting::MISSING_AFTER`; catching up takes a snapshot of
 /// the range, which may wait for the node's replica of the parent range).
 const MISSING_GRACE: Duration = Duration::from_secs(60);
+/// A write-load swap (the scheduler's step 5) waits this long after the last
+/// one: nodes report range write rates every 3 s, and the rates must show the
+/// last swap's effect, measured after its transfers, before the next is chosen.
+const LOAD_SETTLE: Duration = Duration::from_secs(10);
+/// A range swapped for write load is not swapped again for this long.
+const SWAP_PIN: Duration = Duration::from_secs(60);
 
 pub async fn run(svc: Arc<PlacementService>, node_down_after: Duration, max_ops: usize) {
     let mut iv = tokio::time::interval(TICK);
     let mut recent: HashMap<u64, Instant> = HashMap::new();
+    let mut damping = SwapDamping::new(LOAD_SETTLE, SWAP_PIN);
     let started = Instant::now();
     // The scheduler is a pure function of its inputs: while they stay as they
     // were when it last had nothing to do, it is not run again (with
@@ -51,7 +58,9 @@ pub async fn run(svc: Arc<PlacementService>, node_down_after: Duration, max_ops:
         }
         let ranges = range_views(&svc);
         let busy: HashSet<u64> = recent.keys().copied().collect();
-        let ops = schedule(
+        let now = Instant::now();
+        let (load_swap, swap_pinned) = damping.at(now);
+        let scheduled = schedule(
             &nodes,
             &ranges,
             &busy,
@@ -59,9 +68,16 @@ pub async fn run(svc: Arc<PlacementService>, node_down_after: Duration, max_ops:
                 replicas: svc.replicas,
                 max_ops,
                 missing_grace: MISSING_GRACE,
+                load_swap,
+                swap_pinned,
             },
         );
-        settled = (ops.is_empty() && busy.is_empty()).then_some((version, nodes));
+        damping.record(&scheduled, now);
+        let ops = scheduled.ops;
+        // Nothing to do, and nothing held back (a swap waiting for
+        // LOAD_SETTLE or SWAP_PIN may be due with the same inputs).
+        let idle = ops.is_empty() && busy.is_empty() && damping.idle(now);
+        settled = idle.then_some((version, nodes));
         // One operator per range, so they are independent: run at once (a
         // burst of split children gets its leaders spread in one round,
         // not one transfer after another).

@@ -21,13 +21,19 @@
 //!    [`LOAD_GAP_SHARE`] of the busiest node's, a hot leader on the busiest node
 //!    and a cold one on the least busy node trade places (two transfers: leader
 //!    counts stay as step 4 left them). The pair is chosen so the gap strictly
-//!    shrinks, so steady rates never make leaders bounce.
+//!    shrinks, so steady rates never make leaders bounce. Rates are not steady
+//!    (3 s windows, and a transfer disturbs the ranges it moves), so the
+//!    caller runs this step only once the last swap's effect could be
+//!    measured ([`Config::load_swap`]) and keeps the ranges it swapped out of
+//!    the next ones for a while ([`Config::swap_pinned`]): without that, two
+//!    ranges traded places back and forth every few seconds under an even
+//!    load.
 //!
 //! At most `max_ops` operators per call and one per range: operators are rate
 //! limited, and a range is never taken below quorum.
 
-use std::collections::{BTreeMap, HashSet};
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use crate::state::StoredRange;
 
@@ -78,6 +84,66 @@ pub struct Config {
     pub max_ops: usize,
     /// A voter its live node has not hosted for this long is replaced.
     pub missing_grace: Duration,
+    /// Step 5 may run (the last write-load swap has settled).
+    pub load_swap: bool,
+    /// Ranges step 5 leaves where they are (swapped recently).
+    pub swap_pinned: HashSet<u64>,
+}
+
+/// When step 5 may run and which ranges it must leave alone: the last swap
+/// at least `settle` ago, and no range swapped in the last `pin`.
+#[derive(Debug)]
+pub struct SwapDamping {
+    settle: Duration,
+    pin: Duration,
+    last: Option<Instant>,
+    swapped: HashMap<u64, Instant>,
+}
+
+impl SwapDamping {
+    pub fn new(settle: Duration, pin: Duration) -> Self {
+        Self {
+            settle,
+            pin,
+            last: None,
+            swapped: HashMap::new(),
+        }
+    }
+
+    /// `(load_swap, swap_pinned)` for a round at `now`.
+    pub fn at(&mut self, now: Instant) -> (bool, HashSet<u64>) {
+        let pin = self.pin;
+        self.swapped
+            .retain(|_, t| now.saturating_duration_since(*t) < pin);
+        let settled = self
+            .last
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.settle);
+        (settled, self.swapped.keys().copied().collect())
+    }
+
+    /// Nothing is held back: a round with the same inputs decides the same.
+    pub fn idle(&self, now: Instant) -> bool {
+        self.swapped.is_empty()
+            && self
+                .last
+                .is_none_or(|t| now.saturating_duration_since(t) >= self.settle)
+    }
+
+    /// A round at `now` decided `scheduled`.
+    pub fn record(&mut self, scheduled: &Scheduled, now: Instant) {
+        if let Some(pair) = scheduled.swap {
+            self.last = Some(now);
+            self.swapped.extend(pair.map(|r| (r, now)));
+        }
+    }
+}
+
+/// What a round of the scheduler decided.
+#[derive(Debug, Default, PartialEq)]
+pub struct Scheduled {
+    pub ops: Vec<Op>,
+    /// The two ranges of step 5's swap, when `ops` ends with one.
+    pub swap: Option<[u64; 2]>,
 }
 
 pub fn schedule(
@@ -85,13 +151,41 @@ pub fn schedule(
     ranges: &[RangeView],
     busy: &HashSet<u64>,
     cfg: &Config,
-) -> Vec<Op> {
-    let mut ops = Vec::new();
-    let alive: Vec<u64> = nodes
+) -> Scheduled {
+    let ops = steps(nodes, ranges, busy, cfg);
+    let swap = {
+        // Step 5 (after the other steps' transfers, as if done).
+        let touched: HashSet<u64> = busy
+            .iter()
+            .chain(&cfg.swap_pinned)
+            .copied()
+            .chain(ops.iter().map(Op::range))
+            .collect();
+        (cfg.load_swap && ops.len() + 2 <= cfg.max_ops)
+            .then(|| load_swap(ranges, &ops, &touched, &alive(nodes)))
+            .flatten()
+    };
+    let mut out = Scheduled { ops, swap: None };
+    if let Some(pair) = swap {
+        out.swap = Some(pair.clone().map(|o| o.range()));
+        out.ops.extend(pair);
+    }
+    out
+}
+
+/// The nodes replicas and leaders may go to.
+fn alive(nodes: &[NodeView]) -> Vec<u64> {
+    nodes
         .iter()
         .filter(|n| n.up && !n.dead)
         .map(|n| n.id)
-        .collect();
+        .collect()
+}
+
+/// Steps 1 to 4.
+fn steps(nodes: &[NodeView], ranges: &[RangeView], busy: &HashSet<u64>, cfg: &Config) -> Vec<Op> {
+    let mut ops = Vec::new();
+    let alive = alive(nodes);
     let dead: HashSet<u64> = nodes.iter().filter(|n| n.dead).map(|n| n.id).collect();
     let up: HashSet<u64> = alive.iter().copied().collect();
     let mut replicas: BTreeMap<u64, usize> = alive.iter().map(|n| (*n, 0)).collect();
@@ -276,12 +370,6 @@ pub fn schedule(
         *leaders.get_mut(&to).expect("alive") += 1;
     }
 
-    // 5: write-load balance (after step 4's transfers, as if done).
-    if ops.len() + 2 <= cfg.max_ops {
-        if let Some(swap) = load_swap(ranges, &ops, &touched, &alive) {
-            ops.extend(swap);
-        }
-    }
     ops
 }
 
