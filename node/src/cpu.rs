@@ -1,5 +1,6 @@
-//! How much of the CPU it may use this process is using: the signal the
-//! split checker reads to tell a saturated leader from a merely busy one.
+//! How much of the CPU it may use this process is using, and how much of
+//! one CPU the raft thread is: the signals the split checker reads to tell a
+//! saturated leader from a merely busy one.
 //!
 //! The limit is the process's cgroup CPU quota (cgroup v2 `cpu.max`, or v1
 //! `cpu.cfs_quota_us` / `cpu.cfs_period_us`), re-read at every sample (a
@@ -9,6 +10,8 @@
 //! saturation, the fixed `--range-split-write-rate` still applies).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Clock ticks per second of `/proc/self/stat` (`USER_HZ`, 100 on every
@@ -31,6 +34,54 @@ impl CpuGauge {
         let wall = now.duration_since(then).as_secs_f64();
         let limit = cpu_limit();
         (wall > 0.0 && limit > 0.0).then(|| (used - used_then).max(0.0) / wall / limit)
+    }
+}
+
+/// A thread's CPU seconds as it last published them (`/proc/thread-self`
+/// names the reading thread only, so the thread measured publishes).
+#[derive(Clone, Debug, Default)]
+pub struct ThreadCpu(Arc<AtomicU64>);
+
+impl ThreadCpu {
+    /// Called on the thread measured: publishes its CPU time so far.
+    pub fn publish(&self) {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").ok();
+        if let Some(secs) = stat.as_deref().and_then(parse_stat_cpu) {
+            self.0.store(secs.to_bits(), Ordering::Relaxed);
+        }
+    }
+
+    fn secs(&self) -> Option<f64> {
+        let bits = self.0.load(Ordering::Relaxed);
+        (bits != 0).then(|| f64::from_bits(bits))
+    }
+}
+
+/// How much of one CPU a thread used between samples: a node whose raft
+/// thread is busy all the time is saturated however many CPUs it has (one
+/// thread runs every range's raft work).
+#[derive(Debug)]
+pub struct ThreadGauge {
+    cpu: ThreadCpu,
+    last: Option<(Instant, f64)>,
+}
+
+impl ThreadGauge {
+    pub fn new(cpu: ThreadCpu) -> Self {
+        Self { cpu, last: None }
+    }
+
+    /// The share of one CPU the thread used since the last call (1.0 = all
+    /// of it), or `None` on the first call or before it published.
+    pub fn sample(&mut self) -> Option<f64> {
+        self.sample_at(Instant::now())
+    }
+
+    fn sample_at(&mut self, now: Instant) -> Option<f64> {
+        let used = self.cpu.secs()?;
+        let (then, used_then) = self.last.replace((now, used))?;
+        let wall = now.saturating_duration_since(then).as_secs_f64();
+        (wall > 0.0).then(|| (used - used_then).max(0.0) / wall)
     }
 }
 
@@ -126,6 +177,46 @@ mod tests {
         std::fs::write(v1.join("cpu.cfs_quota_us"), "-1\n").unwrap();
         assert_eq!(quota(text, root.path()), None);
         assert_eq!(quota("", root.path()), None);
+    }
+
+    #[test]
+    fn a_threads_published_cpu_time_is_a_share_of_one_cpu() {
+        let cpu = ThreadCpu::default();
+        let mut g = ThreadGauge::new(cpu.clone());
+        assert_eq!(g.sample(), None, "nothing published");
+        let t = Instant::now();
+        cpu.0.store(2.0f64.to_bits(), Ordering::Relaxed);
+        assert_eq!(g.sample_at(t), None, "first sample");
+        cpu.0.store(2.4f64.to_bits(), Ordering::Relaxed);
+        let share = g
+            .sample_at(t + std::time::Duration::from_millis(500))
+            .unwrap();
+        assert!((share - 0.8).abs() < 1e-9, "{share}");
+        // Unchanged: idle; going backwards (never): not negative.
+        cpu.0.store(1.0f64.to_bits(), Ordering::Relaxed);
+        assert_eq!(
+            g.sample_at(t + std::time::Duration::from_secs(1)),
+            Some(0.0)
+        );
+        assert_eq!(g.sample_at(t + std::time::Duration::from_secs(1)), None);
+        // A real thread: a busy loop publishes a busy share.
+        let cpu = ThreadCpu::default();
+        let c = cpu.clone();
+        std::thread::spawn(move || {
+            c.publish();
+            let start = Instant::now();
+            let mut x = 0u64;
+            while start.elapsed().as_millis() < 300 {
+                x = x.wrapping_mul(31).wrapping_add(7);
+            }
+            std::hint::black_box(x);
+            c.publish();
+        })
+        .join()
+        .unwrap();
+        if let Some(secs) = cpu.secs() {
+            assert!(secs >= 0.1, "a 300 ms busy loop used {secs} s");
+        }
     }
 
     #[test]

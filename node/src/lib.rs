@@ -207,6 +207,7 @@ pub async fn run_with(cfg: NodeConfig, net: RaftNet) -> anyhow::Result<NodeHandl
         );
     }
     store.load()?;
+    let raft_cpu = store.raft_cpu.clone();
     std::thread::Builder::new()
         .name("raft".into())
         .spawn(move || store.run(store_rx))?;
@@ -262,6 +263,7 @@ pub async fn run_with(cfg: NodeConfig, net: RaftNet) -> anyhow::Result<NodeHandl
         max_bytes: cfg.range_split_bytes.max(1024),
         max_write_rate: cfg.range_split_write_rate.max(0.0),
         lead_share: lead_share.clone(),
+        raft_cpu,
     };
     tokio::spawn(checker.run());
     tokio::spawn(txn::resolver::run(

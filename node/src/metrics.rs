@@ -129,7 +129,7 @@ counter!(
 gauge!(
     SATURATED,
     "strata_node_saturated",
-    "1 while this node has used at least 80% of the CPU it may use (cgroup quota, else every CPU) for a second."
+    "1 while this node has used at least 80% of the CPU it may use (cgroup quota, else every CPU), or its raft thread 80% of one CPU, for a second."
 );
 
 counter!(

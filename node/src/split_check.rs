@@ -1,6 +1,7 @@
 //! Split checks: a range leader whose range passed the key or byte threshold,
-//! or the `--range-split-write-rate`, or whose node is saturated (it has used
-//! [`SATURATED`] of the CPU it may use for a second, see `cpu.rs`) while the
+//! or the `--range-split-write-rate` (off by default), or whose node is
+//! saturated (it has used [`SATURATED`] of the CPU it may use, or its raft
+//! thread that share of one CPU, for a second, see `cpu.rs`) while the
 //! range takes a good share of the writes it leads, asks placement for ids
 //! and proposes a split command (applied by every replica in
 //! `store/split.rs`); placement's scheduler then spreads the leaders. [`propose_split`] is also how an `Admin`
@@ -41,9 +42,12 @@ pub struct SplitChecker {
     pub max_write_rate: f64,
     /// This node's share of the cluster's led writes (heartbeat answers).
     pub lead_share: LeadShare,
+    /// The raft thread's CPU time (`Store::raft_cpu`).
+    pub raft_cpu: crate::cpu::ThreadCpu,
 }
 
-/// A node using at least this share of the CPU it may use is saturated…
+/// A node using at least this share of the CPU it may use, or whose raft
+/// thread uses this share of one CPU, is saturated…
 const SATURATED: f64 = 0.8;
 /// …when it stayed so this many checks in a row.
 const SATURATED_CHECKS: u32 = 2;
@@ -106,6 +110,7 @@ impl SplitChecker {
             Default::default();
         let mut rounds = 0u64;
         let mut cpu = crate::cpu::CpuGauge::default();
+        let mut raft_cpu = crate::cpu::ThreadGauge::new(self.raft_cpu.clone());
         let mut measured: std::collections::HashMap<u64, Measure> = Default::default();
         let mut saturated_for = 0u32;
         let mut last_saturated_split: Option<std::time::Instant> = None;
@@ -117,9 +122,12 @@ impl SplitChecker {
                 seen.retain(|id, _| self.ranges.contains_key(id));
                 measured.retain(|id, _| self.ranges.contains_key(id));
             }
-            saturated_for = match cpu.sample() {
-                Some(u) if u >= SATURATED => saturated_for.saturating_add(1),
-                _ => 0,
+            // Both sampled every round (each against its own last sample).
+            let (process, raft) = (cpu.sample(), raft_cpu.sample());
+            saturated_for = if saturated_now(process, raft) {
+                saturated_for.saturating_add(1)
+            } else {
+                0
             };
             crate::metrics::SATURATED.set(i64::from(saturated_for >= SATURATED_CHECKS));
             let leaders: Vec<_> = self
@@ -286,6 +294,15 @@ impl Measure {
     }
 }
 
+/// Saturated in this sample: the process used [`SATURATED`] of the CPU it
+/// may use, or the raft thread that share of one CPU (`None`: not known).
+fn saturated_now(process: Option<f64>, raft_thread: Option<f64>) -> bool {
+    process
+        .into_iter()
+        .chain(raft_thread)
+        .any(|u| u >= SATURATED)
+}
+
 /// On a saturated node, the range to split: the hottest it leads, if that
 /// one takes at least [`SATURATED_SHARE`] of the writes of all of them and
 /// [`SATURATED_MIN_RATE`]. `rates` are (range id, writes/s).
@@ -350,7 +367,9 @@ pub async fn propose_split(
 
 #[cfg(test)]
 mod tests {
-    use super::{split_when_saturated, Counters, LeadShare, Measure, REMEASURE_EVERY};
+    use super::{
+        saturated_now, split_when_saturated, Counters, LeadShare, Measure, REMEASURE_EVERY,
+    };
 
     const KEYS: u64 = 1600;
     const BYTES: u64 = 64 << 20;
@@ -451,5 +470,16 @@ mod tests {
         assert!(share.splits_help());
         share.set(400.0, f64::INFINITY);
         assert!(share.splits_help());
+    }
+
+    #[test]
+    fn a_busy_raft_thread_saturates_a_node_with_cpus_to_spare() {
+        // 8 CPUs, one of them the raft thread's, all of it.
+        assert!(saturated_now(Some(0.13), Some(0.95)));
+        assert!(saturated_now(Some(0.9), Some(0.2)));
+        assert!(saturated_now(Some(0.9), None));
+        assert!(saturated_now(None, Some(0.8)));
+        assert!(!saturated_now(Some(0.5), Some(0.5)));
+        assert!(!saturated_now(None, None));
     }
 }

@@ -146,7 +146,7 @@ pub struct DevArgs {
     pub range_split_bytes: Option<u64>,
 
     /// Split a range once it takes more writes per second than this (passed to
-    /// every node; 0 disables; default: the node's, 3000).
+    /// every node; 0 disables; default: the node's, 0).
     #[arg(long)]
     pub range_split_write_rate: Option<f64>,
 

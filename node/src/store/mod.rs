@@ -159,6 +159,9 @@ pub struct Store {
     latest: crate::apply::latest::Latest,
     /// Checked proposals not yet in raft, in arrival order (see `propose.rs`).
     queued: Vec<propose::Queued>,
+    /// This thread's CPU time, published every tick (the split checker's
+    /// saturation signal, `cpu.rs`).
+    pub raft_cpu: crate::cpu::ThreadCpu,
 }
 
 impl Store {
@@ -193,6 +196,7 @@ impl Store {
             pending: exec::Pending::default(),
             latest: Default::default(),
             queued: Vec::new(),
+            raft_cpu: Default::default(),
         }
     }
 
@@ -461,6 +465,7 @@ impl Store {
     }
 
     fn tick(&mut self) {
+        self.raft_cpu.publish();
         let now = Instant::now();
         let reissue_after = self.tick_every * READ_REISSUE_TICKS;
         let mut pending = 0;
