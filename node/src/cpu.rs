@@ -192,30 +192,47 @@ mod tests {
             .sample_at(t + std::time::Duration::from_millis(500))
             .unwrap();
         assert!((share - 0.8).abs() < 1e-9, "{share}");
-        // Unchanged: idle; going backwards (never): not negative.
+        // A published time that went backwards (it never does) reads as idle.
         cpu.0.store(1.0f64.to_bits(), Ordering::Relaxed);
         assert_eq!(
             g.sample_at(t + std::time::Duration::from_secs(1)),
             Some(0.0)
         );
         assert_eq!(g.sample_at(t + std::time::Duration::from_secs(1)), None);
-        // A real thread: a busy loop publishes a busy share.
+        // A real thread: what it publishes grows as it spins (bounded in
+        // time: a loaded machine may give it little CPU), and is its own
+        // time, within the process's.
         let cpu = ThreadCpu::default();
         let c = cpu.clone();
-        std::thread::spawn(move || {
+        let grew = std::thread::spawn(move || {
             c.publish();
-            let start = Instant::now();
+            let Some(start) = c.secs() else {
+                return None; // no /proc here
+            };
+            let began = Instant::now();
             let mut x = 0u64;
-            while start.elapsed().as_millis() < 300 {
-                x = x.wrapping_mul(31).wrapping_add(7);
+            while began.elapsed().as_secs() < 20 {
+                for _ in 0..100_000 {
+                    x = x.wrapping_mul(31).wrapping_add(7);
+                }
+                c.publish();
+                if c.secs().is_some_and(|s| s >= start + 0.05) {
+                    break;
+                }
             }
             std::hint::black_box(x);
-            c.publish();
+            Some(c.secs().unwrap_or(0.0) - start)
         })
         .join()
         .unwrap();
-        if let Some(secs) = cpu.secs() {
-            assert!(secs >= 0.1, "a 300 ms busy loop used {secs} s");
+        if let Some(grew) = grew {
+            assert!(grew >= 0.05, "a spinning thread published {grew} s more");
+            let process = process_cpu_secs().unwrap();
+            assert!(
+                cpu.secs().unwrap() <= process,
+                "{:?} > {process}",
+                cpu.secs()
+            );
         }
     }
 

@@ -195,18 +195,23 @@ fn a_new_node_receives_replicas_and_leaders() {
     );
 }
 
-#[test]
-fn hot_leaders_trade_places_with_cold_ones() {
-    let nodes: Vec<_> = (1..=3).map(node).collect();
-    // Leader counts are even (2 each) but node 1 leads both hot ranges.
-    let ranges = vec![
+/// Six ranges on three nodes: leader counts even (2 each), but node 1 leads
+/// both hot ranges.
+fn two_hot_on_node_1() -> Vec<RangeView> {
+    vec![
         hot(1, &[1, 2, 3], 1, 1000.0),
         hot(2, &[1, 2, 3], 1, 900.0),
         hot(3, &[1, 2, 3], 2, 100.0),
         hot(4, &[1, 2, 3], 2, 100.0),
         hot(5, &[1, 2, 3], 3, 0.0),
         hot(6, &[1, 2, 3], 3, 10.0),
-    ];
+    ]
+}
+
+#[test]
+fn hot_leaders_trade_places_with_cold_ones() {
+    let nodes: Vec<_> = (1..=3).map(node).collect();
+    let ranges = two_hot_on_node_1();
     let ops = schedule(&nodes, &ranges, &HashSet::new(), &cfg()).ops;
     // Node 1 (1900/s) and node 3 (10/s): gap 1890; the hot range whose
     // difference to the coldest (range 5, 0/s) is nearest 945 is range 2.
@@ -281,14 +286,7 @@ fn small_load_gaps_and_useless_moves_are_left_alone() {
 #[test]
 fn swapped_ranges_stay_put_and_swaps_wait_for_their_effect() {
     let nodes: Vec<_> = (1..=3).map(node).collect();
-    let ranges = vec![
-        hot(1, &[1, 2, 3], 1, 1000.0),
-        hot(2, &[1, 2, 3], 1, 900.0),
-        hot(3, &[1, 2, 3], 2, 100.0),
-        hot(4, &[1, 2, 3], 2, 100.0),
-        hot(5, &[1, 2, 3], 3, 0.0),
-        hot(6, &[1, 2, 3], 3, 10.0),
-    ];
+    let ranges = two_hot_on_node_1();
     let first = schedule(&nodes, &ranges, &HashSet::new(), &cfg());
     assert_eq!(first.swap, Some([2, 5]));
     // Not settled: no swap at all.
@@ -334,14 +332,8 @@ fn swapped_ranges_stay_put_and_swaps_wait_for_their_effect() {
 #[test]
 fn wobbling_rates_do_not_bounce_leaders() {
     let nodes: Vec<_> = (1..=3).map(node).collect();
-    let mut ranges = vec![
-        hot(1, &[1, 2, 3], 1, 0.0),
-        hot(2, &[1, 2, 3], 1, 0.0),
-        hot(3, &[1, 2, 3], 2, 0.0),
-        hot(4, &[1, 2, 3], 2, 0.0),
-        hot(5, &[1, 2, 3], 3, 0.0),
-        hot(6, &[1, 2, 3], 3, 0.0),
-    ];
+    // Two leaders per node; the rates are set every second below.
+    let mut ranges = two_hot_on_node_1();
     let base = [2400.0, 600.0, 1500.0, 1500.0, 1200.0, 1800.0];
     let mut d = SwapDamping::new(Duration::from_secs(10), Duration::from_secs(60));
     let t0 = Instant::now();
