@@ -89,12 +89,14 @@ if [ "$only" != "etcd" ]; then
   placement_leader=$("$bin_dir/strata" ctl placement members --json --data-dir "$tmp/strata" | jq -s '.[] | select(.leader) | .id')
   ranges=$("$bin_dir/strata" ctl ranges --json --data-dir "$tmp/strata" | wc -l)
   comps=()
-  while read -r name pid; do
+  # By id: a node's is placement's node id (dev.json learns it), not the
+  # number in its name.
+  while read -r name pid role id; do
     label="$name"
-    [ "$name" = "node-$leader_node" ] && label="$name (leads most ranges)"
-    [ "$name" = "placement-$placement_leader" ] && label="$name (leader)"
+    [ "$role" = node ] && [ "$id" = "$leader_node" ] && label="$name (leads most ranges)"
+    [ "$role" = placement ] && [ "$id" = "$placement_leader" ] && label="$name (leader)"
     comps+=("$label=$pid")
-  done < <(jq -r '.components[] | "\(.name) \(.pid)"' "$tmp/strata/dev.json")
+  done < <(jq -r '.components[] | "\(.name) \(.pid) \(.role) \(.id)"' "$tmp/strata/dev.json")
   measure "strata ($ranges range(s))" 127.0.0.1:31379 "${comps[@]}"
   kill -TERM "${pids_to_stop[0]}" 2>/dev/null || true
   wait "${pids_to_stop[0]}" 2>/dev/null || true
