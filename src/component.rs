@@ -80,9 +80,9 @@ pub const MAX_WORKER_THREADS: u16 = 1024;
 pub struct RuntimeArgs {
     /// Worker threads of this process's async runtime (0: one per CPU this process
     /// may use). Lower it when several Strata processes share a machine's CPUs:
-    /// `strata dev` gives each of its processes its share. A thread per CPU that the
-    /// machine does not have only adds hand-offs between threads to each request.
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=i64::from(MAX_WORKER_THREADS)))]
+    /// `strata dev` gives each of its processes its share. More threads than the
+    /// process gets CPUs only add hand-offs between threads to each request.
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=i64::from(MAX_WORKER_THREADS)))]
     pub worker_threads: u16,
 }
 

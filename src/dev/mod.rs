@@ -163,9 +163,9 @@ pub struct DevArgs {
 
     /// Threads of each process's async runtime (nodes', placement's and routers'
     /// --worker-threads, routers' --client-threads) [default: the CPUs this machine
-    /// gives `strata dev` shared among its processes, at least 1]. Threads beyond
-    /// the CPUs there are only add hand-offs between threads to each request.
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=i64::from(crate::component::MAX_WORKER_THREADS)))]
+    /// gives `strata dev` shared among its processes, at least 1]. More threads
+    /// than there are CPUs only add hand-offs between threads to each request.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=i64::from(crate::component::MAX_WORKER_THREADS)))]
     pub threads_per_process: Option<u16>,
 
     /// How long to wait for the cluster to serve a client request before giving up.
