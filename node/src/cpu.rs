@@ -27,14 +27,22 @@ impl CpuGauge {
     /// The share of its CPU limit this process used since the last call
     /// (1.0 = all of it), or `None` on the first call or when unreadable.
     pub fn sample(&mut self) -> Option<f64> {
-        let now = Instant::now();
         let used = process_cpu_secs()?;
-        let last = self.last.replace((now, used));
-        let (then, used_then) = last?;
-        let wall = now.duration_since(then).as_secs_f64();
-        let limit = cpu_limit();
-        (wall > 0.0 && limit > 0.0).then(|| (used - used_then).max(0.0) / wall / limit)
+        share_since(&mut self.last, Instant::now(), used, cpu_limit())
     }
+}
+
+/// The CPU seconds `used` by `now` since the sample in `last` (which `now`
+/// replaces), as a share of `limit` CPUs; `None` on the first sample.
+fn share_since(
+    last: &mut Option<(Instant, f64)>,
+    now: Instant,
+    used: f64,
+    limit: f64,
+) -> Option<f64> {
+    let (then, used_then) = last.replace((now, used))?;
+    let wall = now.saturating_duration_since(then).as_secs_f64();
+    (wall > 0.0 && limit > 0.0).then(|| (used - used_then).max(0.0) / wall / limit)
 }
 
 /// A thread's CPU seconds as it last published them (`/proc/thread-self`
@@ -79,9 +87,7 @@ impl ThreadGauge {
 
     fn sample_at(&mut self, now: Instant) -> Option<f64> {
         let used = self.cpu.secs()?;
-        let (then, used_then) = self.last.replace((now, used))?;
-        let wall = now.saturating_duration_since(then).as_secs_f64();
-        (wall > 0.0).then(|| (used - used_then).max(0.0) / wall)
+        share_since(&mut self.last, now, used, 1.0)
     }
 }
 

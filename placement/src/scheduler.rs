@@ -167,7 +167,7 @@ pub fn schedule(
     };
     let mut out = Scheduled { ops, swap: None };
     if let Some(pair) = swap {
-        out.swap = Some(pair.clone().map(|o| o.range()));
+        out.swap = Some(pair.each_ref().map(Op::range));
         out.ops.extend(pair);
     }
     out

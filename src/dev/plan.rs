@@ -72,7 +72,9 @@ pub(super) fn plan(
         );
     }
     let port = |q: u32| localhost(q as u16);
+    // Every component's runtime threads (routers' client threads: below).
     let threads = threads_per_process(args, p + n + r, cpus).to_string();
+    let runtime_flags = ["--worker-threads".to_string(), threads.clone()];
     let exe = exe.to_string_lossy().into_owned();
     let dir = |name: &str| data_dir.join(name).to_string_lossy().into_owned();
     let log = |name: &str| data_dir.join("logs").join(format!("{name}.log"));
@@ -116,9 +118,8 @@ pub(super) fn plan(
             n.min(3).to_string(),
             "--metrics-addr".into(),
             m.to_string(),
-            "--worker-threads".into(),
-            threads.clone(),
         ];
+        argv.extend(runtime_flags.iter().cloned());
         if let Some(d) = &args.node_down_after {
             argv.extend(["--node-down-after".into(), d.clone()]);
         }
@@ -149,9 +150,8 @@ pub(super) fn plan(
             placement_list.clone(),
             "--metrics-addr".into(),
             m.to_string(),
-            "--worker-threads".into(),
-            threads.clone(),
         ];
+        argv.extend(runtime_flags.iter().cloned());
         if let Some(t) = args.raft_tick_ms {
             argv.extend(["--raft-tick-ms".into(), t.to_string()]);
         }
@@ -202,11 +202,10 @@ pub(super) fn plan(
             placement_list.clone(),
             "--metrics-addr".into(),
             m.to_string(),
-            "--worker-threads".into(),
-            threads.clone(),
             "--client-threads".into(),
             threads.clone(),
         ];
+        argv.extend(runtime_flags.iter().cloned());
         if let Some(d) = &args.watch_progress_notify_interval {
             argv.extend(["--watch-progress-notify-interval".into(), d.clone()]);
         }
