@@ -5,6 +5,13 @@
 # component spent per acknowledged write, in µs, side by side.
 #
 #   scripts/cpu-per-write.sh [--total N] [--conns C] [--clients K] [--only strata|etcd]
+#                            [--split-keys K] [--rate R]
+#
+# --split-keys K: Strata's ranges split at K keys, and the 100,000-key space is
+# written once first, so the load runs over ~100000/(K/2) ranges (4000: ~32).
+# --rate R: offer R puts/s (below both systems' capacity) instead of as many
+# as they take; the CPU per write then compares the same batching, since a
+# faster run also batches more writes per raft round and per fsync.
 #
 # Binaries: strata and strata-bench from $STRATA_BIN_DIR (default: the release
 # build in $CARGO_TARGET_DIR or ./target), etcd from $ETCD_BIN (default
@@ -14,17 +21,21 @@
 # other load moves it.
 set -euo pipefail
 
-total=20000 conns=10 clients=100 only=""
+total=20000 conns=10 clients=100 only="" split_keys=0 rate=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --total) total="$2"; shift 2 ;;
     --conns) conns="$2"; shift 2 ;;
     --clients) clients="$2"; shift 2 ;;
     --only) only="$2"; shift 2 ;;
-    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --split-keys) split_keys="$2"; shift 2 ;;
+    --rate) rate="$2"; shift 2 ;;
+    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "cpu-per-write: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+[[ "$split_keys" =~ ^[0-9]{1,9}$ ]] || { echo "cpu-per-write: --split-keys takes a count" >&2; exit 2; }
+[[ "$rate" =~ ^[0-9]{1,9}$ ]] || { echo "cpu-per-write: --rate takes puts per second" >&2; exit 2; }
 for n in "$total" "$conns" "$clients"; do
   [[ "$n" =~ ^[1-9][0-9]{0,7}$ ]] || { echo "cpu-per-write: $n is not a count" >&2; exit 2; }
 done
@@ -56,7 +67,7 @@ measure() {
   for np in "$@"; do before[$np]=$(ticks "${np#*=}"); done
   local out
   out=$("$bin_dir/strata-bench" --endpoints "$endpoints" --conns "$conns" --clients "$clients" \
-    put --total "$total" --key-space-size 100000 2>&1)
+    put --total "$total" --key-space-size 100000 --rate "$rate" 2>&1)
   local rate errs
   rate=$(echo "$out" | awk '/Requests\/sec/ {print $2; exit}')
   errs=$(echo "$out" | awk '/^ *\[[0-9]+\]\t/ {gsub(/[][]/, "", $1); e += $1} END {print e + 0}')
@@ -72,19 +83,33 @@ measure() {
     'BEGIN {printf "| %s | **all servers** (%.0f puts/s, errors %s) | %.2f | %.0f |\n", s, r, e, d / c, d / c / t * 1e6}'
 }
 
-echo "put --total $total --conns $conns --clients $clients, 256-byte values; CPU = utime + stime"
+echo "put --total $total --conns $conns --clients $clients --rate $rate (0: unlimited), 256-byte values; CPU = utime + stime"
 echo
 echo "| system | component | CPU s | CPU µs per write |"
 echo "|---|---|---:|---:|"
 
 if [ "$only" != "etcd" ]; then
+  split_flag=()
+  [ "$split_keys" -gt 0 ] && split_flag=(--range-split-keys "$split_keys")
   "$bin_dir/strata" dev --data-dir "$tmp/strata" --base-port 31790 --listen-client 127.0.0.1:31379 \
-    >"$tmp/strata.log" 2>&1 &
+    "${split_flag[@]}" >"$tmp/strata.log" 2>&1 &
   pids_to_stop+=($!)
   for _ in $(seq 1 120); do grep -q "ready" "$tmp/strata.log" && break; sleep 0.5; done
   grep -q "ready" "$tmp/strata.log" || { echo "cpu-per-write: strata dev did not start:" >&2; cat "$tmp/strata.log" >&2; exit 1; }
   # Warm up (splits, leaders settle), then find who leads.
   "$bin_dir/strata-bench" --endpoints 127.0.0.1:31379 put --total 2000 >/dev/null 2>&1 || true
+  if [ "$split_keys" -gt 0 ]; then
+    "$bin_dir/strata-bench" --endpoints 127.0.0.1:31379 --conns 10 --clients 100 --no-progress \
+      put --total 100000 --key-space-size 100000 --sequential-keys >/dev/null
+    last=-1 same=0
+    for _ in $(seq 60); do # until the range count holds for 3 s
+      now=$("$bin_dir/strata" ctl ranges --json --data-dir "$tmp/strata" | wc -l)
+      if [ "$now" = "$last" ]; then same=$((same + 1)); else same=0; fi
+      last=$now
+      [ "$same" -ge 3 ] && break
+      sleep 1
+    done
+  fi
   leader_node=$("$bin_dir/strata" ctl ranges --json --data-dir "$tmp/strata" | jq -s '[.[] | .leader_node] | group_by(.) | max_by(length) | .[0]')
   placement_leader=$("$bin_dir/strata" ctl placement members --json --data-dir "$tmp/strata" | jq -s '.[] | select(.leader) | .id')
   ranges=$("$bin_dir/strata" ctl ranges --json --data-dir "$tmp/strata" | wc -l)

@@ -168,6 +168,7 @@ pub async fn run_with(cfg: NodeConfig, net: RaftNet) -> anyhow::Result<NodeHandl
         Duration::from_millis(cfg.raft_tick_ms),
     );
     store.quiesce_after_ticks = cfg.quiesce_after_ticks;
+    store.bcast_commit = cfg.raft_bcast_commit;
     store.log_keep_entries = cfg.raft_log_keep_entries;
     store.log_keep_bytes = cfg.raft_log_keep_bytes;
     store.set_inbox(&store_tx);

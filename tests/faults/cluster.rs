@@ -97,6 +97,7 @@ impl Cluster {
                 peer_tls: Default::default(),
                 raft_tick_ms: opts.raft_tick_ms,
                 quiesce_after_ticks: 0,
+                raft_bcast_commit: false,
                 range_split_bytes: 64 * 1024 * 1024,
                 range_split_write_rate: 0.0,
                 range_split_keys: opts.range_split_keys,

@@ -135,6 +135,8 @@ pub struct Store {
     split_children: Vec<(RangeDescriptor, bool)>,
     /// Idle ticks before a leader quiesces its range (0 = never).
     pub quiesce_after_ticks: u32,
+    /// Followers told of a new commit index at once (see `raft_config`).
+    pub bcast_commit: bool,
     /// Raft log entries kept behind the applied index (see `log_gc.rs`).
     pub log_keep_entries: u64,
     /// Bytes of raft log entries kept behind the applied index (see `log_gc.rs`).
@@ -186,6 +188,7 @@ impl Store {
             destroyed: HashMap::new(),
             split_children: Vec::new(),
             quiesce_after_ticks: 20,
+            bcast_commit: false,
             log_keep_entries: log_gc::LOG_KEEP_ENTRIES,
             log_keep_bytes: log_gc::LOG_KEEP_BYTES,
             quiesce_pending: Vec::new(),
@@ -259,7 +262,11 @@ impl Store {
         let compacted = meta::load_i64(&*self.db, &meta::compacted_key(desc.id))?;
         // The highest revision applied before a restart (see `exec`).
         let applied_rev = meta::load_i64(&*self.db, &meta::maxrev_key(desc.id))?;
-        let raw = RawNode::new(&raft_config(peer_id, applied), storage, &self.logger)?;
+        let raw = RawNode::new(
+            &raft_config(peer_id, applied, self.bcast_commit),
+            storage,
+            &self.logger,
+        )?;
         let shared = Arc::new(RangeShared {
             peer_id,
             desc: parking_lot::RwLock::new(desc.clone()),
