@@ -122,7 +122,19 @@ if [ "$only" != "etcd" ]; then
     [ "$role" = placement ] && [ "$id" = "$placement_leader" ] && label="$name (leader)"
     comps+=("$label=$pid")
   done < <(jq -r '.components[] | "\(.name) \(.pid) \(.role) \(.id)"' "$tmp/strata/dev.json")
+  # Raft messages the nodes received, summed over them (the per-range cost
+  # that batching across ranges cannot remove).
+  msgs() {
+    local n=0 url
+    for url in $(jq -r '.components[] | select(.role == "node") | .metrics_url' "$tmp/strata/dev.json"); do
+      n=$(( n + $(curl -s "$url" | awk '/^strata_node_raft_messages_received_total / {printf "%d", $2}') ))
+    done
+    echo "$n"
+  }
+  msgs_before=$(msgs)
   measure "strata ($ranges range(s))" 127.0.0.1:31379 "${comps[@]}"
+  awk -v d="$(( $(msgs) - msgs_before ))" -v t="$total" \
+    'BEGIN {printf "| strata | raft messages received per write, all nodes | | %.2f |\n", d / t}'
   kill -TERM "${pids_to_stop[0]}" 2>/dev/null || true
   wait "${pids_to_stop[0]}" 2>/dev/null || true
   pids_to_stop=()
