@@ -127,3 +127,51 @@ async fn admin_split_makes_two_ranges() {
         String::from_utf8_lossy(&split_key)
     );
 }
+
+/// A split's commit reaches the followers at once, not with the leader's next
+/// append or heartbeat: they apply the split with the leader, so the new
+/// range finds its replicas there (a follower that applied it only later
+/// could be sent a snapshot of it, and every split under load stalled).
+/// Heartbeats of the range are dropped and nothing else is written, so only
+/// that broadcast can tell the followers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn followers_apply_a_split_without_waiting_for_a_heartbeat() {
+    use raft::eraftpb::MessageType;
+    use strata_node::transport::memory::Rule;
+
+    let _fp = fail::FailScenario::setup();
+    // Election timeout 3 s: the 2 s without heartbeats below elect no one.
+    let c = Cluster::start(Opts {
+        raft_tick_ms: 300,
+        ..Opts::default()
+    })
+    .await;
+    let l = c.wait_leader(1).await;
+    let mut kv = c.client().await;
+    for i in 0..10 {
+        put(&mut kv, &format!("bsplit/{i:02}"), "v").await;
+    }
+    let quiet = c.net.add(
+        Rule::new()
+            .range(1)
+            .from(l)
+            .msg_type(MessageType::MsgHeartbeat)
+            .drop(),
+    );
+    let resp = within(
+        Duration::from_secs(10),
+        "split",
+        c.node_client(l).await.admin(split_request(1, b"")),
+    )
+    .await
+    .expect("admin split")
+    .into_inner();
+    assert!(resp.error.is_none(), "{:?}", resp.error);
+    eventually(
+        Duration::from_secs(2),
+        "the split applied on every node",
+        || c.nodes.iter().all(|n| n.ranges.len() == 2).then_some(()),
+    )
+    .await;
+    c.net.remove(quiet);
+}

@@ -307,6 +307,7 @@ impl Store {
                 idle_ticks: 0,
                 install: None,
                 recent_txns: VecDeque::new(),
+                bcast_through: 0,
             },
         );
         self.touched.insert(desc.id);

@@ -14,7 +14,7 @@ use prost::Message as _;
 use raft::eraftpb::{Entry, Message, MessageType};
 use raft::StateRole;
 use strata_proto::errors;
-use strata_proto::strata::RangeCommand;
+use strata_proto::strata::{KvKind, RangeCommand};
 
 use super::replica::{Proposal, Replica};
 use super::{Reply, Store, PROPOSALS_MAX};
@@ -26,6 +26,7 @@ pub(super) struct Queued {
     data: Vec<u8>,
     rev: i64,
     reply: Reply,
+    split: bool,
 }
 
 impl Store {
@@ -70,6 +71,7 @@ impl Store {
             data: cmd.encode_to_vec(),
             rev,
             reply,
+            split: cmd.kind == KvKind::KvSplit as i32,
         });
     }
 
@@ -106,6 +108,7 @@ impl Store {
         m.from = r.raw.raft.id;
         let mut entries = Vec::with_capacity(batch.len());
         let mut rest = Vec::with_capacity(batch.len());
+        let split = batch.iter().any(|q| q.split);
         for q in batch {
             entries.push(Entry {
                 data: q.data.into(),
@@ -130,6 +133,9 @@ impl Store {
         // Raft appended them, in order, at the end of its log.
         let first = before + 1;
         debug_assert_eq!(r.raw.raft.raft_log.last_index(), before + rest.len() as u64);
+        if split {
+            r.bcast_commit_through(r.raw.raft.raft_log.last_index());
+        }
         let term = r.raw.raft.term;
         // Kept proposals of an earlier leadership at this index or
         // above lost their entries (our log now ends below `first`);

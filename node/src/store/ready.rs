@@ -144,6 +144,7 @@ impl Store {
                 continue;
             };
             r.raw.advance_apply();
+            r.end_bcast_commit(self.bcast_commit);
             // Asked again next round (cheap for a range that went quiet).
             self.touched.insert(id);
             applied.push(id);

@@ -53,6 +53,9 @@ pub(super) struct Replica {
     /// id, this range's share of the response), for a coordinator asking
     /// again after a leader change.
     pub recent_txns: VecDeque<(u64, Vec<u8>)>,
+    /// Commits are broadcast at once until the commit index reaches this
+    /// (0: never; see [`Replica::bcast_commit_through`]).
+    pub bcast_through: u64,
 }
 
 /// Where a received snapshot is on its way in.
@@ -65,6 +68,27 @@ pub(super) enum Install {
 }
 
 impl Replica {
+    /// Followers are told at once when the log commits through `index` (a
+    /// split's entry): each applies the split then, so the new range's
+    /// leader finds its replicas there. Told only with the next append or
+    /// heartbeat, a follower could apply the split after that leader had
+    /// decided it needs a snapshot of the new range (its log starts at
+    /// `SPLIT_INIT_INDEX`), and every split under load took seconds.
+    pub(super) fn bcast_commit_through(&mut self, index: u64) {
+        self.bcast_through = self.bcast_through.max(index);
+        self.raw.skip_bcast_commit(false);
+    }
+
+    /// Back to the configured way once the log committed through the index
+    /// [`Replica::bcast_commit_through`] was given (a leader broadcast it as it
+    /// committed, in the step that moved its commit index).
+    pub(super) fn end_bcast_commit(&mut self, bcast_commit: bool) {
+        if self.bcast_through != 0 && self.raw.raft.raft_log.committed >= self.bcast_through {
+            self.bcast_through = 0;
+            self.raw.skip_bcast_commit(!bcast_commit);
+        }
+    }
+
     /// Paused for a snapshot install: not ticked, stepped or readied.
     pub(super) fn installing(&self) -> bool {
         matches!(self.install, Some(Install::Running(_)))
