@@ -36,8 +36,9 @@ pub struct NodeConfig {
     /// Send followers an empty append as soon as a range's commit index
     /// moves (etcd's default). Without it a follower learns the commit index
     /// with the leader's next append or heartbeat (at most 2 ticks later),
-    /// which halves the raft messages a write costs under load; only
-    /// followers' apply is later, and reads are served by leaders.
+    /// which about halves the raft messages a write costs; only followers'
+    /// apply is later (reads are served by leaders). A split's commit, and
+    /// a pending conf change's, are broadcast either way.
     #[arg(long)]
     pub raft_bcast_commit: bool,
     /// Split a range once its data (all MVCC versions) passes this many bytes.
