@@ -68,8 +68,8 @@ measure() {
   local out
   out=$("$bin_dir/strata-bench" --endpoints "$endpoints" --conns "$conns" --clients "$clients" \
     put --total "$total" --key-space-size 100000 --rate "$rate" 2>&1)
-  local rate errs
-  rate=$(echo "$out" | awk '/Requests\/sec/ {print $2; exit}')
+  local got errs
+  got=$(echo "$out" | awk '/Requests\/sec/ {print $2; exit}')
   errs=$(echo "$out" | awk '/^ *\[[0-9]+\]\t/ {gsub(/[][]/, "", $1); e += $1} END {print e + 0}')
   local sum=0
   for np in "$@"; do
@@ -79,7 +79,7 @@ measure() {
     awk -v s="$system" -v n="$name" -v d="$d" -v c="$clk" -v t="$total" \
       'BEGIN {printf "| %s | %s | %.2f | %.0f |\n", s, n, d / c, d / c / t * 1e6}'
   done
-  awk -v s="$system" -v d="$sum" -v c="$clk" -v t="$total" -v r="${rate:-?}" -v e="${errs:-?}" \
+  awk -v s="$system" -v d="$sum" -v c="$clk" -v t="$total" -v r="${got:-?}" -v e="${errs:-?}" \
     'BEGIN {printf "| %s | **all servers** (%.0f puts/s, errors %s) | %.2f | %.0f |\n", s, r, e, d / c, d / c / t * 1e6}'
 }
 
@@ -122,12 +122,13 @@ if [ "$only" != "etcd" ]; then
     [ "$role" = placement ] && [ "$id" = "$placement_leader" ] && label="$name (leader)"
     comps+=("$label=$pid")
   done < <(jq -r '.components[] | "\(.name) \(.pid) \(.role) \(.id)"' "$tmp/strata/dev.json")
-  # Raft messages the nodes received, summed over them (the per-range cost
-  # that batching across ranges cannot remove).
+  # Raft messages the nodes received, summed over them: each range's appends
+  # and acks, so per write they grow with the ranges a load spreads over.
   msgs() {
-    local n=0 url
+    local n=0 url m
     for url in $(jq -r '.components[] | select(.role == "node") | .metrics_url' "$tmp/strata/dev.json"); do
-      n=$(( n + $(curl -s "$url" | awk '/^strata_node_raft_messages_received_total / {printf "%d", $2}') ))
+      m=$(curl -s "$url" | awk '/^strata_node_raft_messages_received_total / {printf "%d", $2}' || true)
+      n=$(( n + ${m:-0} ))
     done
     echo "$n"
   }
