@@ -130,8 +130,8 @@ async fn admin_split_makes_two_ranges() {
 
 /// A split's commit reaches the followers at once, not with the leader's next
 /// append or heartbeat: they apply the split with the leader, so the new
-/// range finds its replicas there (a follower that applied it only later
-/// could be sent a snapshot of it, and every split under load stalled).
+/// range has its replicas as soon as its leader does (applied up to two ticks
+/// later, splits under load stalled a watch across them for 30 s).
 /// Heartbeats of the range are dropped and nothing else is written, so only
 /// that broadcast can tell the followers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
