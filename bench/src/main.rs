@@ -11,6 +11,7 @@
 mod cli;
 mod compare;
 mod keys;
+mod layout;
 mod plot;
 mod ratelimit;
 mod runner;

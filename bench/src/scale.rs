@@ -4,6 +4,12 @@
 //! machine per node. It is a simulation: the nodes still share this machine's disk,
 //! memory bandwidth and loopback network, and the router, placement and the load
 //! generator are not capped.
+//!
+//! After every round (warm-ups too) it prints where the cluster got to — its range
+//! count, the ranges each node leads and holds (`strata ctl nodes`) — and the table
+//! gives the last measured round's range count and leader skew: a cluster that
+//! starts as one range must find and split its hot ranges and spread their
+//! leaders itself, and its throughput is only as even as that.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -15,6 +21,7 @@ use serde::Serialize;
 
 use crate::cli::GlobalArgs;
 use crate::compare::{median, spread_pct, workload_cli};
+use crate::layout::Layout;
 use crate::plot;
 use crate::runner::Progress;
 use crate::targets::{strata_bin, Target};
@@ -189,6 +196,8 @@ struct Point {
     p99_ms: f64,
     errors: u64,
     runs: Vec<RunReport>,
+    /// After each measured round.
+    layouts: Vec<Layout>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -260,6 +269,7 @@ pub async fn run(g: &GlobalArgs, a: &ScaleArgs, argv: Vec<String>) -> Result<Exi
         }
         let cli = workload_cli(&workload, &t.endpoints)?;
         let mut runs = Vec::new();
+        let mut layouts = Vec::new();
         for i in 0..a.warmup_rounds + a.rounds {
             let warmup = i < a.warmup_rounds;
             let round = if warmup {
@@ -284,8 +294,19 @@ pub async fn run(g: &GlobalArgs, a: &ScaleArgs, argv: Vec<String>) -> Result<Exi
                 s.pctl(99.0) * 1e3,
                 s.errors
             );
+            // Where the cluster got to: its splits and where their leaders went.
+            let layout = t
+                .data_dir()
+                .map(|d| Layout::read(&bin, &d.join("data")))
+                .transpose();
+            match &layout {
+                Ok(Some(l)) => println!("    then {l}"),
+                Ok(None) => {}
+                Err(e) => eprintln!("strata-bench: cannot read the ranges: {e:#}"),
+            }
             if !warmup {
                 runs.push(rep);
+                layouts.extend(layout.ok().flatten());
             }
         }
         drop(t);
@@ -315,19 +336,21 @@ pub async fn run(g: &GlobalArgs, a: &ScaleArgs, argv: Vec<String>) -> Result<Exi
             ),
             errors: runs.iter().map(|r| r.results[0].errors).sum(),
             runs,
+            layouts,
         });
     }
     let base = points[0].requests_per_sec_median;
-    let mut md = String::from("| nodes | node CPU cap (total) | requests/sec (median ± spread) | vs first | p50 (ms) | p99 (ms) | errors |\n|---:|---:|---:|---:|---:|---:|---:|\n");
+    let mut md = String::from("| nodes | node CPU cap (total) | requests/sec (median ± spread) | vs first | p50 (ms) | p99 (ms) | errors | ranges (most leaders / mean), last round |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     println!(
-        "\n{:>5} {:>18} {:>26} {:>9} {:>9} {:>9} {:>7}",
+        "\n{:>5} {:>18} {:>26} {:>9} {:>9} {:>9} {:>7} {:>14}",
         "nodes",
         "node CPU (total)",
         "requests/sec ± spread",
         "vs first",
         "p50 ms",
         "p99 ms",
-        "errors"
+        "errors",
+        "ranges (skew)"
     );
     for p in &points {
         let cap = p
@@ -339,8 +362,13 @@ pub async fn run(g: &GlobalArgs, a: &ScaleArgs, argv: Vec<String>) -> Result<Exi
         } else {
             f64::NAN
         };
+        let ranges = p
+            .layouts
+            .last()
+            .map(|l| format!("{} ({:.2}x)", l.ranges, l.leader_skew()))
+            .unwrap_or_else(|| "?".into());
         println!(
-            "{:>5} {:>18} {:>26} {:>8.2}x {:>9.3} {:>9.3} {:>7}",
+            "{:>5} {:>18} {:>26} {:>8.2}x {:>9.3} {:>9.3} {:>7} {:>14}",
             p.nodes,
             cap,
             format!(
@@ -350,10 +378,11 @@ pub async fn run(g: &GlobalArgs, a: &ScaleArgs, argv: Vec<String>) -> Result<Exi
             rel,
             p.p50_ms,
             p.p99_ms,
-            p.errors
+            p.errors,
+            ranges
         );
         md += &format!(
-            "| {} | {} | {:.1} ± {:.1}% | {:.2}x | {:.3} | {:.3} | {} |\n",
+            "| {} | {} | {:.1} ± {:.1}% | {:.2}x | {:.3} | {:.3} | {} | {} |\n",
             p.nodes,
             cap,
             p.requests_per_sec_median,
@@ -361,7 +390,8 @@ pub async fn run(g: &GlobalArgs, a: &ScaleArgs, argv: Vec<String>) -> Result<Exi
             rel,
             p.p50_ms,
             p.p99_ms,
-            p.errors
+            p.errors,
+            ranges
         );
     }
     println!("\n(one-machine simulation; see the note above)");
