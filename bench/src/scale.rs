@@ -196,8 +196,8 @@ struct Point {
     p99_ms: f64,
     errors: u64,
     runs: Vec<RunReport>,
-    /// After each measured round.
-    layouts: Vec<Layout>,
+    /// After each measured round (null where `strata ctl` did not answer).
+    layouts: Vec<Option<Layout>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -295,10 +295,18 @@ pub async fn run(g: &GlobalArgs, a: &ScaleArgs, argv: Vec<String>) -> Result<Exi
                 s.errors
             );
             // Where the cluster got to: its splits and where their leaders went.
-            let layout = t
-                .data_dir()
-                .map(|d| Layout::read(&bin, &d.join("data")))
-                .transpose();
+            // `strata ctl` runs as a child process: off the runtime's threads.
+            let layout = match t.data_dir() {
+                Some(d) => {
+                    let (bin, dir) = (bin.clone(), d.join("data"));
+                    tokio::task::spawn_blocking(move || Layout::read(&bin, &dir))
+                        .await
+                        .map_err(anyhow::Error::from)
+                        .and_then(|r| r)
+                        .map(Some)
+                }
+                None => Ok(None),
+            };
             match &layout {
                 Ok(Some(l)) => println!("    then {l}"),
                 Ok(None) => {}
@@ -306,7 +314,7 @@ pub async fn run(g: &GlobalArgs, a: &ScaleArgs, argv: Vec<String>) -> Result<Exi
             }
             if !warmup {
                 runs.push(rep);
-                layouts.extend(layout.ok().flatten());
+                layouts.push(layout.ok().flatten());
             }
         }
         drop(t);
@@ -365,6 +373,7 @@ pub async fn run(g: &GlobalArgs, a: &ScaleArgs, argv: Vec<String>) -> Result<Exi
         let ranges = p
             .layouts
             .last()
+            .and_then(|l| l.as_ref())
             .map(|l| format!("{} ({:.2}x)", l.ranges, l.leader_skew()))
             .unwrap_or_else(|| "?".into());
         println!(
