@@ -128,7 +128,8 @@ pub enum Cmd {
     /// Run one workload against two targets, interleaved A B A B, and print a ratio table.
     Compare(crate::compare::CompareArgs),
     /// Write throughput of Strata clusters of 3, 6 and 9 nodes on this one machine, each
-    /// node capped to the same CPU share (a one-machine simulation).
+    /// node capped to the same CPU share (a one-machine simulation). After each round it
+    /// prints the cluster's range count and the ranges each node leads and holds.
     Scale(crate::scale::ScaleArgs),
 }
 
