@@ -66,6 +66,87 @@ const SATURATED_COOLDOWN: Duration = Duration::from_secs(3);
 /// only adds per-range work (6 saturated nodes went on splitting to 68
 /// ranges in two minutes, long after their leaders were even).
 const SATURATED_LEAD_SHARE: f64 = 1.2;
+/// …and only a range that carries at least this share of a node's mean led
+/// writes: a node over the mean because it leads several smaller ranges is
+/// evened out by moving leaders (placement's balancer), and splitting them
+/// only adds per-range work. Ranges then stop splitting at about
+/// `1 / SATURATED_RANGE_SHARE` per node, not at what the leaders' churn
+/// allows (9 capped nodes went on to 40 ranges).
+const SATURATED_RANGE_SHARE: f64 = 0.5;
+
+/// A saturated node compares its ranges by write rates smoothed over about
+/// this long (an exponential moving average), and splits only a range
+/// observed that long since it last changed bounds. A node capped at a
+/// small CPU share runs in bursts, so a rate over one check is mostly noise:
+/// the hottest of several even ranges always looked hot enough to split,
+/// and 9 capped nodes went on splitting to 40 ranges, losing throughput
+/// with every split past ~20.
+const RATE_SMOOTHING: Duration = Duration::from_secs(5);
+
+/// What the checker saw of a range it leads at its last check.
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    writes: u64,
+    version: u64,
+    at: std::time::Instant,
+    /// Writes/s since the check before.
+    rate: f64,
+    /// Writes/s smoothed over [`RATE_SMOOTHING`].
+    smoothed: f64,
+    /// Since when it is smoothed (first seen, or its bounds changed).
+    since: std::time::Instant,
+}
+
+impl Seen {
+    /// The range's state at `now`, after `last`.
+    fn next(last: Option<Seen>, writes: u64, version: u64, now: std::time::Instant) -> Seen {
+        let Some(last) = last else {
+            return Seen {
+                writes,
+                version,
+                at: now,
+                rate: 0.0,
+                smoothed: 0.0,
+                since: now,
+            };
+        };
+        let secs = now.duration_since(last.at).as_secs_f64();
+        let rate = if secs > 0.0 {
+            writes.saturating_sub(last.writes) as f64 / secs
+        } else {
+            0.0
+        };
+        let (smoothed, since) = if version != last.version {
+            (rate, now) // other bounds: its history is another range's
+        } else {
+            let a = 1.0 - (-secs / RATE_SMOOTHING.as_secs_f64()).exp();
+            (last.smoothed + a * (rate - last.smoothed), last.since)
+        };
+        Seen {
+            writes,
+            version,
+            at: now,
+            rate,
+            smoothed,
+            since,
+        }
+    }
+
+    /// Observed long enough for its smoothed rate to mean something.
+    fn settled(&self) -> bool {
+        self.at.duration_since(self.since) >= RATE_SMOOTHING
+    }
+}
+
+/// A led range as a saturated node compares them.
+#[derive(Clone, Copy, Debug)]
+struct Rated {
+    id: u64,
+    /// Writes/s, smoothed.
+    rate: f64,
+    /// May be split (see [`Seen::settled`]).
+    settled: bool,
+}
 
 /// The writes this node leads over the mean of the cluster's nodes, as
 /// placement last said in a heartbeat answer (`placement/src/load.rs`);
@@ -106,8 +187,7 @@ impl SplitChecker {
         // Writes and descriptor version seen at the last check, per range:
         // unchanged ranges are skipped. A range that split is checked again
         // (its left half may still be over the limit).
-        let mut seen: std::collections::HashMap<u64, (u64, u64, std::time::Instant)> =
-            Default::default();
+        let mut seen: std::collections::HashMap<u64, Seen> = Default::default();
         let mut rounds = 0u64;
         let mut cpu = crate::cpu::CpuGauge::default();
         let mut raft_cpu = crate::cpu::ThreadGauge::new(self.raft_cpu.clone());
@@ -145,30 +225,28 @@ impl SplitChecker {
                 let writes = r.writes.load(Ordering::Relaxed);
                 let version = r.epoch().version;
                 let now = std::time::Instant::now();
-                let (before, version_before, at) =
-                    seen.get(&id).copied().unwrap_or((writes, version, now));
-                if before == writes && version_before == version && seen.contains_key(&id) {
+                let last = seen.get(&id).copied();
+                if last.is_some_and(|l| l.writes == writes && l.version == version) {
                     continue;
                 }
-                seen.insert(id, (writes, version, now));
-                let secs = now.duration_since(at).as_secs_f64();
-                let rate = if secs > 0.0 {
-                    writes.saturating_sub(before) as f64 / secs
-                } else {
-                    0.0
-                };
-                rated.push((r, rate));
+                let next = Seen::next(last, writes, version, now);
+                seen.insert(id, next);
+                rated.push((r, next));
             }
             let cooled = last_saturated_split.is_none_or(|t| t.elapsed() >= SATURATED_COOLDOWN);
-            let rates: Vec<(u64, f64)> = rated
+            let rates: Vec<Rated> = rated
                 .iter()
-                .map(|(r, rate)| (r.desc.read().id, *rate))
+                .map(|(r, s)| Rated {
+                    id: r.desc.read().id,
+                    rate: s.smoothed,
+                    settled: s.settled(),
+                })
                 .collect();
             let saturated = saturated_for >= SATURATED_CHECKS;
             let hottest = (saturated && cooled && self.lead_share.splits_help())
-                .then(|| split_when_saturated(&rates))
+                .then(|| split_when_saturated(&rates, self.lead_share.get()))
                 .flatten();
-            for (r, rate) in rated {
+            for (r, Seen { rate, .. }) in rated {
                 let id = r.desc.read().id;
                 let by_rate = self.max_write_rate > 0.0 && rate > self.max_write_rate;
                 let hot = by_rate || hottest == Some(id);
@@ -304,15 +382,22 @@ fn saturated_now(process: Option<f64>, raft_thread: Option<f64>) -> bool {
 }
 
 /// On a saturated node, the range to split: the hottest it leads, if that
-/// one takes at least [`SATURATED_SHARE`] of the writes of all of them and
-/// [`SATURATED_MIN_RATE`]. `rates` are (range id, writes/s).
-fn split_when_saturated(rates: &[(u64, f64)]) -> Option<u64> {
-    let total: f64 = rates.iter().map(|(_, rate)| rate).sum();
-    rates
-        .iter()
-        .filter(|(_, rate)| *rate >= SATURATED_MIN_RATE && *rate >= SATURATED_SHARE * total)
-        .max_by(|a, b| a.1.total_cmp(&b.1))
-        .map(|(id, _)| *id)
+/// one is settled (see [`Seen::settled`]), takes at least [`SATURATED_SHARE`]
+/// of the writes of all of them and [`SATURATED_MIN_RATE`], and, when
+/// placement said what this node leads against the mean over nodes
+/// (`lead_share`, see [`LeadShare`]), at least [`SATURATED_RANGE_SHARE`] of
+/// that mean.
+fn split_when_saturated(rates: &[Rated], lead_share: Option<f64>) -> Option<u64> {
+    let total: f64 = rates.iter().map(|r| r.rate).sum();
+    // The mean over nodes, in this node's own measure of what it leads.
+    let mean = lead_share
+        .filter(|s| *s > 0.0 && s.is_finite())
+        .map(|s| total / s);
+    let hottest = rates.iter().max_by(|a, b| a.rate.total_cmp(&b.rate))?;
+    let carries = hottest.rate >= SATURATED_MIN_RATE
+        && hottest.rate >= SATURATED_SHARE * total
+        && mean.is_none_or(|m| hottest.rate >= SATURATED_RANGE_SHARE * m);
+    (hottest.settled && carries).then_some(hottest.id)
 }
 
 /// Splits range `r` (led here) at `split_key`: asks placement for the new
@@ -366,120 +451,4 @@ pub async fn propose_split(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::{
-        saturated_now, split_when_saturated, Counters, LeadShare, Measure, REMEASURE_EVERY,
-    };
-
-    const KEYS: u64 = 1600;
-    const BYTES: u64 = 64 << 20;
-
-    fn at(writes: u64, added_keys: u64, added_bytes: u64) -> Counters {
-        Counters {
-            replica: 1,
-            writes,
-            added_keys,
-            added_bytes,
-            version: 3,
-            data_gen: 0,
-        }
-    }
-
-    fn measured(keys: u64, bytes: u64) -> Measure {
-        Measure {
-            found: Some((keys, bytes)),
-            ..Measure::start(at(1000, 500, 1 << 20))
-        }
-    }
-
-    #[test]
-    fn a_range_is_measured_again_only_when_it_may_have_crossed_a_threshold() {
-        let m = measured(1500, 10 << 20);
-        // Fewer writes than a sixteenth of the key threshold: never.
-        assert!(!m.due(&at(1099, 600, 2 << 20), KEYS, BYTES));
-        // Enough writes, all overwrites: 1500 keys stay under 1600.
-        assert!(!m.due(&at(1100, 500, 2 << 20), KEYS, BYTES));
-        assert!(!m.due(&at(5000, 599, 50 << 20), KEYS, BYTES));
-        // 101 new keys may make 1601.
-        assert!(m.due(&at(1100, 601, 2 << 20), KEYS, BYTES));
-        // Bytes may pass the byte threshold (10 MiB measured + 55 MiB).
-        assert!(m.due(&at(1100, 500, 56 << 20), KEYS, BYTES));
-        // A new descriptor, new data or a new replica: always.
-        for changed in [
-            Counters {
-                version: 4,
-                ..at(1000, 500, 1 << 20)
-            },
-            Counters {
-                data_gen: 2,
-                ..at(1000, 500, 1 << 20)
-            },
-            Counters {
-                replica: 2,
-                ..at(1000, 500, 1 << 20)
-            },
-        ] {
-            assert!(m.due(&changed, KEYS, BYTES), "{changed:?}");
-        }
-        // Not answered (or failed): once enough was written.
-        let unknown = Measure { found: None, ..m };
-        assert!(!unknown.due(&at(1099, 500, 1 << 20), KEYS, BYTES));
-        assert!(unknown.due(&at(1100, 500, 1 << 20), KEYS, BYTES));
-        // An old measure is refreshed once enough was written.
-        let old = Measure {
-            when: std::time::Instant::now() - REMEASURE_EVERY,
-            ..m
-        };
-        assert!(!old.due(&at(1099, 500, 1 << 20), KEYS, BYTES));
-        assert!(old.due(&at(1100, 500, 1 << 20), KEYS, BYTES));
-    }
-
-    #[test]
-    fn a_saturated_node_splits_only_a_range_that_carries_its_load() {
-        // One hot range: split it.
-        assert_eq!(split_when_saturated(&[(1, 900.0), (2, 10.0)]), Some(1));
-        // Several similar ranges: the hottest still carries a quarter.
-        assert_eq!(
-            split_when_saturated(&[(1, 260.0), (2, 250.0), (3, 240.0), (4, 230.0)]),
-            Some(1)
-        );
-        // Many similar ranges: none does, splitting would not help.
-        let many: Vec<(u64, f64)> = (1..=8).map(|i| (i, 100.0 + i as f64)).collect();
-        assert_eq!(split_when_saturated(&many), None);
-        // Idle ranges never split, nor does a node leading nothing.
-        assert_eq!(split_when_saturated(&[(1, 20.0)]), None);
-        assert_eq!(split_when_saturated(&[]), None);
-    }
-
-    #[test]
-    fn a_saturated_node_splits_only_while_it_leads_more_than_its_share() {
-        let share = LeadShare::default();
-        assert!(share.splits_help(), "nothing heard yet: saturation decides");
-        // One range on three nodes: its leader leads three times the mean.
-        share.set(900.0, 300.0);
-        assert!(share.splits_help());
-        // Leaders even: another split would only add per-range work.
-        share.set(310.0, 300.0);
-        assert!(!share.splits_help());
-        share.set(0.0, 300.0);
-        assert!(!share.splits_help());
-        // Nothing reported (a fresh placement), or nonsense: unknown again.
-        share.set(0.0, 0.0);
-        assert!(share.splits_help());
-        share.set(f64::NAN, 300.0);
-        assert!(share.splits_help());
-        share.set(400.0, f64::INFINITY);
-        assert!(share.splits_help());
-    }
-
-    #[test]
-    fn a_busy_raft_thread_saturates_a_node_with_cpus_to_spare() {
-        // 8 CPUs, one of them the raft thread's, all of it.
-        assert!(saturated_now(Some(0.13), Some(0.95)));
-        assert!(saturated_now(Some(0.9), Some(0.2)));
-        assert!(saturated_now(Some(0.9), None));
-        assert!(saturated_now(None, Some(0.8)));
-        assert!(!saturated_now(Some(0.5), Some(0.5)));
-        assert!(!saturated_now(None, None));
-    }
-}
+mod tests;
