@@ -129,7 +129,8 @@ pub enum Cmd {
     Compare(crate::compare::CompareArgs),
     /// Write throughput of Strata clusters of 3, 6 and 9 nodes on this one machine, each
     /// node capped to the same CPU share (a one-machine simulation). After each round it
-    /// prints the cluster's range count and the ranges each node leads and holds.
+    /// prints the requests that failed, by error, and the cluster's range count and the
+    /// ranges each node leads and holds.
     Scale(crate::scale::ScaleArgs),
 }
 

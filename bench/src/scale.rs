@@ -294,6 +294,10 @@ pub async fn run(g: &GlobalArgs, a: &ScaleArgs, argv: Vec<String>) -> Result<Exi
                 s.pctl(99.0) * 1e3,
                 s.errors
             );
+            // What failed, by message (a round's errors are rare and telling).
+            for (e, count) in &s.error_distribution {
+                println!("    [{count}] {e}");
+            }
             // Where the cluster got to: its splits and where their leaders went.
             // `strata ctl` runs as a child process: off the runtime's threads.
             let layout = match t.data_dir() {
