@@ -5,7 +5,8 @@
 //! memory bandwidth and loopback network, and the router, placement and the load
 //! generator are not capped.
 //!
-//! After every round (warm-ups too) it prints where the cluster got to — its range
+//! After every round (warm-ups too) it prints the requests that failed, by error
+//! message, and where the cluster got to — its range
 //! count, the ranges each node leads and holds (`strata ctl nodes`) — and the table
 //! gives the last measured round's range count and leader skew: a cluster that
 //! starts as one range must find and split its hot ranges and spread their
